@@ -1,0 +1,62 @@
+# SCOPE — `make run` starts the embedded demo, `make test` runs lint, types and the test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+PORT ?= 8000
+HOST ?= 127.0.0.1
+WORKERS ?= $(shell echo $$(( $$(nproc) * 2 + 1 )))
+MANAGE := $(PY) manage.py
+
+.PHONY: install run serve worker beat test lint typecheck pytest bench-quality bench-overhead bench-ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+	@echo "installed SCOPE into $(VENV)"
+
+run: install
+	@$(MANAGE) migrate --noinput -v0
+	@$(MANAGE) seed_demo
+	@echo "SCOPE is starting on http://$(HOST):$(PORT)/"
+	@echo "demo API key (shown once): $$($(MANAGE) create_api_key demo-$$(date +%s))"
+	@$(MANAGE) runserver $(HOST):$(PORT)
+
+serve: install
+	@$(MANAGE) migrate --noinput -v0
+	@$(MANAGE) collectstatic --noinput -v0
+	$(VENV)/bin/gunicorn scope_site.wsgi:application --bind $(HOST):$(PORT) --workers $(WORKERS) \
+		--worker-class sync --max-requests 20000 --max-requests-jitter 2000 --access-logfile - --timeout 120
+
+worker: install
+	$(VENV)/bin/celery -A scope_site worker --loglevel INFO --concurrency 2
+
+beat: install
+	$(VENV)/bin/celery -A scope_site beat --loglevel INFO
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy .
+
+pytest: install
+	SCOPE_TESTING=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench-quality: install
+	$(PY) bench/quality.py
+
+bench-overhead: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

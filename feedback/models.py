@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+class EvalPrompt(models.Model):
+    """A prompt from an imported evaluation set (BENCHMARK.md format), unique per (source, external_id)."""
+
+    source = models.CharField(max_length=100)
+    external_id = models.CharField(max_length=200)
+    prompt = models.TextField()
+    task = models.CharField(max_length=200, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    imported_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "external_id"], name="evalprompt_unique_source_id")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.external_id}"
+
+
+class EvalOutcome(models.Model):
+    """How one model did on one imported prompt."""
+
+    prompt = models.ForeignKey(EvalPrompt, on_delete=models.CASCADE, related_name="outcomes")
+    model_name = models.CharField(max_length=200)
+    score = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    output_tokens = models.FloatField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "model_name"], name="evaloutcome_unique_prompt_model"),
+            models.CheckConstraint(
+                condition=models.Q(score__gte=0.0, score__lte=1.0), name="evaloutcome_score_0_1"
+            ),
+        ]
+        indexes = [models.Index(fields=["model_name"], name="evaloutcome_model")]  # anchor stats per model
+
+
+class PredictorVersion(models.Model):
+    """A trained predictor: XGBoost UBJSON bytes plus the metadata needed to refuse a mismatch."""
+
+    name = models.CharField(max_length=64, unique=True)
+    artifact = models.BinaryField()
+    feature_schema = models.PositiveIntegerField()
+    metadata = models.JSONField(default=dict)  # feature names, metrics, lineage, anchors
+    metrics = models.JSONField(default=dict)
+    training_seconds = models.FloatField(default=0.0)
+    is_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # exactly one active predictor at a time
+            models.UniqueConstraint(
+                fields=["is_active"], condition=models.Q(is_active=True), name="predictor_single_active"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Outcome(models.Model):
+    """What happened when a decision was executed: tokens, latency, cost, error, attempts."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        PARTIAL = "partial", "Partial (stream cut)"
+        ERROR = "error", "Error"
+
+    decision = models.ForeignKey("routing.DecisionLog", on_delete=models.PROTECT, related_name="outcomes")
+    model_name = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(default=False)
+    latency_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    error_class = models.CharField(max_length=100, blank=True)
+    attempts = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
+class Feedback(models.Model):
+    """A score for a decision; all are kept, the latest per decision counts for training."""
+
+    decision = models.ForeignKey("routing.DecisionLog", on_delete=models.PROTECT, related_name="feedback")
+    score = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    label = models.CharField(max_length=100, blank=True)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["decision", "-created_at"], name="feedback_latest")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(score__gte=0.0, score__lte=1.0), name="feedback_score_0_1")
+        ]

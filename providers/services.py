@@ -1,0 +1,110 @@
+"""Catalog writes for providers and models (upserts by name)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import transaction
+
+from providers.models import LLMModel, LoadBalancing, Provider, ProviderKind
+from scope_site.errors import InvalidRequest
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise InvalidRequest(f"{where}: must be a number")
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(f"{where}: must be a number (got {value!r})") from None
+    if result < 0:
+        raise InvalidRequest(f"{where}: must not be negative")
+    return result
+
+
+def provider_upsert(
+    *,
+    name: str,
+    kind: str,
+    base_url: str = "",
+    api_key_env: str = "",
+    connect_timeout_s: float = 3.0,
+    read_timeout_s: float = 60.0,
+    enabled: bool = True,
+) -> Provider:
+    if kind not in ProviderKind.values:
+        raise InvalidRequest(f"providers[{name}].kind: must be one of {', '.join(ProviderKind.values)}")
+    if kind != ProviderKind.SIMULATED and not base_url:
+        raise InvalidRequest(f"providers[{name}].base_url: required for kind {kind}")
+    if api_key_env and not api_key_env.replace("_", "").isalnum():
+        raise InvalidRequest(f"providers[{name}].api_key_env: must be an environment variable name")
+    provider, _ = Provider.objects.update_or_create(
+        name=name,
+        defaults={
+            "kind": kind,
+            "base_url": base_url,
+            "api_key_env": api_key_env,
+            "connect_timeout_s": float(connect_timeout_s),
+            "read_timeout_s": float(read_timeout_s),
+            "enabled": bool(enabled),
+        },
+    )
+    return provider
+
+
+def model_upsert(
+    *,
+    name: str,
+    provider: str,
+    input_usd_per_mtok: Any,
+    output_usd_per_mtok: Any,
+    context_window: int = 8192,
+    tier: int = 3,
+    capabilities: Sequence[str] = (),
+    tags: Mapping[str, Any] | None = None,
+    upstream_name: str = "",
+    sim_profile: Mapping[str, Any] | None = None,
+    load_balancing: str = LoadBalancing.WEIGHTED,
+    enabled: bool = True,
+) -> LLMModel:
+    where = f"models[{name}]"
+    provider_row = Provider.objects.filter(name=provider).first()
+    if provider_row is None:
+        raise InvalidRequest(f"{where}.provider: unknown provider {provider!r}")
+    if not isinstance(tier, int) or isinstance(tier, bool) or not 1 <= tier <= 5:
+        raise InvalidRequest(f"{where}.tier: must be an integer from 1 to 5")
+    if not isinstance(context_window, int) or context_window < 1:
+        raise InvalidRequest(f"{where}.context_window: must be a positive integer")
+    if load_balancing not in LoadBalancing.values:
+        raise InvalidRequest(f"{where}.load_balancing: must be one of {', '.join(LoadBalancing.values)}")
+    if not isinstance(capabilities, list | tuple) or not all(isinstance(c, str) for c in capabilities):
+        raise InvalidRequest(f"{where}.capabilities: must be a list of strings")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise InvalidRequest(f"{where}.tags: must be an object")
+    with transaction.atomic():
+        model, _ = LLMModel.objects.update_or_create(
+            name=name,
+            defaults={
+                "provider": provider_row,
+                "input_usd_per_mtok": _decimal(input_usd_per_mtok, f"{where}.input_usd_per_mtok"),
+                "output_usd_per_mtok": _decimal(output_usd_per_mtok, f"{where}.output_usd_per_mtok"),
+                "context_window": context_window,
+                "tier": tier,
+                "capabilities": list(capabilities),
+                "tags": dict(tags or {}),
+                "upstream_name": upstream_name,
+                "sim_profile": dict(sim_profile or {}),
+                "load_balancing": load_balancing,
+                "enabled": bool(enabled),
+            },
+        )
+    return model
+
+
+def model_set_enabled(*, name: str, enabled: bool) -> LLMModel:
+    model = LLMModel.objects.get(name=name)
+    model.enabled = enabled
+    model.save(update_fields=["enabled", "updated_at"])
+    return model

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from rest_framework_api_key.admin import APIKeyModelAdmin
+
+from routing.models import ApiKey, DecisionLog, PolicyVersion, RoutingPolicy
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written only by services (append-only logs, immutable versions)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PolicyVersionInline(admin.TabularInline):
+    model = PolicyVersion
+    extra = 0
+    fields = ("version", "strategy", "alpha", "max_cost_usd", "max_latency_ms", "created_at", "created_by")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RoutingPolicy)
+class RoutingPolicyAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "current")
+    readonly_fields = ("current",)
+    inlines = [PolicyVersionInline]
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(ReadOnlyAdmin):
+    list_display = ("policy", "version", "strategy", "alpha", "created_at")
+    list_filter = ("policy",)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(APIKeyModelAdmin):
+    list_display = (*APIKeyModelAdmin.list_display, "default_policy", "is_active")
+
+
+@admin.register(DecisionLog)
+class DecisionLogAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "kind", "policy_slug", "chosen_model", "strategy", "predictor_version")
+    list_filter = ("kind", "strategy", "chosen_model")
+    search_fields = ("id", "user", "api_key_name")
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # counting a million rows per page view is what makes admins slow

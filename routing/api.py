@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routing.serializers import ErrorSerializer, RouteInputSerializer, RouteOutputSerializer
+from routing.services.route import decision_payload, route_decide
+
+_ERRORS = {
+    code: OpenApiResponse(ErrorSerializer, description=text)
+    for code, text in {
+        400: "Invalid request",
+        401: "Missing or invalid API key",
+        404: "Unknown policy",
+        413: "Body over 1 MB",
+        422: "No eligible model",
+        429: "Rate or budget limit",
+    }.items()
+}
+
+
+class RouteApi(APIView):
+    """Decide which model should answer; nothing is called. Every answer has its decision row."""
+
+    @extend_schema(
+        operation_id="route",
+        request=RouteInputSerializer,
+        responses={200: RouteOutputSerializer, **_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = RouteInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = route_decide(
+            messages=data["messages"],
+            api_key=request.auth,
+            policy=data.get("policy"),
+            alpha=data.get("alpha"),
+            max_cost_usd=data.get("max_cost_usd"),
+            max_latency_ms=data.get("max_latency_ms"),
+            models=data.get("models", ()),
+            user=data.get("user", ""),
+            metadata=data.get("metadata"),
+        )
+        return Response(decision_payload(result.row))

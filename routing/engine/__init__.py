@@ -1,0 +1,1 @@
+"""The decision engine: pure functions from (features, catalog, policy, predictor) to a Decision."""

@@ -1,0 +1,178 @@
+"""decide(): filter candidates (keeping a reason for each exclusion), apply rules, predict, rank."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from routing.engine.conditions import evaluate
+from routing.engine.prior import PriorPredictor
+from routing.engine.strategies import Strategy, StrategyContext
+from routing.engine.types import Candidate, Decision, ModelSpec, PolicySpec, Predictor, RouteOptions
+from routing.features import RequestFeatures
+
+_PRIOR = PriorPredictor()
+
+
+class UnknownStrategy(LookupError):
+    pass
+
+
+def _constraint_reason(model: ModelSpec, policy: PolicySpec, options: RouteOptions, tokens_needed: int) -> str:
+    if not model.enabled:
+        return "model disabled"
+    if model.unavailable_reason:
+        return model.unavailable_reason
+    if policy.allowed_models and model.name not in policy.allowed_models:
+        return f"not in policy {policy.slug!r} allowed models"
+    if model.name in policy.denied_models:
+        return f"denied by policy {policy.slug!r}"
+    if options.models and model.name not in options.models:
+        return "not in the request's models"
+    missing = [cap for cap in policy.required_capabilities if cap not in model.capabilities]
+    if missing:
+        return f"missing capability: {', '.join(missing)}"
+    for tag, wanted in policy.required_tags.items():
+        have = model.tags.get(tag)
+        if (have not in wanted) if isinstance(wanted, list) else (have != wanted):
+            return f"tag {tag}={have!r} does not match required {wanted!r}"
+    if model.context_window < tokens_needed:
+        return f"context window {model.context_window} < {tokens_needed} tokens needed"
+    return ""
+
+
+def _apply_rules(
+    candidates: Sequence[Candidate], policy: PolicySpec, features: RequestFeatures, metadata: Mapping[str, Any]
+) -> tuple[str | None, str, float | None, list[str]]:
+    """Returns (forced model, the rule that forced it, alpha override, names of matched rules)."""
+    feature_map = features.as_dict()
+    by_name = {c.model.name: c for c in candidates}
+    forced: str | None = None
+    forced_by = ""
+    alpha: float | None = None
+    matched: list[str] = []
+    for rule in policy.rules:
+        if not evaluate(rule.when, feature_map, metadata):
+            continue
+        matched.append(rule.name)
+        if rule.action == "exclude" and rule.model in by_name:
+            by_name[rule.model].exclude(f"excluded by rule {rule.name!r}")
+        elif rule.action == "set_alpha" and alpha is None and rule.alpha is not None:
+            alpha = rule.alpha
+        elif rule.action == "force" and forced is None:
+            forced, forced_by = rule.model, rule.name
+    return forced, forced_by, alpha, matched
+
+
+def decide(
+    *,
+    features: RequestFeatures,
+    models: Sequence[ModelSpec],
+    policy: PolicySpec,
+    options: RouteOptions,
+    predictor: Predictor | None,
+    strategies: Mapping[str, Strategy],
+    max_fallbacks: int = 3,
+) -> Decision:
+    strategy = strategies.get(policy.strategy)
+    if strategy is None:
+        raise UnknownStrategy(f"policy {policy.slug!r} uses unknown strategy {policy.strategy!r}")
+    notes: list[str] = []
+    tokens_needed = features.input_tokens + (options.max_output_tokens or 0)
+    candidates = [Candidate(model=m) for m in models]
+    for c in candidates:
+        reason = _constraint_reason(c.model, policy, options, tokens_needed)
+        if reason:
+            c.exclude(reason)
+
+    forced: str | None = None
+    forced_by = ""
+    rule_alpha: float | None = None
+    matched: list[str] = []
+    if strategy.uses_rules and policy.rules:
+        forced, forced_by, rule_alpha, matched = _apply_rules(candidates, policy, features, options.metadata)
+    alpha = options.alpha if options.alpha is not None else (rule_alpha if rule_alpha is not None else policy.alpha)
+
+    # one batched prediction for every model (excluded ones too: auditors see what was forgone)
+    active: Predictor = predictor or _PRIOR
+    predictions = active.predict(features, [c.model for c in candidates]) if candidates else []
+    if predictor is None:
+        notes.append("no trained predictor is active: predictions come from each model's tier prior")
+    for c, p in zip(candidates, predictions, strict=True):
+        if not p.known and predictor is not None:
+            p = _PRIOR.predict(features, [c.model])[0]
+        c.prediction = p
+        c.cost_usd = c.model.cost_usd(features.input_tokens, p.output_tokens)
+    unknown = [c.model.name for c in candidates if c.prediction and not c.prediction.known and predictor is not None]
+    if unknown:
+        notes.append(f"no data for {', '.join(unknown)}: scored by tier prior with high uncertainty")
+
+    max_cost = _tightest(policy.max_cost_usd, options.max_cost_usd)
+    max_latency = _tightest(policy.max_latency_ms, options.max_latency_ms)
+    for c in candidates:
+        assert c.prediction is not None
+        if max_cost is not None and c.cost_usd > max_cost:
+            c.exclude(f"predicted cost ${c.cost_usd:.6f} > max ${max_cost:.6f}")
+        elif max_latency is not None and c.prediction.latency_ms > max_latency:
+            c.exclude(f"predicted latency {c.prediction.latency_ms:.0f} ms > max {max_latency:.0f} ms")
+
+    eligible = [c for c in candidates if c.eligible]
+    ctx = StrategyContext(features=features, policy=policy, alpha=alpha, metadata=options.metadata)
+    ranked = strategy.rank(eligible, ctx) if eligible else []
+    reason: str
+    if forced is not None:
+        forced_candidate = next((c for c in ranked if c.model.name == forced), None)
+        if forced_candidate is not None:
+            ranked.remove(forced_candidate)
+            ranked.insert(0, forced_candidate)
+            reason = f"forced by rule {forced_by!r}"
+        else:
+            notes.append(f"a rule forced {forced!r} but it is not eligible; ranking instead")
+            reason = ""
+    else:
+        reason = ""
+    for position, c in enumerate(ranked, start=1):
+        c.rank = position
+    chosen = ranked[0] if ranked else None
+    if chosen is not None and not reason:
+        reason = _why(strategy.name, alpha, chosen)
+    fallbacks = tuple(c.model.name for c in ranked[1 : 1 + max_fallbacks])
+    explanation: dict[str, Any] = {
+        "summary": reason if chosen else "no eligible model: every candidate was excluded",
+        "alpha": alpha,
+        "rules_matched": matched,
+        "notes": notes,
+        "eligible": len(eligible),
+        "excluded": len(candidates) - len(eligible),
+    }
+    if chosen is not None and strategy.uses_predictor:
+        source = active if chosen.prediction is not None and chosen.prediction.known else _PRIOR
+        explanation["contributions"] = source.contributions(features, chosen.model)
+    return Decision(
+        model=chosen.model if chosen else None,
+        fallbacks=fallbacks,
+        candidates=tuple(candidates),
+        strategy=strategy.name,
+        alpha=alpha,
+        predictor_version=active.version if strategy.uses_predictor else "none",
+        explanation=explanation,
+    )
+
+
+def _tightest(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+def _why(strategy: str, alpha: float, chosen: Candidate) -> str:
+    p = chosen.prediction
+    if strategy in {"pre_inference", "hybrid"} and p is not None:
+        return (
+            f"highest utility at alpha={alpha:.2f}: predicted quality {p.quality:.2f} "
+            f"(±{p.uncertainty:.2f}), cost ${chosen.cost_usd:.6f}, latency {p.latency_ms:.0f} ms"
+        )
+    if strategy == "feature":
+        return f"cheapest eligible model at the tier the request's difficulty calls for (tier {chosen.model.tier})"
+    if strategy == "rule":
+        return "no rule forced a model: the policy default / cheapest eligible model"
+    return f"ranked first by strategy {strategy!r}"

@@ -1,0 +1,232 @@
+"""Request analyzer: messages + metadata → an ordered, versioned feature vector.
+
+Pure (no Django, no I/O) and shared by the live route path, training and `predict_outcomes`, so
+serving and training can never disagree. One pass over the words with set look-ups, plus a few
+C-speed `str.count` calls; no per-signal regexes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FEATURE_SCHEMA_VERSION = 1
+
+_STRIP = ".,;:!?()[]{}\"'`*_#<>/\\|=+-~@$%^&"
+_UPPER = bytes(range(65, 91))
+
+_CODE_WORDS = frozenset(
+    "def class import return function const var let public static void int string print println "
+    "console lambda async await struct impl fn elif null none nil typedef include namespace "
+    "python javascript typescript java golang rust sql select insert join regex api json yaml html "
+    "css bash shell script compile compiler debug bug exception stack array dict list loop recursion "
+    "algorithm code program implement refactor".split()
+)
+_MATH_WORDS = frozenset(
+    "calculate compute solve equation integral derivative sum product probability percent percentage "
+    "ratio average mean median total how many much cost costs price dollars cents remainder divisible "
+    "prime factor fraction square root sqrt log sin cos tan matrix vector theorem proof prove lemma "
+    "polynomial geometry triangle circle area volume perimeter angle digits multiply divide minus plus "
+    "times twice half quarter hours minutes miles km kg speed rate".split()
+)
+_REASONING_WORDS = frozenset(
+    "why explain reason reasoning because therefore thus hence step steps analyze analyse compare "
+    "contrast evaluate justify argue implications consequence infer deduce logic logical think "
+    "consider cause effect tradeoff tradeoffs pros cons critique assess".split()
+)
+_EXTRACTION_WORDS = frozenset(
+    "extract summarize summarise summary list classify categorize label identify find parse table "
+    "format convert translate rewrite paraphrase tldr bullet bullets keywords entities fields".split()
+)
+_CREATIVE_WORDS = frozenset(
+    "story poem poetry song lyrics creative imagine fiction character characters plot novel haiku "
+    "limerick joke funny write essay letter speech slogan tagline fantasy dialogue narrative".split()
+)
+_CHOICE_MARKERS = ("\nA.", "\nB.", "\nA)", "\nB)", "(A)", "(B)", "\na)", "\nb)")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "approx_tokens",
+    "log_tokens",
+    "n_messages",
+    "n_user_turns",
+    "has_system",
+    "system_chars_log",
+    "last_user_share",
+    "n_lines_log",
+    "n_words_log",
+    "avg_word_len",
+    "unique_word_ratio",
+    "frac_digits",
+    "frac_upper",
+    "frac_non_ascii",
+    "frac_punct",
+    "n_questions",
+    "has_code_block",
+    "code_signal",
+    "math_signal",
+    "math_symbols",
+    "reasoning_signal",
+    "extraction_signal",
+    "creative_signal",
+    "multilingual",
+    "multiple_choice",
+    "has_numbers_list",
+    "json_requested",
+    "max_tokens_log",
+    "temperature",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """The analyzer's output: `values` in FEATURE_NAMES order, plus the text the predictor may hash."""
+
+    values: tuple[float, ...]
+    text: str
+    input_tokens: int
+    schema_version: int = FEATURE_SCHEMA_VERSION
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(FEATURE_NAMES, self.values, strict=True))
+
+    def get(self, name: str) -> float:
+        return self.values[FEATURE_NAMES.index(name)]
+
+
+def message_text(content: Any) -> str:
+    """Text of one OpenAI message `content`: a string or a list of parts ({"type": "text", ...})."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
+
+
+def estimate_tokens(text: str) -> int:
+    """BENCHMARK.md's convention: ceil(chars / 4)."""
+    return math.ceil(len(text) / 4)
+
+
+def extract_features(messages: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any] | None = None) -> RequestFeatures:
+    metadata = metadata or {}
+    system_parts: list[str] = []
+    user_parts: list[str] = []
+    other_parts: list[str] = []
+    for message in messages:
+        text = message_text(message.get("content"))
+        role = message.get("role")
+        if role == "system" or role == "developer":
+            system_parts.append(text)
+        elif role == "user":
+            user_parts.append(text)
+        else:
+            other_parts.append(text)
+    last_user = user_parts[-1] if user_parts else ""
+    # the prompt as the predictor sees it: every user turn (the task) after the system prompt
+    text = "\n".join(system_parts + user_parts) if system_parts else "\n".join(user_parts)
+    full_chars = len(text) + sum(len(p) for p in other_parts)
+    return _features_from_text(
+        text,
+        total_chars=full_chars,
+        n_messages=len(messages),
+        n_user_turns=len(user_parts),
+        system_chars=sum(len(p) for p in system_parts),
+        last_user_chars=len(last_user),
+        metadata=metadata,
+    )
+
+
+def extract_prompt_features(prompt: str) -> RequestFeatures:
+    """Features of a bare prompt (imported evaluation data): one user message."""
+    return extract_features([{"role": "user", "content": prompt}])
+
+
+def _features_from_text(
+    text: str,
+    *,
+    total_chars: int,
+    n_messages: int,
+    n_user_turns: int,
+    system_chars: int,
+    last_user_chars: int,
+    metadata: Mapping[str, Any],
+) -> RequestFeatures:
+    n_chars = len(text)
+    tokens = math.ceil(total_chars / 4)
+    lowered = text.lower()
+    words = [word for raw in lowered.split() if (word := raw.strip(_STRIP))]
+    n_words = len(words)
+    code = math_ = reasoning = extraction = creative = 0
+    total_word_len = 0
+    for word in words:
+        total_word_len += len(word)
+        if word in _CODE_WORDS:
+            code += 1
+        elif word in _MATH_WORDS:
+            math_ += 1
+        elif word in _REASONING_WORDS:
+            reasoning += 1
+        elif word in _EXTRACTION_WORDS:
+            extraction += 1
+        elif word in _CREATIVE_WORDS:
+            creative += 1
+    denom = max(n_chars, 1)
+    ascii_bytes = text.encode("ascii", "ignore")
+    ascii_len = len(ascii_bytes)
+    digits = ascii_len - len(ascii_bytes.translate(None, b"0123456789"))
+    upper = ascii_len - len(ascii_bytes.translate(None, _UPPER))
+    non_ascii = n_chars - ascii_len
+    punct = ascii_len - len(ascii_bytes.translate(None, b".,;:!?()[]{}\"'"))
+    code_syntax = (
+        text.count("{") + text.count("}") + text.count(";\n") + text.count("()") + text.count("=>")
+        + text.count("==") + text.count("def ") + text.count("    ")
+    )
+    math_symbols = ascii_len - len(ascii_bytes.translate(None, b"+*/=^<>%$")) + text.count("\\frac")
+    has_code_block = 1.0 if "```" in text else 0.0
+    per_100_words = 100.0 / max(n_words, 1)
+    max_tokens = metadata.get("max_tokens")
+    temperature = metadata.get("temperature")
+    response_format = metadata.get("response_format")
+    json_requested = 1.0 if (
+        (isinstance(response_format, Mapping) and response_format.get("type") in {"json_object", "json_schema"})
+        or "json" in lowered
+    ) else 0.0
+    values = (
+        math.log1p(n_chars),
+        float(tokens),
+        math.log1p(tokens),
+        float(n_messages),
+        float(n_user_turns),
+        1.0 if system_chars else 0.0,
+        math.log1p(system_chars),
+        last_user_chars / denom,
+        math.log1p(text.count("\n")),
+        math.log1p(n_words),
+        total_word_len / max(n_words, 1),
+        len(set(words)) / max(n_words, 1),
+        digits / denom,
+        upper / denom,
+        non_ascii / denom,
+        punct / denom,
+        float(text.count("?")),
+        has_code_block,
+        code * per_100_words + min(code_syntax, 50) / 5.0 + 3.0 * has_code_block,
+        math_ * per_100_words + min(math_symbols, 50) / 5.0,
+        math_symbols / denom * 100.0,
+        reasoning * per_100_words,
+        extraction * per_100_words,
+        creative * per_100_words,
+        non_ascii / denom if non_ascii > 0.05 * denom else 0.0,
+        1.0 if sum(1 for marker in _CHOICE_MARKERS if marker in text) >= 2 else 0.0,
+        float(min(text.count("\n1.") + text.count("\n2.") + text.count("\n- "), 50)),
+        json_requested,
+        math.log1p(max_tokens) if isinstance(max_tokens, int | float) and max_tokens > 0 else 0.0,
+        float(temperature) if isinstance(temperature, int | float) else -1.0,
+    )
+    return RequestFeatures(values=values, text=text, input_tokens=tokens)

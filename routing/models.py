@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import uuid
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
+
+
+class Strategy(models.TextChoices):
+    RULE = "rule", "Rules only"
+    FEATURE = "feature", "Difficulty → tier"
+    PRE_INFERENCE = "pre_inference", "Pre-inference (predicted quality vs cost)"
+    HYBRID = "hybrid", "Rules + pre-inference"
+
+
+class RoutingPolicy(models.Model):
+    """A named policy. Its settings live in immutable PolicyVersion rows; `current` is the live one."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    current = models.ForeignKey(
+        "PolicyVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name_plural = "routing policies"
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class PolicyVersion(models.Model):
+    """One immutable version of a policy: written once by policy services, never updated."""
+
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    strategy = models.CharField(max_length=64, default=Strategy.HYBRID)
+    alpha = models.FloatField(default=0.5, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    max_cost_usd = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0)])
+    max_latency_ms = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0)])
+    allowed_models = models.JSONField(default=list, blank=True)
+    denied_models = models.JSONField(default=list, blank=True)
+    required_capabilities = models.JSONField(default=list, blank=True)
+    required_tags = models.JSONField(default=dict, blank=True)
+    # Rules are part of the version (so a version is a complete, replayable snapshot):
+    # [{"name", "when": <condition>, "then": {"action": force|exclude|set_alpha, "model"/"alpha"}}]
+    rules = models.JSONField(default=list, blank=True)
+    # Extra knobs that later features read (response cache, spend targets, exploration).
+    options = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["policy", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "version"], name="policyversion_unique"),
+            models.CheckConstraint(
+                condition=models.Q(alpha__gte=0.0, alpha__lte=1.0), name="policyversion_alpha_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy.slug} v{self.version}"
+
+
+class ApiKey(AbstractAPIKey):
+    """An app's key, stored hashed (SHA-512 by djangorestframework-api-key); shown once at creation."""
+
+    default_policy = models.ForeignKey(
+        RoutingPolicy, on_delete=models.SET_NULL, null=True, blank=True, related_name="api_keys"
+    )
+    is_active = models.BooleanField(default=True)
+    daily_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    monthly_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+
+
+class DecisionKind(models.TextChoices):
+    ROUTE = "route", "Route only"
+    CHAT = "chat", "Chat completion"
+    JOB = "job", "Async job"
+
+
+class DecisionLog(models.Model):
+    """Append-only record of one routing decision. Written only by routing.services.decision_log."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(db_index=True)
+    kind = models.CharField(max_length=8, choices=DecisionKind.choices, default=DecisionKind.ROUTE)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key_name = models.CharField(max_length=50, blank=True)
+    policy_slug = models.CharField(max_length=100, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    strategy = models.CharField(max_length=64)
+    predictor_version = models.CharField(max_length=64)
+    alpha = models.FloatField(null=True, blank=True)
+    chosen_model = models.CharField(max_length=200, blank=True)
+    chosen_provider = models.CharField(max_length=100, blank=True)
+    fallbacks = models.JSONField(default=list)
+    candidates = models.JSONField(default=list)
+    explanation = models.JSONField(default=dict)
+    features = models.JSONField(default=dict)
+    feature_schema = models.PositiveIntegerField()
+    prompt = models.TextField(blank=True, help_text="Empty when prompts are stored redacted")
+    prompt_sha256 = models.CharField(max_length=64)
+    user = models.CharField(max_length=200, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    experiment = models.CharField(max_length=100, blank=True)
+    arm = models.CharField(max_length=100, blank=True)
+    cache_hit = models.BooleanField(default=False)
+    predicted_cost_usd = models.FloatField(null=True, blank=True)
+    predicted_quality = models.FloatField(null=True, blank=True)
+    row_hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # decisions explorer: newest first, filtered by model / policy
+            models.Index(fields=["chosen_model", "-created_at"], name="decision_model_time"),
+            models.Index(fields=["policy_slug", "-created_at"], name="decision_policy_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} → {self.chosen_model}"

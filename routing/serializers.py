@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=MESSAGE_ROLES)
+    content = serializers.JSONField(required=False, allow_null=True)
+    name = serializers.CharField(required=False, max_length=200)
+
+    def validate_content(self, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(part, dict) and "type" in part for part in value):
+            return value
+        raise serializers.ValidationError("must be a string or a list of content parts with a 'type'")
+
+
+def validate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not any(m.get("role") in {"user", "system", "developer"} and m.get("content") for m in messages):
+        raise serializers.ValidationError("needs at least one user or system message with content")
+    return messages
+
+
+class RouteInputSerializer(serializers.Serializer):
+    messages = MessageSerializer(many=True, allow_empty=False)
+    policy = serializers.SlugField(required=False, max_length=100)
+    alpha = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    max_cost_usd = serializers.FloatField(required=False, min_value=0.0)
+    max_latency_ms = serializers.FloatField(required=False, min_value=0.0)
+    models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=500)
+    user = serializers.CharField(required=False, max_length=200, allow_blank=True)
+    metadata = serializers.DictField(required=False)
+
+    def validate_messages(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return validate_messages(value)
+
+
+class PredictionSerializer(serializers.Serializer):
+    quality = serializers.FloatField()
+    uncertainty = serializers.FloatField()
+    output_tokens = serializers.FloatField()
+    latency_ms = serializers.FloatField()
+    cost_usd = serializers.FloatField()
+    known = serializers.BooleanField()
+
+
+class CandidateSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    provider = serializers.CharField()
+    tier = serializers.IntegerField()
+    eligible = serializers.BooleanField()
+    excluded_reason = serializers.CharField(allow_null=True)
+    utility = serializers.FloatField(allow_null=True)
+    rank = serializers.IntegerField(allow_null=True)
+    predictions = PredictionSerializer(allow_null=True)
+
+
+class PolicyRefSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    version = serializers.IntegerField(allow_null=True)
+
+
+class ExperimentRefSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    arm = serializers.CharField()
+
+
+class RouteOutputSerializer(serializers.Serializer):
+    decision_id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    model = serializers.CharField()
+    provider = serializers.CharField()
+    strategy = serializers.CharField()
+    policy = PolicyRefSerializer()
+    predictor_version = serializers.CharField()
+    alpha = serializers.FloatField(allow_null=True)
+    experiment = ExperimentRefSerializer(allow_null=True)
+    candidates = CandidateSerializer(many=True)
+    fallbacks = serializers.ListField(child=serializers.CharField())
+    explanation = serializers.DictField()
+    feature_schema = serializers.IntegerField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

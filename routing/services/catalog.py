@@ -1,0 +1,108 @@
+"""load_catalog: providers, models, policies (and experiments) from one YAML/JSON file, idempotently."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.db import transaction
+
+from providers.models import LLMModel
+from providers.services import model_upsert, provider_upsert
+from routing.models import RoutingPolicy
+from routing.selectors import catalog_invalidate
+from routing.services.policies import policy_publish
+from scope_site.errors import InvalidRequest
+
+PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s", "enabled"}
+MODEL_KEYS = {
+    "name", "provider", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "tier",
+    "capabilities", "tags", "upstream_name", "sim_profile", "load_balancing", "enabled",
+}
+POLICY_KEYS = {
+    "slug", "name", "description", "strategy", "alpha", "max_cost_usd", "max_latency_ms", "models",
+    "allowed_models", "denied_models", "required_capabilities", "required_tags", "rules", "options",
+}
+# Extra catalog sections ("experiments", ...) register a loader here: fn(items) -> count
+SECTION_LOADERS: dict[str, Callable[[list[Mapping[str, Any]]], int]] = {}
+
+
+@dataclass
+class CatalogResult:
+    counts: dict[str, int] = field(default_factory=dict)
+    new_policy_versions: list[str] = field(default_factory=list)
+
+
+def catalog_parse(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(f"{path}: the top level must be a mapping with providers/models/policies")
+    return dict(data)
+
+
+def _items(data: Mapping[str, Any], section: str, allowed: set[str], id_key: str) -> list[dict[str, Any]]:
+    items = data.get(section) or []
+    if not isinstance(items, list):
+        raise InvalidRequest(f"{section}: must be a list")
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping) or not item.get(id_key):
+            raise InvalidRequest(f"{section}[{index}]: must be a mapping with {id_key!r}")
+        unknown = set(item) - allowed
+        if unknown:
+            raise InvalidRequest(f"{section}[{item[id_key]}]: unknown key(s) {', '.join(sorted(unknown))}")
+    return [dict(i) for i in items]
+
+
+def catalog_load(*, data: Mapping[str, Any], created_by: str = "load_catalog") -> CatalogResult:
+    known_sections = {"providers", "models", "policies"} | set(SECTION_LOADERS)
+    unknown = set(data) - known_sections
+    if unknown:
+        raise InvalidRequest(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
+    providers = _items(data, "providers", PROVIDER_KEYS, "name")
+    models = _items(data, "models", MODEL_KEYS, "name")
+    policies = _items(data, "policies", POLICY_KEYS, "slug")
+    result = CatalogResult()
+    with transaction.atomic():
+        for item in providers:
+            provider_upsert(**item)
+        for item in models:
+            for required in ("provider", "input_usd_per_mtok", "output_usd_per_mtok"):
+                if required not in item:
+                    raise InvalidRequest(f"models[{item['name']}].{required}: missing")
+            model_upsert(**item)
+        known_models = set(LLMModel.objects.values_list("name", flat=True))
+        for item in policies:
+            if "models" in item:
+                item["allowed_models"] = item.pop("models")
+            slug = item.pop("slug")
+            before = _current_version(slug)
+            try:
+                version = policy_publish(slug=slug, created_by=created_by, known_models=known_models, **item)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"policies[{slug}].{exc.message}") from None
+            if version.version != before:
+                result.new_policy_versions.append(f"{slug} v{version.version}")
+        for section, loader in SECTION_LOADERS.items():
+            if data.get(section):
+                if not isinstance(data[section], list):
+                    raise InvalidRequest(f"{section}: must be a list")
+                result.counts[section] = loader(list(data[section]))
+        transaction.on_commit(catalog_invalidate)
+    result.counts.update(providers=len(providers), models=len(models), policies=len(policies))
+    return result
+
+
+def _current_version(slug: str) -> int | None:
+    policy = RoutingPolicy.objects.select_related("current").filter(slug=slug).first()
+    return policy.current.version if policy and policy.current else None

@@ -1,0 +1,147 @@
+"""Policy writes: every change publishes a new immutable PolicyVersion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from routing.engine.conditions import ConditionError, validate_condition
+from routing.engine.strategies import load_strategies
+from routing.models import PolicyVersion, RoutingPolicy
+from routing.selectors import catalog_invalidate
+from scope_site.errors import InvalidRequest
+
+RULE_ACTIONS = ("force", "exclude", "set_alpha")
+VERSIONED_FIELDS = (
+    "strategy",
+    "alpha",
+    "max_cost_usd",
+    "max_latency_ms",
+    "allowed_models",
+    "denied_models",
+    "required_capabilities",
+    "required_tags",
+    "rules",
+    "options",
+)
+
+
+def validate_rules(rules: Any, known_models: set[str] | None = None) -> list[dict[str, Any]]:
+    if not isinstance(rules, list):
+        raise InvalidRequest("rules: must be a list")
+    cleaned = []
+    for index, rule in enumerate(rules):
+        where = f"rules[{index}]"
+        if not isinstance(rule, Mapping):
+            raise InvalidRequest(f"{where}: must be an object with 'when' and 'then'")
+        try:
+            validate_condition(rule.get("when"), f"{where}.when")
+        except ConditionError as exc:
+            raise InvalidRequest(str(exc)) from None
+        then = rule.get("then")
+        if not isinstance(then, Mapping) or then.get("action") not in RULE_ACTIONS:
+            raise InvalidRequest(f"{where}.then.action: must be one of {', '.join(RULE_ACTIONS)}")
+        if then["action"] in {"force", "exclude"}:
+            model = then.get("model")
+            if not isinstance(model, str) or not model:
+                raise InvalidRequest(f"{where}.then.model: required for {then['action']}")
+            if known_models is not None and model not in known_models:
+                raise InvalidRequest(f"{where}.then.model: unknown model {model!r}")
+        else:
+            alpha = then.get("alpha")
+            if not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+                raise InvalidRequest(f"{where}.then.alpha: must be a number in [0, 1]")
+        cleaned.append({"name": str(rule.get("name") or f"rule-{index + 1}"), "when": rule["when"], "then": dict(then)})
+    return cleaned
+
+
+def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str, Any]:
+    strategies = load_strategies(settings.SCOPE_EXTRA_STRATEGIES)
+    if values["strategy"] not in strategies:
+        raise InvalidRequest(f"strategy: unknown {values['strategy']!r} (known: {', '.join(sorted(strategies))})")
+    alpha = values["alpha"]
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+        raise InvalidRequest("alpha: must be a number in [0, 1]")
+    for limit in ("max_cost_usd", "max_latency_ms"):
+        value = values[limit]
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise InvalidRequest(f"{limit}: must be a non-negative number")
+    for name in ("allowed_models", "denied_models"):
+        listed = values[name]
+        if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):
+            raise InvalidRequest(f"{name}: must be a list of model names")
+        if known_models is not None:
+            unknown = [m for m in listed if m not in known_models]
+            if unknown:
+                raise InvalidRequest(f"{name}: unknown model(s) {', '.join(unknown)}")
+    if not isinstance(values["required_capabilities"], list):
+        raise InvalidRequest("required_capabilities: must be a list")
+    if not isinstance(values["required_tags"], Mapping):
+        raise InvalidRequest("required_tags: must be an object")
+    if not isinstance(values["options"], Mapping):
+        raise InvalidRequest("options: must be an object")
+    values["rules"] = validate_rules(values["rules"], known_models)
+    values["alpha"] = float(alpha)
+    return values
+
+
+def policy_publish(
+    *,
+    slug: str,
+    name: str = "",
+    description: str = "",
+    strategy: str = "hybrid",
+    alpha: float = 0.5,
+    max_cost_usd: float | None = None,
+    max_latency_ms: float | None = None,
+    allowed_models: Sequence[str] = (),
+    denied_models: Sequence[str] = (),
+    required_capabilities: Sequence[str] = (),
+    required_tags: Mapping[str, Any] | None = None,
+    rules: Sequence[Mapping[str, Any]] = (),
+    options: Mapping[str, Any] | None = None,
+    created_by: str = "",
+    note: str = "",
+    known_models: set[str] | None = None,
+) -> PolicyVersion:
+    """Create the policy if new; publish a new version if anything versioned changed; else no-op."""
+    values = _validate(
+        {
+            "strategy": strategy,
+            "alpha": alpha,
+            "max_cost_usd": max_cost_usd,
+            "max_latency_ms": max_latency_ms,
+            "allowed_models": list(allowed_models),
+            "denied_models": list(denied_models),
+            "required_capabilities": list(required_capabilities),
+            "required_tags": dict(required_tags or {}),
+            "rules": list(rules),
+            "options": dict(options or {}),
+        },
+        known_models,
+    )
+    with transaction.atomic():
+        policy, _ = RoutingPolicy.objects.get_or_create(slug=slug, defaults={"name": name or slug})
+        # lock the policy row: two publishers must not both create version N+1
+        policy = RoutingPolicy.objects.select_for_update().get(pk=policy.pk)
+        if (name and policy.name != name) or (description and policy.description != description):
+            policy.name = name or policy.name
+            policy.description = description or policy.description
+            policy.save(update_fields=["name", "description"])
+        current = policy.current
+        if current is not None and all(getattr(current, f) == values[f] for f in VERSIONED_FIELDS):
+            return current
+        version = PolicyVersion.objects.create(
+            policy=policy,
+            version=(current.version + 1) if current else 1,
+            created_by=created_by,
+            note=note,
+            **values,
+        )
+        policy.current = version
+        policy.save(update_fields=["current"])
+        transaction.on_commit(catalog_invalidate)
+    return version

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from routing.api import RouteApi
+from scope_site.health import healthz
+
+handler404 = "scope_site.errors.handler404"
+handler500 = "scope_site.errors.handler500"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/route", RouteApi.as_view(), name="route"),
+]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from routing.selectors import catalog_invalidate
+from tests.factories import make_api_key, make_catalog, make_policy
+
+os.environ.setdefault("SCOPE_TESTING", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    settings.SCOPE_CATALOG_TTL_SECONDS = 0  # every request sees the catalog the test just wrote
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state() -> Iterator[None]:
+    catalog_invalidate()
+    try:
+        cache.clear()
+    except Exception:  # a test may have stopped Redis on purpose
+        pass
+    yield
+    catalog_invalidate()
+
+
+@pytest.fixture
+def catalog(db: Any) -> list[Any]:
+    models = make_catalog()
+    make_policy("default", strategy="hybrid", alpha=0.5)
+    return models
+
+
+@pytest.fixture
+def api_key(catalog: Any) -> str:
+    _, key = make_api_key("tests")
+    return key
+
+
+@pytest.fixture
+def api(api_key: str) -> Callable[..., Any]:
+    """POST JSON to an API path with the test key: api("/api/v1/route", {...})."""
+    client = Client()
+
+    def post(path: str, body: Any, key: str | None = api_key, **headers: Any) -> Any:
+        import json
+
+        extra = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        return client.post(path, data=data, content_type="application/json", **extra, **headers)
+
+    return post
+
+
+def on_postgres() -> bool:
+    from django.db import connection
+
+    return connection.vendor == "postgresql"
+
+
+requires_postgres = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")),
+    reason="needs PostgreSQL (DATABASE_URL); CI runs it",
+)
+requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL); CI runs it")
+USER_MESSAGE: Callable[[str], list[dict[str, str]]] = lambda text: [{"role": "user", "content": text}]  # noqa: E731
