@@ -105,3 +105,32 @@ class Feedback(models.Model):
         constraints = [
             models.CheckConstraint(condition=models.Q(score__gte=0.0, score__lte=1.0), name="feedback_score_0_1")
         ]
+
+
+class TrainingRunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    PROMOTED = "promoted", "Promoted"
+    REJECTED = "rejected", "Trained, not promoted"
+    FAILED = "failed", "Failed"
+
+
+class TrainingRun(models.Model):
+    """One (re)training: data counts, champion vs challenger metrics, duration, outcome, progress."""
+
+    status = models.CharField(max_length=10, choices=TrainingRunStatus.choices, default=TrainingRunStatus.QUEUED)
+    trigger = models.CharField(max_length=50, default="manual")  # manual | schedule | command
+    params = models.JSONField(default=dict, blank=True)
+    progress = models.FloatField(default=0.0)  # 0–1, for the UI's live progress bar
+    progress_message = models.CharField(max_length=200, blank=True)
+    data_counts = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    challenger = models.ForeignKey(PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    champion = models.ForeignKey(PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]

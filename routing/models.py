@@ -119,6 +119,9 @@ class DecisionLog(models.Model):
     predicted_cost_usd = models.FloatField(null=True, blank=True)
     predicted_quality = models.FloatField(null=True, blank=True)
     row_hash = models.CharField(max_length=64, blank=True)
+    checkpoint = models.ForeignKey(
+        "AuditCheckpoint", on_delete=models.PROTECT, null=True, blank=True, related_name="rows"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -130,3 +133,112 @@ class DecisionLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} → {self.chosen_model}"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class Job(models.Model):
+    """An async chat completion. Claimed idempotently (conditional UPDATE), so it never runs twice."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="jobs")
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    body = models.JSONField()
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    decision = models.ForeignKey(DecisionLog, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # the same Idempotency-Key from the same API key never creates a second job
+            models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="job_unique_idempotency_key",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="job_status_time")]  # stuck-job sweeps
+
+
+class ExperimentStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    PROMOTED = "promoted", "Promoted"
+
+
+class Experiment(models.Model):
+    """An A/B split of the traffic that would use `policy` between arms (each a policy + weight)."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.PROTECT, related_name="experiments")
+    status = models.CharField(max_length=10, choices=ExperimentStatus.choices, default=ExperimentStatus.RUNNING)
+    description = models.TextField(blank=True)
+    stats = models.JSONField(default=dict, blank=True)  # last aggregation: per arm metrics with intervals
+    stats_updated_at = models.DateTimeField(null=True, blank=True)
+    winner = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # at most one running experiment splits a policy's traffic
+            models.UniqueConstraint(
+                fields=["policy"], condition=models.Q(status="running"), name="experiment_one_running_per_policy"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ExperimentArm(models.Model):
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="arms")
+    name = models.SlugField(max_length=100)
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.PROTECT, related_name="+")
+    weight = models.PositiveIntegerField(default=50)
+
+    class Meta:
+        ordering = ["experiment", "name"]
+        constraints = [models.UniqueConstraint(fields=["experiment", "name"], name="arm_unique_name")]
+
+
+class PolicyAdjustment(models.Model):
+    """A change the budget-pacing controller made to a policy's α, with its reason."""
+
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="adjustments")
+    from_version = models.PositiveIntegerField()
+    to_version = models.PositiveIntegerField()
+    old_alpha = models.FloatField()
+    new_alpha = models.FloatField()
+    spend_usd = models.FloatField()
+    target_usd = models.FloatField()
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class AuditCheckpoint(models.Model):
+    """A sealed batch of decision rows: its hash covers their row hashes and the previous checkpoint."""
+
+    sequence = models.PositiveBigIntegerField(unique=True)
+    first_created_at = models.DateTimeField()
+    last_created_at = models.DateTimeField()
+    row_count = models.PositiveIntegerField()
+    rows_digest = models.CharField(max_length=64)
+    previous_hash = models.CharField(max_length=64)
+    checkpoint_hash = models.CharField(max_length=64)
+    sealed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-sequence"]
