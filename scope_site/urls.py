@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
@@ -16,3 +17,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/route", RouteApi.as_view(), name="route"),
 ]
+
+if settings.SCOPE_ENABLE_NOOP_ENDPOINT:  # benchmark only (bench/overhead.py)
+    from scope_site.noop import NoopApi
+
+    urlpatterns.append(path("api/v1/noop", NoopApi.as_view(), name="noop"))
