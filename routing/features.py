@@ -42,7 +42,7 @@ _EXTRACTION_WORDS = frozenset(
 )
 _CREATIVE_WORDS = frozenset(
     "story poem poetry song lyrics creative imagine fiction character characters plot novel haiku "
-    "limerick joke funny write essay letter speech slogan tagline fantasy dialogue narrative".split()
+    "limerick joke funny essay letter speech slogan tagline fantasy dialogue narrative".split()
 )
 _CHOICE_MARKERS = ("\nA.", "\nB.", "\nA)", "\nB)", "(A)", "(B)", "\na)", "\nb)")
 
