@@ -242,3 +242,50 @@ class AuditCheckpoint(models.Model):
 
     class Meta:
         ordering = ["-sequence"]
+
+
+class SpendPeriod(models.TextChoices):
+    DAY = "day", "Day (UTC)"
+    MONTH = "month", "Month (UTC)"
+
+
+class SpendLedger(models.Model):
+    """An API key's spend in one budget period: settled cost plus cost reserved by calls in flight.
+
+    Written only by routing.services.limits, under a row lock, so concurrent admissions see each
+    other's reservations (spent + reserved never passes the budget at admission).
+    """
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="spend")
+    period = models.CharField(max_length=5, choices=SpendPeriod.choices)
+    period_start = models.DateField()
+    spent_usd = models.DecimalField(max_digits=16, decimal_places=8, default=0)
+    reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=0)
+    requests = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # one row per key and period: admission locks exactly this row
+            models.UniqueConstraint(fields=["api_key", "period", "period_start"], name="spendledger_unique_period"),
+            models.CheckConstraint(condition=models.Q(reserved_usd__gte=0), name="spendledger_reserved_non_negative"),
+        ]
+
+
+class BudgetHold(models.Model):
+    """One admitted call's reservation; settled with the actual cost, or expired if never settled."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    amount_usd = models.DecimalField(max_digits=16, decimal_places=8)
+    day = models.DateField()
+    month = models.DateField()
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+    actual_usd = models.DecimalField(max_digits=16, decimal_places=8, null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # expiry sweep: unsettled holds of one key, oldest first
+            models.Index(fields=["api_key", "settled_at", "created_at"], name="budgethold_open"),
+        ]
