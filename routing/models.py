@@ -129,6 +129,21 @@ class DecisionLog(models.Model):
             # decisions explorer: newest first, filtered by model / policy
             models.Index(fields=["chosen_model", "-created_at"], name="decision_model_time"),
             models.Index(fields=["policy_slug", "-created_at"], name="decision_policy_time"),
+            # decisions explorer / export keyset pagination: ORDER BY created_at DESC, id DESC
+            # WHERE (created_at, id) < (:t, :id)
+            models.Index(fields=["created_at", "id"], name="decision_time_id"),
+            # decisions explorer filtered by API key
+            models.Index(fields=["api_key_name", "-created_at"], name="decision_key_time"),
+            # explorer filtered by experiment; experiment statistics per arm
+            models.Index(
+                fields=["experiment", "arm", "created_at"],
+                name="decision_experiment_time",
+                condition=~models.Q(experiment=""),
+            ),
+            # audit sealer: the rows not yet in a checkpoint, oldest first (stays small)
+            models.Index(
+                fields=["created_at", "id"], name="decision_unsealed", condition=models.Q(checkpoint__isnull=True)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -289,3 +304,44 @@ class BudgetHold(models.Model):
             # expiry sweep: unsettled holds of one key, oldest first
             models.Index(fields=["api_key", "settled_at", "created_at"], name="budgethold_open"),
         ]
+
+
+class DecisionRollup(models.Model):
+    """Hourly aggregates per chosen model for the overview page, maintained incrementally.
+
+    Written only by routing.services.rollup (a periodic task and a catch-up before each overview
+    read), so the overview never scans the decision log. Latencies are kept as fixed log-spaced
+    histograms (routing.services.rollup.LATENCY_EDGES_MS) so percentiles can be merged.
+    """
+
+    hour = models.DateTimeField()
+    model = models.CharField(max_length=200, blank=True)
+    # from decisions (bucketed by DecisionLog.created_at)
+    requests = models.PositiveBigIntegerField(default=0)
+    predicted_cost_usd = models.FloatField(default=0.0)
+    baseline_cost_usd = models.FloatField(default=0.0)  # same requests sent to the best model
+    savings_sq = models.FloatField(default=0.0)  # Σ saving², for the savings error band
+    predicted_quality_sum = models.FloatField(default=0.0)
+    predicted_quality_n = models.PositiveBigIntegerField(default=0)
+    predicted_latency_hist = models.JSONField(default=list)
+    # from outcomes (bucketed by Outcome.created_at)
+    outcomes = models.PositiveBigIntegerField(default=0)
+    outcome_errors = models.PositiveBigIntegerField(default=0)
+    outcome_cost_usd = models.FloatField(default=0.0)
+    latency_hist = models.JSONField(default=list)
+    # from feedback (bucketed by Feedback.created_at, attributed to the decision's model)
+    feedback_n = models.PositiveBigIntegerField(default=0)
+    feedback_sum = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "model"], name="decisionrollup_unique_hour_model")]
+        # overview: WHERE hour BETWEEN :from AND :to (the unique index's leading column serves it)
+
+
+class RollupState(models.Model):
+    """How far each rollup source has been aggregated (row lock = the one rollup writer at a time)."""
+
+    source = models.CharField(max_length=20, unique=True)  # decisions | outcomes | feedback
+    watermark = models.DateTimeField(null=True, blank=True)
+    last_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
