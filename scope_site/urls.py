@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
+from feedback.api import FeedbackApi
 from routing.api import RouteApi
 from scope_site.health import healthz
 
@@ -16,6 +17,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/route", RouteApi.as_view(), name="route"),
+    path("api/v1/feedback", FeedbackApi.as_view(), name="feedback"),
 ]
 
 if settings.SCOPE_ENABLE_NOOP_ENDPOINT:  # benchmark only (bench/overhead.py)
