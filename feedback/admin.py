@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from feedback.models import EvalOutcome, EvalPrompt, Feedback, Outcome, PredictorVersion
+from feedback.models import EvalOutcome, EvalPrompt, Feedback, Outcome, PredictorVersion, TrainingRun
 from routing.admin import ReadOnlyAdmin
 
 
@@ -27,10 +27,24 @@ class PredictorVersionAdmin(ReadOnlyAdmin):
 
 @admin.register(Outcome)
 class OutcomeAdmin(ReadOnlyAdmin):
-    list_display = ("decision", "model_name", "status", "output_tokens", "latency_ms", "cost_usd", "created_at")
+    list_display = (
+        "decision",
+        "model_name",
+        "status",
+        "output_tokens",
+        "latency_ms",
+        "cost_usd",
+        "created_at",
+    )
     list_filter = ("status", "model_name")
 
 
 @admin.register(Feedback)
 class FeedbackAdmin(ReadOnlyAdmin):
     list_display = ("decision", "score", "label", "created_at")
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "status", "trigger", "progress", "created_at", "finished_at")
+    list_filter = ("status", "trigger")

@@ -6,7 +6,17 @@ from django.contrib import admin
 from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
-from routing.models import ApiKey, DecisionLog, PolicyVersion, RoutingPolicy
+from routing.models import (
+    ApiKey,
+    AuditCheckpoint,
+    DecisionLog,
+    Experiment,
+    ExperimentArm,
+    Job,
+    PolicyAdjustment,
+    PolicyVersion,
+    RoutingPolicy,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -53,8 +63,50 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
 @admin.register(DecisionLog)
 class DecisionLogAdmin(ReadOnlyAdmin):
-    list_display = ("id", "created_at", "kind", "policy_slug", "chosen_model", "strategy", "predictor_version")
+    list_display = (
+        "id",
+        "created_at",
+        "kind",
+        "policy_slug",
+        "chosen_model",
+        "strategy",
+        "predictor_version",
+    )
     list_filter = ("kind", "strategy", "chosen_model")
     search_fields = ("id", "user", "api_key_name")
     date_hierarchy = "created_at"
     show_full_result_count = False  # counting a million rows per page view is what makes admins slow
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "status", "api_key", "attempts", "created_at", "finished_at")
+    list_filter = ("status",)
+
+
+class ExperimentArmInline(admin.TabularInline):
+    model = ExperimentArm
+    extra = 0
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ("name", "policy", "status", "winner", "stats_updated_at")
+    list_filter = ("status",)
+    inlines = [ExperimentArmInline]
+    readonly_fields = ("stats", "stats_updated_at")
+
+
+@admin.register(PolicyAdjustment)
+class PolicyAdjustmentAdmin(ReadOnlyAdmin):
+    list_display = ("policy", "old_alpha", "new_alpha", "spend_usd", "target_usd", "created_at")
+
+
+@admin.register(AuditCheckpoint)
+class AuditCheckpointAdmin(ReadOnlyAdmin):
+    list_display = ("sequence", "row_count", "first_created_at", "last_created_at", "sealed_at")
+
+
+@admin.register(ExperimentArm)
+class ExperimentArmAdmin(admin.ModelAdmin):
+    list_display = ("experiment", "name", "policy", "weight")

@@ -69,5 +69,7 @@ requires_postgres = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")),
     reason="needs PostgreSQL (DATABASE_URL); CI runs it",
 )
-requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL); CI runs it")
+requires_redis = pytest.mark.skipif(
+    not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL); CI runs it"
+)
 USER_MESSAGE: Callable[[str], list[dict[str, str]]] = lambda text: [{"role": "user", "content": text}]  # noqa: E731

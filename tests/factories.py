@@ -40,12 +40,31 @@ class LLMModelFactory(factory.django.DjangoModelFactory):
 def make_catalog() -> list[LLMModel]:
     """Three models from cheap/small to expensive/frontier, on the simulated provider."""
     return [
-        LLMModelFactory(name="small", tier=1, input_usd_per_mtok=Decimal("0.1"), output_usd_per_mtok=Decimal("0.2"),
-                        tags={"region": "eu"}, capabilities=["json"]),
-        LLMModelFactory(name="medium", tier=3, input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"),
-                        tags={"region": "us"}, capabilities=["json", "tools"]),
-        LLMModelFactory(name="large", tier=5, input_usd_per_mtok=Decimal("10"), output_usd_per_mtok=Decimal("30"),
-                        tags={"region": "us"}, capabilities=["json", "tools", "vision"], context_window=128000),
+        LLMModelFactory(
+            name="small",
+            tier=1,
+            input_usd_per_mtok=Decimal("0.1"),
+            output_usd_per_mtok=Decimal("0.2"),
+            tags={"region": "eu"},
+            capabilities=["json"],
+        ),
+        LLMModelFactory(
+            name="medium",
+            tier=3,
+            input_usd_per_mtok=Decimal("1"),
+            output_usd_per_mtok=Decimal("2"),
+            tags={"region": "us"},
+            capabilities=["json", "tools"],
+        ),
+        LLMModelFactory(
+            name="large",
+            tier=5,
+            input_usd_per_mtok=Decimal("10"),
+            output_usd_per_mtok=Decimal("30"),
+            tags={"region": "us"},
+            capabilities=["json", "tools", "vision"],
+            context_window=128000,
+        ),
     ]
 
 

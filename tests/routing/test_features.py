@@ -6,7 +6,9 @@ import pytest
 
 from routing.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, extract_features, message_text
 
-GOLDEN_PROMPT = "Write a Python function that returns the n-th prime.\n```python\ndef prime(n):\n    pass\n```"
+GOLDEN_PROMPT = (
+    "Write a Python function that returns the n-th prime.\n```python\ndef prime(n):\n    pass\n```"
+)
 
 
 def test_feature_names_are_unique_and_versioned() -> None:
@@ -71,5 +73,9 @@ def test_it_is_deterministic_and_total_on_odd_content() -> None:
 
 
 def test_message_text_joins_text_parts_and_ignores_images() -> None:
-    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "b"}]
+    parts = [
+        {"type": "text", "text": "a"},
+        {"type": "image_url", "image_url": {"url": "x"}},
+        {"type": "text", "text": "b"},
+    ]
     assert message_text(parts) == "a\nb"

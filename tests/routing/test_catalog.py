@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+
+from providers.models import LLMModel, Provider
+from routing.models import ApiKey, PolicyVersion, RoutingPolicy
+
+CATALOG = {
+    "providers": [
+        {
+            "name": "local-vllm",
+            "kind": "openai_compatible",
+            "base_url": "http://127.0.0.1:8001/v1",
+            "api_key_env": "VLLM_KEY",
+        }
+    ],
+    "models": [
+        {
+            "name": "llama-3.1-8b",
+            "provider": "local-vllm",
+            "input_usd_per_mtok": 0.02,
+            "output_usd_per_mtok": 0.03,
+            "context_window": 131072,
+            "tier": 2,
+            "capabilities": ["json"],
+        },
+        {
+            "name": "big",
+            "provider": "local-vllm",
+            "input_usd_per_mtok": 5,
+            "output_usd_per_mtok": 15,
+            "tier": 5,
+        },
+    ],
+    "policies": [
+        {
+            "slug": "cheap-first",
+            "strategy": "hybrid",
+            "alpha": 0.3,
+            "max_cost_usd": 0.01,
+            "models": ["llama-3.1-8b"],
+            "rules": [
+                {
+                    "name": "code-to-big",
+                    "when": {"feature": "code_signal", "op": ">", "value": 2},
+                    "then": {"action": "force", "model": "big"},
+                }
+            ],
+        },
+    ],
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "catalog.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load(path: Path) -> str:
+    out = StringIO()
+    call_command("load_catalog", str(path), stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_it_loads_the_catalog_idempotently(tmp_path: Path) -> None:
+    path = write(tmp_path, CATALOG)
+    first = load(path)
+    assert "1 providers, 2 models, 1 policies" in first and "cheap-first v1" in first
+    second = load(path)
+    assert "new policy version" not in second
+    assert Provider.objects.count() == 1 and LLMModel.objects.count() == 2
+    assert PolicyVersion.objects.count() == 1
+    provider = Provider.objects.get()
+    assert provider.api_key_env == "VLLM_KEY"
+    version = RoutingPolicy.objects.get(slug="cheap-first").current
+    assert (
+        version is not None
+        and version.allowed_models == ["llama-3.1-8b"]
+        and version.rules[0]["name"] == "code-to-big"
+    )
+
+
+@pytest.mark.django_db
+def test_a_changed_policy_becomes_a_new_version_and_the_old_one_is_kept(tmp_path: Path) -> None:
+    load(write(tmp_path, CATALOG))
+    changed = {**CATALOG, "policies": [{**CATALOG["policies"][0], "alpha": 0.6}]}  # type: ignore[dict-item]
+    assert "cheap-first v2" in load(write(tmp_path, changed))
+    versions = list(
+        PolicyVersion.objects.filter(policy__slug="cheap-first")
+        .order_by("version")
+        .values_list("version", "alpha")
+    )
+    assert versions == [(1, 0.3), (2, 0.6)]
+    assert RoutingPolicy.objects.get(slug="cheap-first").current.version == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_json_catalogs_load_too(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(CATALOG))
+    assert "2 models" in load(path)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["models"][0].update(tier=9), "models[llama-3.1-8b].tier"),
+        (
+            lambda c: c["models"][0].update(provider="ghost"),
+            "models[llama-3.1-8b].provider: unknown provider 'ghost'",
+        ),
+        (
+            lambda c: c["models"][0].update(input_usd_per_mtok="cheap"),
+            "models[llama-3.1-8b].input_usd_per_mtok",
+        ),
+        (lambda c: c["models"][0].update(colour="red"), "models[llama-3.1-8b]: unknown key(s) colour"),
+        (lambda c: c["providers"][0].update(kind="magic"), "providers[local-vllm].kind"),
+        (lambda c: c["policies"][0].update(alpha=2), "policies[cheap-first].alpha"),
+        (lambda c: c["policies"][0].update(strategy="nope"), "policies[cheap-first].strategy"),
+        (
+            lambda c: c["policies"][0].update(models=["ghost"]),
+            "policies[cheap-first].allowed_models: unknown model(s) ghost",
+        ),
+        (
+            lambda c: c["policies"][0]["rules"][0]["when"].update(feature="nope"),
+            "policies[cheap-first].rules[0].when.feature",
+        ),
+        (
+            lambda c: c["policies"][0]["rules"][0]["then"].update(action="explode"),
+            "policies[cheap-first].rules[0].then.action",
+        ),
+        (lambda c: c.update(widgets=[]), "unknown top-level key(s): widgets"),
+    ],
+)
+def test_bad_catalogs_fail_with_the_offending_key_and_change_nothing(
+    tmp_path: Path, mutate: object, message: str
+) -> None:
+    import copy
+
+    data = copy.deepcopy(CATALOG)
+    mutate(data)  # type: ignore[operator]
+    with pytest.raises(
+        CommandError,
+        match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)"),
+    ):
+        load(write(tmp_path, data))
+    assert not LLMModel.objects.exists() and not RoutingPolicy.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("providers: [unclosed")
+    with pytest.raises(CommandError, match="not valid YAML"):
+        load(path)
+    with pytest.raises(CommandError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.django_db
+def test_seed_demo_is_idempotent_and_routable() -> None:
+    call_command("seed_demo", stdout=StringIO())
+    counts = (LLMModel.objects.count(), PolicyVersion.objects.count())
+    call_command("seed_demo", stdout=StringIO())
+    assert (LLMModel.objects.count(), PolicyVersion.objects.count()) == counts
+    assert counts[0] >= 6
+    assert RoutingPolicy.objects.get(slug="default").current.strategy == "hybrid"  # type: ignore[union-attr]
+    assert set(Provider.objects.values_list("kind", flat=True)) == {"simulated"}
+
+
+@pytest.mark.django_db
+def test_create_api_key_prints_only_the_key() -> None:
+    call_command("seed_demo", stdout=StringIO())
+    out = StringIO()
+    call_command("create_api_key", "my-app", "--policy", "cheap-first", stdout=out)
+    key = out.getvalue().strip()
+    assert "\n" not in key and "." in key
+    row = ApiKey.objects.get_from_key(key)
+    assert (
+        row.name == "my-app" and row.default_policy is not None and row.default_policy.slug == "cheap-first"
+    )
+    with pytest.raises(CommandError, match="Unknown policy"):
+        call_command("create_api_key", "x", "--policy", "ghost", stdout=StringIO())

@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from routing.engine.conditions import ConditionError, evaluate, validate_condition
+from routing.engine.decide import UnknownStrategy, decide
+from routing.engine.strategies import load_strategies
+from routing.engine.types import ModelSpec, PolicySpec, RouteOptions, Rule
+from routing.features import extract_features
+
+STRATEGIES = load_strategies(["longest-name=tests.routing.custom_strategy.LongestNameStrategy"])
+
+
+def model(name: str, tier: int, price_in: float, price_out: float, **kw: Any) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        provider="sim",
+        provider_kind="simulated",
+        input_usd_per_mtok=price_in,
+        output_usd_per_mtok=price_out,
+        context_window=kw.pop("context_window", 32000),
+        tier=tier,
+        **kw,
+    )
+
+
+CATALOG = (
+    model("tiny", 1, 0.1, 0.1, tags={"region": "eu"}),
+    model("mid", 3, 1.0, 2.0, capabilities=frozenset({"json"}), tags={"region": "us"}),
+    model("frontier", 5, 10.0, 30.0, capabilities=frozenset({"json", "vision"}), tags={"region": "us"}),
+)
+FEATURES = extract_features(
+    [{"role": "user", "content": "Explain step by step why the sum of two odd numbers is even."}]
+)
+
+
+def run(
+    policy: PolicySpec, options: RouteOptions | None = None, catalog: tuple[ModelSpec, ...] = CATALOG
+) -> Any:
+    return decide(
+        features=FEATURES,
+        models=catalog,
+        policy=policy,
+        options=options or RouteOptions(),
+        predictor=None,
+        strategies=STRATEGIES,
+    )
+
+
+def test_alpha_one_picks_best_predicted_quality_and_alpha_zero_the_cheapest() -> None:
+    assert run(PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=1.0)).model.name == "frontier"
+    assert run(PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=0.0)).model.name == "tiny"
+
+
+def test_every_excluded_model_keeps_its_reason() -> None:
+    policy = PolicySpec(slug="p", version=1, denied_models=("tiny",), required_capabilities=("vision",))
+    decision = run(policy)
+    reasons = {c.model.name: c.excluded_reason for c in decision.candidates}
+    assert decision.model.name == "frontier"
+    assert "denied" in reasons["tiny"]
+    assert "missing capability: vision" in reasons["mid"]
+    assert reasons["frontier"] == ""
+
+
+def test_it_excludes_models_by_tags_context_window_and_request_subset() -> None:
+    catalog = (*CATALOG, model("short", 2, 0.2, 0.2, context_window=10, tags={"region": "eu"}))
+    decision = run(
+        PolicySpec(slug="p", version=1, required_tags={"region": "eu"}),
+        RouteOptions(models=("tiny", "short", "mid")),
+        catalog,
+    )
+    reasons = {c.model.name: c.excluded_reason for c in decision.candidates}
+    assert decision.model.name == "tiny"
+    assert "context window 10" in reasons["short"]
+    assert "tag region='us'" in reasons["mid"]
+    assert reasons["frontier"] == "not in the request's models"
+
+
+def test_hard_limits_on_predicted_cost_and_latency_exclude_with_reasons() -> None:
+    decision = run(PolicySpec(slug="p", version=1, alpha=1.0, max_cost_usd=0.001))
+    frontier = next(c for c in decision.candidates if c.model.name == "frontier")
+    assert not frontier.eligible and frontier.excluded_reason.startswith("predicted cost")
+    assert decision.model.name != "frontier"
+    slow = run(PolicySpec(slug="p", version=1), RouteOptions(max_latency_ms=1.0))
+    assert slow.model is None
+    assert all(c.excluded_reason.startswith("predicted latency") for c in slow.candidates)
+
+
+def test_rules_force_exclude_and_set_alpha_in_order() -> None:
+    rules = (
+        Rule(
+            name="no-tiny-for-reasoning",
+            when={"feature": "reasoning_signal", "op": ">", "value": 0},
+            action="exclude",
+            model="tiny",
+        ),
+        Rule(
+            name="vip",
+            when={"metadata": "plan", "op": "==", "value": "vip"},
+            action="force",
+            model="frontier",
+        ),
+        Rule(
+            name="thrifty",
+            when={"metadata": "plan", "op": "==", "value": "free"},
+            action="set_alpha",
+            alpha=0.0,
+        ),
+    )
+    policy = PolicySpec(slug="p", version=1, strategy="hybrid", alpha=0.5, rules=rules)
+    vip = run(policy, RouteOptions(metadata={"plan": "vip"}))
+    assert vip.model.name == "frontier"
+    assert vip.explanation["summary"] == "forced by rule 'vip'"
+    free = run(policy, RouteOptions(metadata={"plan": "free"}))
+    assert free.alpha == 0.0
+    assert free.model.name == "mid"  # tiny excluded by the first rule, mid is the cheapest left
+    assert "excluded by rule 'no-tiny-for-reasoning'" in {c.excluded_reason for c in free.candidates}
+    # pre_inference ignores rules
+    plain = run(
+        PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=0.0, rules=rules),
+        RouteOptions(metadata={"plan": "vip"}),
+    )
+    assert plain.model.name == "tiny"
+
+
+def test_a_forced_model_that_is_not_eligible_is_not_chosen() -> None:
+    rules = (
+        Rule(
+            name="force-frontier",
+            when={"metadata": "x", "op": "exists", "value": True},
+            action="force",
+            model="frontier",
+        ),
+    )
+    decision = run(
+        PolicySpec(slug="p", version=1, rules=rules, denied_models=("frontier",)),
+        RouteOptions(metadata={"x": 1}),
+    )
+    assert decision.model.name != "frontier"
+    assert any("not eligible" in note for note in decision.explanation["notes"])
+
+
+def test_rule_and_feature_strategies_rank_without_the_predictor() -> None:
+    rule = run(PolicySpec(slug="p", version=1, strategy="rule", options={"default_model": "mid"}))
+    assert rule.model.name == "mid" and rule.predictor_version == "none"
+    hard = extract_features(
+        [{"role": "user", "content": "Prove the theorem step by step and explain why: " + "integral " * 40}]
+    )
+    easy = extract_features([{"role": "user", "content": "hi"}])
+    policy = PolicySpec(slug="p", version=1, strategy="feature", alpha=0.5)
+    pick = {
+        name: decide(
+            features=f,
+            models=CATALOG,
+            policy=policy,
+            options=RouteOptions(),
+            predictor=None,
+            strategies=STRATEGIES,
+        ).model.tier
+        for name, f in {"hard": hard, "easy": easy}.items()
+    }
+    assert pick["hard"] > pick["easy"]
+
+
+def test_a_custom_strategy_loaded_from_a_dotted_path_is_used() -> None:
+    decision = run(PolicySpec(slug="p", version=1, strategy="longest-name"))
+    assert decision.strategy == "longest-name"
+    assert decision.model.name == "frontier"
+
+
+def test_unknown_strategy_and_bad_strategy_entries_fail_loudly() -> None:
+    with pytest.raises(UnknownStrategy):
+        run(PolicySpec(slug="p", version=1, strategy="nope"))
+    with pytest.raises(ValueError):
+        load_strategies(["missing-equals-sign"])
+
+
+def test_the_prior_predictor_is_named_and_every_candidate_has_predictions() -> None:
+    decision = run(PolicySpec(slug="p", version=1))
+    assert decision.predictor_version == "prior"
+    assert decision.fallbacks and decision.model.name not in decision.fallbacks
+    for c in decision.candidates:
+        assert c.prediction is not None and 0 <= c.prediction.quality <= 1
+        assert c.cost_usd == pytest.approx(
+            c.model.cost_usd(FEATURES.input_tokens, c.prediction.output_tokens)
+        )
+
+
+@pytest.mark.parametrize(
+    ("cond", "expected"),
+    [
+        ({"feature": "n_messages", "op": "==", "value": 1}, True),
+        ({"metadata": "team", "op": "in", "value": ["a", "b"]}, True),
+        ({"not": {"metadata": "team", "op": "==", "value": "a"}}, False),
+        (
+            {
+                "all": [
+                    {"feature": "n_messages", "op": ">=", "value": 1},
+                    {"metadata": "missing", "op": "==", "value": 1},
+                ]
+            },
+            False,
+        ),
+        (
+            {
+                "any": [
+                    {"metadata": "team", "op": "==", "value": "z"},
+                    {"metadata": "team", "op": "contains", "value": "a"},
+                ]
+            },
+            True,
+        ),
+        ({"metadata": "team", "op": ">", "value": 3}, False),  # str vs int never raises
+    ],
+)
+def test_conditions_evaluate_safely(cond: dict[str, Any], expected: bool) -> None:
+    validate_condition(cond)
+    assert evaluate(cond, FEATURES.as_dict(), {"team": "a"}) is expected
+
+
+@pytest.mark.parametrize(
+    "cond",
+    [
+        {},
+        {"feature": "nope", "value": 1},
+        {"metadata": "x", "op": "~", "value": 1},
+        {"all": []},
+        {"metadata": "x", "op": "in", "value": 3},
+        {"code": "__import__('os')"},
+    ],
+)
+def test_malformed_conditions_are_rejected(cond: dict[str, Any]) -> None:
+    with pytest.raises(ConditionError):
+        validate_condition(cond)

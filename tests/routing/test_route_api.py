@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test import Client
+
+from routing.models import ApiKey, DecisionLog
+from tests.conftest import USER_MESSAGE, requires_postgres
+from tests.factories import make_api_key, make_catalog, make_policy
+
+ROUTE = "/api/v1/route"
+Api = Callable[..., Any]
+
+
+def test_it_answers_with_the_decision_and_logs_exactly_one_row(api: Api) -> None:
+    response = api(ROUTE, {"messages": USER_MESSAGE("What is the capital of France?"), "user": "u1"})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert set(body) >= {
+        "decision_id",
+        "model",
+        "provider",
+        "strategy",
+        "policy",
+        "predictor_version",
+        "candidates",
+        "fallbacks",
+        "explanation",
+    }
+    assert body["policy"] == {"slug": "default", "version": 1}
+    assert body["predictor_version"] == "prior"
+    assert {c["model"] for c in body["candidates"]} == {"small", "medium", "large"}
+    for candidate in body["candidates"]:
+        assert set(candidate) >= {"predictions", "utility", "eligible", "excluded_reason"}
+        assert set(candidate["predictions"]) >= {
+            "quality",
+            "uncertainty",
+            "output_tokens",
+            "latency_ms",
+            "cost_usd",
+        }
+    row = DecisionLog.objects.get()
+    assert str(row.id) == body["decision_id"]
+    assert row.chosen_model == body["model"] and row.user == "u1"
+    assert row.candidates == body["candidates"]
+    assert row.features["n_messages"] == 1.0 and row.feature_schema >= 1
+    assert len(row.row_hash) == 64
+
+
+def test_request_overrides_narrow_the_policy(api: Api) -> None:
+    cheapest = api(ROUTE, {"messages": USER_MESSAGE("hello"), "alpha": 0.0}).json()
+    best = api(ROUTE, {"messages": USER_MESSAGE("hello"), "alpha": 1.0}).json()
+    assert cheapest["model"] == "small"
+    assert best["model"] == "large"
+    subset = api(
+        ROUTE, {"messages": USER_MESSAGE("hello"), "alpha": 1.0, "models": ["small", "medium"]}
+    ).json()
+    assert subset["model"] == "medium"
+    excluded = {c["model"]: c["excluded_reason"] for c in subset["candidates"]}
+    assert excluded["large"] == "not in the request's models"
+
+
+def test_the_api_keys_default_policy_applies_and_an_explicit_policy_wins(api: Api) -> None:
+    make_policy("premium", strategy="pre_inference", alpha=1.0)
+    _, key = make_api_key("premium-app", policy="premium")
+    assert api(ROUTE, {"messages": USER_MESSAGE("hi")}, key=key).json()["policy"]["slug"] == "premium"
+    assert (
+        api(ROUTE, {"messages": USER_MESSAGE("hi"), "policy": "default"}, key=key).json()["policy"]["slug"]
+        == "default"
+    )
+
+
+def test_when_nothing_is_eligible_it_answers_422_and_still_logs_the_decision(api: Api) -> None:
+    response = api(ROUTE, {"messages": USER_MESSAGE("hi"), "max_cost_usd": 0.0})
+    assert response.status_code == 422
+    body = response.json()["error"]
+    assert body["code"] == "no_eligible_model"
+    row = DecisionLog.objects.get(id=body["decision_id"])
+    assert row.chosen_model == ""
+    assert all(not c["eligible"] for c in row.candidates)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 400, "invalid_request"),
+        ({"messages": []}, 400, "invalid_request"),
+        ({"messages": "hello"}, 400, "invalid_request"),
+        ({"messages": [{"role": "user"}]}, 400, "invalid_request"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": 42}]}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "alpha": 1.5}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "alpha": -0.1}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "alpha": "high"}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_cost_usd": -1}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "models": "small"}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "models": ["nope"]}, 400, "unknown_model"),
+        ({"messages": [{"role": "user", "content": "x"}], "metadata": [1]}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}], "policy": "no-such-policy"}, 404, "unknown_policy"),
+        ([1, 2, 3], 400, "invalid_request"),
+        ("{broken", 400, "invalid_json"),
+    ],
+)
+def test_bad_input_gets_a_json_4xx_and_no_decision(api: Api, body: Any, status: int, code: str) -> None:
+    response = api(ROUTE, body)
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert not DecisionLog.objects.exists()
+
+
+def test_a_non_json_body_is_415(api_key: str) -> None:
+    response = Client().post(
+        ROUTE, data="messages=hi", content_type="text/plain", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_a_body_over_one_megabyte_is_413(api: Api) -> None:
+    response = api(ROUTE, {"messages": USER_MESSAGE("x" * (1024 * 1024 + 10))})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer wrong.key", "Basic dXNlcjpwYXNz", "Bearer abc"])
+def test_missing_or_wrong_keys_get_401(catalog: Any, header: str | None) -> None:
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = Client().post(
+        ROUTE, data=json.dumps({"messages": USER_MESSAGE("hi")}), content_type="application/json", **extra
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+
+
+def test_a_revoked_or_inactive_key_gets_401(api: Api) -> None:
+    row, key = make_api_key("soon-revoked")
+    ApiKey.objects.filter(pk=row.pk).update(revoked=True)
+    assert api(ROUTE, {"messages": USER_MESSAGE("hi")}, key=key).status_code == 401
+    row2, key2 = make_api_key("inactive")
+    ApiKey.objects.filter(pk=row2.pk).update(is_active=False)
+    assert api(ROUTE, {"messages": USER_MESSAGE("hi")}, key=key2).status_code == 401
+
+
+def test_the_key_is_stored_hashed_only(api_key: str) -> None:
+    row = ApiKey.objects.get(name="tests")
+    assert api_key not in row.hashed_key and row.hashed_key.startswith("sha512$$")
+    assert api_key.startswith(row.prefix + ".")
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_forty_concurrent_requests_get_forty_answers_and_forty_rows() -> None:
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("concurrent")
+    statuses: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(40)
+
+    def call(i: int) -> None:
+        try:
+            barrier.wait()
+            response = Client().post(
+                ROUTE,
+                data=json.dumps({"messages": USER_MESSAGE(f"question {i}"), "user": f"user-{i}"}),
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Bearer {key}",
+            )
+            with lock:
+                statuses.append(response.status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 40
+    assert DecisionLog.objects.count() == 40
+    assert DecisionLog.objects.values("user").distinct().count() == 40
