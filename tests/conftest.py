@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,10 +24,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
     catalog_invalidate()
-    try:
+    with contextlib.suppress(Exception):  # a test may have stopped Redis on purpose
         cache.clear()
-    except Exception:  # a test may have stopped Redis on purpose
-        pass
     yield
     catalog_invalidate()
 
