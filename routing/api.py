@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing.serializers import ErrorSerializer, RouteInputSerializer, RouteOutputSerializer
+from routing.services.limits import rpm_admit
 from routing.services.route import decision_payload, route_decide
 
 _ERRORS = {
@@ -30,6 +31,7 @@ class RouteApi(APIView):
         responses={200: RouteOutputSerializer, **_ERRORS},
     )
     def post(self, request: Request) -> Response:
+        rpm_admit(api_key=request.auth)
         serializer = RouteInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

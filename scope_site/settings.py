@@ -196,6 +196,41 @@ if SCOPE_PROMPT_STORAGE not in {"full", "redacted"}:
 SCOPE_CATALOG_TTL_SECONDS = env_float("SCOPE_CATALOG_TTL_SECONDS", 2.0, minimum=0.0)
 SCOPE_ENABLE_NOOP_ENDPOINT = env_bool("SCOPE_ENABLE_NOOP_ENDPOINT", False)
 SCOPE_DATA_DIR = Path(env_str("SCOPE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data")))
+# Learning loop (feedback/services/live_data.py, retraining.py, calibration.py; routing/services/pacing.py)
+# Per-source weights of training examples: "feedback=3,outcome=1,eval=1".
+SCOPE_TRAINING_SOURCE_WEIGHTS = {
+    k.strip(): float(v)
+    for k, _, v in (
+        item.partition("=")
+        for item in env_list("SCOPE_TRAINING_SOURCE_WEIGHTS", ["feedback=3", "outcome=1", "eval=1"])
+    )
+}
+SCOPE_RETRAIN_MIN_IMPROVEMENT = env_float("SCOPE_RETRAIN_MIN_IMPROVEMENT", 0.002, minimum=0.0)  # Brier margin
+SCOPE_RETRAIN_HOLDOUT_FRACTION = env_float("SCOPE_RETRAIN_HOLDOUT_FRACTION", 0.2, minimum=0.05)
+SCOPE_RETRAIN_LIVE_DAYS = env_int("SCOPE_RETRAIN_LIVE_DAYS", 90, minimum=1)  # live decisions used
+SCOPE_EXPLORATION_CAP = env_float("SCOPE_EXPLORATION_CAP", 0.1, minimum=0.0)  # new models: share of requests
+SCOPE_EXPLORATION_MIN_OUTCOMES = env_int("SCOPE_EXPLORATION_MIN_OUTCOMES", 50, minimum=1)
+SCOPE_JUDGE_MODEL = env_str("SCOPE_JUDGE_MODEL")  # calibrate_model scores free-form answers with it
+SCOPE_PACING_LOOKBACK_SECONDS = env_int("SCOPE_PACING_LOOKBACK_SECONDS", 3600, minimum=60)
+SCOPE_PACING_MIN_INTERVAL_SECONDS = env_int("SCOPE_PACING_MIN_INTERVAL_SECONDS", 300, minimum=0)
+SCOPE_PACING_MAX_DECISIONS = env_int("SCOPE_PACING_MAX_DECISIONS", 5000, minimum=10)
+CELERY_IMPORTS = ("routing.periodic_tasks", "feedback.learning_tasks")
+# Budgets, async jobs, deployments (routing/services/limits.py, routing/services/jobs.py, providers/balancing.py)
+SCOPE_BUDGET_HOLD_TTL_S = env_int("SCOPE_BUDGET_HOLD_TTL_S", 900, minimum=60)
+SCOPE_BUDGET_INFLIGHT_RETRY_S = env_int("SCOPE_BUDGET_INFLIGHT_RETRY_S", 5, minimum=1)
+SCOPE_JOB_STALE_AFTER_S = env_int("SCOPE_JOB_STALE_AFTER_S", 900, minimum=30)
+SCOPE_JOB_MAX_ATTEMPTS = env_int("SCOPE_JOB_MAX_ATTEMPTS", 3, minimum=1)
+SCOPE_JOB_RESULT_MAX_BYTES = env_int("SCOPE_JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
+# Execution (providers/execution.py, providers/circuit.py, providers/adapters/simulated.py)
+SCOPE_RETRIES_PER_MODEL = env_int("SCOPE_RETRIES_PER_MODEL", 1, minimum=0)  # extra tries on 429/5xx
+SCOPE_RETRY_BACKOFF_S = env_float("SCOPE_RETRY_BACKOFF_S", 0.25, minimum=0.0)  # doubles per retry
+SCOPE_RETRY_MAX_WAIT_S = env_float("SCOPE_RETRY_MAX_WAIT_S", 5.0, minimum=0.0)  # longest Retry-After honoured
+SCOPE_EXECUTION_BUDGET_S = env_float("SCOPE_EXECUTION_BUDGET_S", 120.0, minimum=0.1)  # all attempts together
+SCOPE_CIRCUIT_FAILURES = env_int("SCOPE_CIRCUIT_FAILURES", 5, minimum=1)
+SCOPE_CIRCUIT_WINDOW_S = env_float("SCOPE_CIRCUIT_WINDOW_S", 60.0, minimum=1.0)
+SCOPE_CIRCUIT_COOLDOWN_S = env_float("SCOPE_CIRCUIT_COOLDOWN_S", 30.0, minimum=0.1)
+SCOPE_SIMULATED_SPEEDUP = env_float("SCOPE_SIMULATED_SPEEDUP", 1.0, minimum=0.001)
+SCOPE_METRICS_TOKEN = env_str("SCOPE_METRICS_TOKEN")  # when set, /metrics wants "Authorization: Bearer <it>"
 
 LOGGING = {
     "version": 1,

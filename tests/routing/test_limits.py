@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from routing.models import BudgetHold, SpendLedger
+from routing.services import counters, limits
+from routing.services.limits import budget_reserve, budget_settle, rpm_admit, spend_summary
+from scope_site.errors import RateLimited
+from tests.conftest import USER_MESSAGE, requires_postgres
+from tests.factories import make_api_key
+
+pytestmark = pytest.mark.django_db
+
+
+def _route(api: Any, key: str) -> Any:
+    return api("/api/v1/route", {"messages": USER_MESSAGE("hello")}, key=key)
+
+
+def test_route_answers_429_with_retry_after_once_the_rpm_limit_is_used(api: Any, catalog: Any) -> None:
+    _, key = make_api_key("rpm", rpm_limit=3)
+    statuses = [_route(api, key).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    response = _route(api, key)
+    body = response.json()
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert "3 requests per minute" in body["error"]["message"]
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_rpm_limit_is_per_key(api: Any, catalog: Any) -> None:
+    _, limited = make_api_key("one", rpm_limit=1)
+    _, other = make_api_key("two", rpm_limit=1)
+    assert _route(api, limited).status_code == 200
+    assert _route(api, limited).status_code == 429
+    assert _route(api, other).status_code == 200
+
+
+def test_rpm_window_slides_so_capacity_returns_gradually(
+    monkeypatch: pytest.MonkeyPatch, catalog: Any
+) -> None:
+    key, _ = make_api_key("slide", rpm_limit=10)
+    now = [600.0]  # the start of a minute window
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
+    for _ in range(10):
+        rpm_admit(api_key=key)
+    with pytest.raises(RateLimited) as raised:
+        rpm_admit(api_key=key)
+    assert raised.value.retry_after == 60  # the current window alone is full
+    now[0] = 660.0 + 30  # half of the previous minute still counts: 5 of 10 carried over
+    for _ in range(5):
+        rpm_admit(api_key=key)
+    with pytest.raises(RateLimited) as raised:
+        rpm_admit(api_key=key)
+    assert 1 <= raised.value.retry_after <= 30
+    now[0] = 780.0 + 1  # both busy minutes are over a window back: full capacity again
+    for _ in range(10):
+        rpm_admit(api_key=key)
+
+
+def test_rejected_requests_do_not_use_up_the_limit(monkeypatch: pytest.MonkeyPatch, catalog: Any) -> None:
+    key, _ = make_api_key("reject", rpm_limit=2)
+    monkeypatch.setattr(limits, "_clock", lambda: 1200.0)
+    rpm_admit(api_key=key)
+    rpm_admit(api_key=key)
+    for _ in range(5):
+        with pytest.raises(RateLimited):
+            rpm_admit(api_key=key)
+    # half a minute later half of the 2 admitted still count; had the 5 refusals counted, 3.5 would
+    monkeypatch.setattr(limits, "_clock", lambda: 1260.0 + 30)
+    rpm_admit(api_key=key)
+    with pytest.raises(RateLimited):
+        rpm_admit(api_key=key)
+
+
+def test_routing_continues_when_the_rate_limit_store_is_down(
+    api: Any, catalog: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = make_api_key("redis-down", rpm_limit=1)
+    dead_redis = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    with override_settings(CACHES=dead_redis), caplog.at_level("WARNING", logger="scope.counters"):
+        counters._last_warning.clear()
+        assert [_route(api, key).status_code for _ in range(3)] == [200, 200, 200]
+    assert "requests-per-minute limit degraded" in caplog.text
+
+
+def test_a_budget_admits_reservations_until_it_is_used_then_answers_429(catalog: Any) -> None:
+    key, _ = make_api_key("budget", daily_budget_usd=Decimal("1.00"))
+    held = [budget_reserve(api_key=key, predicted_cost_usd=0.3) for _ in range(3)]
+    with pytest.raises(RateLimited) as raised:
+        budget_reserve(api_key=key, predicted_cost_usd=0.3)
+    error = raised.value
+    assert error.code == "budget_exceeded"
+    assert "daily budget of $1.00" in error.message
+    # 0.9 is reserved by calls in flight; 0.3 would fit if they settle cheaper: retry soon
+    assert error.retry_after == 5
+    for reservation in held:
+        budget_settle(reservation=reservation, actual_cost_usd=0.1)
+    budget_reserve(api_key=key, predicted_cost_usd=0.3)  # 0.3 spent + 0.3 reserved now
+
+
+def test_settling_records_the_actual_cost_and_frees_the_reservation(catalog: Any) -> None:
+    key, _ = make_api_key("settle", daily_budget_usd=Decimal("5"), monthly_budget_usd=Decimal("50"))
+    reservation = budget_reserve(api_key=key, predicted_cost_usd=0.25)
+    budget_settle(reservation=reservation, actual_cost_usd=0.4)
+    budget_settle(reservation=reservation, actual_cost_usd=0.4)  # a second settle changes nothing
+    day, month = spend_summary(api_key=key)
+    assert (day.period, day.spent_usd, day.reserved_usd) == ("day", Decimal("0.4"), Decimal(0))
+    assert (month.period, month.spent_usd, month.reserved_usd) == ("month", Decimal("0.4"), Decimal(0))
+    hold = BudgetHold.objects.get(pk=reservation.hold_id)
+    assert hold.actual_usd == Decimal("0.4") and hold.settled_at is not None
+
+
+def test_an_exhausted_budget_refuses_even_free_calls_until_the_day_ends(catalog: Any) -> None:
+    key, _ = make_api_key("exhausted", daily_budget_usd=Decimal("0.50"))
+    budget_settle(reservation=budget_reserve(api_key=key, predicted_cost_usd=0.5), actual_cost_usd=0.5)
+    with pytest.raises(RateLimited) as raised:
+        budget_reserve(api_key=key, predicted_cost_usd=0)
+    now = timezone.now()
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    assert abs(raised.value.retry_after - (midnight - now).total_seconds()) <= 2
+    assert "resets at" in raised.value.message
+
+
+def test_the_monthly_budget_is_enforced_across_days(catalog: Any) -> None:
+    key, _ = make_api_key("monthly", daily_budget_usd=Decimal("10"), monthly_budget_usd=Decimal("1"))
+    budget_settle(reservation=budget_reserve(api_key=key, predicted_cost_usd=0.9), actual_cost_usd=0.9)
+    with pytest.raises(RateLimited) as raised:
+        budget_reserve(api_key=key, predicted_cost_usd=0.2)
+    assert "monthly budget of $1.00" in raised.value.message
+
+
+def test_a_hold_nobody_settled_counts_as_spent_after_its_ttl(catalog: Any) -> None:
+    key, _ = make_api_key("stale", daily_budget_usd=Decimal("1"))
+    reservation = budget_reserve(api_key=key, predicted_cost_usd=0.6)
+    BudgetHold.objects.filter(pk=reservation.hold_id).update(
+        created_at=timezone.now() - dt.timedelta(hours=1)
+    )
+    with pytest.raises(RateLimited):
+        budget_reserve(api_key=key, predicted_cost_usd=0.6)
+    day = SpendLedger.objects.get(api_key=key, period="day")
+    assert (day.spent_usd, day.reserved_usd) == (Decimal("0.6"), Decimal(0))
+    budget_settle(reservation=reservation, actual_cost_usd=0.1)  # too late: already counted
+    day.refresh_from_db()
+    assert day.spent_usd == Decimal("0.6")
+
+
+def test_keys_without_budgets_still_record_their_spend(catalog: Any) -> None:
+    key, _ = make_api_key("free")
+    for _ in range(3):
+        budget_settle(reservation=budget_reserve(api_key=key, predicted_cost_usd=100), actual_cost_usd=2)
+    assert spend_summary(api_key=key)[0].spent_usd == Decimal(6)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_admissions_never_reserve_past_the_budget(catalog: Any) -> None:
+    assert connection.vendor == "postgresql"
+    key, _ = make_api_key("race", daily_budget_usd=Decimal("5"))
+    start = threading.Barrier(20)
+    admitted: list[Any] = []
+    refused: list[RateLimited] = []
+    lock = threading.Lock()
+
+    def racer() -> None:
+        try:
+            start.wait()
+            reservation = budget_reserve(api_key=key, predicted_cost_usd=1.0)
+            with lock:
+                admitted.append(reservation)
+        except RateLimited as exc:
+            with lock:
+                refused.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=racer) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(admitted) == 5 and len(refused) == 15
+    day = SpendLedger.objects.get(api_key=key, period="day")
+    assert day.reserved_usd == Decimal(5) and day.requests == 5
+
+    # settling concurrently keeps the totals exact
+    def settle(reservation: Any) -> None:
+        budget_settle(reservation=reservation, actual_cost_usd=0.5)
+        connection.close()
+
+    settlers = [threading.Thread(target=settle, args=(r,)) for r in admitted]
+    for thread in settlers:
+        thread.start()
+    for thread in settlers:
+        thread.join(timeout=30)
+    day.refresh_from_db()
+    assert (day.spent_usd, day.reserved_usd) == (Decimal("2.5"), Decimal(0))
