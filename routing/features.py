@@ -8,41 +8,255 @@ C-speed `str.count` calls; no per-signal regexes.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FEATURE_SCHEMA_VERSION = 1
+import numpy as np
+
+# 2: the hashed word n-grams (`ngram_ids`/`ngram_counts`) joined the vector and the decision log
+FEATURE_SCHEMA_VERSION = 2
+
+# Hashed word uni- and bigrams: the version-independent text representation that is logged with
+# every decision, so retraining never needs the raw prompt (which may be stored redacted).
+NGRAM_BUCKETS = 1 << 20
+NGRAM_MAX_WORDS = 1024  # long prompts are represented by their first words: bounded time and log size
+_BIGRAM_MIX = 0x9E3779B1
+_word_hashes: dict[str, int] = {}
 
 _STRIP = ".,;:!?()[]{}\"'`*_#<>/\\|=+-~@$%^&"
 _UPPER = bytes(range(65, 91))
 
 _CODE_WORDS = frozenset(
-    "def class import return function const var let public static void int string print println "
-    "console lambda async await struct impl fn elif null none nil typedef include namespace "
-    "python javascript typescript java golang rust sql select insert join regex api json yaml html "
-    "css bash shell script compile compiler debug bug exception stack array dict list loop recursion "
-    "algorithm code program implement refactor".split()
+    [
+        "def",
+        "class",
+        "import",
+        "return",
+        "function",
+        "const",
+        "var",
+        "let",
+        "public",
+        "static",
+        "void",
+        "int",
+        "string",
+        "print",
+        "println",
+        "console",
+        "lambda",
+        "async",
+        "await",
+        "struct",
+        "impl",
+        "fn",
+        "elif",
+        "null",
+        "none",
+        "nil",
+        "typedef",
+        "include",
+        "namespace",
+        "python",
+        "javascript",
+        "typescript",
+        "java",
+        "golang",
+        "rust",
+        "sql",
+        "select",
+        "insert",
+        "join",
+        "regex",
+        "api",
+        "json",
+        "yaml",
+        "html",
+        "css",
+        "bash",
+        "shell",
+        "script",
+        "compile",
+        "compiler",
+        "debug",
+        "bug",
+        "exception",
+        "stack",
+        "array",
+        "dict",
+        "list",
+        "loop",
+        "recursion",
+        "algorithm",
+        "code",
+        "program",
+        "implement",
+        "refactor",
+    ]
 )
 _MATH_WORDS = frozenset(
-    "calculate compute solve equation integral derivative sum product probability percent percentage "
-    "ratio average mean median total how many much cost costs price dollars cents remainder divisible "
-    "prime factor fraction square root sqrt log sin cos tan matrix vector theorem proof prove lemma "
-    "polynomial geometry triangle circle area volume perimeter angle digits multiply divide minus plus "
-    "times twice half quarter hours minutes miles km kg speed rate".split()
+    [
+        "calculate",
+        "compute",
+        "solve",
+        "equation",
+        "integral",
+        "derivative",
+        "sum",
+        "product",
+        "probability",
+        "percent",
+        "percentage",
+        "ratio",
+        "average",
+        "mean",
+        "median",
+        "total",
+        "how",
+        "many",
+        "much",
+        "cost",
+        "costs",
+        "price",
+        "dollars",
+        "cents",
+        "remainder",
+        "divisible",
+        "prime",
+        "factor",
+        "fraction",
+        "square",
+        "root",
+        "sqrt",
+        "log",
+        "sin",
+        "cos",
+        "tan",
+        "matrix",
+        "vector",
+        "theorem",
+        "proof",
+        "prove",
+        "lemma",
+        "polynomial",
+        "geometry",
+        "triangle",
+        "circle",
+        "area",
+        "volume",
+        "perimeter",
+        "angle",
+        "digits",
+        "multiply",
+        "divide",
+        "minus",
+        "plus",
+        "times",
+        "twice",
+        "half",
+        "quarter",
+        "hours",
+        "minutes",
+        "miles",
+        "km",
+        "kg",
+        "speed",
+        "rate",
+    ]
 )
 _REASONING_WORDS = frozenset(
-    "why explain reason reasoning because therefore thus hence step steps analyze analyse compare "
-    "contrast evaluate justify argue implications consequence infer deduce logic logical think "
-    "consider cause effect tradeoff tradeoffs pros cons critique assess".split()
+    [
+        "why",
+        "explain",
+        "reason",
+        "reasoning",
+        "because",
+        "therefore",
+        "thus",
+        "hence",
+        "step",
+        "steps",
+        "analyze",
+        "analyse",
+        "compare",
+        "contrast",
+        "evaluate",
+        "justify",
+        "argue",
+        "implications",
+        "consequence",
+        "infer",
+        "deduce",
+        "logic",
+        "logical",
+        "think",
+        "consider",
+        "cause",
+        "effect",
+        "tradeoff",
+        "tradeoffs",
+        "pros",
+        "cons",
+        "critique",
+        "assess",
+    ]
 )
 _EXTRACTION_WORDS = frozenset(
-    "extract summarize summarise summary list classify categorize label identify find parse table "
-    "format convert translate rewrite paraphrase tldr bullet bullets keywords entities fields".split()
+    [
+        "extract",
+        "summarize",
+        "summarise",
+        "summary",
+        "list",
+        "classify",
+        "categorize",
+        "label",
+        "identify",
+        "find",
+        "parse",
+        "table",
+        "format",
+        "convert",
+        "translate",
+        "rewrite",
+        "paraphrase",
+        "tldr",
+        "bullet",
+        "bullets",
+        "keywords",
+        "entities",
+        "fields",
+    ]
 )
 _CREATIVE_WORDS = frozenset(
-    "story poem poetry song lyrics creative imagine fiction character characters plot novel haiku "
-    "limerick joke funny essay letter speech slogan tagline fantasy dialogue narrative".split()
+    [
+        "story",
+        "poem",
+        "poetry",
+        "song",
+        "lyrics",
+        "creative",
+        "imagine",
+        "fiction",
+        "character",
+        "characters",
+        "plot",
+        "novel",
+        "haiku",
+        "limerick",
+        "joke",
+        "funny",
+        "essay",
+        "letter",
+        "speech",
+        "slogan",
+        "tagline",
+        "fantasy",
+        "dialogue",
+        "narrative",
+    ]
 )
 _CHOICE_MARKERS = ("\nA.", "\nB.", "\nA)", "\nB)", "(A)", "(B)", "\na)", "\nb)")
 
@@ -89,12 +303,74 @@ class RequestFeatures:
     text: str
     input_tokens: int
     schema_version: int = FEATURE_SCHEMA_VERSION
+    ngram_ids: tuple[int, ...] = ()  # sorted hashed n-gram buckets of the text
+    ngram_counts: tuple[int, ...] = ()
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(FEATURE_NAMES, self.values, strict=True))
+    def as_dict(self) -> dict[str, Any]:
+        """The logged form: every named value plus the hashed n-grams (see request_features_from_log)."""
+        out: dict[str, Any] = dict(zip(FEATURE_NAMES, self.values, strict=True))
+        out["ngrams"] = {"ids": list(self.ngram_ids), "counts": list(self.ngram_counts)}
+        return out
 
     def get(self, name: str) -> float:
         return self.values[FEATURE_NAMES.index(name)]
+
+
+class FeatureLogError(ValueError):
+    """A logged feature dict that cannot be turned back into RequestFeatures."""
+
+
+def request_features_from_log(
+    features: Mapping[str, Any], schema_version: int = FEATURE_SCHEMA_VERSION
+) -> RequestFeatures:
+    """Rebuild RequestFeatures from a decision log's `features` JSON (what-if replay, retraining).
+
+    The text is not needed (and may be redacted): the hashed n-grams stand for it.
+    """
+    if schema_version != FEATURE_SCHEMA_VERSION:
+        raise FeatureLogError(f"feature schema {schema_version} is not the current {FEATURE_SCHEMA_VERSION}")
+    try:
+        values = tuple(float(features[name]) for name in FEATURE_NAMES)
+        ngrams = features.get("ngrams") or {}
+        ids = tuple(int(i) for i in ngrams.get("ids", ()))
+        counts = tuple(int(c) for c in ngrams.get("counts", ()))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FeatureLogError(f"logged features are incomplete or malformed: {exc}") from None
+    if len(ids) != len(counts):
+        raise FeatureLogError("logged n-gram ids and counts differ in length")
+    return RequestFeatures(
+        values=values,
+        text="",
+        input_tokens=int(values[FEATURE_NAMES.index("approx_tokens")]),
+        schema_version=schema_version,
+        ngram_ids=ids,
+        ngram_counts=counts,
+    )
+
+
+def _word_hash(word: str) -> int:
+    h = _word_hashes.get(word)
+    if h is None:
+        if len(_word_hashes) > 200_000:  # bounded memory in a long-lived process
+            _word_hashes.clear()
+        h = _word_hashes[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
+    return h
+
+
+def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Sorted (bucket ids, counts) of the word unigrams and bigrams; stable across processes."""
+    if not words:
+        return (), ()
+    get = _word_hashes.get
+    hashes = [get(w) for w in words[:NGRAM_MAX_WORDS]]
+    if None in hashes:
+        hashes = [h if h is not None else _word_hash(w) for h, w in zip(hashes, words, strict=False)]
+    arr = np.array(hashes, dtype=np.uint64)
+    # the low bits of a wrapped uint64 product equal those of the exact product
+    bigrams = (arr[:-1] * np.uint64(_BIGRAM_MIX)) ^ arr[1:]
+    buckets = np.concatenate((arr, bigrams)) & np.uint64(NGRAM_BUCKETS - 1)
+    ids, counts = np.unique(buckets, return_counts=True)
+    return tuple(ids.tolist()), tuple(counts.tolist())
 
 
 def message_text(content: Any) -> str:
@@ -103,7 +379,9 @@ def message_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "\n".join(
-            str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
         )
     return ""
 
@@ -113,7 +391,9 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def extract_features(messages: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any] | None = None) -> RequestFeatures:
+def extract_features(
+    messages: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any] | None = None
+) -> RequestFeatures:
     metadata = metadata or {}
     system_parts: list[str] = []
     user_parts: list[str] = []
@@ -184,8 +464,14 @@ def _features_from_text(
     non_ascii = n_chars - ascii_len
     punct = ascii_len - len(ascii_bytes.translate(None, b".,;:!?()[]{}\"'"))
     code_syntax = (
-        text.count("{") + text.count("}") + text.count(";\n") + text.count("()") + text.count("=>")
-        + text.count("==") + text.count("def ") + text.count("    ")
+        text.count("{")
+        + text.count("}")
+        + text.count(";\n")
+        + text.count("()")
+        + text.count("=>")
+        + text.count("==")
+        + text.count("def ")
+        + text.count("    ")
     )
     math_symbols = ascii_len - len(ascii_bytes.translate(None, b"+*/=^<>%$")) + text.count("\\frac")
     has_code_block = 1.0 if "```" in text else 0.0
@@ -193,10 +479,17 @@ def _features_from_text(
     max_tokens = metadata.get("max_tokens")
     temperature = metadata.get("temperature")
     response_format = metadata.get("response_format")
-    json_requested = 1.0 if (
-        (isinstance(response_format, Mapping) and response_format.get("type") in {"json_object", "json_schema"})
-        or "json" in lowered
-    ) else 0.0
+    json_requested = (
+        1.0
+        if (
+            (
+                isinstance(response_format, Mapping)
+                and response_format.get("type") in {"json_object", "json_schema"}
+            )
+            or "json" in lowered
+        )
+        else 0.0
+    )
     values = (
         math.log1p(n_chars),
         float(tokens),
@@ -229,4 +522,7 @@ def _features_from_text(
         math.log1p(max_tokens) if isinstance(max_tokens, int | float) and max_tokens > 0 else 0.0,
         float(temperature) if isinstance(temperature, int | float) else -1.0,
     )
-    return RequestFeatures(values=values, text=text, input_tokens=tokens)
+    ngram_ids, ngram_counts = hashed_ngrams(words)
+    return RequestFeatures(
+        values=values, text=text, input_tokens=tokens, ngram_ids=ngram_ids, ngram_counts=ngram_counts
+    )

@@ -1,10 +1,108 @@
-"""Which predictor serves live traffic in this process."""
+"""Which predictor serves live traffic in this process.
+
+The active version's id is looked up at most every SCOPE_PREDICTOR_CHECK_SECONDS (2 s) in the
+shared cache (Redis in production), falling back to the database; each version's artifact is
+loaded once per process. A newly activated version is picked up without restart. An artifact
+that cannot be served (corrupt, other schema) is refused and the previously loaded predictor
+keeps serving; the failure is logged once per version.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.cache import cache
+
 from routing.engine.types import Predictor
+from routing.predictor.artifact import ArtifactError, unpack
+from routing.predictor.model import ScopePredictor
+
+log = logging.getLogger(__name__)
+CACHE_KEY = "scope:predictor:active-id"
+_NONE = 0  # cached marker: no version is active
+
+
+@dataclass
+class _State:
+    checked_at: float = -1e9
+    version_id: int | None = None
+    predictor: ScopePredictor | None = None
+    refused: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_state = _State()
+
+
+def _check_seconds() -> float:
+    return float(getattr(settings, "SCOPE_PREDICTOR_CHECK_SECONDS", 2.0))
+
+
+def announce_active(version_id: int | None) -> None:
+    """Publish the active id to every process (called on commit of an activation)."""
+    cache.set(CACHE_KEY, version_id or _NONE, timeout=None)
+    reset()
+
+
+def _active_id() -> int | None:
+    cached = cache.get(CACHE_KEY)
+    if cached is not None:
+        return int(cached) or None
+    from feedback.models import PredictorVersion
+
+    active = PredictorVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
+    cache.set(CACHE_KEY, active or _NONE, timeout=None)
+    return active
+
+
+def _load(version_id: int) -> ScopePredictor | None:
+    from feedback.models import PredictorVersion
+
+    row = PredictorVersion.objects.filter(pk=version_id).only("name", "artifact").first()
+    if row is None:
+        return None
+    try:
+        return unpack(bytes(row.artifact), version=row.name)
+    except ArtifactError as exc:
+        log.error("predictor version %s refused, the previous predictor keeps serving: %s", row.name, exc)
+        return None
 
 
 def active_predictor() -> Predictor | None:
     """The active trained predictor, or None (the engine then uses the tier prior and says so)."""
-    return None
+    return active_scope_predictor()
+
+
+def active_scope_predictor() -> ScopePredictor | None:
+    now = time.monotonic()
+    if now - _state.checked_at < _check_seconds():
+        return _state.predictor
+    with _state.lock:
+        if now - _state.checked_at < _check_seconds():
+            return _state.predictor
+        _state.checked_at = now
+        try:
+            wanted = _active_id()
+        except Exception:  # noqa: BLE001 - a cache/DB hiccup must not break routing
+            log.exception("could not look up the active predictor; keeping the current one")
+            return _state.predictor
+        if wanted == _state.version_id or (wanted is not None and wanted in _state.refused):
+            return _state.predictor
+        if wanted is None:
+            _state.version_id, _state.predictor = None, None
+            return None
+        loaded = _load(wanted)
+        if loaded is None:
+            _state.refused.add(wanted)
+        else:
+            _state.version_id, _state.predictor = wanted, loaded
+        return _state.predictor
+
+
+def reset() -> None:
+    """Forget the cached lookup (the next call checks again); loaded predictors stay until replaced."""
+    _state.checked_at = -1e9

@@ -1,0 +1,67 @@
+"""Predictor registry writes: store a trained version, activate one (the only writers)."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from feedback.models import PredictorVersion
+from feedback.services.training import TrainedPredictor
+from routing.features import FEATURE_SCHEMA_VERSION
+from routing.predictor.artifact import ArtifactError, unpack
+from routing.predictor.registry import announce_active
+from scope_site.errors import InvalidRequest, NotFound
+
+
+def _next_name() -> str:
+    return "p" + timezone.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+def predictor_version_save(*, trained: TrainedPredictor, name: str = "") -> PredictorVersion:
+    """Store the artifact and its metadata; the version is not active until activated."""
+    with transaction.atomic(durable=True):
+        return PredictorVersion.objects.create(
+            name=name or _next_name(),
+            artifact=trained.artifact,
+            feature_schema=FEATURE_SCHEMA_VERSION,
+            metadata={
+                "feature_names": list(trained.predictor.names),
+                "roles": list(trained.predictor.roles),
+                "models": list(trained.predictor.anchors.models),
+                "counts": trained.counts,
+                "lineage": trained.lineage,
+            },
+            metrics=trained.metrics,
+            training_seconds=trained.training_seconds,
+        )
+
+
+def predictor_version_activate(*, version_id: int) -> PredictorVersion:
+    """Make one version the active predictor; every process switches to it within seconds.
+
+    The artifact is loaded first: a version this code cannot serve is refused, and the active
+    one stays active.
+    """
+    version = PredictorVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        raise NotFound(f"predictor version {version_id} does not exist")
+    try:
+        unpack(bytes(version.artifact), version=version.name)
+    except ArtifactError as exc:
+        raise InvalidRequest(f"predictor version {version.name} cannot be served: {exc}") from None
+    with transaction.atomic(durable=True):
+        # lock the active row so two activations cannot both leave a version active
+        PredictorVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(
+            is_active=False
+        )
+        PredictorVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=timezone.now())
+        transaction.on_commit(lambda: announce_active(version.pk))
+    version.refresh_from_db()
+    return version
+
+
+def predictor_version_deactivate() -> None:
+    """No trained predictor: routing falls back to the tier prior (and says so)."""
+    with transaction.atomic(durable=True):
+        PredictorVersion.objects.filter(is_active=True).update(is_active=False)
+        transaction.on_commit(lambda: announce_active(None))

@@ -1,0 +1,120 @@
+"""The predictor artifact: one zip holding boosters (XGBoost UBJSON), arrays (.npy) and meta.json.
+
+This module is the only place that turns a ScopePredictor into bytes and back. Loading refuses
+anything that does not match this code: another container format, another feature schema,
+other design feature names, missing or corrupt members, boosters of another width. No pickle:
+arrays load with allow_pickle=False and boosters through XGBoost's own model format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from routing.features import FEATURE_SCHEMA_VERSION
+from routing.predictor.anchors import AnchorTable
+from routing.predictor.model import ScopePredictor, design_names
+from routing.predictor.text import TextProjection
+from routing.predictor.trees import ForestEvaluator, TreeModelError
+
+ARTIFACT_FORMAT = "scope-predictor/1"
+_TEXT = ("vocab", "idf", "components")
+_ANCHOR = ("coarse", "fine", "coarse_sum", "coarse_n", "fine_sum", "fine_n", "fine_tok_sum", "fine_tok_n")
+
+
+class ArtifactError(ValueError):
+    """The bytes are not a predictor this code can serve; the message says why."""
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def pack(predictor: ScopePredictor, *, metadata: dict[str, Any] | None = None) -> bytes:
+    meta = {
+        **(metadata or {}),
+        "format": ARTIFACT_FORMAT,
+        "feature_schema": FEATURE_SCHEMA_VERSION,
+        "feature_names": list(predictor.names),
+        "roles": list(predictor.roles),
+        "models": list(predictor.anchors.models),
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("meta.json", json.dumps(meta, sort_keys=True))
+        for name in _TEXT:
+            zf.writestr(f"text/{name}.npy", _npy(getattr(predictor.projection, name)))
+        for name in _ANCHOR:
+            zf.writestr(f"anchors/{name}.npy", _npy(getattr(predictor.anchors, name)))
+        for i, raw in enumerate(predictor.boosters):
+            zf.writestr(f"boosters/{i}.ubj", raw)
+    return buf.getvalue()
+
+
+def read_meta(raw: bytes) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            meta = json.loads(zf.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ArtifactError(f"not a predictor artifact: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError("meta.json is not an object")
+    return meta
+
+
+def unpack(raw: bytes, *, version: str) -> ScopePredictor:
+    import xgboost as xgb
+
+    from routing.predictor.trees import ensemble_from_json
+
+    meta = read_meta(bytes(raw))
+    if meta.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"artifact format {meta.get('format')!r} is not {ARTIFACT_FORMAT!r}")
+    if meta.get("feature_schema") != FEATURE_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"artifact feature schema {meta.get('feature_schema')} does not match this code's {FEATURE_SCHEMA_VERSION}"
+        )
+    try:
+        with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+            text = {n: np.load(io.BytesIO(zf.read(f"text/{n}.npy")), allow_pickle=False) for n in _TEXT}
+            anchors = {
+                n: np.load(io.BytesIO(zf.read(f"anchors/{n}.npy")), allow_pickle=False) for n in _ANCHOR
+            }
+            roles = list(meta["roles"])
+            boosters = [zf.read(f"boosters/{i}.ubj") for i in range(len(roles))]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"artifact is corrupt: {exc}") from None
+    projection = TextProjection(vocab=text["vocab"], idf=text["idf"], components=text["components"])
+    names = list(design_names(projection.dim))
+    if meta.get("feature_names") != names:
+        raise ArtifactError("artifact feature names do not match this code's design features")
+    models = [str(m) for m in meta.get("models", [])]
+    if anchors["fine_sum"].ndim != 2 or anchors["fine_sum"].shape[1] != len(models):
+        raise ArtifactError("artifact anchor tables do not match its model list")
+    ensembles = []
+    for raw_booster in boosters:
+        try:
+            booster = xgb.Booster()
+            booster.load_model(bytearray(raw_booster))
+            if booster.num_features() != len(names):
+                raise ArtifactError(
+                    f"a booster expects {booster.num_features()} features, the design has {len(names)}"
+                )
+            ensembles.append(ensemble_from_json(booster.save_raw("json")))
+        except (xgb.core.XGBoostError, TreeModelError) as exc:
+            raise ArtifactError(f"booster cannot be loaded: {exc}") from None
+    return ScopePredictor(
+        version=version,
+        projection=projection,
+        anchors=AnchorTable(models, *(anchors[n] for n in _ANCHOR)),
+        evaluator=ForestEvaluator(ensembles),
+        roles=roles,
+        boosters=boosters,
+        metadata=meta,
+    )

@@ -1,0 +1,216 @@
+"""Training a ScopePredictor from examples (pure: no Django, no I/O).
+
+Steps: fit the text projection on the training prompts; fit coarse and fine centroids; compute
+every training row's anchor statistics out of fold (the prompt's own outcomes never describe
+it); train the quality ensemble (reg:logistic, each member early-stopped on its own held-out
+prompts), the log-length model and, where the data has latencies, the log-latency model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from routing.features import FEATURE_NAMES, RequestFeatures
+from routing.predictor.anchors import build_table, fit_centroids
+from routing.predictor.model import ModelInfo, ScopePredictor, design_names, design_rows
+from routing.predictor.text import fit_projection
+from routing.predictor.trees import ForestEvaluator, TreeEnsemble, ensemble_from_json
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    """One (request, model) outcome. Examples sharing `prompt_key` are the same request."""
+
+    prompt_key: str
+    features: RequestFeatures
+    model: str
+    score: float  # in [0, 1]
+    output_tokens: float | None = None
+    latency_ms: float | None = None
+    weight: float = 1.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class FitParams:
+    text_dim: int = 48
+    coarse_centroids: int = 12
+    fine_centroids: int = 64
+    folds: int = 5
+    ensemble: int = 3
+    max_rounds: int = 400
+    learning_rate: float = 0.05
+    max_depth: int = 5
+    min_latency_rows: int = 50
+    min_token_rows: int = 20
+
+
+@dataclass
+class FitResult:
+    predictor: ScopePredictor
+    boosters: list[bytes]  # UBJSON, in predictor.roles order
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+def fit_predictor(
+    examples: Sequence[TrainingExample],
+    models: Sequence[ModelInfo],
+    *,
+    seed: int = 0,
+    version: str = "unsaved",
+    params: FitParams | None = None,
+    progress: Progress | None = None,
+) -> FitResult:
+    import xgboost as xgb
+
+    params = params or FitParams()
+    progress = progress or _noop
+    started = time.perf_counter()
+    if not examples:
+        raise ValueError("no training examples")
+    info_by_name = {m.name: m for m in models}
+    keys: dict[str, int] = {}
+    prompt_features: list[RequestFeatures] = []
+    for ex in examples:
+        if ex.prompt_key not in keys:
+            keys[ex.prompt_key] = len(prompt_features)
+            prompt_features.append(ex.features)
+    model_names = sorted({ex.model for ex in examples})
+    col = {m: j for j, m in enumerate(model_names)}
+    n_p, n_m = len(prompt_features), len(model_names)
+    scores = np.full((n_p, n_m), np.nan)
+    log_tokens = np.full((n_p, n_m), np.nan)
+    for ex in examples:
+        i, j = keys[ex.prompt_key], col[ex.model]
+        scores[i, j] = min(max(float(ex.score), 0.0), 1.0)
+        if ex.output_tokens is not None and ex.output_tokens >= 0:
+            log_tokens[i, j] = math.log1p(ex.output_tokens)
+
+    progress(0.05, f"text projection over {n_p} prompts")
+    projection = fit_projection(prompt_features, dim=params.text_dim, seed=seed)
+    emb = projection.transform(prompt_features)
+    coarse = fit_centroids(emb, params.coarse_centroids, seed)
+    fine = fit_centroids(emb, params.fine_centroids, seed + 1)
+
+    progress(0.2, "out-of-fold anchor statistics")
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(0, max(2, params.folds), size=n_p)
+    all_cols = np.arange(n_m)
+    anchor = np.empty((n_p, n_m, 7))
+    for f in range(max(2, params.folds)):
+        inside = fold == f
+        if not inside.any():
+            continue
+        table = build_table(model_names, emb[~inside], scores[~inside], log_tokens[~inside], coarse, fine)
+        anchor[inside] = table.features(emb[inside], all_cols)
+    all_local = anchor[:, :, 3].mean(axis=1)
+    req = np.asarray([f.values for f in prompt_features], dtype=np.float64).reshape(n_p, len(FEATURE_NAMES))
+    vectors = np.asarray(
+        [(info_by_name.get(m) or ModelInfo(m)).vector() for m in model_names], dtype=np.float64
+    ).reshape(n_m, 4)
+    x_all = design_rows(req, emb, vectors, anchor, all_local)  # [n_p * n_m, F], prompt-major
+
+    rows = np.asarray([keys[ex.prompt_key] * n_m + col[ex.model] for ex in examples])
+    prompt_of_row = np.asarray([keys[ex.prompt_key] for ex in examples])
+    x = x_all[rows]
+    y_q = np.asarray([min(max(float(ex.score), 0.0), 1.0) for ex in examples])
+    w = np.asarray([max(float(ex.weight), 0.0) for ex in examples])
+    names = list(design_names(projection.dim))
+
+    boosters: list[bytes] = []
+    roles: list[str] = []
+    base = {
+        "tree_method": "hist",
+        "max_depth": params.max_depth,
+        "eta": params.learning_rate,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "min_child_weight": 4,
+        "lambda": 2.0,
+        "nthread": 2,
+    }
+
+    def train(objective: str, mask: np.ndarray, target: np.ndarray, member: int) -> xgb.Booster:
+        sub_prompts = prompt_of_row[mask]
+        holdout_draw = np.random.default_rng(seed * 97 + member).random(n_p) < 0.15
+        val = holdout_draw[sub_prompts]
+        if val.sum() < 10 or (~val).sum() < 10:
+            val = np.zeros(len(sub_prompts), dtype=bool)
+        xm, ym, wm = x[mask], target, w[mask]
+        dtrain = xgb.DMatrix(xm[~val], label=ym[~val], weight=wm[~val], feature_names=names)
+        evals = []
+        if val.any():
+            evals = [(xgb.DMatrix(xm[val], label=ym[val], weight=wm[val], feature_names=names), "val")]
+        booster = xgb.train(
+            {**base, "objective": objective, "seed": seed * 31 + member},
+            dtrain,
+            num_boost_round=params.max_rounds,
+            evals=evals,
+            early_stopping_rounds=40 if evals else None,
+            verbose_eval=False,
+        )
+        if evals:
+            booster = booster[: booster.best_iteration + 1]
+        return booster
+
+    everything = np.ones(len(examples), dtype=bool)
+    for member in range(params.ensemble):
+        progress(0.3 + 0.5 * member / params.ensemble, f"quality model {member + 1}/{params.ensemble}")
+        b = train("reg:logistic", everything, y_q, member)
+        boosters.append(bytes(b.save_raw("ubj")))
+        roles.append("quality")
+    tok = np.asarray([ex.output_tokens is not None and ex.output_tokens >= 0 for ex in examples])
+    if tok.sum() >= params.min_token_rows:
+        progress(0.85, "output length model")
+        y_t = np.log1p(np.asarray([ex.output_tokens for ex in examples], dtype=object)[tok].astype(float))
+        boosters.append(bytes(train("reg:squarederror", tok, y_t, 100).save_raw("ubj")))
+        roles.append("tokens")
+    lat = np.asarray([ex.latency_ms is not None and ex.latency_ms >= 0 for ex in examples])
+    if lat.sum() >= params.min_latency_rows:
+        progress(0.92, "latency model")
+        y_l = np.log1p(np.asarray([ex.latency_ms for ex in examples], dtype=object)[lat].astype(float))
+        boosters.append(bytes(train("reg:squarederror", lat, y_l, 200).save_raw("ubj")))
+        roles.append("latency")
+
+    table = build_table(model_names, emb, scores, log_tokens, coarse, fine)
+    evaluator = ForestEvaluator([ensemble_from_ubj(b) for b in boosters])
+    predictor = ScopePredictor(
+        version=version,
+        projection=projection,
+        anchors=table,
+        evaluator=evaluator,
+        roles=roles,
+        boosters=boosters,
+    )
+    progress(1.0, "trained")
+    counts = {
+        "examples": len(examples),
+        "prompts": n_p,
+        "models": n_m,
+        "with_output_tokens": int(tok.sum()),
+        "with_latency": int(lat.sum()),
+    }
+    return FitResult(
+        predictor=predictor, boosters=boosters, seconds=time.perf_counter() - started, counts=counts
+    )
+
+
+def ensemble_from_ubj(raw: bytes) -> TreeEnsemble:
+    """Load UBJSON booster bytes with XGBoost and convert them for the fast evaluator."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    return ensemble_from_json(booster.save_raw("json"))

@@ -1,0 +1,233 @@
+"""ScopePredictor: one predictor over (request, model) pairs, serving any number of models.
+
+The design matrix row of a pair is [request features | text projection | model features |
+anchor statistics]. Both training (fit.py) and serving build it with `design_rows`, so the two
+can never disagree. Serving evaluates every booster in one vectorised pass (trees.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from routing.engine.prior import _TIER_SPEED, expected_output_tokens
+from routing.engine.types import ModelSpec, Prediction
+from routing.features import FEATURE_NAMES, RequestFeatures
+from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
+from routing.predictor.text import TextProjection
+from routing.predictor.trees import ForestEvaluator
+
+MODEL_FEATURES = ("log_input_price", "log_output_price", "tier", "log_context")
+EXTRA_FEATURES = ("anchor_all_local", "local_minus_all")
+
+
+def design_names(text_dim: int) -> tuple[str, ...]:
+    return (
+        *FEATURE_NAMES,
+        *(f"text_{i}" for i in range(text_dim)),
+        *MODEL_FEATURES,
+        *ANCHOR_FEATURES,
+        *EXTRA_FEATURES,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the predictor may know of a model besides its anchors; None = unknown."""
+
+    name: str
+    input_usd_per_mtok: float | None = None
+    output_usd_per_mtok: float | None = None
+    context_window: int | None = None
+    tier: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelInfo:
+        return cls(
+            spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier
+        )
+
+    def vector(self) -> tuple[float, float, float, float]:
+        def log_or_nan(v: float | None) -> float:
+            return math.log1p(v) if v is not None and v >= 0 else math.nan
+
+        return (
+            log_or_nan(self.input_usd_per_mtok),
+            log_or_nan(self.output_usd_per_mtok),
+            float(self.tier) if self.tier is not None else math.nan,
+            log_or_nan(float(self.context_window)) if self.context_window else math.nan,
+        )
+
+
+def design_rows(
+    request_block: np.ndarray,
+    emb: np.ndarray,
+    model_vectors: np.ndarray,
+    anchor: np.ndarray,
+    all_local: np.ndarray,
+) -> np.ndarray:
+    """[R*M, F] rows for R requests × M models, request-major.
+
+    request_block [R, 30], emb [R, k], model_vectors [M, 4], anchor [R, M, A], all_local [R].
+    """
+    r, m = anchor.shape[0], anchor.shape[1]
+    req = np.hstack([request_block, emb, all_local[:, None]])  # request-level columns
+    out = np.empty((r, m, len(FEATURE_NAMES) + emb.shape[1] + 4 + len(ANCHOR_FEATURES) + 2), dtype=np.float32)
+    n_req = request_block.shape[1] + emb.shape[1]
+    out[:, :, :n_req] = req[:, None, :n_req]
+    out[:, :, n_req : n_req + 4] = model_vectors[None, :, :]
+    a0 = n_req + 4
+    out[:, :, a0 : a0 + anchor.shape[2]] = anchor
+    out[:, :, -2] = all_local[:, None]
+    out[:, :, -1] = anchor[:, :, 3] - all_local[:, None]
+    return out.reshape(r * m, -1)
+
+
+@dataclass
+class BatchPrediction:
+    quality: np.ndarray  # [R, M]
+    uncertainty: np.ndarray
+    output_tokens: np.ndarray  # NaN where the predictor has no length model
+    latency_ms: np.ndarray  # NaN where the predictor has no latency model
+    known: np.ndarray  # bool [M]
+
+
+@dataclass
+class ScopePredictor:
+    """A trained predictor; `version` is its PredictorVersion name."""
+
+    version: str
+    projection: TextProjection
+    anchors: AnchorTable
+    evaluator: ForestEvaluator
+    roles: list[str]  # one per booster: "quality", "tokens" or "latency"
+    boosters: list[bytes] = field(default_factory=list)  # XGBoost UBJSON, in `roles` order
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._quality = [i for i, r in enumerate(self.roles) if r == "quality"]
+        self._tokens = self.roles.index("tokens") if "tokens" in self.roles else None
+        self._latency = self.roles.index("latency") if "latency" in self.roles else None
+        self.names = design_names(self.projection.dim)
+        self._all_cols = np.arange(len(self.anchors.models))
+
+    # --- the pure batched core -------------------------------------------------------------
+    def design(
+        self, features: Sequence[RequestFeatures], infos: Sequence[ModelInfo]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(design rows [R*M, F], known mask [M]) for requests × models."""
+        emb = self.projection.transform(features)
+        req = np.asarray([f.values for f in features], dtype=np.float64).reshape(
+            len(features), len(FEATURE_NAMES)
+        )
+        cols = [self.anchors.index.get(i.name, -1) for i in infos]
+        known = np.asarray([c >= 0 for c in cols], dtype=bool)
+        safe = [c if c >= 0 else 0 for c in cols]
+        every = self.anchors.features(emb, self._all_cols) if len(self._all_cols) else None
+        all_local = every[:, :, 3].mean(axis=1) if every is not None else np.full(len(features), 0.5)
+        anchor = (
+            every[:, safe, :]
+            if every is not None
+            else np.zeros((len(features), len(infos), len(ANCHOR_FEATURES)))
+        )
+        anchor = anchor.copy()
+        anchor[:, ~known, :] = np.nan
+        vectors = np.asarray([i.vector() for i in infos], dtype=np.float64).reshape(len(infos), 4)
+        return design_rows(req, emb, vectors, anchor, all_local), known
+
+    def predict_batch(
+        self, features: Sequence[RequestFeatures], infos: Sequence[ModelInfo]
+    ) -> BatchPrediction:
+        r, m = len(features), len(infos)
+        x, known = self.design(features, infos)
+        out = self.evaluator.predict(x)
+        q_all = out[:, self._quality]
+        quality = q_all.mean(axis=1)
+        spread = q_all.std(axis=1) if len(self._quality) > 1 else np.zeros(len(x))
+        local_n = np.expm1(x[:, self.names.index("anchor_local_fine_n")].astype(np.float64))
+        local_n = np.nan_to_num(local_n, nan=0.0)
+        unc = np.sqrt(spread**2 + quality * (1 - quality) / (1.0 + local_n))
+        tokens = np.expm1(out[:, self._tokens]) if self._tokens is not None else np.full(len(x), np.nan)
+        latency = np.expm1(out[:, self._latency]) if self._latency is not None else np.full(len(x), np.nan)
+        shape = (r, m)
+        return BatchPrediction(
+            quality=np.clip(quality, 0.0, 1.0).reshape(shape),
+            uncertainty=unc.reshape(shape),
+            output_tokens=np.maximum(tokens, 1.0).reshape(shape),
+            latency_ms=latency.reshape(shape),
+            known=known,
+        )
+
+    def with_anchor_model(
+        self, name: str, anchors: Sequence[tuple[RequestFeatures, float, float | None]]
+    ) -> ScopePredictor:
+        """A copy that also scores `name` from a small anchor evaluation, without retraining."""
+        emb = self.projection.transform([a[0] for a in anchors])
+        scores = np.asarray([[a[1]] for a in anchors], dtype=np.float64)
+        toks = np.asarray(
+            [[math.log1p(a[2]) if a[2] is not None else math.nan] for a in anchors], dtype=np.float64
+        )
+        table = self.anchors.with_model(name, emb, scores[:, 0], toks[:, 0])
+        return ScopePredictor(
+            self.version, self.projection, table, self.evaluator, self.roles, self.boosters, self.metadata
+        )
+
+    # --- the engine's Predictor protocol -------------------------------------------------------
+    def predict(self, features: RequestFeatures, models: Sequence[ModelSpec]) -> list[Prediction]:
+        if not models:
+            return []
+        batch = self.predict_batch([features], [ModelInfo.from_spec(s) for s in models])
+        fallback_tokens = None
+        result = []
+        for j, spec in enumerate(models):
+            if not batch.known[j]:
+                result.append(
+                    Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
+                )
+                continue
+            tokens = float(batch.output_tokens[0, j])
+            if math.isnan(tokens):
+                if fallback_tokens is None:
+                    fallback_tokens = expected_output_tokens(features)
+                tokens = fallback_tokens
+            latency = float(batch.latency_ms[0, j])
+            if math.isnan(latency):
+                ttft, tps = _TIER_SPEED.get(spec.tier, (300.0, 80.0))
+                latency = ttft + features.input_tokens * 0.05 + tokens / tps * 1000.0
+            result.append(
+                Prediction(
+                    quality=float(batch.quality[0, j]),
+                    uncertainty=float(batch.uncertainty[0, j]),
+                    output_tokens=tokens,
+                    latency_ms=latency,
+                )
+            )
+        return result
+
+    def contributions(
+        self, features: RequestFeatures, model: ModelSpec, top: int = 5
+    ) -> list[dict[str, Any]]:
+        """Top Saabas (XGBoost approx pred_contribs) contributions to the model's quality logit."""
+        x, known = self.design([features], [ModelInfo.from_spec(model)])
+        if not known[0] or not self._quality:
+            return []
+        contrib = self.evaluator.contributions(x[0], self._quality[0])
+        order = np.argsort(-np.abs(contrib[:-1]))[:top]
+        return [
+            {
+                "feature": self.names[i],
+                "value": _jsonable(x[0, i]),
+                "contribution": round(float(contrib[i]), 5),
+            }
+            for i in order
+            if contrib[i] != 0.0
+        ]
+
+
+def _jsonable(v: float) -> float | None:
+    f = float(v)
+    return None if math.isnan(f) else round(f, 5)
