@@ -6,8 +6,10 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from feedback.api import FeedbackApi
+from providers.openai_api import ChatCompletionsApi, ModelDetailApi, ModelsApi
 from routing.api import RouteApi
 from scope_site.health import healthz
+from scope_site.metrics import metrics_view
 
 handler404 = "scope_site.errors.handler404"
 handler500 = "scope_site.errors.handler500"
@@ -18,6 +20,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/route", RouteApi.as_view(), name="route"),
     path("api/v1/feedback", FeedbackApi.as_view(), name="feedback"),
+    path("v1/chat/completions", ChatCompletionsApi.as_view(), name="chat-completions"),
+    path("v1/models", ModelsApi.as_view(), name="models"),
+    path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 if settings.SCOPE_ENABLE_NOOP_ENDPOINT:  # benchmark only (bench/overhead.py)

@@ -1,0 +1,171 @@
+"""Per-model circuit breaker with its state in the Django cache (Redis in production).
+
+Because the state lives in the shared cache, every web and worker process sees the same circuit:
+  closed     calls flow; failures are counted in fixed windows of SCOPE_CIRCUIT_WINDOW_S
+  open       SCOPE_CIRCUIT_FAILURES failures within a window opened it; calls are refused (the
+             decision shows the model as excluded with the reason) until the cool-down ends
+  half-open  the cool-down (SCOPE_CIRCUIT_COOLDOWN_S) is over; exactly one caller, across all
+             processes, wins the probe (an atomic cache `add`); its success closes the circuit,
+             its failure opens it again for another cool-down
+If the cache is down the breaker fails open (calls flow) rather than taking the router down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+
+from routing.engine.types import ModelSpec
+
+logger = logging.getLogger(__name__)
+_KEEP_S = 24 * 3600  # cache TTL of the open-state record; the logic reads its own timestamps
+
+
+def now() -> float:
+    """The breaker's clock (wall time, shared by all processes). Tests patch this, not the cache."""
+    return time.time()
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStatus:
+    state: CircuitState
+    reason: str = ""
+    retry_in_s: float = 0.0
+
+
+_CLOSED = CircuitStatus(CircuitState.CLOSED)
+
+
+def _failures() -> int:
+    return int(settings.SCOPE_CIRCUIT_FAILURES)
+
+
+def _window() -> float:
+    return float(settings.SCOPE_CIRCUIT_WINDOW_S)
+
+
+def _cooldown() -> float:
+    return float(settings.SCOPE_CIRCUIT_COOLDOWN_S)
+
+
+def _key(model: str, part: str) -> str:
+    return f"circuit:{'_'.join(model.split())}:{part}"
+
+
+def _bucket_key(model: str, at: float) -> str:
+    return _key(model, f"fails:{int(at // _window())}")
+
+
+def _status(record: Any, at: float) -> CircuitStatus:
+    if not isinstance(record, dict):
+        return _CLOSED
+    until = float(record.get("until", 0.0))
+    if at < until:
+        return CircuitStatus(
+            CircuitState.OPEN,
+            reason=f"circuit open: {record.get('failures', '?')} failures in {_window():g}s "
+            f"(last: {record.get('error_class', 'error')}); probe in {until - at:.0f}s",
+            retry_in_s=until - at,
+        )
+    return CircuitStatus(CircuitState.HALF_OPEN, reason="circuit half-open: probing")
+
+
+def circuit_states(models: Iterable[str]) -> dict[str, CircuitStatus]:
+    """Every model's circuit in one cache round trip."""
+    names = list(models)
+    try:
+        records = cache.get_many([_key(m, "open") for m in names])
+    except Exception:  # cache down: fail open
+        logger.warning("circuit state unavailable (cache error); treating circuits as closed", exc_info=True)
+        return {m: _CLOSED for m in names}
+    at = now()
+    return {m: _status(records.get(_key(m, "open")), at) for m in names}
+
+
+def circuit_status(model: str) -> CircuitStatus:
+    return circuit_states([model])[model]
+
+
+def with_circuit_health(specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
+    """The catalog as the engine should see it: open circuits become `unavailable_reason`."""
+    states = circuit_states(s.name for s in specs)
+    return tuple(
+        dataclasses.replace(s, unavailable_reason=states[s.name].reason)
+        if states[s.name].state is CircuitState.OPEN and not s.unavailable_reason
+        else s
+        for s in specs
+    )
+
+
+def circuit_allow(model: str) -> CircuitStatus | None:
+    """None when a call to `model` may go ahead (claiming the half-open probe if due), else why not."""
+    status = circuit_status(model)
+    if status.state is CircuitState.CLOSED:
+        return None
+    if status.state is CircuitState.OPEN:
+        return status
+    try:
+        # one probe for all processes: `add` only succeeds for the first caller
+        won = cache.add(_key(model, "probe"), now(), timeout=max(int(_cooldown()), 1))
+    except Exception:
+        return None
+    if won:
+        return None
+    return CircuitStatus(CircuitState.HALF_OPEN, reason="circuit half-open: another request is probing")
+
+
+def circuit_record_success(model: str) -> None:
+    try:
+        if cache.get(_key(model, "open")) is not None:
+            cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])
+    except Exception:
+        logger.warning("could not record circuit success for %s", model, exc_info=True)
+
+
+def circuit_record_failure(model: str, *, error_class: str) -> CircuitStatus:
+    """Count a failure; open (or re-open) the circuit when it crosses the threshold."""
+    at = now()
+    try:
+        record = cache.get(_key(model, "open"))
+        if isinstance(record, dict):
+            if _status(record, at).state is CircuitState.HALF_OPEN:  # the probe failed
+                return _open(
+                    model, at, failures=int(record.get("failures", _failures())), error_class=error_class
+                )
+            return _status(record, at)
+        key = _bucket_key(model, at)
+        cache.add(key, 0, timeout=int(_window()) + 1)
+        count = cache.incr(key)
+    except Exception:
+        logger.warning("could not record circuit failure for %s", model, exc_info=True)
+        return _CLOSED
+    if count >= _failures():
+        return _open(model, at, failures=count, error_class=error_class)
+    return _CLOSED
+
+
+def _open(model: str, at: float, *, failures: int, error_class: str) -> CircuitStatus:
+    record = {"until": at + _cooldown(), "opened_at": at, "failures": failures, "error_class": error_class}
+    cache.set(_key(model, "open"), record, timeout=_KEEP_S)
+    cache.delete(_key(model, "probe"))
+    logger.warning("circuit for %s opened after %s failures (%s)", model, failures, error_class)
+    return _status(record, at)
+
+
+def circuit_reset(model: str) -> None:
+    """Close a circuit by hand (admin action)."""
+    cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])

@@ -1,0 +1,420 @@
+"""Execute a chat completion: decide, then call the chosen model and its ranked fallbacks.
+
+The one layer that retries. For each model in decision order:
+  * an open circuit (or a deployment at its limit) skips the model: it counts as a fallback;
+  * a transient error with an HTTP status (429, 5xx) is retried on the same model up to
+    SCOPE_RETRIES_PER_MODEL times, waiting max(Retry-After, exponential backoff) — unless the wait
+    is over SCOPE_RETRY_MAX_WAIT_S or past the SCOPE_EXECUTION_BUDGET_S deadline: then we move on;
+  * timeouts and connection errors move straight to the next model (waiting again rarely helps);
+  * a permanent provider error (401/403/404: key, model id or URL wrong) moves to the next model,
+    never retried; a request the upstream refused as bad (400/413/422) ends the call with a 400,
+    since no other model would take it either.
+No database transaction is open while any provider is called. Every call ends in exactly one
+Outcome row linked to its decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.conf import settings
+
+from feedback.services.outcomes import TokenCount, outcome_cost_usd, outcome_record
+from providers.adapters import adapter_for
+from providers.adapters.base import ChatRequest, Completion, Target, Usage
+from providers.chat_request import ParsedChat, chat_body_parse
+from providers.circuit import (
+    CircuitState,
+    circuit_allow,
+    circuit_record_failure,
+    circuit_record_success,
+    circuit_status,
+)
+from providers.decisions import chat_decide
+from providers.http import ProviderError
+from providers.models import LLMModel
+from providers.openai_format import completion_body
+from routing.engine.types import ModelSpec
+from routing.features import estimate_tokens, message_text
+from routing.models import ApiKey, DecisionKind
+from routing.services.limits import BudgetReservation, budget_reserve, budget_settle, rpm_admit
+from scope_site import metrics
+from scope_site.errors import ApplicationError, InvalidRequest, ServiceUnavailable
+
+T = TypeVar("T")
+_RETRY_ON_SAME_MODEL = frozenset({429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+
+class TargetUnavailable(Exception):
+    """Raised by the deployment hook when every deployment of a model is at its limit (like an open circuit)."""
+
+    def __init__(self, reason: str, *, error_class: str = "deployment_limit"):
+        super().__init__(reason)
+        self.reason = reason
+        self.error_class = error_class
+
+
+@dataclass(slots=True)
+class Attempt:
+    model: str
+    provider: str
+    result: str  # ok | error | skipped
+    error_class: str = ""
+    status: int | None = None
+    message: str = ""
+    latency_ms: float | None = None
+    retry_after_s: float | None = None
+    deployment: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in {
+                "model": self.model,
+                "provider": self.provider,
+                "deployment": self.deployment or None,
+                "result": self.result,
+                "error_class": self.error_class or None,
+                "status": self.status,
+                "message": self.message or None,
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+                "retry_after_s": self.retry_after_s,
+            }.items()
+            if v is not None
+        }
+
+    def why(self) -> str:
+        if self.result == "skipped":
+            return self.error_class
+        return f"{self.error_class} {self.status}" if self.status else self.error_class
+
+
+@dataclass(slots=True)
+class Plan:
+    """A logged decision about to be executed, with what the attempts need."""
+
+    parsed: ParsedChat
+    api_key: ApiKey | None
+    decision_id: str
+    policy_slug: str
+    strategy: str
+    order: tuple[str, ...]
+    specs: Mapping[str, ModelSpec]
+    rows: Mapping[str, LLMModel]
+    input_tokens: int
+    reservation: BudgetReservation | None = None
+    started: float = field(default_factory=time.monotonic)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def request(self) -> ChatRequest:
+        return self.parsed.request
+
+    def failed_models(self) -> list[str]:
+        """Models tried or skipped before the answering one, in order, each with why (X-Scope-Fallbacks)."""
+        seen: dict[str, str] = {}
+        for a in self.attempts:
+            if a.result != "ok":
+                seen[a.model] = a.why()
+        return [f"{model} ({why})" for model, why in seen.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    decision_id: str
+    model: str
+    fallbacks: tuple[str, ...]
+    body: dict[str, Any]
+    outcome_id: int
+    cache_hit: bool = False
+
+
+class ExecutionFailed(ServiceUnavailable):
+    code = "all_models_failed"
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def target_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
+    """Where the next call to `row` goes.
+
+    HOOK(balancing): providers/balancing.py picks one of the model's healthy deployments under
+    its RPM/TPM limits (weighted, least-busy or latency, per model) and raises TargetUnavailable
+    when all are at their limit. Without deployments the model's own provider serves it.
+    """
+    provider = row.provider
+    return Target(
+        model=row.name,
+        upstream_model=row.upstream_name or row.name,
+        provider=provider.name,
+        kind=provider.kind,
+        base_url=provider.base_url,
+        api_key_env=provider.api_key_env,
+        connect_timeout_s=provider.connect_timeout_s,
+        read_timeout_s=provider.read_timeout_s,
+        sim_profile=dict(row.sim_profile or {}),
+    )
+
+
+def target_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -> None:
+    """HOOK(balancing): the call to `target` ended; deployments count in-flight calls, TPM and latency."""
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = DecisionKind.CHAT) -> Plan:
+    """Admit, decide (one logged decision row), and reserve the predicted cost."""
+    rpm_admit(api_key=api_key)  # HOOK(limits): per-key requests per minute → 429 with Retry-After
+    decided = chat_decide(api_key=api_key, parsed=parsed, kind=kind)
+    order = decided.order
+    rows = {r.name: r for r in LLMModel.objects.select_related("provider").filter(name__in=order)}
+    plan = Plan(
+        parsed=parsed,
+        api_key=api_key,
+        decision_id=decided.decision_id,
+        policy_slug=decided.policy_slug,
+        strategy=decided.strategy,
+        order=order,
+        specs=decided.specs,
+        rows=rows,
+        input_tokens=decided.input_tokens,
+    )
+    if api_key is not None:
+        # HOOK(limits): reserve the predicted cost now, settle with the actual cost after the call,
+        # so concurrent calls of one key cannot overshoot its daily / monthly budget
+        plan.reservation = budget_reserve(api_key=api_key, predicted_cost_usd=decided.predicted_cost_usd)
+    return plan
+
+
+# --- the attempt loop ------------------------------------------------------------------------
+
+
+def _deadline_left(plan: Plan) -> float:
+    return float(settings.SCOPE_EXECUTION_BUDGET_S) - (time.monotonic() - plan.started)
+
+
+def _retry_wait(plan: Plan, err: ProviderError, tries: int) -> float | None:
+    """Seconds to wait before trying the same model again, or None to move on to the next model."""
+    if (
+        err.permanent
+        or err.status not in _RETRY_ON_SAME_MODEL
+        or tries > int(settings.SCOPE_RETRIES_PER_MODEL)
+    ):
+        return None
+    wait = float(settings.SCOPE_RETRY_BACKOFF_S) * (2 ** (tries - 1))
+    if err.retry_after is not None:
+        wait = max(wait, err.retry_after)
+    if wait > float(settings.SCOPE_RETRY_MAX_WAIT_S) or wait >= _deadline_left(plan):
+        return None
+    return wait
+
+
+def _skip(plan: Plan, model: str, provider: str, error_class: str, message: str) -> None:
+    plan.attempts.append(
+        Attempt(model=model, provider=provider, result="skipped", error_class=error_class, message=message)
+    )
+    metrics.FALLBACKS.labels(plan.policy_slug, model, error_class).inc()
+
+
+def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, float]:
+    """Call `call(target)` down the decision's order; returns (result, target, start of the good attempt)."""
+    for model in plan.order:
+        row = plan.rows.get(model)
+        if row is None:
+            _skip(plan, model, "", "model_removed", "the model left the catalog after the decision")
+            continue
+        blocked = circuit_allow(model)
+        if blocked is not None:
+            _skip(plan, model, row.provider.name, "circuit_open", blocked.reason)
+            continue
+        try:
+            target = target_acquire(row, estimated_tokens=plan.input_tokens + (plan.request.max_tokens or 0))
+        except TargetUnavailable as exc:
+            _skip(plan, model, row.provider.name, exc.error_class, exc.reason)
+            continue
+        tries = 0
+        while True:
+            tries += 1
+            if _deadline_left(plan) <= 0:
+                raise _give_up(plan, "the execution time budget (SCOPE_EXECUTION_BUDGET_S) ran out")
+            begun = time.monotonic()
+            try:
+                result = call(target)
+            except ProviderError as err:
+                elapsed = time.monotonic() - begun
+                target_release(target, ok=False, tokens=0, latency_s=elapsed)
+                _attempt_failed(plan, target, err, elapsed)
+                if err.request_is_bad:
+                    raise InvalidRequest(
+                        f"{model} refused the request: {err.message}",
+                        code="upstream_rejected_request",
+                        extra={"decision_id": plan.decision_id},
+                    ) from None
+                wait = _retry_wait(plan, err, tries)
+                if wait is None or circuit_status(model).state is not CircuitState.CLOSED:
+                    metrics.FALLBACKS.labels(plan.policy_slug, model, err.error_class).inc()
+                    break
+                time.sleep(wait)
+                continue
+            circuit_record_success(model)
+            return result, target, begun
+    raise _give_up(plan, "every model in the decision failed or was unavailable")
+
+
+def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: float) -> None:
+    plan.attempts.append(
+        Attempt(
+            model=target.model,
+            provider=target.provider,
+            deployment=target.deployment,
+            result="error",
+            error_class=err.error_class,
+            status=err.status,
+            message=err.message[:300],
+            latency_ms=elapsed_s * 1000,
+            retry_after_s=err.retry_after,
+        )
+    )
+    metrics.UPSTREAM_CALLS.labels(target.model, target.provider, err.error_class).inc()
+    metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(elapsed_s)
+    if not err.request_is_bad:
+        circuit_record_failure(target.model, error_class=err.error_class)
+
+
+def _give_up(plan: Plan, summary: str) -> ExecutionFailed:
+    tried = ", ".join(plan.failed_models()) or "none"
+    return ExecutionFailed(
+        f"{summary}. Tried: {tried}.",
+        extra={
+            "decision_id": plan.decision_id,
+            "fallbacks": plan.failed_models(),
+            "attempts": [a.as_dict() for a in plan.attempts],
+        },
+    )
+
+
+# --- finishing -------------------------------------------------------------------------------
+
+
+def count_tokens(plan: Plan, usage: Usage | None, output_text: str) -> TokenCount:
+    if usage is not None:
+        return TokenCount(usage.input_tokens, usage.output_tokens, estimated=False)
+    return TokenCount(plan.input_tokens, estimate_tokens(output_text) if output_text else 0, estimated=True)
+
+
+def plan_finish(
+    plan: Plan,
+    *,
+    status: str,
+    target: Target | None,
+    tokens: TokenCount,
+    latency_s: float | None,
+    ttft_s: float | None = None,
+    error_class: str = "",
+    endpoint: str = "chat",
+) -> int:
+    """Record the outcome, settle the budget, count the metrics. Returns the outcome id."""
+    model_name = target.model if target else (plan.attempts[-1].model if plan.attempts else "")
+    spec = plan.specs.get(model_name)
+    if target is not None and status != "error":
+        plan.attempts.append(
+            Attempt(
+                model=target.model,
+                provider=target.provider,
+                deployment=target.deployment,
+                result="ok" if status == "ok" else "error",
+                error_class="" if status == "ok" else error_class,
+                latency_ms=None if latency_s is None else latency_s * 1000,
+            )
+        )
+    outcome = outcome_record(
+        decision_id=plan.decision_id,
+        model=spec,
+        model_name=model_name,
+        status=status,
+        tokens=tokens,
+        latency_ms=None if latency_s is None else latency_s * 1000,
+        ttft_ms=None if ttft_s is None else ttft_s * 1000,
+        error_class=error_class,
+        attempts=[a.as_dict() for a in plan.attempts],
+    )
+    cost = float(outcome.cost_usd)
+    if plan.reservation is not None:
+        budget_settle(reservation=plan.reservation, actual_cost_usd=cost)  # HOOK(limits)
+    metrics.REQUESTS.labels(endpoint, plan.policy_slug, model_name, status).inc()
+    if target is not None and status != "error":
+        metrics.SPEND.labels(plan.policy_slug, model_name).inc(cost)
+        metrics.TOKENS.labels(model_name, "input").inc(tokens.input_tokens)
+        metrics.TOKENS.labels(model_name, "output").inc(tokens.output_tokens)
+        target_release(
+            target,
+            ok=status == "ok",
+            tokens=tokens.input_tokens + tokens.output_tokens,
+            latency_s=latency_s or 0.0,
+        )
+    return outcome.id
+
+
+def plan_fail(plan: Plan, exc: ApplicationError, *, endpoint: str) -> None:
+    """Nothing answered: an error outcome (costs nothing; the reservation is released)."""
+    plan_finish(
+        plan,
+        status="error",
+        target=None,
+        tokens=TokenCount(plan.input_tokens, 0, estimated=True),
+        latency_s=time.monotonic() - plan.started,
+        error_class=plan.attempts[-1].error_class if plan.attempts else exc.code,
+        endpoint=endpoint,
+    )
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def chat_complete(*, api_key: ApiKey | None, body: Any, kind: str = DecisionKind.CHAT) -> ChatResult:
+    """A whole (non-streamed) chat completion: the service behind /v1/chat/completions and async jobs."""
+    parsed = chat_body_parse(body)
+    plan = chat_plan(api_key=api_key, parsed=parsed, kind=kind)
+    endpoint = "job" if kind == DecisionKind.JOB else "chat"
+
+    def call(target: Target) -> Completion:
+        return adapter_for(target.kind).complete(target, plan.request)
+
+    try:
+        completion, target, begun = run_attempts(plan, call)
+    except ApplicationError as exc:
+        plan_fail(plan, exc, endpoint=endpoint)
+        raise
+    except BaseException:
+        plan_fail(plan, ServiceUnavailable("interrupted"), endpoint=endpoint)
+        raise
+    latency_s = time.monotonic() - begun
+    metrics.UPSTREAM_CALLS.labels(target.model, target.provider, "ok").inc()
+    metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(latency_s)
+    tokens = count_tokens(plan, completion.usage, message_text(completion.message.get("content")))
+    fallbacks = tuple(plan.failed_models())
+    outcome_id = plan_finish(
+        plan, status="ok", target=target, tokens=tokens, latency_s=latency_s, endpoint=endpoint
+    )
+    spec = plan.specs.get(target.model)
+    body_out = completion_body(
+        plan=plan,
+        model=target.model,
+        completion=completion,
+        tokens=tokens,
+        simulated=adapter_for(target.kind).simulated,
+        cost_usd=float(outcome_cost_usd(model=spec, tokens=tokens)),
+        fallbacks=fallbacks,
+    )
+    return ChatResult(
+        decision_id=plan.decision_id,
+        model=target.model,
+        fallbacks=fallbacks,
+        body=body_out,
+        outcome_id=outcome_id,
+    )

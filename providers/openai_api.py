@@ -1,0 +1,163 @@
+"""The OpenAI-compatible API: POST /v1/chat/completions and GET /v1/models[/<id>].
+
+Point the official `openai` client at SCOPE (base_url=".../v1", api_key=<SCOPE key>) and nothing
+else changes. Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.http import Http404, HttpResponseBase, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from providers.chat_request import AUTO_MODEL, POLICY_PREFIX
+from providers.execution import chat_complete
+from providers.openai_format import error_body, model_entry
+from providers.streaming import chat_stream
+from routing.models import ApiKey
+from routing.selectors import catalog_snapshot
+from scope_site.errors import ApplicationError, NotFound, RateLimited
+
+_DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
+    exceptions.NotAuthenticated: (
+        "missing_api_key",
+        "Send your SCOPE API key as 'Authorization: Bearer <key>'.",
+    ),
+    exceptions.AuthenticationFailed: ("invalid_api_key", ""),
+    exceptions.ParseError: ("invalid_json", ""),
+    exceptions.UnsupportedMediaType: ("unsupported_media_type", ""),
+    exceptions.MethodNotAllowed: ("method_not_allowed", ""),
+    exceptions.PermissionDenied: ("forbidden", ""),
+    exceptions.NotFound: ("not_found", ""),
+    exceptions.Throttled: ("rate_limit_exceeded", ""),
+}
+
+
+def _scope_headers(
+    response: HttpResponseBase, *, decision_id: str | None, model: str | None, fallbacks: Sequence[str]
+) -> None:
+    if decision_id:
+        response["X-Scope-Decision-Id"] = decision_id
+    if model:
+        response["X-Scope-Model"] = model
+    if fallbacks:
+        response["X-Scope-Fallbacks"] = ", ".join(fallbacks)
+
+
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every API error in OpenAI's shape, with SCOPE's headers when a decision was made."""
+    if isinstance(exc, ApplicationError):
+        extra = dict(exc.extra)
+        param = extra.pop("param", None)
+        fallbacks = extra.pop("fallbacks", [])
+        response = Response(
+            error_body(status=exc.http_status, message=exc.message, code=exc.code, param=param, **extra),
+            status=exc.http_status,
+        )
+        if isinstance(exc, RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
+        _scope_headers(response, decision_id=extra.get("decision_id"), model=None, fallbacks=fallbacks)
+        return response
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a bug: Django's 500 handler answers (and logs it)
+    code, message = next(
+        ((c, m) for cls, (c, m) in _DRF_CODES.items() if isinstance(exc, cls)), ("invalid_request", "")
+    )
+    status = exc.status_code
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        status = 401
+    response = Response(
+        error_body(status=status, message=message or str(exc.detail), code=code), status=status
+    )
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="scope"'
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait:
+        response["Retry-After"] = str(int(wait) + 1)
+    return response
+
+
+def _api_key(request: Request) -> ApiKey | None:
+    return request.auth if isinstance(request.auth, ApiKey) else None
+
+
+class OpenAIApiView(APIView):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
+        return openai_exception_handler
+
+
+class ChatCompletionsApi(OpenAIApiView):
+    """Decide and execute a chat completion (plain JSON, or SSE with `stream: true`)."""
+
+    @extend_schema(
+        operation_id="chat_completions",
+        request=dict,
+        responses={200: OpenApiResponse(description="OpenAI chat.completion, or an SSE stream of chunks")},
+    )
+    def post(self, request: Request) -> HttpResponseBase:
+        body = request.data
+        if isinstance(body, dict) and body.get("stream") is True:
+            stream = chat_stream(api_key=_api_key(request), body=body)
+            response: HttpResponseBase = StreamingHttpResponse(
+                stream.events, content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+            _scope_headers(
+                response, decision_id=stream.decision_id, model=stream.model, fallbacks=stream.fallbacks
+            )
+            return response
+        result = chat_complete(api_key=_api_key(request), body=body)
+        response = Response(result.body)
+        _scope_headers(
+            response, decision_id=result.decision_id, model=result.model, fallbacks=result.fallbacks
+        )
+        return response
+
+
+def _model_list() -> list[dict[str, Any]]:
+    snapshot = catalog_snapshot()
+    entries = [
+        model_entry(AUTO_MODEL, owned_by="scope", description="routed by your API key's default policy")
+    ]
+    for slug, policy in sorted(snapshot.policies.items()):
+        entries.append(
+            model_entry(
+                f"{POLICY_PREFIX}{slug}",
+                owned_by="scope",
+                description=f"routed by policy {slug!r} v{policy.version}",
+            )
+        )
+    entries.extend(model_entry(m.name, owned_by=m.provider) for m in snapshot.models if m.enabled)
+    return entries
+
+
+class ModelsApi(OpenAIApiView):
+    """scope/auto, scope/<policy> for every policy, and every enabled concrete model."""
+
+    @extend_schema(
+        operation_id="models_list", responses={200: OpenApiResponse(description="OpenAI model list")}
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": _model_list()})
+
+
+class ModelDetailApi(OpenAIApiView):
+    @extend_schema(
+        operation_id="models_retrieve", responses={200: OpenApiResponse(description="OpenAI model")}
+    )
+    def get(self, request: Request, model_id: str) -> Response:
+        entry = next((m for m in _model_list() if m["id"] == model_id), None)
+        if entry is None:
+            raise NotFound(
+                f"The model {model_id!r} does not exist", code="model_not_found", extra={"param": "model"}
+            )
+        return Response(entry)

@@ -1,0 +1,235 @@
+"""Fallbacks, retries, permanent errors and outcomes through POST /v1/chat/completions (test client)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from feedback.models import Outcome
+from providers import http as provider_http
+from routing.models import DecisionLog
+from tests.factories import make_policy
+from tests.providers.conftest import upstream_model
+from tests.upstreams import Fail, FakeUpstream, Hang, Reply
+
+Api = Callable[..., Any]
+HELLO = [{"role": "user", "content": "Say hello to the test suite"}]
+
+
+@pytest.fixture
+def two_upstreams(api: Api) -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    """`first` (tier 5) ranks above `second` (tier 3) in policy `pair`: same price, higher prior quality."""
+    with FakeUpstream() as first, FakeUpstream() as second:
+        upstream_model("first", first, tier=5)
+        upstream_model("second", second, tier=3)
+        make_policy("pair", strategy="hybrid", alpha=0.5, allowed_models=["first", "second"])
+        yield first, second
+
+
+def chat(api: Api, model: str = "scope/pair", **extra: Any) -> Any:
+    return api("/v1/chat/completions", {"model": model, "messages": HELLO, **extra})
+
+
+def outcome_for(response: Any) -> Outcome:
+    return Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
+
+
+def test_the_chosen_model_answers_with_its_headers_and_outcome(api: Api, two_upstreams: Any) -> None:
+    first, _ = two_upstreams
+    first.script(Reply("Hello!", prompt_tokens=12, completion_tokens=3))
+    response = chat(api)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == "first"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello!"}
+    assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    assert response["X-Scope-Model"] == "first" and "X-Scope-Fallbacks" not in response
+    row = DecisionLog.objects.get(pk=response["X-Scope-Decision-Id"])
+    assert row.kind == "chat" and row.chosen_model == "first" and row.fallbacks == ["second"]
+    outcome = outcome_for(response)
+    assert (outcome.status, outcome.input_tokens, outcome.output_tokens, outcome.tokens_estimated) == (
+        "ok",
+        12,
+        3,
+        False,
+    )
+    # first costs $1 / $2 per Mtok in / out
+    assert float(outcome.cost_usd) == pytest.approx((12 * 1 + 3 * 2) / 1e6)
+    assert outcome.latency_ms is not None and outcome.attempts[-1]["result"] == "ok"
+
+
+def test_a_failing_first_model_falls_back_and_the_headers_say_why(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Fail(500), Fail(502))  # one try + one retry, both fail
+    second.script(Reply("from second"))
+    response = chat(api)
+    assert response.status_code == 200, response.content
+    assert response["X-Scope-Model"] == "second"
+    assert response["X-Scope-Fallbacks"] == "first (upstream_error 502)"
+    assert response.json()["choices"][0]["message"]["content"] == "from second"
+    assert len(first.requests) == 2  # retried once on the same model (transient 5xx)
+    attempts = outcome_for(response).attempts
+    assert [(a["model"], a["result"], a.get("status")) for a in attempts] == [
+        ("first", "error", 500),
+        ("first", "error", 502),
+        ("second", "ok", None),
+    ]
+
+
+def test_a_timeout_moves_to_the_next_model_without_retrying(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Hang(1.0))
+    started = time.monotonic()
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    assert response["X-Scope-Fallbacks"] == "first (timeout)"
+    assert len(first.requests) == 1 and time.monotonic() - started < 1.0  # read timeout is 0.5 s
+
+
+def test_retry_after_is_honoured_on_the_same_model(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Fail(429, retry_after="0.4"), Reply("after waiting"))
+    started = time.monotonic()
+    response = chat(api)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and response["X-Scope-Model"] == "first"
+    assert elapsed >= 0.4 and second.requests == []
+    assert outcome_for(response).attempts[0]["retry_after_s"] == 0.4
+
+
+def test_a_retry_after_longer_than_we_wait_falls_back_at_once(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Fail(429, retry_after="30"))
+    started = time.monotonic()
+    response = chat(api)
+    assert response["X-Scope-Model"] == "second" and time.monotonic() - started < 1.0
+    assert len(first.requests) == 1
+
+
+def test_a_permanent_auth_error_is_not_retried_but_falls_back(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Fail(401, message="bad key"))
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    assert response["X-Scope-Fallbacks"] == "first (auth 401)"
+    assert len(first.requests) == 1
+
+
+def test_a_request_the_upstream_rejects_as_bad_is_a_400_and_not_retried_anywhere(
+    api: Api, two_upstreams: Any
+) -> None:
+    first, second = two_upstreams
+    first.script(Fail(400, message="max_tokens is too large"))
+    response = chat(api)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "upstream_rejected_request"
+    assert "max_tokens is too large" in error["message"]
+    assert len(first.requests) == 1 and second.requests == []
+    assert outcome_for(response).status == "error"
+
+
+def test_when_every_model_fails_the_answer_is_a_503_with_the_decision(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.default = second.default = Fail(503)
+    response = chat(api)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["type"] == "api_error" and error["code"] == "all_models_failed"
+    assert response["X-Scope-Fallbacks"] == "first (upstream_error 503), second (upstream_error 503)"
+    outcome = outcome_for(response)
+    assert outcome.status == "error" and float(outcome.cost_usd) == 0.0
+    assert DecisionLog.objects.filter(pk=response["X-Scope-Decision-Id"]).count() == 1
+
+
+def test_missing_usage_is_estimated_and_marked(api: Api, two_upstreams: Any) -> None:
+    first, _ = two_upstreams
+    first.script(Reply("one two three four five six seven eight", usage=False))
+    response = chat(api)
+    outcome = outcome_for(response)
+    assert outcome.tokens_estimated and outcome.input_tokens > 0 and outcome.output_tokens > 0
+    assert response.json()["scope"]["tokens_estimated"] is True
+
+
+def test_a_concrete_model_is_passed_through_and_logged(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    second.script(Reply("direct"))
+    response = chat(api, model="second")
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    row = DecisionLog.objects.get(pk=response["X-Scope-Decision-Id"])
+    assert row.strategy == "passthrough" and row.chosen_model == "second" and row.fallbacks == []
+    assert first.requests == []
+
+
+def test_simulated_catalog_answers_and_says_so(api: Api) -> None:
+    response = chat(api, model="scope/auto")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["scope_simulated"] is True and body["system_fingerprint"] == "scope-simulated"
+    assert body["model"] in {"small", "medium", "large"} and body["choices"][0]["message"]["content"]
+
+
+def test_provider_calls_run_outside_any_transaction(
+    transactional_db: Any, api: Api, two_upstreams: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connection
+
+    seen: list[bool] = []
+    real_post = provider_http.http_post
+
+    def watching_post(*args: Any, **kwargs: Any) -> Any:
+        seen.append(connection.in_atomic_block)
+        return real_post(*args, **kwargs)
+
+    monkeypatch.setattr("providers.adapters.openai_compatible.http_post", watching_post)
+    assert chat(api).status_code == 200
+    assert seen == [False]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": HELLO}, "model"),
+        ({"model": "scope/auto"}, "messages"),
+        ({"model": "scope/auto", "messages": "hi"}, "messages"),
+        ({"model": "scope/auto", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": "scope/auto", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "scope/auto", "messages": HELLO, "temperature": 7}, "temperature"),
+        ({"model": "scope/auto", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": "scope/auto", "messages": HELLO, "n": 3}, "n"),
+        ({"model": "scope/auto", "messages": HELLO, "stream": "yes"}, "stream"),
+        ({"model": "scope/auto", "messages": HELLO, "scope": {"alpha": 2}}, "alpha"),
+        ([1, 2], ""),
+    ],
+)
+def test_bad_input_gets_an_openai_shaped_400(api: Api, body: Any, param: str) -> None:
+    response = api("/v1/chat/completions", body)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == (param or None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        ("{not json", 400, "invalid_json"),
+        ({"model": "no-such-model", "messages": HELLO}, 404, "model_not_found"),
+        ({"model": "scope/no-such-policy", "messages": HELLO}, 404, "unknown_policy"),
+    ],
+)
+def test_unknown_names_and_broken_json_are_4xx(api: Api, raw: Any, status: int, code: str) -> None:
+    response = api("/v1/chat/completions", raw)
+    assert response.status_code == status, response.content
+    assert response.json()["error"]["code"] == code
+
+
+def test_a_bad_key_is_a_401_in_openai_shape(api: Api) -> None:
+    response = api("/v1/chat/completions", {"model": "scope/auto", "messages": HELLO}, key="sk-wrong")
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    missing = api("/v1/chat/completions", {"model": "scope/auto", "messages": HELLO}, key=None)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
