@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
+import psycopg
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from routing.audit import HASHED_FIELDS, decision_row_hash
@@ -60,7 +63,42 @@ def decision_log_write(
     )
     row.row_hash = decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS})
     # durable: the row is committed before the caller answers the request
-    with transaction.atomic(durable=True):
-        row.save(force_insert=True)
+    _insert_durably(row)
     return row
 
+
+def _insert_durably(row: DecisionLog) -> None:
+    """Commit one new row before returning; raises (nothing answered) if it cannot be committed.
+
+    On PostgreSQL, outside any transaction, this is one prepared INSERT in autocommit mode: a
+    single round trip that PostgreSQL commits (WAL flushed, synchronous_commit) before it replies,
+    and about half the client CPU of `save()` inside `atomic()` (no BEGIN/COMMIT round trips, no
+    ORM query compilation). Elsewhere (SQLite, or inside a test's transaction) the ORM does it.
+    """
+    if connection.vendor != "postgresql" or any(
+        not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
+    ):
+        with transaction.atomic(durable=True):
+            row.save(force_insert=True)
+        return
+    fields = _insert_fields()
+    params = [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields]
+    with connection.cursor():  # the ORM's connection handling: health check, (re)connect
+        pass
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_insert_sql(), params, prepare=True)
+
+
+@lru_cache(maxsize=1)
+def _insert_fields() -> tuple[Field[Any, Any], ...]:
+    return tuple(DecisionLog._meta.concrete_fields)
+
+
+@lru_cache(maxsize=1)
+def _insert_sql() -> str:
+    fields = _insert_fields()
+    columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
+    return (
+        f"INSERT INTO {connection.ops.quote_name(DecisionLog._meta.db_table)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )

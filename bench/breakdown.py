@@ -1,0 +1,192 @@
+"""In-process timing of one route decision, stage by stage, and of the predictor as candidates grow.
+
+Runs inside Django (DJANGO_SETTINGS_MODULE set by the caller) on the configured database. Each
+stage is timed on its own, many times, and reported as median and p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    runs: int
+
+
+def time_it(name: str, fn: Callable[[], Any], *, runs: int = 400, warmup: int = 20) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    gc.disable()
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        gc.enable()
+    samples.sort()
+    return Timing(
+        name, statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))], runs
+    )
+
+
+def decision_breakdown(*, body: bytes, key: str, runs: int = 400) -> list[Timing]:
+    """parse, auth, features, predict, decide (without predict), log write, render: one decision."""
+    from django.conf import settings
+    from rest_framework.parsers import JSONParser
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from routing.auth import BearerApiKeyAuthentication
+    from routing.engine.decide import decide
+    from routing.engine.prior import PriorPredictor
+    from routing.engine.types import RouteOptions
+    from routing.features import extract_features
+    from routing.predictor.registry import active_predictor
+    from routing.selectors import model_specs
+    from routing.serializers import RouteInputSerializer
+    from routing.services.decision_log import decision_log_write
+    from routing.services.route import decision_payload, resolve_policy, strategies
+
+    factory = APIRequestFactory()
+    auth = BearerApiKeyAuthentication()
+
+    def parse() -> dict[str, Any]:
+        data = JSONParser().parse(io.BytesIO(body))
+        serializer = RouteInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+    def authenticate() -> Any:
+        request = Request(
+            factory.post(
+                "/api/v1/route", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+            )
+        )
+        result = auth.authenticate(request)
+        assert result is not None
+        return result[1]
+
+    data = parse()
+    api_key = authenticate()
+    messages, metadata = data["messages"], data.get("metadata") or {}
+    features = extract_features(messages, metadata)
+    policy = resolve_policy(requested=data.get("policy"), api_key=api_key)
+    specs = model_specs()
+    predictor = active_predictor() or PriorPredictor()
+    options = RouteOptions(metadata=metadata)
+    table = strategies()
+
+    def run_decide() -> Any:
+        return decide(
+            features=features,
+            models=specs,
+            policy=policy,
+            options=options,
+            predictor=predictor,
+            strategies=table,
+            max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
+        )
+
+    decision = run_decide()
+
+    def write() -> Any:
+        return decision_log_write(
+            decision=decision,
+            features=features,
+            policy=policy,
+            api_key=api_key,
+            user="bench-breakdown",
+            metadata=metadata,
+        )
+
+    row = write()
+    timings = [
+        time_it("parse (JSON + validation)", parse, runs=runs),
+        time_it("auth (API key)", authenticate, runs=runs),
+        time_it("features", lambda: extract_features(messages, metadata), runs=runs),
+        time_it(
+            f"predict ({len(specs)} models, {predictor.version})",
+            lambda: predictor.predict(features, specs),
+            runs=runs,
+        ),
+    ]
+    whole = time_it("decide (incl. predict)", run_decide, runs=runs)
+    timings.append(
+        Timing("decide (without predict)", max(0.0, whole.p50_ms - timings[3].p50_ms), whole.p99_ms, runs)
+    )
+    timings.append(time_it("log write (durable)", write, runs=max(50, runs // 4), warmup=5))
+    timings.append(
+        time_it("render (payload + JSON)", lambda: JSONRenderer().render(decision_payload(row)), runs=runs)
+    )
+    return timings
+
+
+def synthetic_specs(count: int) -> list[Any]:
+    """`count` models spread over the demo catalog's shapes (names beyond it are new models)."""
+    from routing.selectors import model_specs
+
+    base = list(model_specs())
+    specs = []
+    for index in range(count):
+        template = base[index % len(base)]
+        name = template.name if index < len(base) else f"{template.name}-variant-{index}"
+        specs.append(
+            replace(
+                template,
+                name=name,
+                tier=1 + index % 5,
+                input_usd_per_mtok=template.input_usd_per_mtok * (1 + index % 7 / 10),
+            )
+        )
+    return specs
+
+
+def predictor_scaling(
+    *, prompt_messages: list[dict[str, Any]], counts: tuple[int, ...] = (5, 20, 50, 200), runs: int = 400
+) -> tuple[str, list[Timing]]:
+    from routing.engine.prior import PriorPredictor
+    from routing.features import extract_features
+    from routing.predictor.registry import active_predictor
+
+    predictor = active_predictor() or PriorPredictor()
+    features = extract_features(prompt_messages, {})
+    timings = []
+    for count in counts:
+        specs = synthetic_specs(count)
+
+        def run(specs: list[Any] = specs) -> Any:
+            return predictor.predict(features, specs)
+
+        timings.append(time_it(f"{count} candidates", run, runs=runs))
+    return predictor.version, timings
+
+
+def feature_timing(*, runs: int = 2000) -> Timing:
+    """extract_features on a 2 KB prompt (one user message)."""
+    from routing.features import extract_features
+
+    prompt = (
+        "Explain why this loop is slow and rewrite it: for i in range(n): total = total + price[i] * qty[i]. "
+        "Then compute 17 * 3.25 with 8% tax, step by step. "
+    )
+    text = (prompt * (2048 // len(prompt) + 1))[:2048]
+    messages = [{"role": "user", "content": text}]
+    return time_it("features (2 KB prompt)", lambda: extract_features(messages, {}), runs=runs, warmup=100)
+
+
+def as_json(timings: list[Timing]) -> str:
+    return json.dumps([t.__dict__ for t in timings])

@@ -1,0 +1,281 @@
+"""Shared parts of the HTTP benchmarks: a SCOPE server started with `make serve`, wrk runs, counts.
+
+Everything stays on 127.0.0.1. The server runs the real production stack (gunicorn sync workers
+on PostgreSQL + Redis); the load generator is wrk (Debian package `wrk`) in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/scope_h6"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/6"
+
+
+def bench_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SCOPE_TESTING", None)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        DJANGO_SETTINGS_MODULE="scope_site.settings",
+        SCOPE_LOG_LEVEL=env.get("SCOPE_LOG_LEVEL", "WARNING"),
+    )
+    env.update(extra)
+    return env
+
+
+def manage(env: Mapping[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=ROOT, env=dict(env), capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return result.stdout.strip()
+
+
+def prepare_database(env: Mapping[str, str], key_name: str) -> str:
+    """Migrate, seed the demo catalog and create an API key (no rate or budget limit); returns it."""
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "seed_demo")
+    return manage(env, "create_api_key", key_name).splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"null")
+        except ValueError:
+            return exc.code, None
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextmanager
+def scope_server(env: Mapping[str, str], *, workers: int | None = None, log_dir: Path) -> Iterator[Server]:
+    """`make serve` on a free port; yields once /healthz answers, stops the whole group after."""
+    port = free_port()
+    # its own Prometheus multiprocess directory: other servers on this machine keep theirs
+    make_env = dict(
+        env, PORT=str(port), HOST="127.0.0.1", PROMETHEUS_MULTIPROC_DIR=str(log_dir / f"prom-{port}")
+    )
+    if workers:
+        make_env["WORKERS"] = str(workers)
+    log_path = log_dir / f"serve-{port}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "serve"] + ([f"WORKERS={workers}"] if workers else []),
+        cwd=ROOT,
+        env=make_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as one below
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"make serve exited early; see {log_path}:\n{log_path.read_text()[-3000:]}")
+            try:
+                status, _ = http_get_json(base_url + "/healthz", timeout=1.0)
+                if status in (200, 503):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise SystemExit(f"SCOPE did not start within 90 s; see {log_path}")
+        yield Server(base_url=base_url, process=process, log_path=log_path)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+_LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format(
+    'WRKJSON {{"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"timeout_errors":%d,"p50_us":%d,"p90_us":%d,' ..
+    '"p99_us":%d,"max_us":%d}}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def lua_string(text: str) -> str:
+    """A Lua long-bracket string literal that cannot be closed by the text itself."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{text}]{eq}]"
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    endpoint: str
+    connections: int
+    requests: int
+    seconds: float
+    non_2xx: int
+    socket_errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def answered_2xx(self) -> int:
+        return self.requests - self.non_2xx
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def wrk_script(directory: Path, *, body: bytes, key: str) -> Path:
+    path = directory / "post.lua"
+    path.write_text(_LUA.format(body=lua_string(body.decode()), key=key))
+    return path
+
+
+def run_wrk(
+    url: str, *, script: Path, connections: int, seconds: float, threads: int = 1, timeout_s: int = 10
+) -> WrkResult:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    result = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            f"--timeout={timeout_s}s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = next((x for x in result.stderr.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {result.stdout}\n{result.stderr}")
+    data = json.loads(line.removeprefix("WRKJSON "))
+    socket_errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "timeout_errors"))
+    return WrkResult(
+        endpoint=url.rsplit("/", 1)[-1],
+        connections=connections,
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        non_2xx=data["status_errors"],
+        socket_errors=socket_errors,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+    )
+
+
+# --- counting decision rows -------------------------------------------------------------------
+
+
+def count_decisions(database_url: str, key_name: str) -> int:
+    """Committed decision rows of one API key, read with psql (a separate connection)."""
+    sql = (
+        "SELECT count(*) FROM routing_decisionlog d WHERE d.api_key_name = "
+        + "'"
+        + key_name.replace("'", "''")
+        + "'"
+    )
+    result = subprocess.run(
+        ["psql", database_url, "-tAc", sql], capture_output=True, text=True, check=False, timeout=30
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip())
+    return int(result.stdout.strip())
+
+
+def chat_body(target_bytes: int = 2200) -> bytes:
+    """A realistic multi-turn chat request of about `target_bytes` of JSON (the issue's 2.2 KB)."""
+    system = (
+        "You are a senior engineer at an invoicing company. Answer precisely, show the corrected code, "
+        "and explain the cost of each step."
+    )
+    question = (
+        "Our service parses supplier invoices and totals them. Why is this function slow on 50,000 lines, "
+        "and how would you rewrite it?\n\n```python\ndef total(items):\n    s = 0\n    for i in items:\n"
+        "        s = s + float(i['price']) * int(i['qty'])\n    return round(s, 2)\n```\n"
+        "Also: 17 items at $3.25 each with 8% tax, what is the total? Explain step by step."
+    )
+    answer = "Sure. Could you tell me which Python version you run and where the items come from?"
+    follow = "Python 3.11; the items come from a JSON export, about 4 MB per file."
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": follow},
+    ]
+    body: dict[str, Any] = {"messages": messages, "user": "bench-user", "metadata": {"team": "billing"}}
+    filler = " Context: the invoices are in EUR and USD; amounts have two decimals; lines may repeat."
+    while len(json.dumps(body).encode()) < target_bytes:
+        messages[3]["content"] += filler
+    return json.dumps(body).encode()
+
+
+def tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,176 @@
+"""`make bench-overhead`: what routing costs next to a no-op endpoint of the same stack.
+
+Starts SCOPE with `make serve` (gunicorn sync workers) on PostgreSQL + Redis with the no-op
+endpoint enabled, then drives POST /api/v1/route and POST /api/v1/noop (same middleware, API-key
+auth and JSON parsing; no routing, no write) with wrk at 16 and 64 concurrent clients, several
+alternating rounds, and prints medians: throughput, p50/p99, the route/noop throughput ratio,
+and decisions lost (2xx answers minus new decision rows). Then, in this process, the time of
+each stage of one decision and the predictor's time as the candidate list grows.
+
+    DATABASE_URL=postgres://… REDIS_URL=redis://… make bench-overhead
+    .venv/bin/python bench/overhead.py --duration 10 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (  # noqa: E402
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    WrkResult,
+    bench_env,
+    chat_body,
+    count_decisions,
+    prepare_database,
+    run_wrk,
+    say,
+    scope_server,
+    tmpdir,
+    wrk_script,
+)
+
+ENDPOINTS = ("noop", "route")
+
+
+def post_once(url: str, body: bytes, key: str) -> int:
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per setting (default 3)")
+    parser.add_argument("--connections", default="16,64", help="concurrent clients (default 16,64)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (default: the Makefile's)"
+    )
+    parser.add_argument("--skip-breakdown", action="store_true", help="HTTP figures only")
+    args = parser.parse_args(argv)
+
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if not database_url.startswith(("postgres", "pgsql")):
+        raise SystemExit("bench-overhead measures the production stack: set DATABASE_URL to PostgreSQL")
+    connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    env = bench_env(database_url=database_url, redis_url=redis_url, SCOPE_ENABLE_NOOP_ENDPOINT="1")
+    key_name = f"bench-overhead-{int(time.time())}"
+    say(f"preparing {database_url.rsplit('@', 1)[-1]} (migrate, seed_demo, API key {key_name})")
+    key = prepare_database(env, key_name)
+    body = chat_body()
+    work = tmpdir("scope-bench-")
+    script = wrk_script(work, body=body, key=key)
+
+    results: dict[tuple[str, int], list[WrkResult]] = {}
+    answered = logged = 0
+    with scope_server(env, workers=args.workers, log_dir=work) as server:
+        for endpoint in ENDPOINTS:
+            status = post_once(f"{server.base_url}/api/v1/{endpoint}", body, key)
+            if status != 200:
+                raise SystemExit(f"/api/v1/{endpoint} answered {status}")
+        say(
+            f"SCOPE on {server.base_url} (make serve, gunicorn sync workers); body {len(body)} bytes; "
+            f"wrk {args.duration:.0f} s per run, {args.rounds} rounds"
+        )
+        for endpoint in ENDPOINTS:  # warm-up: imports, connections, catalog snapshot in every worker
+            run_wrk(f"{server.base_url}/api/v1/{endpoint}", script=script, connections=16, seconds=3)
+        for round_no in range(args.rounds):
+            for clients in connections:
+                order = ENDPOINTS if round_no % 2 == 0 else tuple(reversed(ENDPOINTS))
+                for endpoint in order:
+                    before = count_decisions(database_url, key_name) if endpoint == "route" else 0
+                    result = run_wrk(
+                        f"{server.base_url}/api/v1/{endpoint}",
+                        script=script,
+                        connections=clients,
+                        seconds=args.duration,
+                    )
+                    results.setdefault((endpoint, clients), []).append(result)
+                    if endpoint == "route":
+                        time.sleep(1.0)  # requests still in flight when wrk stopped finish
+                        logged += count_decisions(database_url, key_name) - before
+                        answered += result.answered_2xx
+                    say(
+                        f"  round {round_no + 1} {endpoint:>5} c={clients:<3} {result.rps:8.0f} req/s  "
+                        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}  "
+                        f"socket errors {result.socket_errors}"
+                    )
+
+    say()
+    say("endpoint  clients   req/s (median)   p50 ms   p99 ms   non-2xx   socket errors")
+    for (endpoint, clients), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        say(
+            f"{endpoint:<8}  {clients:>7}   {median([r.rps for r in runs]):>14.0f}   "
+            f"{median([r.p50_ms for r in runs]):>6.2f}   {median([r.p99_ms for r in runs]):>6.2f}   "
+            f"{sum(r.non_2xx for r in runs):>7}   {sum(r.socket_errors for r in runs):>13}"
+        )
+    for clients in connections:
+        ratios = [
+            route.rps / noop.rps
+            for route, noop in zip(results[("route", clients)], results[("noop", clients)], strict=True)
+            if noop.rps
+        ]
+        label = "route/noop throughput ratio" + (
+            "" if clients == connections[0] else f" at {clients} clients"
+        )
+        say(f"{label}: {median(ratios):.2f}  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    lost = answered - logged
+    say(
+        f"decisions lost: {max(0, lost)}  ({answered} answered 2xx, {logged} new decision rows"
+        + (f"; {-lost} rows of requests still in flight when wrk stopped" if lost < 0 else "")
+        + ")"
+    )
+
+    if not args.skip_breakdown:
+        in_process_figures(env, body=body, key=key)
+    return 0 if lost <= 0 else 1
+
+
+def in_process_figures(env: dict[str, str], *, body: bytes, key: str) -> None:
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")})
+    import django
+
+    django.setup()
+    from bench.breakdown import decision_breakdown, feature_timing, predictor_scaling
+
+    say()
+    say("one decision, in process (median / p99 ms):")
+    timings = decision_breakdown(body=body, key=key)
+    for t in timings:
+        say(f"  {t.name:<34} {t.p50_ms:7.3f} / {t.p99_ms:7.3f}")
+    say(f"  {'sum of medians':<34} {sum(t.p50_ms for t in timings):7.3f}")
+    ft = feature_timing()
+    say(f"  {ft.name:<34} {ft.p50_ms:7.3f} / {ft.p99_ms:7.3f}   (target p99 < 0.3 ms)")
+    import json
+
+    version, scaling = predictor_scaling(prompt_messages=json.loads(body)["messages"])
+    say(
+        f"predictor time per decision ({version}{', the tier prior: no trained predictor is active' if version == 'prior' else ''}), median / p99 ms:"
+    )
+    for t in scaling:
+        say(f"  {t.name:<16} {t.p50_ms:7.3f} / {t.p99_ms:7.3f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
