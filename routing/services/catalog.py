@@ -15,6 +15,7 @@ from providers.models import LLMModel
 from providers.services import model_upsert, provider_upsert
 from routing.models import RoutingPolicy
 from routing.selectors import catalog_invalidate
+from routing.services.experiments import experiments_load
 from routing.services.policies import policy_publish
 from scope_site.errors import InvalidRequest
 
@@ -29,6 +30,7 @@ POLICY_KEYS = {
 }
 # Extra catalog sections ("experiments", ...) register a loader here: fn(items) -> count
 SECTION_LOADERS: dict[str, Callable[[list[Mapping[str, Any]]], int]] = {}
+SECTION_LOADERS["experiments"] = experiments_load
 
 
 @dataclass

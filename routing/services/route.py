@@ -17,6 +17,7 @@ from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.predictor.registry import active_predictor
 from routing.selectors import model_specs, policy_spec
 from routing.services.decision_log import decision_log_write
+from routing.services.experiments import experiment_policy
 from scope_site.errors import InvalidRequest, NoEligibleModel, NotFound
 
 
@@ -69,6 +70,10 @@ def route_decide(
     metadata = dict(metadata or {})
     features = extract_features(messages, metadata)
     policy_spec_ = resolve_policy(requested=policy, api_key=api_key)
+    # an experiment running on this policy may substitute an arm's policy (sticky per user/key)
+    policy_spec_, assignment = experiment_policy(
+        policy=policy_spec_, user=user, api_key_id=api_key.pk if api_key is not None else None
+    )
     specs = tuple(catalog) if catalog is not None else model_specs()
     if models:
         known = {m.name for m in specs}
@@ -99,6 +104,8 @@ def route_decide(
         user=user,
         metadata=metadata,
         kind=kind,
+        experiment=assignment.experiment if assignment else "",
+        arm=assignment.arm if assignment else "",
     )
     if decision.model is None:
         raise NoEligibleModel(

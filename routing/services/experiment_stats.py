@@ -1,0 +1,184 @@
+"""Per-arm experiment statistics, recomputed from the decision log, outcomes and feedback.
+
+`experiment_stats_refresh` is what the periodic Celery task calls. It is safe to run twice: it
+locks the experiment row and skips the work when nothing it reads has changed since the stored
+statistics (their `watermark`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+from scipy import stats as sps
+
+from feedback.models import Feedback, Outcome
+from routing.models import DecisionLog, Experiment, ExperimentStatus
+from routing.stats import (
+    json_safe,
+    mann_whitney,
+    mean_interval,
+    proportion,
+    quantile_interval,
+    significant,
+    two_proportion_z,
+    welch_t_test,
+)
+from scope_site.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRefresh:
+    experiment_id: int
+    updated: bool
+    stats: dict[str, Any]
+
+
+def _watermark(name: str) -> dict[str, Any]:
+    decisions = DecisionLog.objects.filter(experiment=name).aggregate(n=Count("id"), last=Max("created_at"))
+    outcomes = Outcome.objects.filter(decision__experiment=name).aggregate(n=Count("id"), last=Max("id"))
+    feedback = Feedback.objects.filter(decision__experiment=name).aggregate(n=Count("id"), last=Max("id"))
+    return {
+        "decisions": decisions["n"],
+        "last_decision": decisions["last"].isoformat() if decisions["last"] else None,
+        "outcomes": outcomes["n"],
+        "last_outcome": outcomes["last"],
+        "feedback": feedback["n"],
+        "last_feedback": feedback["last"],
+    }
+
+
+def _collect(name: str) -> dict[str, dict[str, list[float]]]:
+    data: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for arm, predicted in DecisionLog.objects.filter(experiment=name).values_list(
+        "arm", "predicted_cost_usd"
+    ):
+        data[arm]["requests"].append(1.0)
+        if predicted is not None:
+            data[arm]["predicted_cost"].append(float(predicted))
+    cost_by_decision: dict[Any, float] = defaultdict(float)
+    arm_of: dict[Any, str] = {}
+    outcomes = Outcome.objects.filter(decision__experiment=name).values_list(
+        "decision_id", "decision__arm", "status", "latency_ms", "cost_usd"
+    )
+    for decision_id, arm, status, latency_ms, cost_usd in outcomes:
+        cost = float(cost_usd)
+        data[arm]["error"].append(1.0 if status == Outcome.Status.ERROR else 0.0)
+        if latency_ms is not None and status != Outcome.Status.ERROR:
+            data[arm]["latency"].append(float(latency_ms))
+        cost_by_decision[decision_id] += cost
+        arm_of[decision_id] = arm
+    for decision_id, cost in cost_by_decision.items():
+        data[arm_of[decision_id]]["cost"].append(cost)
+    seen: set[Any] = set()
+    latest = (
+        Feedback.objects.filter(decision__experiment=name)
+        .order_by("decision_id", "-created_at", "-id")
+        .values_list("decision_id", "decision__arm", "score")
+    )
+    for decision_id, arm, score in latest:
+        if decision_id not in seen:  # the latest feedback per decision counts
+            seen.add(decision_id)
+            data[arm]["feedback"].append(float(score))
+    return data
+
+
+def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
+    requests = len(values.get("requests", []))
+    errors = values.get("error", [])
+    return {
+        "requests": requests,
+        "share": proportion(requests, total),
+        "spend_usd": round(sum(values.get("cost", [])), 8),
+        "cost_per_request_usd": mean_interval(values.get("cost", [])),
+        "predicted_cost_per_request_usd": mean_interval(values.get("predicted_cost", [])),
+        "feedback_score": mean_interval(values.get("feedback", [])),
+        "latency_p50_ms": quantile_interval(values.get("latency", []), 0.5),
+        "latency_p95_ms": quantile_interval(values.get("latency", []), 0.95),
+        "error_rate": proportion(int(sum(errors)), len(errors)),
+    }
+
+
+def _compare(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
+    errors_a, errors_b = a.get("error", []), b.get("error", [])
+    tests = {
+        "feedback_score": welch_t_test(a.get("feedback", []), b.get("feedback", [])),
+        "feedback_score_ranks": mann_whitney(a.get("feedback", []), b.get("feedback", [])),
+        "cost_per_request_usd": welch_t_test(a.get("cost", []), b.get("cost", [])),
+        "latency_ms": mann_whitney(a.get("latency", []), b.get("latency", [])),
+        "error_rate": two_proportion_z(int(sum(errors_a)), len(errors_a), int(sum(errors_b)), len(errors_b)),
+    }
+    return {"tests": tests, "significant": sorted(k for k, t in tests.items() if significant(t))}
+
+
+def experiment_stats_compute(experiment: Experiment) -> dict[str, Any]:
+    arms = list(experiment.arms.select_related("policy").order_by("name"))
+    data = _collect(experiment.name)
+    total = sum(len(data[a.name].get("requests", [])) for a in arms)
+    control = next((a for a in arms if a.policy_id == experiment.policy_id), arms[0] if arms else None)
+    summaries = {
+        a.name: {"policy": a.policy.slug, "weight": a.weight, **_arm_summary(data[a.name], total)}
+        for a in arms
+    }
+    comparisons = [
+        {"arm": a.name, "against": control.name, **_compare(data[control.name], data[a.name])}
+        for a in arms
+        if control is not None and a.name != control.name
+    ]
+    # sample-ratio mismatch: are requests split as the weights say? (a low p-value means a bug)
+    split_check = None
+    weights = [a.weight for a in arms]
+    if total > 0 and len(arms) >= 2 and sum(weights) > 0:
+        observed = [summaries[a.name]["requests"] for a in arms]
+        expected = [total * w / sum(weights) for w in weights]
+        kept = [(o, e) for o, e in zip(observed, expected, strict=True) if e > 0]
+        chi = sps.chisquare([o for o, _ in kept], [e for _, e in kept])
+        split_check = {
+            "test": "chi_square_srm",
+            "statistic": float(chi.statistic),
+            "p_value": float(chi.pvalue),
+        }
+    return {
+        "confidence": 0.95,
+        "control": control.name if control else None,
+        "total_requests": total,
+        "arms": summaries,
+        "comparisons": comparisons,
+        "split_check": split_check,
+    }
+
+
+def experiment_stats_refresh(*, experiment_id: int, force: bool = False) -> StatsRefresh:
+    with transaction.atomic():
+        # the lock serialises two runs of the same task: the second waits, then sees the new watermark
+        experiment = Experiment.objects.select_for_update().filter(pk=experiment_id).first()
+        if experiment is None:
+            raise NotFound(f"Unknown experiment {experiment_id}", code="unknown_experiment")
+        watermark = _watermark(experiment.name)
+        if not force and experiment.stats.get("watermark") == watermark:
+            return StatsRefresh(experiment_id=experiment.pk, updated=False, stats=experiment.stats)
+        stats = {
+            **experiment_stats_compute(experiment),
+            "watermark": watermark,
+            "computed_at": timezone.now().isoformat(),
+        }
+        stats = json_safe(stats)
+        experiment.stats = stats
+        experiment.stats_updated_at = timezone.now()
+        experiment.save(update_fields=["stats", "stats_updated_at"])
+    return StatsRefresh(experiment_id=experiment.pk, updated=True, stats=stats)
+
+
+def experiments_to_refresh(*, ended_within_days: int = 7) -> list[int]:
+    """Running experiments, and recently ended ones whose late outcomes/feedback may still move the numbers."""
+    since = timezone.now() - timedelta(days=ended_within_days)
+    return list(
+        Experiment.objects.filter(Q(status=ExperimentStatus.RUNNING) | Q(ended_at__gte=since))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )

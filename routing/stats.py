@@ -1,0 +1,130 @@
+"""Experiment statistics (pure): 95% intervals per arm and significance tests between arms.
+
+Which interval fits which metric:
+- a proportion (error rate): Wilson score interval, sound for small n and rates near 0 or 1;
+- a mean (feedback score, cost per request): Student t interval;
+- a quantile (latency p50/p95): the distribution-free order-statistic interval from the
+  binomial distribution of the number of samples below the true quantile.
+Between two arms: Welch's t-test for means (unequal variances), Mann–Whitney U as its rank-based
+check, and a two-proportion z-test for rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean with a 95% Student t interval (no interval below two values)."""
+    x = np.asarray(values, dtype=float)
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "ci95": None}
+    mean = float(x.mean())
+    if n < 2:
+        return {"n": n, "mean": mean, "ci95": None}
+    sem = float(x.std(ddof=1)) / math.sqrt(n)
+    half = float(sps.t.ppf(0.975, n - 1)) * sem
+    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def quantile_interval(values: Sequence[float], q: float) -> dict[str, Any]:
+    """The q-quantile with its distribution-free 95% order-statistic interval."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "value": None, "ci95": None}
+    value = float(np.quantile(x, q))
+    lo_rank = int(sps.binom.ppf(0.025, n, q))  # 0-based index of the lower bound
+    hi_rank = int(sps.binom.ppf(0.975, n, q))
+    if lo_rank < 1 or hi_rank >= n:
+        return {"n": n, "value": value, "ci95": None}  # too few samples for a 95% interval
+    return {"n": n, "value": value, "ci95": [float(x[lo_rank - 1]), float(x[hi_rank])]}
+
+
+def proportion(successes: int, n: int) -> dict[str, Any]:
+    interval = wilson_interval(successes, n)
+    return {
+        "n": n,
+        "count": successes,
+        "rate": successes / n if n else None,
+        "ci95": list(interval) if interval else None,
+    }
+
+
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any] | None:
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size < 2 or xb.size < 2:
+        return None
+    if np.ptp(xa) == 0.0 and np.ptp(xb) == 0.0:  # both constant: no variance to test against
+        equal = float(xa.mean()) == float(xb.mean())
+        return {
+            "test": "welch_t",
+            "statistic": 0.0 if equal else None,
+            "p_value": 1.0 if equal else 0.0,
+            "difference": float(xb.mean() - xa.mean()),
+        }
+    result = sps.ttest_ind(xb, xa, equal_var=False)
+    return {
+        "test": "welch_t",
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+        "difference": float(xb.mean() - xa.mean()),
+    }
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any] | None:
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size < 1 or xb.size < 1 or (np.all(xa == xa[0]) and np.all(xb == xa[0])):
+        return None
+    result = sps.mannwhitneyu(xb, xa, alternative="two-sided")
+    return {"test": "mann_whitney_u", "statistic": float(result.statistic), "p_value": float(result.pvalue)}
+
+
+def two_proportion_z(count_a: int, n_a: int, count_b: int, n_b: int) -> dict[str, Any] | None:
+    if n_a == 0 or n_b == 0:
+        return None
+    pooled = (count_a + count_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    diff = count_b / n_b - count_a / n_a
+    if se == 0.0:
+        return {"test": "two_proportion_z", "statistic": 0.0, "p_value": 1.0, "difference": diff}
+    z = diff / se
+    return {
+        "test": "two_proportion_z",
+        "statistic": z,
+        "p_value": float(2 * sps.norm.sf(abs(z))),
+        "difference": diff,
+    }
+
+
+def significant(test: dict[str, Any] | None, alpha: float = 0.05) -> bool:
+    return test is not None and test["p_value"] < alpha
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and ±inf (which JSON cannot hold) become None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from feedback.models import Outcome
+from feedback.services.feedback import feedback_record
+from feedback.services.outcomes import TokenCount, outcome_record
+from routing.models import ApiKey
+from routing.services.experiment_stats import experiment_stats_refresh
+from routing.services.experiments import experiment_upsert
+from routing.services.route import route_decide
+from routing.stats import mean_interval, quantile_interval, two_proportion_z, wilson_interval
+from tests.conftest import USER_MESSAGE
+from tests.factories import make_api_key, make_policy
+
+pytestmark = pytest.mark.django_db
+
+
+def test_wilson_interval_matches_the_textbook_value() -> None:
+    lo, hi = wilson_interval(8, 10) or (0.0, 0.0)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 0) is None
+
+
+def test_quantile_interval_covers_the_quantile_and_widens_with_fewer_samples() -> None:
+    wide = quantile_interval([float(i) for i in range(1, 41)], 0.5)
+    narrow = quantile_interval([float(i % 40 + 1) for i in range(400)], 0.5)
+    assert wide["ci95"][0] <= wide["value"] <= wide["ci95"][1]
+    assert narrow["ci95"][1] - narrow["ci95"][0] < wide["ci95"][1] - wide["ci95"][0]
+    assert quantile_interval([1.0, 2.0], 0.95)["ci95"] is None  # too few samples to say
+
+
+def test_mean_interval_and_two_proportion_test() -> None:
+    interval = mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert interval["mean"] == 2.5 and interval["ci95"][0] < 2.5 < interval["ci95"][1]
+    test = two_proportion_z(10, 100, 30, 100)
+    assert test is not None and test["p_value"] < 0.001 and math.isclose(test["difference"], 0.2)
+
+
+def _traffic(key: ApiKey, users: int) -> dict[str, list[str]]:
+    by_arm: dict[str, list[str]] = {}
+    for i in range(users):
+        result = route_decide(
+            messages=USER_MESSAGE(f"Question {i} about databases"), api_key=key, user=f"u{i}"
+        )
+        by_arm.setdefault(result.row.arm, []).append(str(result.row.id))
+    return by_arm
+
+
+@pytest.fixture
+def experiment(catalog: Any) -> Any:
+    make_policy("cheap", strategy="pre_inference", alpha=0.05)
+    return experiment_upsert(
+        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+    )
+
+
+def test_stats_per_arm_have_intervals_and_a_significance_test(experiment: Any) -> None:
+    key, _ = make_api_key("stats-app")
+    by_arm = _traffic(key, 60)
+    assert set(by_arm) == {"default", "cheap"}
+    for arm, ids in by_arm.items():
+        for n, decision_id in enumerate(ids):
+            failed = arm == "cheap" and n % 4 == 0
+            outcome_record(
+                decision_id=decision_id,
+                model=None,
+                model_name="small",
+                status=Outcome.Status.ERROR if failed else Outcome.Status.OK,
+                tokens=TokenCount(10, 20, False),
+                latency_ms=100.0 + n if arm == "default" else 300.0 + n,
+            )
+            feedback_record(decision_id=decision_id, api_key=key, score=0.9 if arm == "default" else 0.2)
+    result = experiment_stats_refresh(experiment_id=experiment.pk)
+    assert result.updated
+    stats = result.stats
+    assert stats["control"] == "default" and stats["total_requests"] == 60
+    default, cheap = stats["arms"]["default"], stats["arms"]["cheap"]
+    assert default["requests"] == len(by_arm["default"]) and cheap["requests"] == len(by_arm["cheap"])
+    assert math.isclose(default["feedback_score"]["mean"], 0.9)
+    assert cheap["error_rate"]["count"] == math.ceil(len(by_arm["cheap"]) / 4)
+    lo, hi = cheap["error_rate"]["ci95"]
+    assert lo < cheap["error_rate"]["rate"] < hi
+    assert default["latency_p50_ms"]["value"] < cheap["latency_p50_ms"]["value"]
+    assert default["latency_p95_ms"]["ci95"] is not None or default["latency_p95_ms"]["n"] < 30
+    (comparison,) = stats["comparisons"]
+    assert comparison["arm"] == "cheap" and comparison["against"] == "default"
+    assert {"feedback_score", "latency_ms", "error_rate"} <= set(comparison["significant"])
+    assert stats["split_check"]["p_value"] > 0.001  # the split matches the 50/50 weights
+
+
+def test_refreshing_twice_does_the_work_once_until_new_data_arrives(experiment: Any) -> None:
+    key, _ = make_api_key("stats-app")
+    by_arm = _traffic(key, 6)
+    first = experiment_stats_refresh(experiment_id=experiment.pk)
+    experiment.refresh_from_db()
+    stamp = experiment.stats_updated_at
+    second = experiment_stats_refresh(experiment_id=experiment.pk)
+    experiment.refresh_from_db()
+    assert first.updated and not second.updated and experiment.stats_updated_at == stamp
+    decision_id = next(iter(by_arm.values()))[0]
+    feedback_record(decision_id=decision_id, api_key=key, thumbs="up")
+    third = experiment_stats_refresh(experiment_id=experiment.pk)
+    assert third.updated
+    assert sum(arm["feedback_score"]["n"] for arm in third.stats["arms"].values()) == 1

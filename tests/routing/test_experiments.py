@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from routing.experiment_assignment import assignment_bucket, pick_arm
+from routing.models import DecisionLog, Experiment, ExperimentStatus, RoutingPolicy
+from routing.services.catalog import catalog_load
+from routing.services.experiments import (
+    experiment_assign,
+    experiment_promote,
+    experiment_stop,
+    experiment_upsert,
+)
+from scope_site.errors import Conflict, InvalidRequest
+from tests.conftest import USER_MESSAGE
+from tests.factories import make_policy
+
+ARMS: list[dict[str, Any]] = [{"policy": "default", "weight": 50}, {"policy": "cheap", "weight": 50}]
+
+
+def test_assignment_splits_ten_thousand_users_fifty_fifty() -> None:
+    arms = [("control", 50), ("treatment", 50)]
+    counts = Counter(pick_arm(arms, assignment_bucket("exp", f"user-{i}")) for i in range(10_000))
+    # binomial sd is 50 requests: ±150 is three sd
+    assert abs(counts["control"] - 5_000) <= 150, counts
+
+
+def test_assignment_follows_unequal_weights_and_never_picks_a_zero_weight_arm() -> None:
+    arms = [("a", 70), ("b", 30), ("off", 0)]
+    counts = Counter(pick_arm(arms, assignment_bucket("exp2", f"u{i}")) for i in range(10_000))
+    assert abs(counts["a"] - 7_000) <= 140, counts  # 3 sd ≈ 137
+    assert counts["off"] == 0
+
+
+def test_assignment_is_sticky_per_user_and_independent_across_experiments() -> None:
+    arms = [("a", 50), ("b", 50)]
+    first = [pick_arm(arms, assignment_bucket("exp", f"u{i}")) for i in range(2_000)]
+    again = [pick_arm(arms, assignment_bucket("exp", f"u{i}")) for i in range(2_000)]
+    other = [pick_arm(arms, assignment_bucket("other-exp", f"u{i}")) for i in range(2_000)]
+    assert first == again
+    agreement = sum(x == y for x, y in zip(first, other, strict=True)) / 2_000
+    assert 0.45 < agreement < 0.55  # salted by experiment name: unrelated splits
+
+
+@pytest.fixture
+def two_policies(catalog: Any) -> None:
+    make_policy("cheap", strategy="pre_inference", alpha=0.05)
+
+
+@pytest.mark.django_db
+def test_an_experiment_declared_in_the_catalog_splits_route_traffic_sticky_per_user(
+    two_policies: None, api: Callable[..., Any]
+) -> None:
+    result = catalog_load(data={"experiments": [{"name": "alpha-test", "policy": "default", "arms": ARMS}]})
+    assert result.counts["experiments"] == 1
+    arms_by_user: dict[str, str] = {}
+    for i in range(60):
+        body = api(
+            "/api/v1/route", {"messages": USER_MESSAGE("Explain TCP slow start."), "user": f"u{i}"}
+        ).json()
+        assert body["experiment"]["name"] == "alpha-test"
+        assert body["policy"]["slug"] == body["experiment"]["arm"]  # arms are named after their policy
+        arms_by_user[f"u{i}"] = body["experiment"]["arm"]
+    for i in range(0, 60, 7):  # the same user always lands in the same arm
+        body = api("/api/v1/route", {"messages": USER_MESSAGE("Another question"), "user": f"u{i}"}).json()
+        assert body["experiment"]["arm"] == arms_by_user[f"u{i}"]
+    counts = Counter(arms_by_user.values())
+    assert set(counts) == {"default", "cheap"} and min(counts.values()) >= 18  # 60 users: sd ≈ 3.9
+    logged = Counter(DecisionLog.objects.filter(experiment="alpha-test").values_list("arm", flat=True))
+    assert sum(logged.values()) == 60 + len(range(0, 60, 7))
+
+
+@pytest.mark.django_db
+def test_without_user_the_api_key_is_the_sticky_unit(two_policies: None, api: Callable[..., Any]) -> None:
+    experiment_upsert(name="by-key", policy="default", arms=ARMS)
+    arms = {
+        api("/api/v1/route", {"messages": USER_MESSAGE(f"q{i}")}).json()["experiment"]["arm"]
+        for i in range(10)
+    }
+    assert len(arms) == 1
+
+
+@pytest.mark.django_db
+def test_loading_the_same_catalog_twice_changes_nothing(two_policies: None) -> None:
+    data = {"experiments": [{"name": "alpha-test", "policy": "default", "arms": ARMS}]}
+    catalog_load(data=data)
+    arm_ids = sorted(Experiment.objects.get().arms.values_list("pk", flat=True))
+    catalog_load(data=data)
+    assert sorted(Experiment.objects.get().arms.values_list("pk", flat=True)) == arm_ids
+    data["experiments"][0]["arms"] = [{"policy": "default", "weight": 80}, {"policy": "cheap", "weight": 20}]
+    catalog_load(data=data)
+    assert dict(Experiment.objects.get().arms.values_list("name", "weight")) == {"default": 80, "cheap": 20}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"name": "x", "policy": "default", "arms": [{"policy": "default"}]}, "at least two arms"),
+        (
+            {"name": "x", "policy": "default", "arms": [{"policy": "default"}, {"policy": "nope"}]},
+            "unknown policy",
+        ),
+        (
+            {"name": "x", "policy": "default", "arms": [{"policy": "default"}, {"policy": "default"}]},
+            "unique",
+        ),
+        (
+            {
+                "name": "x",
+                "policy": "default",
+                "arms": [{"policy": "default", "weight": -1}, {"policy": "cheap"}],
+            },
+            "weight",
+        ),
+        ({"name": "x", "policy": "default", "arms": ARMS, "colour": "red"}, "unknown key"),
+        ({"policy": "default", "arms": ARMS}, "must be a mapping with 'name'"),
+    ],
+)
+def test_the_catalog_rejects_a_bad_experiment(two_policies: None, item: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        catalog_load(data={"experiments": [item]})
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_only_one_experiment_may_split_a_policy(two_policies: None) -> None:
+    experiment_upsert(name="first", policy="default", arms=ARMS)
+    with pytest.raises(Conflict):
+        experiment_upsert(name="second", policy="default", arms=ARMS)
+    with pytest.raises(InvalidRequest, match="already splits"):
+        catalog_load(data={"experiments": [{"name": "second", "policy": "default", "arms": ARMS}]})
+
+
+@pytest.mark.django_db
+def test_a_stopped_experiment_no_longer_assigns(two_policies: None, api: Callable[..., Any]) -> None:
+    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    assert experiment_assign(policy_slug="default", unit="user:u1") is not None
+    experiment_stop(experiment_id=experiment.pk)
+    assert experiment_assign(policy_slug="default", unit="user:u1") is None
+    body = api("/api/v1/route", {"messages": USER_MESSAGE("hello"), "user": "u1"}).json()
+    assert body["experiment"] is None and body["policy"]["slug"] == "default"
+    with pytest.raises(Conflict):
+        experiment_stop(experiment_id=experiment.pk)
+
+
+@pytest.mark.django_db
+def test_promoting_an_arm_gives_the_split_policy_the_arms_settings(two_policies: None) -> None:
+    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    before = RoutingPolicy.objects.get(slug="default").current
+    assert before is not None and before.alpha == 0.5
+    promoted = experiment_promote(experiment_id=experiment.pk, arm="cheap", promoted_by="ops")
+    assert (promoted.status, promoted.winner) == (ExperimentStatus.PROMOTED, "cheap")
+    after = RoutingPolicy.objects.get(slug="default").current
+    assert after is not None and after.version == before.version + 1
+    assert (after.alpha, after.strategy) == (0.05, "pre_inference")
+    assert "alpha-test" in after.note
+    assert experiment_assign(policy_slug="default", unit="user:u1") is None
