@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.SCOPE_CATALOG_TTL_SECONDS = 0  # every request sees the catalog the test just wrote
+    settings.SCOPE_API_KEY_CACHE_SECONDS = 0  # a key revoked in a test is refused at once
 
 
 @pytest.fixture(autouse=True)
