@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "scope_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the web UI's static files, also under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -135,6 +136,12 @@ CELERY_TASK_TIME_LIMIT = env_int("SCOPE_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Periodic tasks; beat copies them into django-celery-beat's tables, where the admin can edit them.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # routing.dashboard.tasks: seal new decision rows into the audit hash chain; refresh the rollups
+    "audit-seal": {"task": "routing.audit_seal", "schedule": env_float("SCOPE_AUDIT_SEAL_S", 60.0, minimum=1.0)},
+    "dashboard-rollup": {"task": "routing.rollup_catch_up", "schedule": env_float("SCOPE_ROLLUP_S", 20.0, minimum=1.0)},
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
@@ -150,6 +157,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("SCOPE_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# serve straight from static/ as well, so `make run` needs no collectstatic
+WHITENOISE_USE_FINDERS = True
 
 # --- Security -------------------------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from feedback.api import FeedbackApi
@@ -24,6 +25,10 @@ urlpatterns = [
     path("v1/models", ModelsApi.as_view(), name="models"),
     path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),
     path("metrics", metrics_view, name="metrics"),
+    # web UI (routing.dashboard): Django's session login, then the HTMX pages
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="/login/"), name="logout"),
+    path("", include("routing.dashboard.urls")),
 ]
 
 if settings.SCOPE_ENABLE_NOOP_ENDPOINT:  # benchmark only (bench/overhead.py)

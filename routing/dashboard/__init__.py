@@ -1,0 +1,1 @@
+"""The operator and auditor web UI (server-rendered pages with HTMX partials)."""

@@ -1,0 +1,240 @@
+"""Reads for the providers, experiments and predictor pages (each bounded by an index or a rollup)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Avg, Count, Q, StdDev, Sum
+from django.utils import timezone
+
+from feedback.models import Feedback, Outcome, PredictorVersion, TrainingRun
+from providers.models import LLMModel
+from routing.models import DecisionLog, DecisionRollup, Experiment
+
+Z95 = 1.96
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (sensible at small n and near 0 or 1)."""
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(
+    mean: float | None, std: float | None, n: int, z: float = Z95
+) -> tuple[float, float] | None:
+    if mean is None or n < 2 or std is None:
+        return None
+    half = z * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    model: LLMModel
+    circuit: str
+    circuit_reason: str
+    requests_24h: int
+    outcomes_24h: int
+    errors_24h: int
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors_24h / self.outcomes_24h if self.outcomes_24h else None
+
+
+def _circuits(names: list[str]) -> dict[str, Any]:
+    try:
+        from providers.circuit import circuit_states
+    except ImportError:  # the breaker module is optional in this layer
+        return {}
+    try:
+        return dict(circuit_states(names))
+    except Exception:  # a cache outage must not take the page down; the state shows as unknown
+        return {}
+
+
+def catalog_rows() -> list[ModelRow]:
+    models = list(LLMModel.objects.select_related("provider").order_by("provider__name", "name"))
+    since = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    health = {
+        r["model"]: r
+        for r in DecisionRollup.objects.filter(hour__gte=since)
+        .values("model")
+        .annotate(requests=Sum("requests"), outcomes=Sum("outcomes"), errors=Sum("outcome_errors"))
+    }
+    circuits = _circuits([m.name for m in models])
+    rows = []
+    for m in models:
+        h: Mapping[str, Any] = health.get(m.name, {})
+        status = circuits.get(m.name)
+        rows.append(
+            ModelRow(
+                model=m,
+                circuit=str(getattr(status, "state", "unknown")) if status is not None else "unknown",
+                circuit_reason=str(getattr(status, "reason", "")) if status is not None else "",
+                requests_24h=int(h.get("requests") or 0),
+                outcomes_24h=int(h.get("outcomes") or 0),
+                errors_24h=int(h.get("errors") or 0),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class ArmStats:
+    name: str
+    policy: str
+    weight: int
+    decisions: int
+    cost_per_1k: float | None
+    quality: float | None
+    feedback_n: int
+    feedback: float | None
+    feedback_ci: tuple[float, float] | None
+    outcomes: int
+    error_rate: float | None
+    error_ci: tuple[float, float] | None
+
+
+def experiment_stats(experiment: Experiment) -> list[ArmStats]:
+    """Live per-arm statistics from the decision log (served by the decision_experiment_time index)."""
+    decisions = {
+        r["arm"]: r
+        for r in DecisionLog.objects.filter(experiment=experiment.name)
+        .values("arm")
+        .annotate(n=Count("id"), cost=Avg("predicted_cost_usd"), quality=Avg("predicted_quality"))
+    }
+    feedback = {
+        r["decision__arm"]: r
+        for r in Feedback.objects.filter(decision__experiment=experiment.name)
+        .values("decision__arm")
+        .annotate(n=Count("id"), mean=Avg("score"), std=StdDev("score", sample=True))
+    }
+    outcomes = {
+        r["decision__arm"]: r
+        for r in Outcome.objects.filter(decision__experiment=experiment.name)
+        .values("decision__arm")
+        .annotate(n=Count("id"), errors=Count("id", filter=Q(status=Outcome.Status.ERROR)))
+    }
+    stats = []
+    for arm in experiment.arms.select_related("policy").all():
+        d: Mapping[str, Any] = decisions.get(arm.name, {})
+        f: Mapping[str, Any] = feedback.get(arm.name, {})
+        o: Mapping[str, Any] = outcomes.get(arm.name, {})
+        fn, on = int(f.get("n") or 0), int(o.get("n") or 0)
+        stats.append(
+            ArmStats(
+                name=arm.name,
+                policy=arm.policy.slug,
+                weight=arm.weight,
+                decisions=int(d.get("n") or 0),
+                cost_per_1k=1000 * d["cost"] if d.get("cost") is not None else None,
+                quality=d.get("quality"),
+                feedback_n=fn,
+                feedback=f.get("mean"),
+                feedback_ci=mean_interval(f.get("mean"), f.get("std"), fn),
+                outcomes=on,
+                error_rate=(o["errors"] / on) if on else None,
+                error_ci=wilson(int(o.get("errors") or 0), on),
+            )
+        )
+    return stats
+
+
+def experiments_with_stats() -> list[tuple[Experiment, list[ArmStats]]]:
+    experiments = Experiment.objects.select_related("policy").order_by("status", "-created_at")[:50]
+    return [(e, experiment_stats(e)) for e in experiments]
+
+
+# --- predictor ---------------------------------------------------------------------------------
+
+
+def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out.append((name, float(value)))
+        elif isinstance(value, Mapping) and len(out) < 60:
+            out.extend(_numbers(value, f"{name}."))
+    return out[:60]
+
+
+def _calibration(metrics: Mapping[str, Any]) -> list[dict[str, float]]:
+    """Calibration bins as [{predicted, observed, count}], from whichever shape the trainer stored."""
+    raw = metrics.get("calibration")
+    if isinstance(raw, Mapping):
+        raw = raw.get("bins") or raw.get("quality")
+    bins = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, Mapping):
+            predicted = item.get("predicted", item.get("mean_predicted", item.get("p")))
+            observed = item.get("observed", item.get("mean_observed", item.get("actual")))
+            count = item.get("count", item.get("n", 0))
+        elif isinstance(item, list | tuple) and len(item) >= 2:
+            predicted, observed, count = item[0], item[1], item[2] if len(item) > 2 else 0
+        else:
+            continue
+        if isinstance(predicted, int | float) and isinstance(observed, int | float):
+            bins.append(
+                {"predicted": float(predicted), "observed": float(observed), "count": float(count or 0)}
+            )
+    return bins
+
+
+def _importance(version: PredictorVersion) -> list[tuple[str, float]]:
+    raw: Any = None
+    for source in (version.metadata or {}, version.metrics or {}):
+        raw = source.get("feature_importance") or source.get("importance")
+        if raw:
+            break
+    pairs: list[tuple[str, float]] = []
+    if isinstance(raw, Mapping):
+        if raw and all(isinstance(v, Mapping) for v in raw.values()):  # per target: take the quality head
+            raw = raw.get("quality") or next(iter(raw.values()))
+        pairs = [(str(k), float(v)) for k, v in raw.items() if isinstance(v, int | float)]
+    elif isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, Mapping) and isinstance(
+                item.get("importance", item.get("gain")), int | float
+            ):
+                pairs.append((str(item.get("feature")), float(item.get("importance", item.get("gain")))))
+            elif isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], int | float):
+                pairs.append((str(item[0]), float(item[1])))
+    return sorted(pairs, key=lambda p: -p[1])[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictorPage:
+    versions: list[PredictorVersion]
+    shown: PredictorVersion | None
+    metrics: list[tuple[str, float]]
+    calibration: list[dict[str, float]]
+    importance: list[tuple[str, float]]
+    runs: list[TrainingRun]
+
+
+def predictor_page(*, version_name: str = "") -> PredictorPage:
+    versions = list(PredictorVersion.objects.defer("artifact").order_by("-created_at")[:30])
+    shown = next((v for v in versions if v.name == version_name), None) if version_name else None
+    shown = shown or next((v for v in versions if v.is_active), None) or (versions[0] if versions else None)
+    return PredictorPage(
+        versions=versions,
+        shown=shown,
+        metrics=_numbers(shown.metrics or {}) if shown else [],
+        calibration=_calibration(shown.metrics or {}) if shown else [],
+        importance=_importance(shown) if shown else [],
+        runs=list(TrainingRun.objects.order_by("-created_at")[:10]),
+    )

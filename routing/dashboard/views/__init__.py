@@ -1,0 +1,1 @@
+"""Thin dashboard views: parse, authorise (routing.dashboard.roles), call a selector or service, render."""

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from routing.dashboard.decisions import EXPORT_FIELDS, decisions_export_rows
+from routing.dashboard.forms import ExplorerForm
+from routing.dashboard.roles import READ_ALL, WRITE, role_required
+from routing.dashboard.views.common import page
+from routing.models import AuditCheckpoint
+from routing.services.audit import audit_seal, audit_status, audit_verify_step
+
+
+@require_GET
+@role_required(READ_ALL)
+def audit(request: HttpRequest, extra: dict[str, Any] | None = None) -> HttpResponse:
+    checkpoints = AuditCheckpoint.objects.order_by("-sequence")[:20]
+    today = timezone.now().date()
+    context = {
+        "status": audit_status(),
+        "checkpoints": checkpoints,
+        "today": today,
+        "active": "audit",
+        **(extra or {}),
+    }
+    return page(request, "dashboard/audit.html", context)
+
+
+@require_GET
+@role_required(READ_ALL)
+def audit_verify(request: HttpRequest) -> HttpResponse:
+    """One bounded verification step; the partial asks for the next one until done or a mismatch."""
+    after = request.GET.get("after", "0")
+    rows_so_far = request.GET.get("rows", "0")
+    after_seq = int(after) if after.isdigit() else 0
+    done_rows = int(rows_so_far) if rows_so_far.isdigit() else 0
+    step = audit_verify_step(after_sequence=after_seq)
+    context = {"step": step, "rows_total": done_rows + step.rows_checked, "after": step.next_sequence}
+    if not getattr(request, "htmx", False):  # without JavaScript: the page, one step further each click
+        return audit(request, extra=context)
+    return page(request, "dashboard/audit.html#verify", context)
+
+
+@require_POST
+@role_required(WRITE)
+def audit_seal_view(request: HttpRequest) -> HttpResponse:
+    audit_seal()
+    return redirect("dashboard:audit")
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value) if not isinstance(value, int | float | str | bool | list | dict | type(None)) else value
+
+
+def _csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(EXPORT_FIELDS)
+    for row in rows:
+        yield writer.writerow(
+            [
+                json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else _plain(v))
+                for v in row.values()
+            ]
+        )
+
+
+def _jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n"
+
+
+@require_GET
+@role_required(READ_ALL)
+def export(request: HttpRequest, fmt: str) -> HttpResponseBase:
+    form = ExplorerForm(request.GET)
+    if not form.is_valid():
+        return HttpResponse(
+            "invalid filters: " + form.errors.as_text(), status=400, content_type="text/plain"
+        )
+    rows = decisions_export_rows(form.filters())
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    if fmt == "csv":
+        response = StreamingHttpResponse(_csv_lines(rows), content_type="text/csv; charset=utf-8")
+    else:
+        response = StreamingHttpResponse(_jsonl_lines(rows), content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="scope-decisions-{stamp}.{fmt}"'
+    return response

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET, require_POST
+
+from routing.dashboard.roles import DASHBOARDS, WRITE, role_required
+from routing.dashboard.selectors import catalog_rows
+from routing.dashboard.services import llm_model_set_enabled
+from routing.dashboard.views.common import error_response, page
+from scope_site.errors import ApplicationError
+
+
+@require_GET
+@role_required(DASHBOARDS)
+def providers(request: HttpRequest) -> HttpResponse:
+    return page(request, "dashboard/providers.html", {"rows": catalog_rows(), "active": "providers"})
+
+
+@require_POST
+@role_required(WRITE)
+def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
+    try:
+        llm_model_set_enabled(model_id=model_id, enabled=request.POST.get("enabled") == "1")
+    except ApplicationError as exc:
+        return error_response(request, exc)
+    if not getattr(request, "htmx", False):
+        return redirect("dashboard:providers")
+    row = next(r for r in catalog_rows() if r.model.pk == model_id)
+    return page(request, "dashboard/providers.html#model-row", {"r": row})
