@@ -134,3 +134,38 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class CalibrationStatus(models.TextChoices):
+    EXPLORING = "exploring", "Exploring (capped share of traffic)"
+    GRADUATED = "graduated", "Graduated (enough live outcomes)"
+    FAILED = "failed", "Failed"
+
+
+class ModelCalibration(models.Model):
+    """A new model's anchor evaluation and its exploration cap until enough live outcomes exist."""
+
+    model_name = models.CharField(max_length=200, unique=True)
+    status = models.CharField(max_length=10, choices=CalibrationStatus.choices, default=CalibrationStatus.EXPLORING)
+    anchors = models.PositiveIntegerField(default=0)
+    anchor_score = models.FloatField(null=True, blank=True)  # mean score on the anchor prompts
+    scoring = models.CharField(max_length=200, blank=True)  # exact_match | judge:<model> | imported:<file>
+    exploration_cap = models.FloatField(
+        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )  # the share of requests in which the model may be a candidate
+    min_live_outcomes = models.PositiveIntegerField(default=50)
+    live_outcomes = models.PositiveIntegerField(default=0)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    graduated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(exploration_cap__gte=0.0, exploration_cap__lte=1.0), name="calibration_cap_0_1"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} ({self.status})"
