@@ -25,6 +25,7 @@ from django.conf import settings
 from feedback.services.outcomes import TokenCount, outcome_cost_usd, outcome_record
 from providers.adapters import adapter_for
 from providers.adapters.base import ChatRequest, Completion, Target, Usage
+from providers.balancing import DeploymentsUnavailable, deployment_acquire, deployment_release
 from providers.chat_request import ParsedChat, chat_body_parse
 from providers.circuit import (
     CircuitState,
@@ -146,22 +147,15 @@ def target_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
     its RPM/TPM limits (weighted, least-busy or latency, per model) and raises TargetUnavailable
     when all are at their limit. Without deployments the model's own provider serves it.
     """
-    provider = row.provider
-    return Target(
-        model=row.name,
-        upstream_model=row.upstream_name or row.name,
-        provider=provider.name,
-        kind=provider.kind,
-        base_url=provider.base_url,
-        api_key_env=provider.api_key_env,
-        connect_timeout_s=provider.connect_timeout_s,
-        read_timeout_s=provider.read_timeout_s,
-        sim_profile=dict(row.sim_profile or {}),
-    )
+    try:
+        return deployment_acquire(row, estimated_tokens=estimated_tokens)
+    except DeploymentsUnavailable as exc:
+        raise TargetUnavailable(exc.reason) from None
 
 
 def target_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -> None:
     """HOOK(balancing): the call to `target` ended; deployments count in-flight calls, TPM and latency."""
+    deployment_release(target, ok=ok, tokens=tokens, latency_s=latency_s)
 
 
 # --- planning --------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""Deployments and per-key limits through POST /v1/chat/completions, against fake upstreams."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from feedback.models import Outcome
+from providers.circuit import circuit_record_failure
+from providers.deployments import deployment_upsert
+from providers.services import provider_upsert
+from routing.models import SpendLedger
+from tests.factories import make_api_key, make_policy
+from tests.providers.conftest import UPSTREAM_KEY_ENV, upstream_model
+from tests.upstreams import Fail, FakeUpstream, Reply
+
+Api = Callable[..., Any]
+HELLO = [{"role": "user", "content": "Say hello to the test suite"}]
+
+
+@pytest.fixture
+def upstreams(api: Api) -> Iterator[tuple[FakeUpstream, FakeUpstream, FakeUpstream]]:
+    """`first` ranks above `second` in policy `pair`; `first` can also be served at `extra`."""
+    with FakeUpstream() as first, FakeUpstream() as second, FakeUpstream() as extra:
+        upstream_model("first", first, tier=5)
+        upstream_model("second", second, tier=3)
+        provider_upsert(
+            name="extra", kind="openai_compatible", base_url=extra.base_url, api_key_env=UPSTREAM_KEY_ENV
+        )
+        make_policy("pair", strategy="hybrid", alpha=0.5, allowed_models=["first", "second"])
+        yield first, second, extra
+
+
+def chat(api: Api, key: str | None = None, **extra: Any) -> Any:
+    body = {"model": "scope/pair", "messages": HELLO, **extra}
+    return api("/v1/chat/completions", body) if key is None else api("/v1/chat/completions", body, key=key)
+
+
+def test_calls_are_spread_over_the_model_deployments(api: Api, upstreams: Any) -> None:
+    first, _, extra = upstreams
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1)
+    deployment_upsert(model="first", name="extra", provider="extra", upstream_name="first-at-extra", weight=1)
+    for _ in range(12):
+        response = chat(api)
+        assert response.status_code == 200 and response["X-Scope-Model"] == "first"
+    assert first.requests and extra.requests
+    assert len(first.requests) + len(extra.requests) == 12
+    assert {r.body["model"] for r in extra.requests} == {"first-at-extra"}
+
+
+def test_a_deployment_at_its_rpm_limit_falls_back_like_an_open_circuit(api: Api, upstreams: Any) -> None:
+    first, second, _ = upstreams
+    deployment_upsert(model="first", name="only", provider="up-first", rpm_limit=1)
+    assert chat(api)["X-Scope-Model"] == "first"
+    response = chat(api)
+    assert response.status_code == 200
+    assert response["X-Scope-Model"] == "second"
+    assert response["X-Scope-Fallbacks"].startswith("first (deployment_limit)")
+    assert len(first.requests) == 1 and len(second.requests) == 1
+    attempts = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"]).attempts
+    assert "at its limit of 1 requests/min" in attempts[0]["message"]
+
+
+def test_a_deployment_with_an_open_circuit_gives_way_to_the_healthy_one(api: Api, upstreams: Any) -> None:
+    first, _, extra = upstreams
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    first.default = Fail(503)
+    for _ in range(3):  # SCOPE_CIRCUIT_FAILURES in these tests
+        circuit_record_failure("first@home", error_class="server_error")
+    response = chat(api)
+    assert response["X-Scope-Model"] == "first" and "X-Scope-Fallbacks" not in response
+    assert len(extra.requests) == 1 and not first.requests
+
+
+def test_a_key_over_its_daily_budget_gets_a_429_and_spend_is_recorded(api: Api, upstreams: Any) -> None:
+    first, _, _ = upstreams
+    first.default = Reply(prompt_tokens=100_000, completion_tokens=100_000)  # $0.30 at $1/$2 per Mtok
+    _, key = make_api_key("budgeted", daily_budget_usd=Decimal("0.50"))
+    assert chat(api, key=key).status_code == 200
+    day = SpendLedger.objects.get(api_key__name="budgeted", period="day")
+    assert (day.spent_usd, day.reserved_usd) == (Decimal("0.3"), Decimal(0))
+    assert chat(api, key=key).status_code == 200  # predicted far less than it really cost
+    response = chat(api, key=key)
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded" and "daily budget of $0.50" in error["message"]
+
+
+def test_a_key_over_its_rpm_limit_gets_a_429_from_chat_completions(api: Api, upstreams: Any) -> None:
+    _, key = make_api_key("rpm", rpm_limit=2)
+    assert [chat(api, key=key).status_code for _ in range(3)] == [200, 200, 429]
