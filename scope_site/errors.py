@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
+import redis.exceptions
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -15,7 +19,7 @@ class ApplicationError(Exception):
     """A domain error the client caused or must know about; mapped to an HTTP status."""
 
     code = "application_error"
-    http_status = status.HTTP_400_BAD_REQUEST
+    http_status: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, message: str, *, code: str | None = None, extra: dict[str, Any] | None = None):
         super().__init__(message)
@@ -58,6 +62,27 @@ class ServiceUnavailable(ApplicationError):
     http_status = status.HTTP_503_SERVICE_UNAVAILABLE
 
 
+# A backing service is down (PostgreSQL restarting, Redis gone): the client should retry, not give up.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+UNAVAILABLE_RETRY_AFTER_S = 2
+logger = logging.getLogger("scope.errors")
+
+
+def unavailable_error(exc: BaseException) -> ServiceUnavailable:
+    """The 503 a client gets when a backing service failed; logged once, without a traceback."""
+    service = "cache" if isinstance(exc, redis.exceptions.RedisError) else "database"
+    logger.warning("%s unavailable: %s: %s", service, exc.__class__.__name__, str(exc).strip()[:200])
+    return ServiceUnavailable(
+        f"The {service} is unavailable, so this request could not be completed; retry shortly.",
+        extra={"retry_after": UNAVAILABLE_RETRY_AFTER_S},
+    )
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -92,11 +117,15 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        exc = unavailable_error(exc)
     if isinstance(exc, ApplicationError):
-        response = Response(error_body(exc.code, exc.message, **exc.extra), status=exc.http_status)
+        answer = Response(error_body(exc.code, exc.message, **exc.extra), status=exc.http_status)
         if isinstance(exc, RateLimited):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+            answer["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, ServiceUnavailable) and "retry_after" in exc.extra:
+            answer["Retry-After"] = str(exc.extra["retry_after"])
+        return answer
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -122,4 +151,10 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
+    exc = sys.exc_info()[1]
+    if exc is not None and isinstance(exc, UNAVAILABLE_ERRORS):  # outside DRF: pages, middleware
+        error = unavailable_error(exc)
+        response = json_error(503, error.code, error.message)
+        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+        return response
     return json_error(500, "internal_error", "SCOPE hit an internal error; it has been logged.")

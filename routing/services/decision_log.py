@@ -85,8 +85,20 @@ def _insert_durably(row: DecisionLog) -> None:
     params = [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields]
     with connection.cursor():  # the ORM's connection handling: health check, (re)connect
         pass
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(_insert_sql(), params, prepare=True)
+    raw: Any = _PreparedCursor(connection.connection)
+    # Django's wrapper: its error classes, execute_wrappers and query logging apply as to any query
+    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with cursor:
+        cursor.execute(_insert_sql(), params)
+
+
+class _PreparedCursor(psycopg.Cursor[Any]):
+    """A server-side-binding cursor whose statements are prepared once per connection."""
+
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Any:
+        return super().execute(query, params, prepare=True, binary=binary)
 
 
 @lru_cache(maxsize=1)
