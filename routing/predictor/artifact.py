@@ -18,11 +18,12 @@ import numpy as np
 from routing.features import FEATURE_SCHEMA_VERSION
 from routing.predictor.anchors import AnchorTable
 from routing.predictor.model import ScopePredictor, design_names
-from routing.predictor.text import TextProjection
+from routing.predictor.text import TextHeads, TextProjection
 from routing.predictor.trees import ForestEvaluator, TreeModelError
 
 ARTIFACT_FORMAT = "scope-predictor/1"
 _TEXT = ("vocab", "idf", "components")
+_HEADS = ("coef", "intercept")
 _ANCHOR = ("coarse", "fine", "coarse_sum", "coarse_n", "fine_sum", "fine_n", "fine_tok_sum", "fine_tok_n")
 
 
@@ -52,6 +53,8 @@ def pack(predictor: ScopePredictor, *, metadata: dict[str, Any] | None = None) -
             zf.writestr(f"text/{name}.npy", _npy(getattr(predictor.projection, name)))
         for name in _ANCHOR:
             zf.writestr(f"anchors/{name}.npy", _npy(getattr(predictor.anchors, name)))
+        for name in _HEADS:
+            zf.writestr(f"heads/{name}.npy", _npy(getattr(predictor.heads, name)))
         for i, raw in enumerate(predictor.boosters):
             zf.writestr(f"boosters/{i}.ubj", raw)
     return buf.getvalue()
@@ -86,6 +89,7 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
             anchors = {
                 n: np.load(io.BytesIO(zf.read(f"anchors/{n}.npy")), allow_pickle=False) for n in _ANCHOR
             }
+            heads = {n: np.load(io.BytesIO(zf.read(f"heads/{n}.npy")), allow_pickle=False) for n in _HEADS}
             roles = list(meta["roles"])
             boosters = [zf.read(f"boosters/{i}.ubj") for i in range(len(roles))]
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
@@ -97,6 +101,8 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
     models = [str(m) for m in meta.get("models", [])]
     if anchors["fine_sum"].ndim != 2 or anchors["fine_sum"].shape[1] != len(models):
         raise ArtifactError("artifact anchor tables do not match its model list")
+    if heads["coef"].shape != (len(projection.vocab), len(heads["intercept"])):
+        raise ArtifactError("artifact text heads do not match its vocabulary")
     ensembles = []
     for raw_booster in boosters:
         try:
@@ -113,6 +119,7 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
         version=version,
         projection=projection,
         anchors=AnchorTable(models, *(anchors[n] for n in _ANCHOR)),
+        heads=TextHeads(coef=heads["coef"], intercept=heads["intercept"]),
         evaluator=ForestEvaluator(ensembles),
         roles=roles,
         boosters=boosters,

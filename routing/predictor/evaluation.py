@@ -138,17 +138,25 @@ def evaluate_split(
     routers = {
         "scope": batch.quality,
         "knn": knn_quality(train_feats, train_scores, test_feats),
-        "random": rng.random(scores.shape),
-        "always-cheapest": np.eye(len(priced))[np.full(len(test), ref.cheap_model)],
-        "always-best": np.eye(len(priced))[np.full(len(test), ref.best_model)],
         "oracle": scores + 1e-9 * (costs.max() - costs),  # the best score, cheapest among ties
     }
     results: dict[str, dict[str, float | None]] = {}
     curves = {}
     for name, quality in routers.items():
-        pts = metrics.route_points(quality, scores, costs)
-        curves[name] = pts
-        results[name] = metrics.summarize(quality, scores, costs)
+        curves[name] = metrics.route_points(quality, scores, costs)
+        results[name] = metrics.summarize_points(curves[name], scores, costs)
+    # random mixing of the cheapest and the best model, and the two single models, as points
+    u = rng.random(len(test))
+    rows = np.arange(len(test))
+    mix = []
+    for share in np.linspace(0.0, 1.0, 101):
+        choice = np.where(u < share, ref.best_model, ref.cheap_model)
+        mix.append((costs[rows, choice].mean(), scores[rows, choice].mean()))
+    curves["random"] = np.asarray(mix)
+    results["random"] = metrics.summarize_points(curves["random"], scores, costs)
+    for name, j in (("always-cheapest", ref.cheap_model), ("always-best", ref.best_model)):
+        curves[name] = np.asarray([[costs[:, j].mean(), scores[:, j].mean()]])
+        results[name] = metrics.summarize_points(curves[name], scores, costs)
     results["scope"].update(_prediction_quality(batch.quality, batch.output_tokens, test, priced, scores))
     return SplitResult(
         seed=seed,

@@ -17,8 +17,15 @@ import numpy as np
 
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import build_table, fit_centroids
-from routing.predictor.model import ModelInfo, ScopePredictor, design_names, design_rows
-from routing.predictor.text import fit_projection
+from routing.predictor.model import (
+    PAIR_FEATURES,
+    ModelInfo,
+    ScopePredictor,
+    design_names,
+    design_rows,
+    request_means,
+)
+from routing.predictor.text import fit_heads, fit_projection, tfidf_matrix
 from routing.predictor.trees import ForestEvaluator, TreeEnsemble, ensemble_from_json
 
 Progress = Callable[[float, str], None]
@@ -45,11 +52,13 @@ class FitParams:
     fine_centroids: int = 64
     folds: int = 5
     ensemble: int = 3
-    max_rounds: int = 400
-    learning_rate: float = 0.05
+    max_rounds: int = 300
+    learning_rate: float = 0.08
     max_depth: int = 5
     min_latency_rows: int = 50
     min_token_rows: int = 20
+    head_alpha: float = 1.0
+    hide_head_share: float = 0.15
 
 
 @dataclass
@@ -104,30 +113,43 @@ def fit_predictor(
     coarse = fit_centroids(emb, params.coarse_centroids, seed)
     fine = fit_centroids(emb, params.fine_centroids, seed + 1)
 
-    progress(0.2, "out-of-fold anchor statistics")
+    progress(0.2, "out-of-fold anchor statistics and text heads")
     rng = np.random.default_rng(seed)
-    fold = rng.integers(0, max(2, params.folds), size=n_p)
+    n_folds = max(2, params.folds)
+    fold = rng.integers(0, n_folds, size=n_p)
     all_cols = np.arange(n_m)
-    anchor = np.empty((n_p, n_m, 7))
-    for f in range(max(2, params.folds)):
+    pair = np.empty((n_p, n_m, len(PAIR_FEATURES)))
+    for f in range(n_folds):
         inside = fold == f
         if not inside.any():
             continue
         table = build_table(model_names, emb[~inside], scores[~inside], log_tokens[~inside], coarse, fine)
-        anchor[inside] = table.features(emb[inside], all_cols)
-    all_local = anchor[:, :, 3].mean(axis=1)
+        pair[inside, :, :-1] = table.features(emb[inside], all_cols)
+    matrix = tfidf_matrix(prompt_features, projection.vocab, projection.idf)
+    oof_heads, heads = fit_heads(matrix, scores, fold, n_folds, alpha=params.head_alpha)
+    pair[:, :, -1] = oof_heads
+    means = request_means(pair)
     req = np.asarray([f.values for f in prompt_features], dtype=np.float64).reshape(n_p, len(FEATURE_NAMES))
     vectors = np.asarray(
         [(info_by_name.get(m) or ModelInfo(m)).vector() for m in model_names], dtype=np.float64
     ).reshape(n_m, 4)
-    x_all = design_rows(req, emb, vectors, anchor, all_local)  # [n_p * n_m, F], prompt-major
 
-    rows = np.asarray([keys[ex.prompt_key] * n_m + col[ex.model] for ex in examples])
     prompt_of_row = np.asarray([keys[ex.prompt_key] for ex in examples])
-    x = x_all[rows]
+    model_of_row = np.asarray([col[ex.model] for ex in examples])
+    x = design_rows(
+        req[prompt_of_row],
+        emb[prompt_of_row],
+        vectors[model_of_row][:, None, :],
+        pair[prompt_of_row, model_of_row][:, None, :],
+        means[prompt_of_row],
+    )
+    # some rows without a text head, as for a model known only from anchors
+    names = list(design_names(projection.dim))
+    hide = rng.random(len(x)) < params.hide_head_share
+    head_cols = np.asarray([names.index("text_head"), names.index("head_minus_all")])
+    x[np.ix_(hide, head_cols)] = np.nan
     y_q = np.asarray([min(max(float(ex.score), 0.0), 1.0) for ex in examples])
     w = np.asarray([max(float(ex.weight), 0.0) for ex in examples])
-    names = list(design_names(projection.dim))
 
     boosters: list[bytes] = []
     roles: list[str] = []
@@ -158,7 +180,7 @@ def fit_predictor(
             dtrain,
             num_boost_round=params.max_rounds,
             evals=evals,
-            early_stopping_rounds=40 if evals else None,
+            early_stopping_rounds=30 if evals else None,
             verbose_eval=False,
         )
         if evals:
@@ -190,6 +212,7 @@ def fit_predictor(
         version=version,
         projection=projection,
         anchors=table,
+        heads=heads,
         evaluator=evaluator,
         roles=roles,
         boosters=boosters,

@@ -152,8 +152,13 @@ def is_binary(scores: np.ndarray) -> bool:
 
 def summarize(quality: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> dict[str, float | None]:
     """Every curve metric of one router on one split."""
+    return summarize_points(route_points(quality, scores, costs), scores, costs)
+
+
+def summarize_points(points: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> dict[str, float | None]:
+    """Every curve metric of a router given its (mean cost, mean score) points."""
     ref = reference(scores, costs)
-    curve = envelope(route_points(quality, scores, costs))
+    curve = envelope(points)
     return {
         "apgr": apgr(curve, ref),
         "cpt50": cpt(curve, ref, 0.5),

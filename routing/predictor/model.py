@@ -18,11 +18,12 @@ from routing.engine.prior import _TIER_SPEED, expected_output_tokens
 from routing.engine.types import ModelSpec, Prediction
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
-from routing.predictor.text import TextProjection
+from routing.predictor.text import TextHeads, TextProjection
 from routing.predictor.trees import ForestEvaluator
 
 MODEL_FEATURES = ("log_input_price", "log_output_price", "tier", "log_context")
-EXTRA_FEATURES = ("anchor_all_local", "local_minus_all")
+PAIR_FEATURES = (*ANCHOR_FEATURES, "text_head")
+EXTRA_FEATURES = ("anchor_all_local", "text_head_all", "local_minus_all", "head_minus_all")
 
 
 def design_names(text_dim: int) -> tuple[str, ...]:
@@ -30,7 +31,7 @@ def design_names(text_dim: int) -> tuple[str, ...]:
         *FEATURE_NAMES,
         *(f"text_{i}" for i in range(text_dim)),
         *MODEL_FEATURES,
-        *ANCHOR_FEATURES,
+        *PAIR_FEATURES,
         *EXTRA_FEATURES,
     )
 
@@ -64,27 +65,39 @@ class ModelInfo:
 
 
 def design_rows(
-    request_block: np.ndarray,
-    emb: np.ndarray,
-    model_vectors: np.ndarray,
-    anchor: np.ndarray,
-    all_local: np.ndarray,
+    request_block: np.ndarray, emb: np.ndarray, model_vectors: np.ndarray, pair: np.ndarray, means: np.ndarray
 ) -> np.ndarray:
     """[R*M, F] rows for R requests × M models, request-major.
 
-    request_block [R, 30], emb [R, k], model_vectors [M, 4], anchor [R, M, A], all_local [R].
+    request_block [R, 30], emb [R, k], model_vectors [M, 4] (or [R, M, 4]), pair [R, M, len(PAIR_FEATURES)],
+    means [R, 2]: the request's mean local anchor score and mean text head over every known model.
     """
-    r, m = anchor.shape[0], anchor.shape[1]
-    req = np.hstack([request_block, emb, all_local[:, None]])  # request-level columns
-    out = np.empty((r, m, len(FEATURE_NAMES) + emb.shape[1] + 4 + len(ANCHOR_FEATURES) + 2), dtype=np.float32)
+    r, m = pair.shape[0], pair.shape[1]
     n_req = request_block.shape[1] + emb.shape[1]
-    out[:, :, :n_req] = req[:, None, :n_req]
-    out[:, :, n_req : n_req + 4] = model_vectors[None, :, :]
-    a0 = n_req + 4
-    out[:, :, a0 : a0 + anchor.shape[2]] = anchor
-    out[:, :, -2] = all_local[:, None]
-    out[:, :, -1] = anchor[:, :, 3] - all_local[:, None]
-    return out.reshape(r * m, -1)
+    width = n_req + len(MODEL_FEATURES) + len(PAIR_FEATURES) + len(EXTRA_FEATURES)
+    out = np.empty((r, m, width), dtype=np.float32)
+    out[:, :, : request_block.shape[1]] = request_block[:, None, :]
+    out[:, :, request_block.shape[1] : n_req] = emb[:, None, :]
+    a0 = n_req + len(MODEL_FEATURES)
+    out[:, :, n_req:a0] = model_vectors if model_vectors.ndim == 3 else model_vectors[None, :, :]
+    out[:, :, a0 : a0 + len(PAIR_FEATURES)] = pair
+    e0 = a0 + len(PAIR_FEATURES)
+    out[:, :, e0] = means[:, None, 0]
+    out[:, :, e0 + 1] = means[:, None, 1]
+    out[:, :, e0 + 2] = pair[:, :, ANCHOR_FEATURES.index("anchor_local_fine")] - means[:, None, 0]
+    out[:, :, e0 + 3] = pair[:, :, -1] - means[:, None, 1]
+    return out.reshape(r * m, width)
+
+
+def request_means(pair_all: np.ndarray) -> np.ndarray:
+    """[R, 2] NaN-aware means over models of the local anchor score and the text head."""
+    stacked = np.stack(
+        [pair_all[:, :, ANCHOR_FEATURES.index("anchor_local_fine")], pair_all[:, :, -1]], axis=2
+    )
+    ok = ~np.isnan(stacked)
+    n = ok.sum(axis=1)
+    total = np.where(ok, stacked, 0.0).sum(axis=1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
 @dataclass
@@ -103,6 +116,7 @@ class ScopePredictor:
     version: str
     projection: TextProjection
     anchors: AnchorTable
+    heads: TextHeads  # columns: the first len(intercept) anchor models (the trained ones)
     evaluator: ForestEvaluator
     roles: list[str]  # one per booster: "quality", "tokens" or "latency"
     boosters: list[bytes] = field(default_factory=list)  # XGBoost UBJSON, in `roles` order
@@ -114,30 +128,37 @@ class ScopePredictor:
         self._latency = self.roles.index("latency") if "latency" in self.roles else None
         self.names = design_names(self.projection.dim)
         self._all_cols = np.arange(len(self.anchors.models))
+        self._local_n = self.names.index("anchor_local_fine_n")
 
     # --- the pure batched core -------------------------------------------------------------
     def design(
         self, features: Sequence[RequestFeatures], infos: Sequence[ModelInfo]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(design rows [R*M, F], known mask [M]) for requests × models."""
-        emb = self.projection.transform(features)
-        req = np.asarray([f.values for f in features], dtype=np.float64).reshape(
-            len(features), len(FEATURE_NAMES)
-        )
-        cols = [self.anchors.index.get(i.name, -1) for i in infos]
-        known = np.asarray([c >= 0 for c in cols], dtype=bool)
-        safe = [c if c >= 0 else 0 for c in cols]
-        every = self.anchors.features(emb, self._all_cols) if len(self._all_cols) else None
-        all_local = every[:, :, 3].mean(axis=1) if every is not None else np.full(len(features), 0.5)
-        anchor = (
-            every[:, safe, :]
-            if every is not None
-            else np.zeros((len(features), len(infos), len(ANCHOR_FEATURES)))
-        )
-        anchor = anchor.copy()
-        anchor[:, ~known, :] = np.nan
+        """(design rows [R*M, F], known mask [M]) for requests × models.
+
+        Pair features are computed for every model the predictor knows (the request-level means
+        need them), then picked for the asked models; unknown models get NaN.
+        """
+        r = len(features)
+        emb = np.empty((r, self.projection.dim), dtype=np.float32)
+        n_known = len(self.anchors.models)
+        n_heads = len(self.heads.intercept)
+        pair_all = np.empty((r, n_known, len(PAIR_FEATURES)))
+        for i, f in enumerate(features):
+            cols, w = self.projection.weights(f.ngram_ids, f.ngram_counts)
+            emb[i] = self.projection.project(cols, w)
+            pair_all[i, :n_heads, -1] = (
+                w @ self.heads.coef[cols] + self.heads.intercept if len(cols) else self.heads.intercept
+            )
+        pair_all[:, n_heads:, -1] = np.nan  # anchor-only models have no text head
+        pair_all[:, :, :-1] = self.anchors.features(emb, self._all_cols)
+        req = np.asarray([f.values for f in features], dtype=np.float64).reshape(r, len(FEATURE_NAMES))
+        cols_of = [self.anchors.index.get(i.name, -1) for i in infos]
+        known = np.asarray([c >= 0 for c in cols_of], dtype=bool)
+        pair = pair_all[:, [c if c >= 0 else 0 for c in cols_of], :]
+        pair[:, ~known, :] = np.nan
         vectors = np.asarray([i.vector() for i in infos], dtype=np.float64).reshape(len(infos), 4)
-        return design_rows(req, emb, vectors, anchor, all_local), known
+        return design_rows(req, emb, vectors, pair, request_means(pair_all)), known
 
     def predict_batch(
         self, features: Sequence[RequestFeatures], infos: Sequence[ModelInfo]
@@ -148,7 +169,7 @@ class ScopePredictor:
         q_all = out[:, self._quality]
         quality = q_all.mean(axis=1)
         spread = q_all.std(axis=1) if len(self._quality) > 1 else np.zeros(len(x))
-        local_n = np.expm1(x[:, self.names.index("anchor_local_fine_n")].astype(np.float64))
+        local_n = np.expm1(x[:, self._local_n].astype(np.float64))
         local_n = np.nan_to_num(local_n, nan=0.0)
         unc = np.sqrt(spread**2 + quality * (1 - quality) / (1.0 + local_n))
         tokens = np.expm1(out[:, self._tokens]) if self._tokens is not None else np.full(len(x), np.nan)
@@ -173,7 +194,14 @@ class ScopePredictor:
         )
         table = self.anchors.with_model(name, emb, scores[:, 0], toks[:, 0])
         return ScopePredictor(
-            self.version, self.projection, table, self.evaluator, self.roles, self.boosters, self.metadata
+            self.version,
+            self.projection,
+            table,
+            self.heads,
+            self.evaluator,
+            self.roles,
+            self.boosters,
+            self.metadata,
         )
 
     # --- the engine's Predictor protocol -------------------------------------------------------

@@ -25,20 +25,25 @@ class TextProjection:
     def dim(self) -> int:
         return int(self.components.shape[1])
 
-    def transform_one(self, ids: Sequence[int], counts: Sequence[int]) -> np.ndarray:
-        out = np.zeros(self.dim, dtype=np.float32)
-        if not ids:
-            return out
+    def weights(self, ids: Sequence[int], counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(vocabulary columns, L2-normalised sublinear TF-IDF weights) of one text."""
+        if not ids or not len(self.vocab):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         ids_a = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self.vocab, ids_a)
-        pos = np.minimum(pos, len(self.vocab) - 1)
+        pos = np.minimum(np.searchsorted(self.vocab, ids_a), len(self.vocab) - 1)
         hit = self.vocab[pos] == ids_a
-        if not hit.any():
-            return out
         cols = pos[hit]
         w = (1.0 + np.log(np.asarray(counts, dtype=np.float32)[hit])) * self.idf[cols]
         norm = float(np.sqrt((w * w).sum()))
-        out = (w / norm) @ self.components[cols]
+        return cols, (w / norm if norm > 0 else w)
+
+    def transform_one(self, ids: Sequence[int], counts: Sequence[int]) -> np.ndarray:
+        return self.project(*self.weights(ids, counts))
+
+    def project(self, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if not len(cols):
+            return np.zeros(self.dim, dtype=np.float32)
+        out = w @ self.components[cols]
         n2 = float(np.sqrt((out * out).sum()))
         return out / n2 if n2 > 0 else out
 
@@ -48,6 +53,57 @@ class TextProjection:
         return np.vstack([self.transform_one(f.ngram_ids, f.ngram_counts) for f in features]).astype(
             np.float32
         )
+
+
+@dataclass(frozen=True)
+class TextHeads:
+    """Per-model ridge regressions of score on the TF-IDF vector (columns follow the anchor models)."""
+
+    coef: np.ndarray  # float32 [V, M]
+    intercept: np.ndarray  # float32 [M]
+
+    def predict(self, projection: TextProjection, features: Sequence[RequestFeatures]) -> np.ndarray:
+        out = np.empty((len(features), len(self.intercept)), dtype=np.float64)
+        for i, f in enumerate(features):
+            cols, w = projection.weights(f.ngram_ids, f.ngram_counts)
+            out[i] = w @ self.coef[cols] + self.intercept if len(cols) else self.intercept
+        return out
+
+
+def fit_heads(
+    matrix: Any, scores: np.ndarray, folds: np.ndarray, n_folds: int, alpha: float = 1.0
+) -> tuple[np.ndarray, TextHeads]:
+    """(out-of-fold predictions [P, M], heads fitted on every prompt) for score matrix [P, M] (NaN = none)."""
+    from sklearn.linear_model import Ridge
+
+    p, m = scores.shape
+    oof = np.full((p, m), np.nan)
+    coef = np.zeros((matrix.shape[1], m), dtype=np.float32)
+    intercept = np.zeros(m, dtype=np.float32)
+    known = ~np.isnan(scores)
+    # models scored on the same prompts are fitted together (one multi-target solve)
+    groups: dict[bytes, list[int]] = {}
+    for j in range(m):
+        groups.setdefault(np.packbits(known[:, j]).tobytes(), []).append(j)
+    for cols in groups.values():
+        rows = known[:, cols[0]]
+        if rows.sum() < 10:
+            fill = np.nanmean(scores[:, cols], axis=0) if rows.any() else np.full(len(cols), 0.5)
+            intercept[cols] = fill
+            oof[:, cols] = fill
+            continue
+        y = scores[:, cols]
+        for f in range(n_folds):
+            fit_rows = rows & (folds != f)
+            target = folds == f
+            if fit_rows.sum() < 5 or not target.any():
+                continue
+            model = Ridge(alpha=alpha).fit(matrix[fit_rows], y[fit_rows])
+            oof[np.ix_(target, cols)] = np.asarray(model.predict(matrix[target])).reshape(-1, len(cols))
+        model = Ridge(alpha=alpha).fit(matrix[rows], y[rows])
+        coef[:, cols] = np.asarray(model.coef_, dtype=np.float32).reshape(len(cols), -1).T
+        intercept[cols] = np.asarray(model.intercept_, dtype=np.float32).reshape(-1)
+    return oof, TextHeads(coef=coef, intercept=intercept)
 
 
 def tfidf_matrix(features: Sequence[RequestFeatures], vocab: np.ndarray, idf: np.ndarray) -> Any:

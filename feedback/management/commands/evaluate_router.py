@@ -1,0 +1,58 @@
+"""evaluate_router --data DIR [--seed N] [--png PATH]: BENCHMARK.md metrics for SCOPE and baselines."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from feedback.services.router_report import plot_curves, split_table
+from routing.predictor.dataset import load_models, load_records
+from routing.predictor.evaluation import evaluate_split
+
+
+class Command(BaseCommand):
+    help = "Train on half of a data set, route the other half, print the metrics of SCOPE and the baselines."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--data", required=True, type=Path, help="folder with outcomes.jsonl and models.json"
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--png", type=Path, default=None, help="cost–quality plot (default DIR-name-seedN.png)"
+        )
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        data: Path = opts["data"]
+        if not (data / "outcomes.jsonl").exists():
+            raise CommandError(f"{data}/outcomes.jsonl does not exist")
+        records = load_records(data / "outcomes.jsonl")
+        models = load_models(data / "models.json")
+        bar = tqdm(
+            total=100, desc=f"{data.name} seed {opts['seed']}", unit="%", disable=not sys.stderr.isatty()
+        )
+
+        def progress(fraction: float, message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.n = round(fraction * 100)
+            bar.refresh()
+
+        result = evaluate_split(records, models, seed=opts["seed"], progress=progress)
+        bar.close()
+        self.stdout.write(
+            f"{data.name}: {len(records)} prompts, 50/50 split (seed {opts['seed']}); "
+            f"cost-aware evaluation over {len(result.priced_models)} priced models"
+        )
+        if result.unpriced_models:
+            self.stdout.write(
+                f"excluded from cost-aware evaluation (no price): {len(result.unpriced_models)} models "
+                f"(still used for training)"
+            )
+        self.stdout.write(split_table(result))
+        png = opts["png"] or Path(f"{data.name}-seed{opts['seed']}.png")
+        plot_curves(result, png, f"{data.name} (seed {opts['seed']})")
+        self.stdout.write(f"cost–quality curves: {png}")

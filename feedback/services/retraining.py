@@ -1,0 +1,235 @@
+"""Retraining with champion/challenger: train on live feedback + imported data, compare, promote.
+
+`retraining_request` records a queued TrainingRun and enqueues the Celery task on commit (at most
+one run is queued or running at a time). `retraining_execute` claims the run with a conditional
+UPDATE, so the same task delivered twice does the work once. Champion and challenger are scored
+on the same held-out data: the most recent live examples plus a fixed share of the imported
+prompts. The challenger is promoted only when its Brier score beats the champion's by
+SCOPE_RETRAIN_MIN_IMPROVEMENT (or when there is no champion); otherwise it can shadow live
+traffic (`params.shadow`, on by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
+from feedback.services.live_data import TrainingData, training_data
+from feedback.services.registry import predictor_version_activate, predictor_version_save
+from feedback.services.shadow import shadow_start
+from feedback.services.training import TrainingExample, predictor_evaluate, predictor_train
+from routing.predictor.artifact import ArtifactError, unpack
+from routing.predictor.fit import FitParams
+from routing.predictor.model import ScopePredictor
+
+log = logging.getLogger(__name__)
+OPEN = (TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING)
+PARAM_KEYS = {"eval_source", "weights", "include_imported", "seed", "fit", "shadow", "margin", "live_days"}
+
+
+def retraining_request(*, trigger: str = "manual", params: Mapping[str, Any] | None = None) -> TrainingRun:
+    """Queue a run (or return the one already queued/running) and enqueue its task on commit."""
+    params = dict(params or {})
+    unknown = set(params) - PARAM_KEYS
+    if unknown:
+        from scope_site.errors import InvalidRequest
+
+        raise InvalidRequest(f"unknown retraining parameter(s): {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        # lock open runs: two schedulers firing together must not queue two runs
+        existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
+        if existing is not None:
+            return existing
+        run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
+        transaction.on_commit(lambda: _enqueue(run.pk))
+    return run
+
+
+def _enqueue(run_id: int) -> None:
+    from feedback.learning_tasks import retraining_execute_task
+
+    retraining_execute_task.delay(run_id)
+
+
+def _claim(run_id: int) -> bool:
+    return (
+        TrainingRun.objects.filter(pk=run_id, status=TrainingRunStatus.QUEUED).update(
+            status=TrainingRunStatus.RUNNING,
+            started_at=timezone.now(),
+            progress=0.01,
+            progress_message="starting",
+        )
+        == 1
+    )
+
+
+class _Progress:
+    """Writes progress to the run row at most twice a second (the UI polls it)."""
+
+    def __init__(self, run_id: int, start: float, end: float):
+        self.run_id, self.start, self.end, self.last = run_id, start, end, 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5 and fraction < 1.0:
+            return
+        self.last = now
+        value = self.start + (self.end - self.start) * max(0.0, min(1.0, fraction))
+        TrainingRun.objects.filter(pk=self.run_id).update(
+            progress=round(value, 4), progress_message=message[:200]
+        )
+
+
+def _held_out(key: str, share: float) -> bool:
+    digest = hashlib.sha256(f"holdout\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+def split_recent(
+    data: TrainingData, share: float
+) -> tuple[list[TrainingExample], list[TrainingExample], dict[str, int]]:
+    """Train / held-out: the newest `share` of live examples and a fixed `share` of imported prompts."""
+    live = [x.example for x in data.live]  # oldest first
+    n_live_holdout = math.ceil(len(live) * share) if len(live) >= 5 else 0
+    live_train, live_holdout = live[: len(live) - n_live_holdout], live[len(live) - n_live_holdout :]
+    imported_train = [e for e in data.imported if not _held_out(e.prompt_key, share)]
+    imported_holdout = [e for e in data.imported if _held_out(e.prompt_key, share)]
+    counts = {
+        "train_live": len(live_train),
+        "train_imported": len(imported_train),
+        "holdout_live": len(live_holdout),
+        "holdout_imported": len(imported_holdout),
+    }
+    return live_train + imported_train, live_holdout + imported_holdout, counts
+
+
+def _champion() -> tuple[PredictorVersion | None, ScopePredictor | None]:
+    version = PredictorVersion.objects.filter(is_active=True).first()
+    if version is None:
+        return None, None
+    try:
+        return version, unpack(bytes(version.artifact), version=version.name)
+    except ArtifactError as exc:  # a champion this code cannot load loses to any challenger
+        log.warning("champion %s cannot be loaded: %s", version.name, exc)
+        return version, None
+
+
+def _evaluate(
+    predictor: ScopePredictor | None, examples: Sequence[TrainingExample], data: TrainingData
+) -> dict[str, Any]:
+    if predictor is None or not examples:
+        return {}
+    return predictor_evaluate(predictor=predictor, examples=examples, models=data.models)
+
+
+def retraining_execute(*, run_id: int) -> TrainingRun:
+    """Do one queued run; a run that is not queued (already claimed or finished) is left alone."""
+    if not _claim(run_id):
+        return TrainingRun.objects.get(pk=run_id)
+    run = TrainingRun.objects.get(pk=run_id)
+    started = time.monotonic()
+    try:
+        _execute(run)
+    except Exception as exc:  # noqa: BLE001 - the run row records any failure for the operator
+        log.exception("training run %s failed", run.pk)
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRunStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}"[:5000],
+            finished_at=timezone.now(),
+            progress_message="failed",
+        )
+    run.refresh_from_db()
+    if run.status != TrainingRunStatus.FAILED:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            metrics={**run.metrics, "duration_s": round(time.monotonic() - started, 3)}
+        )
+        run.refresh_from_db()
+    return run
+
+
+def _execute(run: TrainingRun) -> None:
+    params = run.params or {}
+    margin = float(params.get("margin", settings.SCOPE_RETRAIN_MIN_IMPROVEMENT))
+    share = float(settings.SCOPE_RETRAIN_HOLDOUT_FRACTION)
+    since = timezone.now() - timedelta(days=int(params.get("live_days", settings.SCOPE_RETRAIN_LIVE_DAYS)))
+    _Progress(run.pk, 0.02, 0.1)(0.0, "collecting training data")
+    data = training_data(
+        since=since,
+        eval_source=params.get("eval_source"),
+        weights=params.get("weights"),
+        include_imported=bool(params.get("include_imported", True)),
+    )
+    train, holdout, split_counts = split_recent(data, share)
+    counts = {**data.counts, **split_counts}
+    TrainingRun.objects.filter(pk=run.pk).update(data_counts=counts)
+    if not train:
+        raise ValueError("no training data: import outcomes (import_outcomes) or collect feedback first")
+    trained = predictor_train(
+        examples=train,
+        models=data.models,
+        seed=int(params.get("seed", 0)),
+        holdout_share=0.0,  # held-out data is chosen above, shared with the champion
+        params=FitParams(**(params.get("fit") or {})),
+        progress=_Progress(run.pk, 0.1, 0.85),
+        lineage={"training_run": run.pk, "trigger": run.trigger, "counts": counts},
+    )
+    _Progress(run.pk, 0.85, 0.95)(0.0, "evaluating champion and challenger")
+    champion_version, champion = _champion()
+    live_holdout = holdout[: split_counts["holdout_live"]]
+    metrics: dict[str, Any] = {
+        "challenger": _evaluate(trained.predictor, holdout, data),
+        "champion": _evaluate(champion, holdout, data),
+        "challenger_live": _evaluate(trained.predictor, live_holdout, data),
+        "champion_live": _evaluate(champion, live_holdout, data),
+        "margin": margin,
+        "training_seconds": round(trained.training_seconds, 3),
+    }
+    promote, reason = _verdict(metrics, champion_version, champion)
+    metrics["decision"] = reason
+    version = predictor_version_save(trained=trained)
+    if promote:
+        predictor_version_activate(version_id=version.pk)
+    elif params.get("shadow", True):
+        shadow_start(version_id=version.pk)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRunStatus.PROMOTED if promote else TrainingRunStatus.REJECTED,
+        challenger=version,
+        champion=champion_version,
+        metrics=metrics,
+        progress=1.0,
+        progress_message=reason[:200],
+        finished_at=timezone.now(),
+    )
+
+
+def _verdict(
+    metrics: dict[str, Any], champion_version: PredictorVersion | None, champion: ScopePredictor | None
+) -> tuple[bool, str]:
+    if champion_version is None:
+        return True, "promoted: no champion was active"
+    if champion is None:
+        return True, f"promoted: champion {champion_version.name} cannot be loaded"
+    challenger_brier = metrics["challenger"].get("brier")
+    champion_brier = metrics["champion"].get("brier")
+    if challenger_brier is None or champion_brier is None:
+        return False, "not promoted: no held-out data to compare champion and challenger on"
+    gain = champion_brier - challenger_brier
+    if gain >= metrics["margin"]:
+        return (
+            True,
+            f"promoted: held-out Brier {challenger_brier:.4f} vs champion {champion_brier:.4f} (gain {gain:.4f} ≥ {metrics['margin']})",
+        )
+    return (
+        False,
+        f"not promoted: held-out Brier {challenger_brier:.4f} vs champion {champion_brier:.4f} (gain {gain:.4f} < {metrics['margin']})",
+    )
