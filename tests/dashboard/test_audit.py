@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+from django.db import connection
+from django.utils import timezone
+
+from routing.audit import HASHED_FIELDS, decision_row_hash
+from routing.models import AuditCheckpoint, DecisionLog
+from routing.services.audit import GENESIS_HASH, audit_seal, audit_verify, audit_verify_step
+
+LATER = timezone.now() + timedelta(minutes=1)  # past the seal lag for rows written in the test
+
+
+def _sql(statement: str, params: list[Any]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def _db_id(row: DecisionLog) -> Any:
+    return DecisionLog._meta.pk.get_db_prep_value(row.id, connection)  # type: ignore[union-attr]
+
+
+def test_seal_chains_batches_and_verify_passes(decisions: list[DecisionLog]) -> None:
+    sealed = audit_seal(now=LATER, batch_rows=4)
+    assert [c.row_count for c in sealed] == [4, 4, 2]
+    assert sealed[0].previous_hash == GENESIS_HASH
+    assert sealed[1].previous_hash == sealed[0].checkpoint_hash
+    assert not DecisionLog.objects.filter(checkpoint__isnull=True).exists()
+    assert audit_seal(now=LATER) == []  # nothing left: running the task twice seals nothing twice
+    report = audit_verify()
+    assert report.ok, report.failure
+    assert (report.rows_checked, report.checkpoints_checked) == (10, 3)
+
+
+def test_seal_leaves_rows_younger_than_the_lag_for_the_next_run(decisions: list[DecisionLog]) -> None:
+    assert audit_seal(now=timezone.now()) == []  # every row is younger than 5 s
+    assert DecisionLog.objects.filter(checkpoint__isnull=True).count() == 10
+
+
+def test_a_row_changed_by_raw_sql_is_named(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    victim = DecisionLog.objects.order_by("created_at", "id")[5]
+    _sql("UPDATE routing_decisionlog SET chosen_model = %s WHERE id = %s", ["large", _db_id(victim)])
+    report = audit_verify()
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.ref) == ("row", str(victim.id))
+    assert report.rows_checked == 5  # the rows before it in the chain were fine
+
+
+def test_a_row_rewritten_with_a_matching_hash_breaks_its_checkpoint(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    victim = DecisionLog.objects.order_by("created_at", "id")[1]
+    values = DecisionLog.objects.filter(id=victim.id).values(*HASHED_FIELDS).get()
+    values["chosen_model"] = "large"
+    forged = decision_row_hash(values)
+    _sql(
+        "UPDATE routing_decisionlog SET chosen_model = %s, row_hash = %s WHERE id = %s",
+        ["large", forged, _db_id(victim)],
+    )
+    report = audit_verify()
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.ref) == ("checkpoint", "1")
+
+
+def test_a_deleted_row_breaks_its_checkpoint(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    victim = DecisionLog.objects.order_by("created_at", "id")[9]
+    _sql("DELETE FROM routing_decisionlog WHERE id = %s", [_db_id(victim)])
+    report = audit_verify()
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.ref) == ("checkpoint", "3")
+
+
+def test_a_rewritten_checkpoint_breaks_the_chain(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    _sql("UPDATE routing_auditcheckpoint SET previous_hash = %s WHERE sequence = 2", ["f" * 64])
+    report = audit_verify()
+    assert report.failure is not None
+    assert (report.failure.kind, report.failure.ref) == ("checkpoint", "2")
+
+
+def test_a_deleted_checkpoint_is_reported_missing(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    DecisionLog.objects.filter(checkpoint__sequence=2).update(checkpoint=None)
+    AuditCheckpoint.objects.filter(sequence=2).delete()
+    report = audit_verify()
+    assert report.failure is not None
+    assert report.failure.ref == "3" and "missing" in report.failure.message
+
+
+def test_an_unsealed_row_is_verified_too(decisions: list[DecisionLog]) -> None:
+    victim = decisions[3]
+    _sql("UPDATE routing_decisionlog SET api_key_name = %s WHERE id = %s", ["someone", _db_id(victim)])
+    report = audit_verify()
+    assert report.failure is not None and report.failure.ref == str(victim.id)
+
+
+def test_stepwise_verification_resumes_where_it_stopped(decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=3)
+    step = audit_verify_step(after_sequence=0, max_rows=3)
+    assert step.next_sequence == 1 and step.rows_checked == 3
+    step = audit_verify_step(after_sequence=1, max_rows=6)
+    assert step.next_sequence == 3
+    last = audit_verify_step(after_sequence=3, max_rows=100)
+    assert last.next_sequence is None and last.ok and last.rows_checked == 1
+
+
+def test_seal_task_seals_everything_past_the_lag(decisions: list[DecisionLog], settings: Any) -> None:
+    from routing.dashboard.tasks import audit_seal_task
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    with mock.patch("routing.services.audit.timezone.now", return_value=LATER):  # the clock only
+        audit_seal_task.delay()
+    assert AuditCheckpoint.objects.count() == 1
+    assert audit_verify().ok
+
+
+def test_auditor_page_names_the_tampered_row(persona: Any, decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    victim = decisions[2]
+    _sql("UPDATE routing_decisionlog SET chosen_model = %s WHERE id = %s", ["small", _db_id(victim)])
+    client = persona("auditor")
+    body = client.get("/audit/verify", HTTP_HX_REQUEST="true").content.decode()
+    assert "Tampering detected" in body and str(victim.id) in body
+
+
+def test_auditor_page_reports_an_intact_chain(persona: Any, decisions: list[DecisionLog]) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    body = persona("auditor").get("/audit/verify", HTTP_HX_REQUEST="true").content.decode()
+    assert "Chain intact" in body and "10 rows verified" in body

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from routing.dashboard.replay import policy_replay
+from routing.engine.types import PolicySpec, Rule
+from routing.models import DecisionLog, PolicyVersion, RoutingPolicy
+
+
+def _form(**overrides: Any) -> dict[str, Any]:
+    data = {
+        "strategy": "hybrid",
+        "alpha": "0.5",
+        "rules": "[]",
+        "required_tags": "{}",
+        "options": "{}",
+        "replay_limit": "50",
+        "replay_scope": "policy",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_replay_of_a_forcing_rule_moves_every_decision_to_that_model(decisions: list[DecisionLog]) -> None:
+    rule = Rule(
+        name="all-large",
+        when={"feature": "approx_tokens", "op": ">=", "value": 0},
+        action="force",
+        model="large",
+    )
+    result = policy_replay(
+        policy=PolicySpec(slug="default", version=99, rules=(rule,)), limit=50, source_policy="default"
+    )
+    assert result.replayed.decisions == 10 and result.skipped == 0
+    assert result.replayed.mix == {"large": 10}
+    assert result.changed == sum(1 for d in decisions if d.chosen_model != "large")
+    assert result.replayed.cost_usd > result.logged.cost_usd
+    assert DecisionLog.objects.count() == 10  # nothing written
+
+
+def test_replay_with_everything_denied_reports_no_model(decisions: list[DecisionLog]) -> None:
+    spec = PolicySpec(slug="default", version=99, denied_models=("small", "medium", "large"))
+    result = policy_replay(policy=spec, limit=5, source_policy=None)
+    assert result.replayed.no_model == 5 and not result.replayed.mix
+
+
+def test_operator_replays_an_edit_then_publishes_it(persona: Any, decisions: list[DecisionLog]) -> None:
+    client = persona("operator")
+    edit = _form(alpha="0.0", note="cheaper")
+    response = client.post("/policies/default/replay", edit, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "With this edit" in body and "10 decisions re-decided" in body
+    assert PolicyVersion.objects.filter(policy__slug="default").count() == 1
+    response = client.post("/policies/default/publish", edit, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and response["HX-Redirect"] == "/policies/default/?published=2"
+    current = RoutingPolicy.objects.get(slug="default").current
+    assert current is not None and current.version == 2 and current.alpha == 0.0
+    assert current.created_by == "operator" and current.note == "cheaper"
+
+
+def test_invalid_rules_are_refused_with_the_reason_and_nothing_published(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    client = persona("operator")
+    bad_rule = json.dumps(
+        [
+            {
+                "when": {"feature": "no_such_feature", "op": ">", "value": 1},
+                "then": {"action": "force", "model": "large"},
+            }
+        ]
+    )
+    for url in ("/policies/default/publish", "/policies/default/replay"):
+        response = client.post(url, _form(rules=bad_rule), HTTP_HX_REQUEST="true")
+        assert response.status_code == 400
+        assert "unknown feature" in response.content.decode()
+    response = client.post("/policies/default/publish", _form(rules="[not json"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 400 and "not valid JSON" in response.content.decode()
+    response = client.post(
+        "/policies/default/publish",
+        _form(
+            rules=json.dumps(
+                [
+                    {
+                        "when": {"feature": "code_signal", "op": ">", "value": 1},
+                        "then": {"action": "force", "model": "ghost"},
+                    }
+                ]
+            )
+        ),
+    )
+    assert response.status_code == 400 and "unknown model" in response.content.decode()
+    assert PolicyVersion.objects.filter(policy__slug="default").count() == 1
+
+
+def test_operator_creates_a_new_policy_from_the_editor(persona: Any, decisions: list[DecisionLog]) -> None:
+    client = persona("operator")
+    assert client.get("/policies/", {"new": "EU Only"}).url == "/policies/eu-only/?new=1"
+    assert client.get("/policies/eu-only/?new=1").status_code == 200
+    assert client.get("/policies/eu-only/").status_code == 404
+    response = client.post("/policies/eu-only/publish", _form(required_tags='{"region": "eu"}'))
+    assert response.status_code == 302
+    assert RoutingPolicy.objects.get(slug="eu-only").current.required_tags == {"region": "eu"}  # type: ignore[union-attr]
+
+
+def test_create_user_reads_the_password_from_the_environment(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.contrib.auth import authenticate
+
+    monkeypatch.setenv("SCOPE_USER_PASSWORD", "a-long-password")
+    call_command("create_user", "alice", "--role", "auditor")
+    user = authenticate(username="alice", password="a-long-password")
+    assert user is not None and list(user.groups.values_list("name", flat=True)) == ["auditor"]
+    call_command("create_user", "alice", "--role", "viewer")  # role change replaces the group
+    assert list(user.groups.values_list("name", flat=True)) == ["viewer"]
+    monkeypatch.setenv("SCOPE_USER_PASSWORD", "short")
+    with pytest.raises(CommandError, match="password"):
+        call_command("create_user", "bob", "--role", "operator")
+    with pytest.raises(CommandError):
+        call_command("create_user", "carol", "--role", "admin")
