@@ -1,0 +1,52 @@
+"""train_predictor [--source NAME] [--models models.json] [--activate] [--seed N]"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from feedback.services.predictor_jobs import predictor_train_job
+from scope_site.errors import ApplicationError
+
+
+class Command(BaseCommand):
+    help = "Train a predictor on imported outcomes, evaluate it on held-out prompts, store it, promote if better."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--source", default="", help="only this imported data set (default: all)")
+        parser.add_argument(
+            "--models", type=Path, default=None, help="models.json: prices of non-catalog models"
+        )
+        parser.add_argument(
+            "--activate", action="store_true", help="activate even if it does not beat the active one"
+        )
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        with tqdm(total=100, desc="training", unit="%", disable=not sys.stderr.isatty()) as bar:
+
+            def progress(fraction: float, message: str) -> None:
+                bar.set_postfix_str(message)
+                bar.n = round(fraction * 100)
+                bar.refresh()
+
+            try:
+                result = predictor_train_job(
+                    source=opts["source"],
+                    models_file=opts["models"],
+                    force_activate=opts["activate"],
+                    seed=opts["seed"],
+                    progress=progress,
+                )
+            except ApplicationError as exc:
+                raise CommandError(str(exc)) from None
+        v = result.version
+        self.stdout.write(f"stored predictor {v.name} (id {v.pk}) trained in {v.training_seconds:.1f} s")
+        self.stdout.write(f"held-out metrics: {dict(result.challenger)}")
+        if result.champion is not None:
+            self.stdout.write(f"active predictor on the same prompts: {dict(result.champion)}")
+        self.stdout.write(("ACTIVATED: " if result.promoted else "not activated: ") + result.reason)

@@ -1,0 +1,119 @@
+"""train_predictor and its Celery task: imported outcomes → challenger → held-out comparison → registry.
+
+The challenger is promoted when it beats the active predictor on the same held-out prompts
+(higher routing APGR where the data allows it, else lower Brier score), or when forced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.utils import timezone
+
+from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
+from feedback.services.registry import predictor_version_activate, predictor_version_save
+from feedback.services.training import examples_from_eval_outcomes, predictor_evaluate, predictor_train
+from routing.predictor.artifact import ArtifactError, unpack
+from routing.predictor.dataset import load_models
+from routing.predictor.model import ModelInfo
+from scope_site.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class JobResult:
+    version: PredictorVersion
+    promoted: bool
+    reason: str
+    challenger: Mapping[str, Any]
+    champion: Mapping[str, Any] | None
+
+
+def challenger_wins(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[bool, str]:
+    if not champion:
+        return True, "no active predictor to beat"
+    a, b = challenger.get("apgr"), champion.get("apgr")
+    if a is not None and b is not None:
+        return a > b, f"held-out APGR {a:.4f} vs active {b:.4f}"
+    a, b = challenger.get("brier"), champion.get("brier")
+    if a is not None and b is not None:
+        return a < b, f"held-out Brier {a:.4f} vs active {b:.4f}"
+    return False, "no comparable held-out metric"
+
+
+def predictor_train_job(
+    *,
+    source: str = "",
+    models_file: Path | None = None,
+    force_activate: bool = False,
+    seed: int = 0,
+    progress: Callable[[float, str], None] | None = None,
+) -> JobResult:
+    run = TrainingRun.objects.create(
+        status=TrainingRunStatus.RUNNING,
+        trigger="command",
+        params={"source": source, "seed": seed, "force_activate": force_activate},
+        started_at=timezone.now(),
+    )
+    try:
+        examples, catalog = examples_from_eval_outcomes(source=source or None)
+        if not examples:
+            raise InvalidRequest(f"no imported outcomes{' for source ' + repr(source) if source else ''}")
+        infos: dict[str, ModelInfo] = {m.name: m for m in catalog}
+        for name, info in load_models(models_file).items():
+            infos.setdefault(name, info)  # the catalog's prices win over a models.json
+
+        def report(fraction: float, message: str) -> None:
+            TrainingRun.objects.filter(pk=run.pk).update(
+                progress=fraction * 0.9, progress_message=message[:200]
+            )
+            if progress:
+                progress(fraction, message)
+
+        trained = predictor_train(
+            examples=examples,
+            models=list(infos.values()),
+            seed=seed,
+            progress=report,
+            lineage={
+                "command": "train_predictor",
+                "source": source or "all imported",
+                "training_run": run.pk,
+            },
+        )
+        champion_row = PredictorVersion.objects.filter(is_active=True).first()
+        champion_metrics = None
+        if champion_row is not None:
+            try:
+                champion = unpack(bytes(champion_row.artifact), version=champion_row.name)
+                champion_metrics = predictor_evaluate(
+                    predictor=champion, examples=trained.holdout, models=list(infos.values())
+                )
+            except ArtifactError:
+                champion_metrics = None  # a champion this code cannot load loses
+        wins, reason = challenger_wins(trained.metrics, champion_metrics)
+        version = predictor_version_save(trained=trained)
+        promote = wins or force_activate
+        if promote:
+            predictor_version_activate(version_id=version.pk)
+            if not wins:
+                reason += " (activated by request)"
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRunStatus.PROMOTED if promote else TrainingRunStatus.REJECTED,
+            progress=1.0,
+            progress_message=reason[:200],
+            data_counts=trained.counts,
+            metrics={"challenger": trained.metrics, "champion": champion_metrics},
+            challenger=version,
+            champion=champion_row,
+            finished_at=timezone.now(),
+        )
+        version.refresh_from_db()
+        return JobResult(version, promote, reason, trained.metrics, champion_metrics)
+    except Exception as exc:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRunStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
+        raise
