@@ -88,9 +88,9 @@ def scope_server(env: Mapping[str, str], *, workers: int | None = None, log_dir:
     """`make serve` on a free port; yields once /healthz answers, stops the whole group after."""
     port = free_port()
     # its own Prometheus multiprocess directory: other servers on this machine keep theirs
-    make_env = dict(
-        env, PORT=str(port), HOST="127.0.0.1", PROMETHEUS_MULTIPROC_DIR=str(log_dir / f"prom-{port}")
-    )
+    prometheus_dir = log_dir / f"prom-{port}"
+    prometheus_dir.mkdir(parents=True, exist_ok=True)
+    make_env = dict(env, PORT=str(port), HOST="127.0.0.1", PROMETHEUS_MULTIPROC_DIR=str(prometheus_dir))
     if workers:
         make_env["WORKERS"] = str(workers)
     log_path = log_dir / f"serve-{port}.log"
@@ -150,6 +150,28 @@ end
 """
 
 
+# Every response is written as "<unix seconds> <status> <decision id or ->" to one file per wrk
+# thread, so answered decisions can be checked one by one against the database afterwards.
+_LUA_RECORDING = """
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("thread_no", counter)
+end
+function init(args)
+  out = io.open("{directory}/responses-" .. thread_no .. ".txt", "w")
+  out:setvbuf("line")
+end
+function response(status, headers, body)
+  local id = headers["X-Scope-Decision-Id"] or headers["x-scope-decision-id"]
+  if id == nil and body ~= nil then
+    id = string.match(body, '"decision_id"%s*:%s*"([0-9a-f%-]+)"')
+  end
+  out:write(os.time(), " ", status, " ", id or "-", "\\n")
+end
+"""
+
+
 def lua_string(text: str) -> str:
     """A Lua long-bracket string literal that cannot be closed by the text itself."""
     level = 0
@@ -185,6 +207,58 @@ def wrk_script(directory: Path, *, body: bytes, key: str) -> Path:
     path = directory / "post.lua"
     path.write_text(_LUA.format(body=lua_string(body.decode()), key=key))
     return path
+
+
+def recording_script(directory: Path, *, body: bytes, key: str) -> Path:
+    """A wrk script that records every response (time, status, decision id) under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "record.lua"
+    script.write_text(
+        _LUA.format(body=lua_string(body.decode()), key=key) + _LUA_RECORDING.format(directory=directory)
+    )
+    return script
+
+
+@dataclass(frozen=True)
+class Response:
+    at: int
+    status: int
+    decision_id: str
+
+
+def read_responses(directory: Path) -> list[Response]:
+    responses = []
+    for path in sorted(directory.glob("responses-*.txt")):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                responses.append(Response(int(parts[0]), int(parts[1]), parts[2]))
+    return responses
+
+
+def missing_decisions(database_url: str, ids: list[str]) -> int:
+    """How many of these answered decision ids have no committed row (must be 0)."""
+    if not ids:
+        return 0
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(ids) + "\n")
+    script = (
+        "CREATE TEMP TABLE answered (id uuid);\n"
+        f"\\copy answered FROM '{handle.name}'\n"
+        "SELECT count(*) FROM answered a LEFT JOIN routing_decisionlog d ON d.id = a.id WHERE d.id IS NULL;\n"
+    )
+    result = subprocess.run(
+        ["psql", database_url, "-tA", "-v", "ON_ERROR_STOP=1"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    os.unlink(handle.name)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip())
+    return int(result.stdout.strip().splitlines()[-1])
 
 
 def run_wrk(
