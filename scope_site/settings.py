@@ -223,7 +223,7 @@ SCOPE_JUDGE_MODEL = env_str("SCOPE_JUDGE_MODEL")  # calibrate_model scores free-
 SCOPE_PACING_LOOKBACK_SECONDS = env_int("SCOPE_PACING_LOOKBACK_SECONDS", 3600, minimum=60)
 SCOPE_PACING_MIN_INTERVAL_SECONDS = env_int("SCOPE_PACING_MIN_INTERVAL_SECONDS", 300, minimum=0)
 SCOPE_PACING_MAX_DECISIONS = env_int("SCOPE_PACING_MAX_DECISIONS", 5000, minimum=10)
-CELERY_IMPORTS = ("routing.periodic_tasks",)
+CELERY_IMPORTS = ("routing.periodic_tasks", "feedback.learning_tasks")
 # Budgets, async jobs, deployments (routing/services/limits.py, routing/services/jobs.py, providers/balancing.py)
 SCOPE_BUDGET_HOLD_TTL_S = env_int("SCOPE_BUDGET_HOLD_TTL_S", 900, minimum=60)
 SCOPE_BUDGET_INFLIGHT_RETRY_S = env_int("SCOPE_BUDGET_INFLIGHT_RETRY_S", 5, minimum=1)

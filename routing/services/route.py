@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -9,6 +10,8 @@ from typing import Any
 
 from django.conf import settings
 
+from feedback.services.exploration import exploration_gate
+from feedback.services.shadow import shadow_explanation
 from routing.engine.decide import decide
 from routing.engine.strategies import Strategy, load_strategies
 from routing.engine.types import Decision, ModelSpec, PolicySpec, RouteOptions
@@ -80,6 +83,7 @@ def route_decide(
         unknown = [m for m in models if m not in known]
         if unknown:
             raise InvalidRequest(f"Unknown model(s) in models: {', '.join(unknown)}", code="unknown_model")
+    specs = exploration_gate(specs, requested=models)  # new models: a candidate in a capped share only
     decision = decide(
         features=features,
         models=specs,
@@ -96,6 +100,10 @@ def route_decide(
         strategies=strategies(),
         max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
     )
+    # a challenger predictor scoring live traffic without routing it (None unless one is set)
+    shadow = shadow_explanation(features=features, models=specs, decision=decision)
+    if shadow is not None:
+        decision = dataclasses.replace(decision, explanation={**decision.explanation, "shadow": shadow})
     row = decision_log_write(
         decision=decision,
         features=features,

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
+from feedback.services.feedback import feedback_record
+from feedback.services.live_data import training_data
+from feedback.services.retraining import retraining_execute, retraining_request
+from feedback.services.shadow import shadow_reset, shadow_summary
+from routing.features import extract_prompt_features
+from routing.models import ApiKey
+from routing.predictor.artifact import unpack
+from routing.selectors import model_specs
+from routing.services.route import route_decide
+from tests.conftest import USER_MESSAGE
+from tests.factories import make_api_key
+from tests.feedback.learning import CODE, FAST_FIT, make_eval_data
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(**params: Any) -> TrainingRun:
+    run = retraining_request(trigger="test", params={"fit": FAST_FIT, **params})
+    return retraining_execute(run_id=run.pk)
+
+
+def _gap(version: PredictorVersion) -> float:
+    """Predicted quality of `small` minus `large` on an unseen code prompt."""
+    predictor = unpack(bytes(version.artifact), version=version.name)
+    specs = {s.name: s for s in model_specs()}
+    small, large = predictor.predict(
+        extract_prompt_features(CODE.format(i=999)), [specs["small"], specs["large"]]
+    )
+    return small.quality - large.quality
+
+
+def _route_with_feedback(key: ApiKey, model: str, score: float, n: int) -> None:
+    for i in range(n):
+        result = route_decide(messages=USER_MESSAGE(CODE.format(i=1000 + i)), api_key=key, models=[model])
+        assert result.row.chosen_model == model
+        feedback_record(decision_id=result.row.id, api_key=key, score=score)
+
+
+def test_the_first_run_promotes_and_records_counts_metrics_and_duration(catalog: Any) -> None:
+    make_eval_data()
+    run = _run()
+    assert run.status == TrainingRunStatus.PROMOTED, run.error
+    assert run.challenger is not None and run.challenger.is_active and run.champion is None
+    assert run.data_counts["imported_examples"] == 240 and run.data_counts["live_examples"] == 0
+    assert run.data_counts["holdout_imported"] > 0
+    assert run.metrics["challenger"]["brier"] < 0.25 and run.metrics["duration_s"] > 0
+    assert run.progress == 1.0 and run.started_at and run.finished_at
+
+
+def test_feedback_posted_for_decisions_changes_the_next_retrained_predictor(catalog: Any) -> None:
+    make_eval_data()
+    first = _run()
+    assert first.challenger is not None
+    key, _ = make_api_key("app")
+    # live users find `small` perfect on code and `large` useless: the opposite of the imported data
+    _route_with_feedback(key, "small", 1.0, 30)
+    _route_with_feedback(key, "large", 0.0, 30)
+    data = training_data()
+    assert data.counts["live_examples"] == 60
+    assert {e.example.model for e in data.live} == {"small", "large"}
+    second = _run(weights={"feedback": 5.0}, margin=-1.0)
+    assert second.status == TrainingRunStatus.PROMOTED, second.error
+    assert second.data_counts["train_live"] + second.data_counts["holdout_live"] == 60
+    assert second.challenger is not None and second.champion == first.challenger
+    assert _gap(second.challenger) > _gap(first.challenger) + 0.2
+
+
+def test_the_same_run_executed_twice_does_the_work_once(catalog: Any) -> None:
+    make_eval_data(10)
+    run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    assert retraining_request(trigger="test").pk == run.pk  # one open run at a time
+    retraining_execute(run_id=run.pk)
+    again = retraining_execute(run_id=run.pk)
+    assert again.status == TrainingRunStatus.PROMOTED
+    assert PredictorVersion.objects.count() == 1 and TrainingRun.objects.count() == 1
+
+
+def test_a_challenger_that_is_not_better_by_the_margin_is_kept_as_shadow_and_compared(catalog: Any) -> None:
+    make_eval_data(15)
+    champion = _run().challenger
+    rejected = _run(margin=1.0, seed=1)
+    assert rejected.status == TrainingRunStatus.REJECTED and "not promoted" in rejected.metrics["decision"]
+    assert rejected.champion == champion and rejected.challenger is not None
+    assert rejected.metrics["champion"]["examples"] == rejected.metrics["challenger"]["examples"] > 0
+    assert PredictorVersion.objects.get(is_active=True) == champion
+    shadow_reset()
+    key, _ = make_api_key("app")
+    result = route_decide(messages=USER_MESSAGE(CODE.format(i=5)), api_key=key)
+    shadow = result.row.explanation["shadow"]
+    assert shadow["version"] == rejected.challenger.name and shadow["would_choose"] in {
+        "small",
+        "medium",
+        "large",
+    }
+    assert set(shadow["quality"]) == {"small", "medium", "large"}
+    feedback_record(decision_id=result.row.id, api_key=key, thumbs="up")
+    summary = shadow_summary(version_id=rejected.challenger.pk)
+    assert summary["decisions_scored"] == 1 and summary["with_feedback"] == 1
+    assert summary["champion_brier"] is not None and summary["shadow_brier"] is not None
+
+
+def test_a_run_without_any_data_fails_with_the_reason(catalog: Any) -> None:
+    run = _run()
+    assert run.status == TrainingRunStatus.FAILED
+    assert "no training data" in run.error and run.finished_at is not None
+
+
+def test_requesting_a_run_enqueues_it_on_commit(
+    catalog: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    make_eval_data(10)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    assert callbacks  # eager Celery here: the task ran when the transaction committed
+    run.refresh_from_db()
+    assert run.status == TrainingRunStatus.PROMOTED
