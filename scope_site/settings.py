@@ -122,6 +122,13 @@ if REDIS_URL:
     }
     CELERY_BROKER_URL = REDIS_URL
     CELERY_TASK_ALWAYS_EAGER = False
+    # acks_late: a message a dead worker held comes back after the visibility timeout (async jobs
+    # are claimed idempotently, so an early redelivery of a running job is harmless)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int("SCOPE_BROKER_VISIBILITY_TIMEOUT_S", 3600, minimum=1),
+        "unacked_restore_interval": env_int("SCOPE_BROKER_RESTORE_INTERVAL_S", 60, minimum=1),
+        "unacked_restore_throttle": 1,
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "scope"}}
     CELERY_BROKER_URL = "memory://"
@@ -141,6 +148,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # routing.dashboard.tasks: seal new decision rows into the audit hash chain; refresh the rollups
     "audit-seal": {"task": "routing.audit_seal", "schedule": env_float("SCOPE_AUDIT_SEAL_S", 60.0, minimum=1.0)},
     "dashboard-rollup": {"task": "routing.rollup_catch_up", "schedule": env_float("SCOPE_ROLLUP_S", 20.0, minimum=1.0)},
+    # routing.tasks: enqueue again async jobs whose message was lost or whose worker died
+    "jobs-requeue-stale": {"task": "routing.jobs_requeue_stale", "schedule": 60.0},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -227,7 +236,7 @@ CELERY_IMPORTS = ("routing.periodic_tasks", "feedback.learning_tasks")
 # Budgets, async jobs, deployments (routing/services/limits.py, routing/services/jobs.py, providers/balancing.py)
 SCOPE_BUDGET_HOLD_TTL_S = env_int("SCOPE_BUDGET_HOLD_TTL_S", 900, minimum=60)
 SCOPE_BUDGET_INFLIGHT_RETRY_S = env_int("SCOPE_BUDGET_INFLIGHT_RETRY_S", 5, minimum=1)
-SCOPE_JOB_STALE_AFTER_S = env_int("SCOPE_JOB_STALE_AFTER_S", 900, minimum=30)
+SCOPE_JOB_STALE_AFTER_S = env_int("SCOPE_JOB_STALE_AFTER_S", 900, minimum=1)
 SCOPE_JOB_MAX_ATTEMPTS = env_int("SCOPE_JOB_MAX_ATTEMPTS", 3, minimum=1)
 SCOPE_JOB_RESULT_MAX_BYTES = env_int("SCOPE_JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
 # Execution (providers/execution.py, providers/circuit.py, providers/adapters/simulated.py)

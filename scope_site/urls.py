@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView
 from feedback.api import FeedbackApi
 from providers.openai_api import ChatCompletionsApi, ModelDetailApi, ModelsApi
 from routing.api import RouteApi
+from routing.jobs_api import JobCreateApi, JobDetailApi
 from scope_site.health import healthz
 from scope_site.metrics import metrics_view
 
@@ -21,6 +22,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/route", RouteApi.as_view(), name="route"),
     path("api/v1/feedback", FeedbackApi.as_view(), name="feedback"),
+    path("api/v1/jobs", JobCreateApi.as_view(), name="job-create"),
+    path("api/v1/jobs/<uuid:job_id>", JobDetailApi.as_view(), name="job-detail"),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="models"),
     path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),
