@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 from django.db import OperationalError
 
+from feedback.services.calibration import calibration_graduate
 from feedback.services.retraining import retraining_execute, retraining_request
 from feedback.services.shadow import shadow_summary_refresh
 
@@ -39,3 +40,9 @@ def retraining_scheduled_task(**params: Any) -> int:
 @shared_task(name="feedback.shadow_summary_refresh", soft_time_limit=240, time_limit=300, **RETRY)
 def shadow_summary_refresh_task() -> dict[str, Any] | None:
     return shadow_summary_refresh()
+
+
+@shared_task(name="feedback.calibration_graduate", soft_time_limit=110, time_limit=120, **RETRY)
+def calibration_graduate_task() -> list[str]:
+    """Periodic: lift the exploration cap of new models that have enough live outcomes (idempotent)."""
+    return calibration_graduate()
