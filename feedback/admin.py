@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from feedback.models import EvalOutcome, EvalPrompt, Feedback, Outcome, PredictorVersion, TrainingRun
+from feedback.models import (
+    EvalOutcome,
+    EvalPrompt,
+    Feedback,
+    ModelCalibration,
+    Outcome,
+    PredictorVersion,
+    TrainingRun,
+)
 from routing.admin import ReadOnlyAdmin
 
 
@@ -48,3 +56,28 @@ class FeedbackAdmin(ReadOnlyAdmin):
 class TrainingRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "status", "trigger", "progress", "created_at", "finished_at")
     list_filter = ("status", "trigger")
+
+
+@admin.register(ModelCalibration)
+class ModelCalibrationAdmin(admin.ModelAdmin):
+    """Operators may change a new model's exploration cap or end exploration (status)."""
+
+    list_display = (
+        "model_name",
+        "status",
+        "anchors",
+        "anchor_score",
+        "exploration_cap",
+        "live_outcomes",
+        "created_at",
+    )
+    list_filter = ("status",)
+    readonly_fields = (
+        "anchors",
+        "anchor_score",
+        "scoring",
+        "live_outcomes",
+        "details",
+        "created_at",
+        "graduated_at",
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
@@ -95,6 +96,25 @@ class ExperimentAdmin(admin.ModelAdmin):
     list_filter = ("status",)
     inlines = [ExperimentArmInline]
     readonly_fields = ("stats", "stats_updated_at")
+    actions = ["stop_experiments", "refresh_statistics"]
+
+    @admin.action(description="Stop the selected experiments (traffic returns to their policy)")
+    def stop_experiments(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        from routing.services.experiments import experiment_stop
+        from scope_site.errors import ApplicationError
+
+        for experiment in queryset:
+            try:
+                experiment_stop(experiment_id=experiment.pk)
+            except ApplicationError as exc:
+                self.message_user(request, exc.message, level="warning")
+
+    @admin.action(description="Recompute the selected experiments' statistics now")
+    def refresh_statistics(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        from routing.services.experiment_stats import experiment_stats_refresh
+
+        for experiment in queryset:
+            experiment_stats_refresh(experiment_id=experiment.pk, force=True)
 
 
 @admin.register(PolicyAdjustment)

@@ -34,12 +34,26 @@ from routing.predictor.model import ScopePredictor
 
 log = logging.getLogger(__name__)
 OPEN = (TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING)
-PARAM_KEYS = {"eval_source", "weights", "include_imported", "seed", "fit", "shadow", "margin", "live_days"}
+PARAM_KEYS = {
+    "requested_by",
+    "eval_source",
+    "weights",
+    "include_imported",
+    "seed",
+    "fit",
+    "shadow",
+    "margin",
+    "live_days",
+}
 
 
-def retraining_request(*, trigger: str = "manual", params: Mapping[str, Any] | None = None) -> TrainingRun:
+def retraining_request(
+    *, trigger: str = "manual", params: Mapping[str, Any] | None = None, requested_by: str = ""
+) -> TrainingRun:
     """Queue a run (or return the one already queued/running) and enqueue its task on commit."""
     params = dict(params or {})
+    if requested_by:
+        params["requested_by"] = requested_by
     unknown = set(params) - PARAM_KEYS
     if unknown:
         from scope_site.errors import InvalidRequest

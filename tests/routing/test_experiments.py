@@ -160,3 +160,18 @@ def test_promoting_an_arm_gives_the_split_policy_the_arms_settings(two_policies:
     assert (after.alpha, after.strategy) == (0.05, "pre_inference")
     assert "alpha-test" in after.note
     assert experiment_assign(policy_slug="default", unit="user:u1") is None
+
+
+@pytest.mark.django_db
+def test_operators_stop_an_experiment_and_refresh_its_stats_from_the_admin(
+    two_policies: None, admin_client: Any
+) -> None:
+    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    url = "/admin/routing/experiment/"
+    response = admin_client.post(url, {"action": "refresh_statistics", "_selected_action": [experiment.pk]})
+    assert response.status_code == 302
+    experiment.refresh_from_db()
+    assert experiment.stats["total_requests"] == 0 and experiment.stats_updated_at is not None
+    admin_client.post(url, {"action": "stop_experiments", "_selected_action": [experiment.pk]})
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.STOPPED
