@@ -19,6 +19,7 @@ from routing.engine.types import Candidate, Decision, ModelSpec, PolicySpec
 from routing.features import extract_features
 from routing.models import ApiKey
 from routing.predictor.registry import active_predictor
+from routing.response_cache import ResponseCacheProbe
 from routing.selectors import model_specs
 from routing.services.decision_log import decision_log_write
 from routing.services.route import resolve_policy, route_decide
@@ -48,7 +49,12 @@ def _model_not_found(name: str) -> NotFound:
 
 
 def _passthrough(
-    *, api_key: ApiKey | None, parsed: ParsedChat, kind: str, catalog: tuple[ModelSpec, ...]
+    *,
+    api_key: ApiKey | None,
+    parsed: ParsedChat,
+    kind: str,
+    catalog: tuple[ModelSpec, ...],
+    cache_probe: ResponseCacheProbe | None = None,
 ) -> ChatDecision:
     spec = next((m for m in catalog if m.name == parsed.model), None)
     if spec is None or not spec.enabled:
@@ -93,6 +99,7 @@ def _passthrough(
         user=parsed.user,
         metadata=metadata,
         kind=kind,
+        cache_hit=cache_probe is not None and cache_probe(decision, policy),  # HOOK(response cache)
     )
     return ChatDecision(
         decision_id=str(row.id),
@@ -105,11 +112,15 @@ def _passthrough(
     )
 
 
-def chat_decide(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str) -> ChatDecision:
+def chat_decide(
+    *, api_key: ApiKey | None, parsed: ParsedChat, kind: str, cache_probe: ResponseCacheProbe | None = None
+) -> ChatDecision:
     started = time.perf_counter()
     catalog = with_circuit_health(model_specs())
     if parsed.passthrough:
-        decided = _passthrough(api_key=api_key, parsed=parsed, kind=kind, catalog=catalog)
+        decided = _passthrough(
+            api_key=api_key, parsed=parsed, kind=kind, catalog=catalog, cache_probe=cache_probe
+        )
     else:
         result = route_decide(
             messages=parsed.request.messages,
@@ -124,6 +135,7 @@ def chat_decide(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str) -> Cha
             max_output_tokens=parsed.request.max_tokens,
             kind=kind,
             catalog=catalog,
+            cache_probe=cache_probe,  # HOOK(response cache)
         )
         decision = result.decision
         assert decision.model is not None  # route_decide raises NoEligibleModel otherwise

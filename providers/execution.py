@@ -37,10 +37,11 @@ from providers.circuit import (
 from providers.decisions import chat_decide
 from providers.http import ProviderError
 from providers.models import LLMModel
-from providers.openai_format import completion_body
+from providers.openai_format import completion_body, completion_id
 from routing.engine.types import ModelSpec
 from routing.features import estimate_tokens, message_text
 from routing.models import ApiKey, DecisionKind
+from routing.response_cache import ResponseCacheProbe, request_fingerprint
 from routing.services.limits import BudgetReservation, budget_reserve, budget_settle, rpm_admit
 from scope_site import metrics
 from scope_site.errors import ApplicationError, InvalidRequest, ServiceUnavailable
@@ -107,6 +108,7 @@ class Plan:
     rows: Mapping[str, LLMModel]
     input_tokens: int
     reservation: BudgetReservation | None = None
+    cache: ResponseCacheProbe | None = None  # the response cache's view of this request (not for streams)
     started: float = field(default_factory=time.monotonic)
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -164,7 +166,19 @@ def target_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -
 def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = DecisionKind.CHAT) -> Plan:
     """Admit, decide (one logged decision row), and reserve the predicted cost."""
     rpm_admit(api_key=api_key)  # HOOK(limits): per-key requests per minute → 429 with Retry-After
-    decided = chat_decide(api_key=api_key, parsed=parsed, kind=kind)
+    # HOOK(response cache): looked up once the decision is known, before its row is written
+    probe = None
+    if not parsed.stream:
+        probe = ResponseCacheProbe(
+            api_key_id=api_key.pk if api_key is not None else None,
+            fingerprint=request_fingerprint(
+                messages=parsed.request.messages,
+                params=parsed.request.params,
+                max_tokens=parsed.request.max_tokens,
+                requested_model=parsed.model,
+            ),
+        )
+    decided = chat_decide(api_key=api_key, parsed=parsed, kind=kind, cache_probe=probe)
     order = decided.order
     rows = {r.name: r for r in LLMModel.objects.select_related("provider").filter(name__in=order)}
     plan = Plan(
@@ -177,8 +191,9 @@ def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = Decisio
         specs=decided.specs,
         rows=rows,
         input_tokens=decided.input_tokens,
+        cache=probe,
     )
-    if api_key is not None:
+    if api_key is not None and (probe is None or probe.hit is None):  # a cache hit costs nothing
         # HOOK(limits): reserve the predicted cost now, settle with the actual cost after the call,
         # so concurrent calls of one key cannot overshoot its daily / monthly budget
         plan.reservation = budget_reserve(api_key=api_key, predicted_cost_usd=decided.predicted_cost_usd)
@@ -312,7 +327,7 @@ def plan_finish(
     error_class: str = "",
     endpoint: str = "chat",
 ) -> int:
-    """Record the outcome, settle the budget, count the metrics. Returns the outcome id."""
+    """Release the deployment, settle the budget, record the outcome, count the metrics → outcome id."""
     model_name = target.model if target else (plan.attempts[-1].model if plan.attempts else "")
     spec = plan.specs.get(model_name)
     if target is not None and status != "error":
@@ -326,6 +341,17 @@ def plan_finish(
                 latency_ms=None if latency_s is None else latency_s * 1000,
             )
         )
+    cost = 0.0 if status == "error" else float(outcome_cost_usd(model=spec, tokens=tokens))
+    if target is not None and status != "error":
+        target_release(
+            target,
+            ok=status == "ok",
+            tokens=tokens.input_tokens + tokens.output_tokens,
+            latency_s=latency_s or 0.0,
+        )
+    if plan.reservation is not None:
+        budget_settle(reservation=plan.reservation, actual_cost_usd=cost)  # HOOK(limits)
+    # written last: once the outcome row exists, all bookkeeping of the call is done
     outcome = outcome_record(
         decision_id=plan.decision_id,
         model=spec,
@@ -337,20 +363,11 @@ def plan_finish(
         error_class=error_class,
         attempts=[a.as_dict() for a in plan.attempts],
     )
-    cost = float(outcome.cost_usd)
-    if plan.reservation is not None:
-        budget_settle(reservation=plan.reservation, actual_cost_usd=cost)  # HOOK(limits)
     metrics.REQUESTS.labels(endpoint, plan.policy_slug, model_name, status).inc()
     if target is not None and status != "error":
         metrics.SPEND.labels(plan.policy_slug, model_name).inc(cost)
         metrics.TOKENS.labels(model_name, "input").inc(tokens.input_tokens)
         metrics.TOKENS.labels(model_name, "output").inc(tokens.output_tokens)
-        target_release(
-            target,
-            ok=status == "ok",
-            tokens=tokens.input_tokens + tokens.output_tokens,
-            latency_s=latency_s or 0.0,
-        )
     return outcome.id
 
 
@@ -375,6 +392,20 @@ def chat_complete(*, api_key: ApiKey | None, body: Any, kind: str = DecisionKind
     parsed = chat_body_parse(body)
     plan = chat_plan(api_key=api_key, parsed=parsed, kind=kind)
     endpoint = "job" if kind == DecisionKind.JOB else "chat"
+    if plan.cache is not None and plan.cache.hit is not None:  # HOOK(response cache): no call, no cost
+        cached = plan.cache.replay(
+            decision_id=plan.decision_id, completion_id=completion_id(plan.decision_id)
+        )
+        model_name = str(cached.get("model") or plan.order[0])
+        metrics.REQUESTS.labels(endpoint, plan.policy_slug, model_name, "cache_hit").inc()
+        return ChatResult(
+            decision_id=plan.decision_id,
+            model=model_name,
+            fallbacks=(),
+            body=cached,
+            outcome_id=0,
+            cache_hit=True,
+        )
 
     def call(target: Target) -> Completion:
         return adapter_for(target.kind).complete(target, plan.request)
@@ -405,6 +436,8 @@ def chat_complete(*, api_key: ApiKey | None, body: Any, kind: str = DecisionKind
         cost_usd=float(outcome_cost_usd(model=spec, tokens=tokens)),
         fallbacks=fallbacks,
     )
+    if plan.cache is not None:
+        plan.cache.store(body_out)  # HOOK(response cache): only when the policy caches
     return ChatResult(
         decision_id=plan.decision_id,
         model=target.model,

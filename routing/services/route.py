@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -68,8 +68,13 @@ def route_decide(
     max_output_tokens: int | None = None,
     kind: str = DecisionKind.ROUTE,
     catalog: Sequence[ModelSpec] | None = None,
+    cache_probe: Callable[[Decision, PolicySpec], bool] | None = None,
 ) -> RouteResult:
-    """Decide and durably log; raises NoEligibleModel (after logging) when nothing can serve."""
+    """Decide and durably log; raises NoEligibleModel (after logging) when nothing can serve.
+
+    `cache_probe` (routing.response_cache) looks the decided request up in the response cache
+    before the row is written, so the row says whether the answer will come from the cache.
+    """
     metadata = dict(metadata or {})
     features = extract_features(messages, metadata)
     policy_spec_ = resolve_policy(requested=policy, api_key=api_key)
@@ -104,6 +109,7 @@ def route_decide(
     shadow = shadow_explanation(features=features, models=specs, decision=decision)
     if shadow is not None:
         decision = dataclasses.replace(decision, explanation={**decision.explanation, "shadow": shadow})
+    cache_hit = decision.model is not None and cache_probe is not None and cache_probe(decision, policy_spec_)
     row = decision_log_write(
         decision=decision,
         features=features,
@@ -114,6 +120,7 @@ def route_decide(
         kind=kind,
         experiment=assignment.experiment if assignment else "",
         arm=assignment.arm if assignment else "",
+        cache_hit=bool(cache_hit),
     )
     if decision.model is None:
         raise NoEligibleModel(
