@@ -18,9 +18,8 @@ from django.utils import timezone
 from routing.models import DecisionRollup
 from routing.services.rollup import (
     Bucket,
-    aggregate_decisions,
+    aggregate_decision_window,
     aggregate_outcomes,
-    decision_rows,
     hist_percentile,
     rollup_catch_up,
     rollup_watermarks,
@@ -82,7 +81,7 @@ def _tail(
     """Rows newer than the rollup's watermarks (or the whole range before the first rollup)."""
     buckets: dict[tuple[datetime, str], Bucket] = {}
     since = {source: max(filter(None, (marks.get(source), start))) for source in ("decisions", "outcomes")}
-    aggregate_decisions(decision_rows(since["decisions"], end).iterator(chunk_size=2000), buckets)
+    aggregate_decision_window(since["decisions"], end, buckets)
     aggregate_outcomes(since["outcomes"], end, buckets)
     return buckets
 

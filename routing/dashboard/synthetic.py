@@ -186,6 +186,7 @@ def generate(
     times = _times(decisions, days, end, rng)
     for start in range(0, decisions, batch):
         rows, outcomes, feedback = [], [], []
+        canon: dict[uuid.UUID, dict[str, str]] = {}  # the pooled JSON text, reused by COPY
         for created_at in times[start : start + batch]:
             pooled = pool[rng.randrange(len(pool))]
             user = f"user-{rng.randrange(5000)}"
@@ -202,6 +203,7 @@ def generate(
                 per_row["arm"] = experiment[1][rng.randrange(len(experiment[1]))]
             row = {**pooled.fields, **per_row, "row_hash": _row_hash(pooled, per_row)}
             rows.append(row)
+            canon[row["id"]] = pooled.canon
             model = row["chosen_model"]
             if model and rng.random() < outcome_share:
                 error = rng.random() < 0.02
@@ -227,7 +229,7 @@ def generate(
                         "created_at": created_at + timedelta(seconds=rng.randint(5, 600)),
                     }
                 )
-        _insert(rows, outcomes, feedback)
+        _insert(rows, outcomes, feedback, canon)
         totals[0] += len(rows)
         totals[1] += len(outcomes)
         totals[2] += len(feedback)
@@ -245,11 +247,14 @@ _JSON = {"fallbacks", "candidates", "explanation", "features", "metadata"}
 
 
 def _insert(
-    rows: list[dict[str, Any]], outcomes: list[dict[str, Any]], feedback: list[dict[str, Any]]
+    rows: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+    feedback: list[dict[str, Any]],
+    canon: dict[uuid.UUID, dict[str, str]],
 ) -> None:
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            _copy(rows, outcomes, feedback)
+            _copy(rows, outcomes, feedback, canon)
         else:
             DecisionLog.objects.bulk_create((DecisionLog(**r) for r in rows), batch_size=500)
             _bulk_with_times(Outcome, outcomes)
@@ -263,13 +268,21 @@ def _bulk_with_times(model: Any, items: list[dict[str, Any]]) -> None:
     model.objects.bulk_update(created, ["created_at"], batch_size=500)
 
 
-def _copy(rows: list[dict[str, Any]], outcomes: list[dict[str, Any]], feedback: list[dict[str, Any]]) -> None:
+def _copy(
+    rows: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+    feedback: list[dict[str, Any]],
+    canon: dict[uuid.UUID, dict[str, str]],
+) -> None:
     raw = connection.connection
     with raw.cursor() as cursor:
         columns = ", ".join(f'"{c}"' for c in _DECISION_COLUMNS)
         with cursor.copy(f"COPY routing_decisionlog ({columns}) FROM STDIN") as copy:
             for r in rows:
-                copy.write_row([_canon(r[c]) if c in _JSON else r[c] for c in _DECISION_COLUMNS])
+                texts = canon[r["id"]]
+                copy.write_row(
+                    [(texts.get(c) or _canon(r[c])) if c in _JSON else r[c] for c in _DECISION_COLUMNS]
+                )
         outcome_cols = (
             "decision_id",
             "model_name",

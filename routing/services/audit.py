@@ -25,7 +25,7 @@ from routing.audit import HASHED_FIELDS, decision_row_hash
 from routing.models import AuditCheckpoint, DecisionLog
 
 GENESIS_HASH = "0" * 64
-SEAL_BATCH_ROWS = 10_000
+SEAL_BATCH_ROWS = 2_000  # one UI verification step re-hashes one checkpoint
 # A row's created_at is taken just before its (durable, millisecond-long) insert commits; rows
 # younger than this may still be uncommitted, so they wait for the next seal.
 SEAL_LAG = timedelta(seconds=5)
