@@ -17,8 +17,9 @@ import statistics
 import sys
 import time
 from datetime import timedelta
-from urllib.parse import quote
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scope_site.settings")
@@ -105,13 +106,18 @@ def _periodic() -> None:
     print(f"audit verify: one UI step = {step.rows_checked:,} rows re-hashed in {took:.2f} s")
 
 
-def _time(client: Client, url: str, repeat: int = 5, **headers: str) -> tuple[float, int]:
-    client.get(url, **headers)  # warm (template and catalog caches)
+def _plain(headers: dict[str, str]) -> dict[str, str]:
+    """WSGI-style names (HTTP_HX_REQUEST) → header names (HX-Request), as Client(headers=) takes them."""
+    return {k.removeprefix("HTTP_").replace("_", "-").title(): v for k, v in headers.items()}
+
+
+def _time(client: Client, url: str, headers: dict[str, str], repeat: int = 5) -> tuple[float, int]:
+    client.get(url, headers=_plain(headers))  # warm (template and catalog caches)
     runs = []
     status = 0
     for _ in range(repeat):
         started = time.perf_counter()
-        response = client.get(url, **headers)
+        response: Any = client.get(url, headers=_plain(headers))
         if response.streaming:
             next(iter(response.streaming_content))  # time to the first chunk
             response.close()
@@ -185,7 +191,7 @@ def main() -> None:
     print(f"\n{'page':44} {'median':>9}  status")
     worst = 0.0
     for name, url, headers in _pages():
-        took, status = _time(client, url, **headers)
+        took, status = _time(client, url, headers)
         worst = max(worst, took)
         flag = (
             ""
