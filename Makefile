@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 run: install
 	@$(MANAGE) migrate --noinput -v0
 	@$(MANAGE) seed_demo
+	@SCOPE_USER_PASSWORD="$${SCOPE_DEMO_OPERATOR_PASSWORD:-operator-demo}" $(MANAGE) create_user operator --role operator >/dev/null
+	@SCOPE_USER_PASSWORD="$${SCOPE_DEMO_AUDITOR_PASSWORD:-auditor-demo}" $(MANAGE) create_user auditor --role auditor >/dev/null
 	@echo "SCOPE is starting on http://$(HOST):$(PORT)/"
+	@echo "web UI: log in at http://$(HOST):$(PORT)/login/ as operator / $${SCOPE_DEMO_OPERATOR_PASSWORD:-operator-demo} (edits) or auditor / $${SCOPE_DEMO_AUDITOR_PASSWORD:-auditor-demo} (read, export, verify)"
 	@echo "demo API key (shown once): $$($(MANAGE) create_api_key demo-$$(date +%s))"
 	@$(MANAGE) runserver $(HOST):$(PORT)
 
@@ -57,6 +60,9 @@ bench-quality: install
 
 bench-overhead: install
 	$(PY) bench/overhead.py
+
+bench-ui: install
+	$(PY) bench/ui_scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
