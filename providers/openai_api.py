@@ -22,7 +22,7 @@ from providers.openai_format import error_body, model_entry
 from providers.streaming import chat_stream
 from routing.models import ApiKey
 from routing.selectors import catalog_snapshot
-from scope_site.errors import ApplicationError, NotFound, RateLimited
+from scope_site.errors import UNAVAILABLE_ERRORS, ApplicationError, NotFound, RateLimited, unavailable_error
 
 _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
     exceptions.NotAuthenticated: (
@@ -52,6 +52,8 @@ def _scope_headers(
 
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every API error in OpenAI's shape, with SCOPE's headers when a decision was made."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):  # database or cache down: a 503 to retry, not a 500
+        exc = unavailable_error(exc)
     if isinstance(exc, ApplicationError):
         extra = dict(exc.extra)
         param = extra.pop("param", None)
@@ -85,6 +87,23 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     return response
 
 
+# Documented error statuses (OpenAI's error shape), so clients and schema checks know them.
+_ERRORS = {
+    code: OpenApiResponse(description=text)
+    for code, text in {
+        400: "Invalid request",
+        401: "Missing or invalid API key",
+        404: "Unknown model or policy",
+        413: "Body over 1 MB",
+        422: "No eligible model",
+        429: "Rate or budget limit",
+        502: "Every candidate model failed",
+        503: "A backing service is unavailable",
+        504: "Upstream timed out",
+    }.items()
+}
+
+
 def _api_key(request: Request) -> ApiKey | None:
     return request.auth if isinstance(request.auth, ApiKey) else None
 
@@ -100,7 +119,10 @@ class ChatCompletionsApi(OpenAIApiView):
     @extend_schema(
         operation_id="chat_completions",
         request=dict,
-        responses={200: OpenApiResponse(description="OpenAI chat.completion, or an SSE stream of chunks")},
+        responses={
+            200: OpenApiResponse(description="OpenAI chat.completion, or an SSE stream of chunks"),
+            **_ERRORS,
+        },
     )
     def post(self, request: Request) -> HttpResponseBase:
         body = request.data
@@ -144,7 +166,12 @@ class ModelsApi(OpenAIApiView):
     """scope/auto, scope/<policy> for every policy, and every enabled concrete model."""
 
     @extend_schema(
-        operation_id="models_list", responses={200: OpenApiResponse(description="OpenAI model list")}
+        operation_id="models_list",
+        responses={
+            200: OpenApiResponse(description="OpenAI model list"),
+            401: _ERRORS[401],
+            503: _ERRORS[503],
+        },
     )
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": _model_list()})
@@ -152,7 +179,8 @@ class ModelsApi(OpenAIApiView):
 
 class ModelDetailApi(OpenAIApiView):
     @extend_schema(
-        operation_id="models_retrieve", responses={200: OpenApiResponse(description="OpenAI model")}
+        operation_id="models_retrieve",
+        responses={200: OpenApiResponse(description="OpenAI model"), 401: _ERRORS[401], 404: _ERRORS[404]},
     )
     def get(self, request: Request, model_id: str) -> Response:
         entry = next((m for m in _model_list() if m["id"] == model_id), None)
