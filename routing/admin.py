@@ -10,6 +10,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from routing.models import (
     ApiKey,
     AuditCheckpoint,
+    BudgetHold,
     DecisionLog,
     Experiment,
     ExperimentArm,
@@ -17,6 +18,7 @@ from routing.models import (
     PolicyAdjustment,
     PolicyVersion,
     RoutingPolicy,
+    SpendLedger,
 )
 
 
@@ -130,3 +132,24 @@ class AuditCheckpointAdmin(ReadOnlyAdmin):
 @admin.register(ExperimentArm)
 class ExperimentArmAdmin(admin.ModelAdmin):
     list_display = ("experiment", "name", "policy", "weight")
+
+
+@admin.register(SpendLedger)
+class SpendLedgerAdmin(ReadOnlyAdmin):
+    """Per-key spend per day and month (written only by routing.services.limits)."""
+
+    list_display = (
+        "api_key",
+        "period",
+        "period_start",
+        "spent_usd",
+        "reserved_usd",
+        "requests",
+        "updated_at",
+    )
+    list_filter = ("period",)
+
+
+@admin.register(BudgetHold)
+class BudgetHoldAdmin(ReadOnlyAdmin):
+    list_display = ("id", "api_key", "amount_usd", "actual_usd", "created_at", "settled_at")
