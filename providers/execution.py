@@ -165,7 +165,8 @@ def target_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -
 
 def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = DecisionKind.CHAT) -> Plan:
     """Admit, decide (one logged decision row), and reserve the predicted cost."""
-    rpm_admit(api_key=api_key)  # HOOK(limits): per-key requests per minute → 429 with Retry-After
+    if kind != DecisionKind.JOB:  # a job was admitted (and counted) when it was submitted
+        rpm_admit(api_key=api_key)  # HOOK(limits): per-key requests per minute → 429 with Retry-After
     # HOOK(response cache): looked up once the decision is known, before its row is written
     probe = None
     if not parsed.stream:

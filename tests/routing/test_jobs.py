@@ -202,3 +202,17 @@ def test_racing_claims_let_exactly_one_worker_run_a_job(catalog: Any) -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(wins) == [False] * 7 + [True]
+
+
+def test_the_rpm_limit_counts_a_job_once_at_submission(catalog: Any) -> None:
+    _, plain = make_api_key("rpm-jobs", rpm_limit=2)
+
+    def post() -> Any:
+        return Client().post(
+            "/api/v1/jobs", BODY, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {plain}"
+        )
+
+    ids = [post().json()["id"] for _ in range(2)]
+    assert [job_run(job_id=i, worker="w").status for i in ids] == ["succeeded", "succeeded"]
+    refused = post()
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
