@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from routing.features import (
+    FEATURE_SCHEMA_VERSION,
+    NGRAM_BUCKETS,
+    FeatureLogError,
+    extract_features,
+    request_features_from_log,
+)
+
+GOLDEN = "Explain why the sky is blue. Explain it!"
+
+
+def test_it_produces_the_golden_hashed_ngrams() -> None:
+    f = extract_features([{"role": "user", "content": GOLDEN}])
+    # 6 distinct words ("explain" twice) + 7 bigrams, hashed with crc32: stable across processes
+    assert f.ngram_ids == (
+        108098, 167920, 355814, 371282, 423151, 445108, 508883,
+        563478, 610966, 706281, 713367, 826422, 930472, 948020,
+    )  # fmt: skip
+    assert f.ngram_counts == (2,) + (1,) * 13
+    assert all(0 <= i < NGRAM_BUCKETS for i in f.ngram_ids)
+
+
+def test_the_logged_features_rebuild_the_same_request_features_without_the_text() -> None:
+    f = extract_features([{"role": "system", "content": "Be terse."}, {"role": "user", "content": GOLDEN}])
+    logged = f.as_dict()
+    assert logged["ngrams"] == {"ids": list(f.ngram_ids), "counts": list(f.ngram_counts)}
+    rebuilt = request_features_from_log(logged, FEATURE_SCHEMA_VERSION)
+    assert rebuilt.values == f.values
+    assert rebuilt.ngram_ids == f.ngram_ids and rebuilt.ngram_counts == f.ngram_counts
+    assert rebuilt.input_tokens == f.input_tokens
+    assert rebuilt.text == ""
+
+
+def test_it_refuses_logged_features_of_another_schema_or_incomplete() -> None:
+    logged = extract_features([{"role": "user", "content": GOLDEN}]).as_dict()
+    with pytest.raises(FeatureLogError):
+        request_features_from_log(logged, FEATURE_SCHEMA_VERSION - 1)
+    del logged["log_chars"]
+    with pytest.raises(FeatureLogError):
+        request_features_from_log(logged, FEATURE_SCHEMA_VERSION)
+
+
+def test_long_prompts_hash_a_bounded_number_of_words() -> None:
+    f = extract_features([{"role": "user", "content": " ".join(f"w{i}" for i in range(5000))}])
+    assert len(f.ngram_ids) <= 2 * 1024

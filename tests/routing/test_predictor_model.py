@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from routing.engine.prior import PriorPredictor
+from routing.engine.types import ModelSpec
+from routing.predictor import metrics
+from routing.predictor.artifact import ArtifactError, pack, unpack
+from routing.predictor.fit import FitResult, fit_predictor
+from routing.predictor.model import ModelInfo
+from tests.routing import predictor_data as data
+
+
+@pytest.fixture(scope="module")
+def trained() -> FitResult:
+    train, _ = data.examples(160, seed=1)
+    return fit_predictor(train, data.infos(), seed=0, params=data.FAST)
+
+
+def _spec(name: str, tier: int = 3) -> ModelSpec:
+    inp, out = data.PRICES.get(name, (1.0, 1.0))
+    return ModelSpec(name, "p", "simulated", inp, out, 8192, tier)
+
+
+def test_training_on_a_small_generated_set_beats_the_prior_predictor(trained: FitResult) -> None:
+    test, feats = data.examples(120, seed=2)
+    batch = trained.predictor.predict_batch([f for _, f in feats], data.infos())
+    col = {m: j for j, m in enumerate(data.SKILLS)}
+    row = {key: i for i, key in enumerate(dict.fromkeys(e.prompt_key for e in test))}
+    ours = np.asarray([batch.quality[row[e.prompt_key], col[e.model]] for e in test])
+    prior = PriorPredictor()
+    tiers = {"small": 1, "medium": 3, "large": 5, "lawyer": 2}
+    theirs = np.asarray(
+        [prior.predict(e.features, [_spec(e.model, tiers[e.model])])[0].quality for e in test]
+    )
+    truth = np.asarray([e.score for e in test])
+    assert metrics.brier(ours, truth) < metrics.brier(theirs, truth) - 0.02
+    assert (metrics.auc(ours, truth) or 0) > 0.75
+    # it learned the interaction: the lawyer model is predicted best on law, worst on algebra
+    law = [i for i, (t, _) in enumerate(feats) if t == "law"]
+    algebra = [i for i, (t, _) in enumerate(feats) if t == "algebra"]
+    assert batch.quality[law, col["lawyer"]].mean() > batch.quality[law, col["medium"]].mean()
+    assert batch.quality[algebra, col["lawyer"]].mean() < batch.quality[algebra, col["medium"]].mean()
+    # and the length of each model's answers
+    assert batch.output_tokens[:, col["large"]].mean() > 2 * batch.output_tokens[:, col["small"]].mean()
+
+
+def test_the_artifact_round_trips_to_identical_predictions(trained: FitResult) -> None:
+    raw = pack(trained.predictor, metadata={"metrics": {"brier": 0.1}})
+    loaded = unpack(raw, version="v-test")
+    _, feats = data.examples(10, seed=3)
+    a = trained.predictor.predict_batch([f for _, f in feats], data.infos())
+    b = loaded.predict_batch([f for _, f in feats], data.infos())
+    np.testing.assert_array_equal(a.quality, b.quality)
+    np.testing.assert_array_equal(a.output_tokens, b.output_tokens)
+    assert loaded.version == "v-test" and loaded.metadata["metrics"] == {"brier": 0.1}
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        assert all(not n.endswith(".pkl") for n in zf.namelist())
+        assert any(n.endswith(".ubj") for n in zf.namelist())
+
+
+def _rewrite_meta(raw: bytes, **changes: object) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(raw))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            body = src.read(name)
+            if name == "meta.json":
+                meta = json.loads(body)
+                meta.update(changes)
+                body = json.dumps(meta).encode()
+            dst.writestr(name, body)
+    return buf.getvalue()
+
+
+def test_it_refuses_an_artifact_of_another_schema_or_feature_list_or_corrupt(trained: FitResult) -> None:
+    raw = pack(trained.predictor)
+    with pytest.raises(ArtifactError, match="schema"):
+        unpack(_rewrite_meta(raw, feature_schema=1), version="x")
+    with pytest.raises(ArtifactError, match="feature names"):
+        unpack(_rewrite_meta(raw, feature_names=["a", "b"]), version="x")
+    with pytest.raises(ArtifactError):
+        unpack(raw[: len(raw) // 2], version="x")
+    with pytest.raises(ArtifactError):
+        unpack(b"not a zip at all", version="x")
+
+
+def test_a_model_held_out_of_training_is_scored_from_its_anchors_alone() -> None:
+    train, _ = data.examples(200, seed=4, models=("small", "medium", "large"))
+    fit = fit_predictor(train, data.infos(), seed=0, params=data.FAST)
+    anchors, _ = data.examples(120, seed=5, models=("lawyer",))  # a 120-prompt anchor evaluation
+    _, feats = data.examples(80, seed=6)
+    infos = data.infos()
+    lawyer = [i.name for i in infos].index("lawyer")
+    before = fit.predictor.predict_batch([f for _, f in feats], infos)
+    assert not before.known[lawyer]
+    scored = fit.predictor.with_anchor_model(
+        "lawyer", [(e.features, e.score, e.output_tokens) for e in anchors]
+    )
+    after = scored.predict_batch([f for _, f in feats], infos)
+    assert after.known[lawyer]
+    q = after.quality[:, lawyer]
+    by_topic = {t: q[[i for i, (tt, _) in enumerate(feats) if tt == t]].mean() for t in data.TOPICS}
+    # true skills: law 0.95, history 0.4, biology 0.3, algebra 0.1
+    assert by_topic["law"] == max(by_topic.values()) and by_topic["algebra"] == min(by_topic.values())
+    assert by_topic["law"] - by_topic["algebra"] > 0.25
+
+
+def test_the_engine_protocol_marks_unknown_models_and_explains_the_choice(trained: FitResult) -> None:
+    _, feats = data.examples(1, seed=7)
+    specs = [_spec("large", 5), _spec("brand-new", 3)]
+    preds = trained.predictor.predict(feats[0][1], specs)
+    assert preds[0].known and not preds[1].known
+    assert 0.0 <= preds[0].quality <= 1.0 and preds[0].uncertainty > 0 and preds[0].output_tokens > 1
+    assert preds[0].latency_ms > 0
+    contributions = trained.predictor.contributions(feats[0][1], specs[0], top=3)
+    assert 0 < len(contributions) <= 3
+    assert all({"feature", "value", "contribution"} <= set(c) for c in contributions)
+    assert trained.predictor.contributions(feats[0][1], specs[1]) == []
+
+
+def test_unpriced_models_are_scored_too(trained: FitResult) -> None:
+    _, feats = data.examples(3, seed=8)
+    batch = trained.predictor.predict_batch([f for _, f in feats], [ModelInfo("large")])
+    assert batch.known[0] and np.all((batch.quality >= 0) & (batch.quality <= 1))
