@@ -27,7 +27,7 @@ from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.live_data import TrainingData, training_data
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.shadow import shadow_start
-from feedback.services.training import TrainingExample, predictor_evaluate, predictor_train
+from feedback.services.training import TrainingExample, predictor_evaluate, predictor_train, split_examples
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.fit import FitParams
 from routing.predictor.model import ScopePredictor
@@ -109,20 +109,55 @@ def _held_out(key: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < share
 
 
-def split_recent(
-    data: TrainingData, share: float
-) -> tuple[list[TrainingExample], list[TrainingExample], dict[str, int]]:
-    """Train / held-out: the newest `share` of live examples and a fixed `share` of imported prompts."""
-    live = [x.example for x in data.live]  # oldest first
-    n_live_holdout = math.ceil(len(live) * share) if len(live) >= 5 else 0
-    live_train, live_holdout = live[: len(live) - n_live_holdout], live[len(live) - n_live_holdout :]
-    imported_train = [e for e in data.imported if not _held_out(e.prompt_key, share)]
-    imported_holdout = [e for e in data.imported if _held_out(e.prompt_key, share)]
-    counts = {
+def split_for_comparison(
+    data: TrainingData, share: float, champion: PredictorVersion | None
+) -> tuple[list[TrainingExample], list[TrainingExample], dict[str, Any]]:
+    """Train / held-out so that neither predictor has seen the held-out examples.
+
+    Live: the newest `share` of the examples logged after the champion was trained. Imported:
+    the champion's own held-out prompts when its lineage says how it split them (this module's
+    hash rule, or predictor_train's seed + share over the same sources); prompts of sources the
+    champion never saw, and everything when there is no champion, by the hash rule.
+    """
+    lineage = (champion.metadata or {}).get("lineage", {}) if champion else {}
+    rule = "sha256"
+    champion_keys: set[str] | None = None
+    if champion is not None and lineage.get("holdout_rule") != "sha256":
+        seed, champion_share = lineage.get("seed"), lineage.get("holdout_share")
+        if isinstance(seed, int) and isinstance(champion_share, int | float) and champion_share > 0:
+            seen_sources = set(lineage.get("sources") or {})
+            subset = [e for e in data.imported if e.source.removeprefix("eval:") in seen_sources]
+            _, champion_holdout = split_examples(subset, seed=seed, holdout_share=float(champion_share))
+            champion_keys = {e.prompt_key for e in champion_holdout}
+            rule = f"champion split (seed {seed}, share {champion_share}) over {sorted(seen_sources)}"
+        else:
+            rule = "sha256 (the champion's split is unknown: its scores may be optimistic)"
+    rule_share = (
+        float(lineage.get("comparison_holdout_share", share))
+        if lineage.get("holdout_rule") == "sha256"
+        else share
+    )
+    seen = set(lineage.get("sources") or {}) if champion_keys is not None else set()
+
+    def held(e: TrainingExample) -> bool:
+        if champion_keys is not None and e.source.removeprefix("eval:") in seen:
+            return e.prompt_key in champion_keys
+        return _held_out(e.prompt_key, rule_share)
+
+    imported_train = [e for e in data.imported if not held(e)]
+    imported_holdout = [e for e in data.imported if held(e)]
+    cutoff = champion.created_at if champion is not None else None
+    fresh = [x.example for x in data.live if cutoff is None or x.created_at > cutoff]  # oldest first
+    n_live = math.ceil(len(fresh) * share) if len(fresh) >= 5 else 0
+    held_live = {id(e) for e in fresh[len(fresh) - n_live :]}
+    live_train = [x.example for x in data.live if id(x.example) not in held_live]
+    live_holdout = [e for e in fresh if id(e) in held_live]
+    counts: dict[str, Any] = {
         "train_live": len(live_train),
         "train_imported": len(imported_train),
         "holdout_live": len(live_holdout),
         "holdout_imported": len(imported_holdout),
+        "holdout_rule": rule,
     }
     return live_train + imported_train, live_holdout + imported_holdout, counts
 
@@ -183,7 +218,8 @@ def _execute(run: TrainingRun) -> None:
         weights=params.get("weights"),
         include_imported=bool(params.get("include_imported", True)),
     )
-    train, holdout, split_counts = split_recent(data, share)
+    champion_version, champion = _champion()  # the one compared against, fixed for this run
+    train, holdout, split_counts = split_for_comparison(data, share, champion_version)
     counts = {**data.counts, **split_counts}
     TrainingRun.objects.filter(pk=run.pk).update(data_counts=counts)
     if not train:
@@ -195,10 +231,15 @@ def _execute(run: TrainingRun) -> None:
         holdout_share=0.0,  # held-out data is chosen above, shared with the champion
         params=FitParams(**(params.get("fit") or {})),
         progress=_Progress(run.pk, 0.1, 0.85),
-        lineage={"training_run": run.pk, "trigger": run.trigger, "counts": counts},
+        lineage={
+            "training_run": run.pk,
+            "trigger": run.trigger,
+            "counts": counts,
+            "holdout_rule": "sha256",
+            "comparison_holdout_share": share,
+        },
     )
     _Progress(run.pk, 0.85, 0.95)(0.0, "evaluating champion and challenger")
-    champion_version, champion = _champion()
     live_holdout = holdout[: split_counts["holdout_live"]]
     metrics: dict[str, Any] = {
         "challenger": _evaluate(trained.predictor, holdout, data),

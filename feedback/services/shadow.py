@@ -32,6 +32,7 @@ from scope_site.errors import InvalidRequest, NotFound
 log = logging.getLogger(__name__)
 CACHE_KEY = "scope:predictor:shadow-id"
 CHECK_SECONDS = 5.0
+CACHE_SECONDS = 30  # other processes without a shared cache (embedded mode) notice a change within it
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _shadow_id() -> int | None:
     if cached is not None:
         return int(cached) or None
     row = PredictorVersion.objects.filter(metadata__shadow__isnull=False).values_list("pk", flat=True).first()
-    cache.set(CACHE_KEY, row or 0, timeout=None)
+    cache.set(CACHE_KEY, row or 0, timeout=CACHE_SECONDS)  # locmem (embedded) caches are per process
     return row
 
 
@@ -85,14 +86,17 @@ def shadow_explanation(
 ) -> dict[str, Any] | None:
     """The shadow's predictions for this request and the model it would have ranked first."""
     predictor = shadow_predictor()
-    if predictor is None or not models:
+    if predictor is None:
+        return None
+    eligible = {c.model.name for c in decision.candidates if c.eligible}
+    models = [m for m in models if m.name in eligible]  # only what could have been chosen
+    if not models:
         return None
     try:
         predictions = predictor.predict(features, models)
     except Exception:  # noqa: BLE001 - never let the shadow fail a live request
         log.exception("shadow prediction failed")
         return None
-    eligible = {c.model.name for c in decision.candidates if c.eligible}
     scored = {}
     for spec, p in zip(models, predictions, strict=True):
         cost = spec.cost_usd(features.input_tokens, p.output_tokens)
@@ -143,7 +147,7 @@ def shadow_stop() -> None:
 
 
 def _announce(version_id: int | None) -> None:
-    cache.set(CACHE_KEY, version_id or 0, timeout=None)
+    cache.set(CACHE_KEY, version_id or 0, timeout=CACHE_SECONDS)
     shadow_reset()
 
 

@@ -121,3 +121,19 @@ def test_requesting_a_run_enqueues_it_on_commit(
     assert callbacks  # eager Celery here: the task ran when the transaction committed
     run.refresh_from_db()
     assert run.status == TrainingRunStatus.PROMOTED
+
+
+def test_the_held_out_set_is_the_champions_own_held_out_when_its_split_is_known(catalog: Any) -> None:
+    from feedback.services.retraining import split_for_comparison
+    from feedback.services.training import split_examples
+
+    make_eval_data(20)
+    data = training_data()
+    champion = PredictorVersion(
+        name="external", metadata={"lineage": {"seed": 3, "holdout_share": 0.25, "sources": {"unit": 120}}}
+    )
+    _, holdout, counts = split_for_comparison(data, 0.2, champion)
+    raw = [e for e in data.imported if e.source == "eval:unit"]
+    _, champion_holdout = split_examples(raw, seed=3, holdout_share=0.25)
+    assert {e.prompt_key for e in holdout} == {e.prompt_key for e in champion_holdout}
+    assert counts["holdout_rule"].startswith("champion split")

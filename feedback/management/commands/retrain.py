@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from feedback.services.retraining import retraining_execute, retraining_request
+from scope_site.errors import ApplicationError
+
+
+class Command(BaseCommand):
+    help = (
+        "Run one champion/challenger retraining now (what the schedule runs): train on live feedback + "
+        "imported outcomes, compare on the same held-out data, promote only if better by the margin."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--margin", type=float, help="Brier improvement needed (default SCOPE_RETRAIN_MIN_IMPROVEMENT)"
+        )
+        parser.add_argument("--eval-source", help="only this imported data set (EvalPrompt source)")
+        parser.add_argument("--weights", help='per-source weights as JSON, e.g. {"feedback": 3, "eval": 1}')
+        parser.add_argument("--no-shadow", action="store_true", help="do not shadow a rejected challenger")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        params: dict[str, Any] = {"seed": options["seed"], "shadow": not options["no_shadow"]}
+        if options["margin"] is not None:
+            params["margin"] = options["margin"]
+        if options["eval_source"]:
+            params["eval_source"] = options["eval_source"]
+        if options["weights"]:
+            try:
+                params["weights"] = {k: float(v) for k, v in json.loads(options["weights"]).items()}
+            except (ValueError, AttributeError, TypeError):
+                raise CommandError("--weights must be a JSON object of numbers") from None
+        try:
+            run = retraining_request(trigger="command", params=params)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
+        run = retraining_execute(run_id=run.pk)  # a no-op if a worker already took it
+        metrics = run.metrics or {}
+        self.stdout.write(f"training run {run.pk}: {run.status}")
+        self.stdout.write(f"data: {json.dumps(run.data_counts, sort_keys=True)}")
+        for side in ("champion", "challenger"):
+            m = metrics.get(side) or {}
+            if m:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+                self.stdout.write(f"{side}: {json.dumps(shown, sort_keys=True)}")
+        if metrics.get("decision"):
+            self.stdout.write(str(metrics["decision"]))
+        if run.error:
+            raise CommandError(run.error)
