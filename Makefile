@@ -34,7 +34,7 @@ run: install
 serve: install
 	@$(MANAGE) migrate --noinput -v0
 	@$(MANAGE) collectstatic --noinput -v0
-	$(VENV)/bin/gunicorn scope_site.wsgi:application --bind $(HOST):$(PORT) --workers $(WORKERS) \
+	$(VENV)/bin/gunicorn scope_site.wsgi:application -c scope_site/gunicorn_conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) \
 		--worker-class sync --max-requests 20000 --max-requests-jitter 2000 --access-logfile - --timeout 120
 
 worker: install

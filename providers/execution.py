@@ -25,7 +25,12 @@ from django.conf import settings
 from feedback.services.outcomes import TokenCount, outcome_cost_usd, outcome_record
 from providers.adapters import adapter_for
 from providers.adapters.base import ChatRequest, Completion, Target, Usage
-from providers.balancing import DeploymentsUnavailable, deployment_acquire, deployment_release
+from providers.balancing import (
+    DeploymentsUnavailable,
+    deployment_acquire,
+    deployment_record_failure,
+    deployment_release,
+)
 from providers.chat_request import ParsedChat, chat_body_parse
 from providers.circuit import (
     CircuitState,
@@ -292,7 +297,9 @@ def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: f
     )
     metrics.UPSTREAM_CALLS.labels(target.model, target.provider, err.error_class).inc()
     metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(elapsed_s)
-    if not err.request_is_bad:
+    # HOOK(balancing): a deployment's failure counts against its own circuit; the model's circuit
+    # only counts it when no other deployment of the model is left to serve
+    if not err.request_is_bad and deployment_record_failure(target, error_class=err.error_class):
         circuit_record_failure(target.model, error_class=err.error_class)
 
 

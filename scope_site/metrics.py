@@ -29,8 +29,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from scope_site.errors import json_error
-
 REQUESTS = Counter(
     "scope_requests",
     "Chat completion requests by endpoint, policy, answering model and result",
@@ -116,6 +114,8 @@ def metrics_render(*, multiproc_dir: str | None = None) -> bytes:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    from scope_site.errors import json_error  # imported here so worker processes can import metrics early
+
     token = settings.SCOPE_METRICS_TOKEN
     if token:
         scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")

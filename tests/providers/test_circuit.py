@@ -1,0 +1,137 @@
+"""Circuit breaker: opens after N failures in a window, shows in decisions, half-opens after the cool-down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from providers import circuit
+from providers.circuit import (
+    CircuitState,
+    circuit_allow,
+    circuit_record_failure,
+    circuit_record_success,
+    circuit_status,
+    with_circuit_health,
+)
+from routing.models import DecisionLog
+from routing.selectors import model_specs
+from tests.factories import make_policy
+from tests.providers.conftest import upstream_model
+from tests.upstreams import Fail, FakeUpstream, Reply
+
+Api = Callable[..., Any]
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+class Clock:
+    def __init__(self, start: float = 1_000_000.0):
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(circuit, "now", fake)
+    return fake
+
+
+def test_it_opens_after_n_failures_within_the_window(clock: Clock) -> None:
+    for _ in range(2):
+        circuit_record_failure("m", error_class="timeout")
+    assert circuit_status("m").state is CircuitState.CLOSED
+    circuit_record_failure("m", error_class="timeout")
+    status = circuit_status("m")
+    assert status.state is CircuitState.OPEN and "3 failures" in status.reason and "timeout" in status.reason
+    assert circuit_allow("m") is not None
+
+
+def test_failures_in_different_windows_do_not_add_up(clock: Clock) -> None:
+    circuit_record_failure("m", error_class="upstream_error")
+    circuit_record_failure("m", error_class="upstream_error")
+    clock.t += 61  # the next 60 s window
+    circuit_record_failure("m", error_class="upstream_error")
+    assert circuit_status("m").state is CircuitState.CLOSED
+
+
+def test_after_the_cool_down_exactly_one_probe_goes_through(clock: Clock) -> None:
+    for _ in range(3):
+        circuit_record_failure("m", error_class="upstream_error")
+    clock.t += 29
+    assert circuit_status("m").state is CircuitState.OPEN
+    clock.t += 2  # cool-down of 30 s is over
+    assert circuit_status("m").state is CircuitState.HALF_OPEN
+    assert circuit_allow("m") is None  # the probe
+    refused = circuit_allow("m")
+    assert refused is not None and "probing" in refused.reason
+
+
+def test_a_successful_probe_closes_the_circuit(clock: Clock) -> None:
+    for _ in range(3):
+        circuit_record_failure("m", error_class="upstream_error")
+    clock.t += 31
+    assert circuit_allow("m") is None
+    circuit_record_success("m")
+    assert circuit_status("m").state is CircuitState.CLOSED
+    assert circuit_allow("m") is None and circuit_allow("m") is None
+
+
+def test_a_failed_probe_opens_it_for_another_cool_down(clock: Clock) -> None:
+    for _ in range(3):
+        circuit_record_failure("m", error_class="upstream_error")
+    clock.t += 31
+    assert circuit_allow("m") is None
+    circuit_record_failure("m", error_class="timeout")
+    assert circuit_status("m").state is CircuitState.OPEN
+    clock.t += 29
+    assert circuit_status("m").state is CircuitState.OPEN
+    clock.t += 2
+    assert circuit_status("m").state is CircuitState.HALF_OPEN
+
+
+@pytest.fixture
+def pair(api: Api) -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    with FakeUpstream() as first, FakeUpstream() as second:
+        upstream_model("first", first, tier=5)
+        upstream_model("second", second, tier=3)
+        make_policy("pair", strategy="hybrid", alpha=0.5, allowed_models=["first", "second"])
+        yield first, second
+
+
+def test_an_open_circuit_excludes_the_model_in_the_decision_with_its_reason(
+    api: Api, pair: tuple[FakeUpstream, FakeUpstream], clock: Clock
+) -> None:
+    first, second = pair
+    first.default = Fail(500)
+    body = {"model": "scope/pair", "messages": HELLO}
+    for _ in range(2):  # 2 attempts each (one retry): the circuit opens during the second request
+        assert api("/v1/chat/completions", body)["X-Scope-Model"] == "second"
+    calls_before = len(first.requests)
+    assert calls_before == 3  # the third failure opened it; no retry into an open circuit
+    response = api("/v1/chat/completions", body)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    assert "X-Scope-Fallbacks" not in response  # the decision itself already passed `first` over
+    row = DecisionLog.objects.get(pk=response["X-Scope-Decision-Id"])
+    excluded = {c["model"]: c["excluded_reason"] for c in row.candidates}
+    assert excluded["first"].startswith("circuit open") and row.chosen_model == "second"
+    assert len(first.requests) == calls_before
+
+    # cool-down over: `first` is routed to again as the probe; it has recovered, so the circuit closes
+    clock.t += 31
+    first.default = Reply("recovered")
+    response = api("/v1/chat/completions", body)
+    assert response["X-Scope-Model"] == "first"
+    assert circuit_status("first").state is CircuitState.CLOSED
+
+
+def test_with_circuit_health_leaves_closed_models_alone(catalog: Any, clock: Clock) -> None:
+    for _ in range(3):
+        circuit_record_failure("small", error_class="timeout")
+    specs = {s.name: s for s in with_circuit_health(model_specs())}
+    assert specs["small"].unavailable_reason.startswith("circuit open")
+    assert specs["medium"].unavailable_reason == "" and specs["large"].unavailable_reason == ""
