@@ -74,7 +74,7 @@ def _fill(n: int) -> None:
             decisions=todo,
             days=30,
             policies=["default", "cheap-first", "quality-first", "eu-only"],
-            experiment=("alpha-test", ["balanced", "cheap"]),
+            experiment=("alpha-test", {"balanced": "default", "cheap": "cheap-first"}),
             progress=bar.update,
         )
     took = time.perf_counter() - started

@@ -159,7 +159,7 @@ def generate(
     decisions: int,
     days: float = 30.0,
     policies: list[str] | None = None,
-    experiment: tuple[str, list[str]] | None = None,
+    experiment: tuple[str, dict[str, str]] | None = None,
     outcome_share: float = 0.3,
     feedback_share: float = 0.05,
     pool_size: int = 400,
@@ -168,7 +168,9 @@ def generate(
     batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
 ) -> Generated:
+    """`experiment` = (name, {arm: policy slug}): rows of an arm's policy are tagged with that arm."""
     rng = random.Random(seed)
+    arms_by_policy = {policy: arm for arm, policy in (experiment[1] if experiment else {}).items()}
     end = end or timezone.now() - timedelta(seconds=10)
     pool = _pool(pool_size, policies or ["default"], rng)
     check = pool[0]
@@ -198,9 +200,9 @@ def generate(
                 "experiment": "",
                 "arm": "",
             }
-            if experiment and rng.random() < 0.25:
-                per_row["experiment"] = experiment[0]
-                per_row["arm"] = experiment[1][rng.randrange(len(experiment[1]))]
+            arm = arms_by_policy.get(pooled.fields["policy_slug"])
+            if arm and experiment and rng.random() < 0.5:
+                per_row["experiment"], per_row["arm"] = experiment[0], arm
             row = {**pooled.fields, **per_row, "row_hash": _row_hash(pooled, per_row)}
             rows.append(row)
             canon[row["id"]] = pooled.canon

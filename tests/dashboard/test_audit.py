@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
 from unittest import mock
 
+import pytest
 from django.db import connection
 from django.utils import timezone
 
@@ -131,3 +133,14 @@ def test_auditor_page_reports_an_intact_chain(persona: Any, decisions: list[Deci
     audit_seal(now=LATER, batch_rows=4)
     body = persona("auditor").get("/audit/verify", HTTP_HX_REQUEST="true").content.decode()
     assert "Chain intact" in body and "10 rows verified" in body
+
+
+def test_audit_verify_command_fails_naming_the_row(decisions: list[DecisionLog]) -> None:
+    from django.core.management import CommandError, call_command
+
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert "chain intact: 10 rows" in out.getvalue()
+    _sql('UPDATE routing_decisionlog SET "user" = %s WHERE id = %s', ["mallory", _db_id(decisions[4])])
+    with pytest.raises(CommandError, match=str(decisions[4].id)):
+        call_command("audit_verify")
