@@ -66,7 +66,7 @@ def users(transactional_db: Any) -> None:
 
 
 @pytest.fixture
-def login(browser: Any, live_server: Any, users: None) -> Callable[[str], Any]:
+def login(browser: Any, live_server: Any, users: None) -> Iterator[Callable[[str], Any]]:
     contexts: list[Any] = []
 
     def as_(username: str) -> Any:

@@ -139,7 +139,7 @@ def test_overview_page_renders_with_no_data(persona: Any, db: Any) -> None:
 
 
 def test_baseline_is_the_best_predicted_model_cheapest_on_ties() -> None:
-    candidates = [
+    candidates: list[dict[str, Any]] = [
         {"model": "a", "predictions": {"quality": 0.9, "cost_usd": 0.03}},
         {"model": "b", "predictions": {"quality": 0.9, "cost_usd": 0.02}},
         {"model": "c", "predictions": {"quality": 0.5, "cost_usd": 0.001}},
