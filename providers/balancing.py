@@ -303,6 +303,8 @@ def deployment_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
 def deployment_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -> None:
     """The call to `target` ended: free its in-flight slot, true up its tokens, learn its latency.
 
+    Failures are counted separately (`deployment_record_failure`), where the error is known.
+
     Safe to call more than once for one acquire (a retried attempt reuses its target): only the
     first release frees the slot; later ones count their tokens and latency.
     """
@@ -332,9 +334,23 @@ def deployment_release(target: Target, *, ok: bool, tokens: int, latency_s: floa
     except CACHE_ERRORS as exc:
         warn_degraded("deployment limits and load data", exc)
     if ok:
-        circuit_record_success(key)
-    else:
-        circuit_record_failure(key, error_class="deployment_error")
+        circuit_record_success(key)  # also closes a half-open deployment circuit after its probe
+
+
+def deployment_record_failure(target: Target, *, error_class: str) -> bool:
+    """Count an upstream failure against the deployment's circuit (not for requests that were bad).
+
+    Returns whether the failure should also count against the model's circuit: yes for a model
+    served by its own provider, and for a deployment whose siblings are all open too (the model
+    then really has nowhere left to go); no while a healthy sibling can still serve it.
+    """
+    if not target.deployment:
+        return True
+    key = f"{target.model}@{target.deployment}"
+    circuit_record_failure(key, error_class=error_class)
+    siblings = [s.key for s in model_deployments(target.model) if s.key != key]
+    states = circuit_states(siblings)
+    return all(states[name].state is CircuitState.OPEN for name in siblings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from typing import Any, cast
@@ -12,6 +13,7 @@ from providers.balancing import (
     DeploymentsUnavailable,
     deployment_acquire,
     deployment_loads,
+    deployment_record_failure,
     deployment_release,
 )
 from providers.circuit import circuit_record_failure
@@ -137,13 +139,25 @@ def test_a_failing_deployment_is_taken_out_while_the_others_keep_serving(
     assert {d.name: d.circuit for d in deployment_loads("llama")}["bad"] == "open"
 
 
-def test_a_failed_call_opens_the_deployment_circuit(clock: list[float], settings: Any) -> None:
+def test_failures_open_the_deployment_circuit_and_reach_the_model_only_when_no_sibling_is_left(
+    clock: list[float], settings: Any
+) -> None:
     settings.SCOPE_CIRCUIT_FAILURES = 2
-    model = _model(only={})
-    for _ in range(2):
-        deployment_release(deployment_acquire(model, estimated_tokens=1), ok=False, tokens=0, latency_s=1.0)
-    with pytest.raises(DeploymentsUnavailable, match="only: circuit open"):
+    model = _model(a={"weight": 1}, b={"weight": 1})
+    target_a = dataclasses.replace(deployment_acquire(model, estimated_tokens=1), deployment="a")
+    target_b = dataclasses.replace(target_a, deployment="b")
+    assert [deployment_record_failure(target_a, error_class="server_error") for _ in range(2)] == [
+        False,
+        False,
+    ]
+    assert {deployment_acquire(model, estimated_tokens=1).deployment for _ in range(10)} == {"b"}
+    # b's failures now count for the model too: its only sibling is open, nothing else can serve
+    assert deployment_record_failure(target_b, error_class="server_error") is True
+    deployment_record_failure(target_b, error_class="server_error")
+    with pytest.raises(DeploymentsUnavailable, match="a: circuit open.*b: circuit open"):
         deployment_acquire(model, estimated_tokens=1)
+    solo = cast(LLMModel, LLMModelFactory(name="solo"))
+    assert deployment_record_failure(deployment_acquire(solo, estimated_tokens=1), error_class="x") is True
 
 
 @pytest.mark.django_db(transaction=True)

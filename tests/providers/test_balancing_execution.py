@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from feedback.models import Outcome
-from providers.circuit import circuit_record_failure
+from providers.circuit import circuit_record_failure, circuit_status
 from providers.deployments import deployment_upsert
 from providers.services import provider_upsert
 from routing.models import SpendLedger
@@ -94,3 +94,19 @@ def test_a_key_over_its_daily_budget_gets_a_429_and_spend_is_recorded(api: Api, 
 def test_a_key_over_its_rpm_limit_gets_a_429_from_chat_completions(api: Api, upstreams: Any) -> None:
     _, key = make_api_key("rpm", rpm_limit=2)
     assert [chat(api, key=key).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_failing_deployment_does_not_open_the_model_while_a_sibling_serves(
+    api: Api, upstreams: Any
+) -> None:
+    first, second, extra = upstreams
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    first.default = Fail(503)
+    models = [chat(api)["X-Scope-Model"] for _ in range(6)]
+    # until home's circuit opens (3 failures) its failed calls fall back to the next model; then
+    # `first` is served by its healthy sibling, and the model's own circuit never opened
+    assert models[:2] == ["second", "second"] and models[2:] == ["first"] * 4
+    assert circuit_status("first").state == "closed"
+    assert circuit_status("first@home").state == "open"
+    assert len(extra.requests) == 4
