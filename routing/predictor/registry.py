@@ -106,3 +106,12 @@ def active_scope_predictor() -> ScopePredictor | None:
 def reset() -> None:
     """Forget the cached lookup (the next call checks again); loaded predictors stay until replaced."""
     _state.checked_at = -1e9
+
+
+def clear() -> None:
+    """Forget everything this process loaded (tests; a process that must start over)."""
+    with _state.lock:
+        _state.checked_at = -1e9
+        _state.version_id = None
+        _state.predictor = None
+        _state.refused.clear()

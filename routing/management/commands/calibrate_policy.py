@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from feedback.services.calibration import describe, policy_calibrate
+from feedback.services.alpha_calibration import describe, policy_calibrate
 from scope_site.errors import ApplicationError
 
 
