@@ -10,6 +10,7 @@ from feedback.api import FeedbackApi
 from providers.openai_api import ChatCompletionsApi, ModelDetailApi, ModelsApi
 from routing.api import RouteApi
 from routing.jobs_api import JobCreateApi, JobDetailApi
+from routing.usage_api import UsageApi
 from scope_site.health import healthz
 from scope_site.metrics import metrics_view
 
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/v1/feedback", FeedbackApi.as_view(), name="feedback"),
     path("api/v1/jobs", JobCreateApi.as_view(), name="job-create"),
     path("api/v1/jobs/<uuid:job_id>", JobDetailApi.as_view(), name="job-detail"),
+    path("api/v1/usage", UsageApi.as_view(), name="usage"),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="models"),
     path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),

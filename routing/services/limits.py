@@ -104,6 +104,11 @@ def _period_end(period: str, start: dt.date) -> dt.datetime:
     return dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC)
 
 
+def period_resets_at(period: str, start: dt.date) -> dt.datetime:
+    """When the budget period that began on `start` ends (UTC midnight / the 1st of next month)."""
+    return _period_end(period, start)
+
+
 def _budget(api_key: ApiKey, period: str) -> Decimal | None:
     value = api_key.daily_budget_usd if period == SpendPeriod.DAY else api_key.monthly_budget_usd
     return None if value is None else Decimal(value)

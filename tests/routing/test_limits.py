@@ -208,3 +208,25 @@ def test_concurrent_admissions_never_reserve_past_the_budget(catalog: Any) -> No
         thread.join(timeout=30)
     day.refresh_from_db()
     assert (day.spent_usd, day.reserved_usd) == (Decimal("2.5"), Decimal(0))
+
+
+def test_a_key_reads_its_own_limits_and_spend(catalog: Any) -> None:
+    from django.test import Client
+
+    key, plain = make_api_key("usage", daily_budget_usd=Decimal("2"), rpm_limit=30)
+    budget_settle(reservation=budget_reserve(api_key=key, predicted_cost_usd=0.5), actual_cost_usd=0.75)
+    budget_reserve(api_key=key, predicted_cost_usd=0.25)  # still in flight
+    response = Client().get("/api/v1/usage", HTTP_AUTHORIZATION=f"Bearer {plain}")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["api_key"], body["rpm_limit"]) == ("usage", 30)
+    day, month = body["periods"]
+    assert (day["period"], day["budget_usd"], day["spent_usd"], day["reserved_usd"]) == (
+        "day",
+        2.0,
+        0.75,
+        0.25,
+    )
+    assert day["remaining_usd"] == 1.0 and day["resets_at"].endswith("T00:00:00+00:00")
+    assert (month["budget_usd"], month["remaining_usd"], month["spent_usd"]) == (None, None, 0.75)
+    assert Client().get("/api/v1/usage").status_code == 401
