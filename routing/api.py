@@ -5,6 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from routing.route_input import route_input_validate
 from routing.serializers import ErrorSerializer, RouteInputSerializer, RouteOutputSerializer
 from routing.services.limits import rpm_admit
 from routing.services.route import decision_payload, route_decide
@@ -32,9 +33,7 @@ class RouteApi(APIView):
     )
     def post(self, request: Request) -> Response:
         rpm_admit(api_key=request.auth)
-        serializer = RouteInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = route_input_validate(request.data)  # RouteInputSerializer's result, faster
         result = route_decide(
             messages=data["messages"],
             api_key=request.auth,
