@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from django.db.models import Avg, Count, Q, StdDev, Sum
@@ -194,6 +195,54 @@ def _calibration(metrics: Mapping[str, Any]) -> list[dict[str, float]]:
     return bins
 
 
+@lru_cache(maxsize=8)
+def _artifact_importance(name: str) -> tuple[tuple[str, float], ...]:
+    """Total gain per design feature over the quality boosters (cached per version: artifacts are immutable)."""
+    try:
+        import xgboost as xgb
+
+        from routing.predictor.artifact import unpack
+
+        row = PredictorVersion.objects.filter(name=name).only("artifact").first()
+        if row is None:
+            return ()
+        predictor = unpack(bytes(row.artifact), version=name)
+        totals: dict[str, float] = {}
+        for role, raw in zip(predictor.roles, predictor.boosters, strict=False):
+            if role != "quality":
+                continue
+            booster = xgb.Booster()
+            booster.load_model(bytearray(raw))
+            for key, gain in booster.get_score(importance_type="total_gain").items():
+                index = int(key[1:]) if key[:1] == "f" and key[1:].isdigit() else -1
+                label = predictor.names[index] if 0 <= index < len(predictor.names) else key
+                totals[label] = totals.get(label, 0.0) + float(gain)  # type: ignore[arg-type]
+    except Exception:  # an unreadable artifact must not take the page down; the chart is just empty
+        return ()
+    total = sum(totals.values()) or 1.0
+    return tuple(sorted(((k, v / total) for k, v in totals.items()), key=lambda p: -p[1])[:20])
+
+
+def live_calibration(version: str, *, limit: int = 20_000, bins: int = 10) -> list[dict[str, float]]:
+    """Predicted quality of the chosen model vs. the feedback it got, for the latest `limit` ratings."""
+    pairs = (
+        Feedback.objects.filter(
+            decision__predictor_version=version, decision__predicted_quality__isnull=False
+        )
+        .order_by("-id")
+        .values_list("decision__predicted_quality", "score")[:limit]
+    )
+    sums = [[0.0, 0.0, 0] for _ in range(bins)]
+    for predicted, observed in pairs:
+        if predicted is None:
+            continue
+        b = sums[min(bins - 1, max(0, int(predicted * bins)))]
+        b[0] += predicted
+        b[1] += observed
+        b[2] += 1
+    return [{"predicted": p / n, "observed": o / n, "count": float(n)} for p, o, n in sums if n]
+
+
 def _importance(version: PredictorVersion) -> list[tuple[str, float]]:
     raw: Any = None
     for source in (version.metadata or {}, version.metrics or {}):
@@ -213,7 +262,7 @@ def _importance(version: PredictorVersion) -> list[tuple[str, float]]:
                 pairs.append((str(item.get("feature")), float(item.get("importance", item.get("gain")))))
             elif isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], int | float):
                 pairs.append((str(item[0]), float(item[1])))
-    return sorted(pairs, key=lambda p: -p[1])[:20]
+    return sorted(pairs, key=lambda p: -p[1])[:20] or list(_artifact_importance(version.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +271,7 @@ class PredictorPage:
     shown: PredictorVersion | None
     metrics: list[tuple[str, float]]
     calibration: list[dict[str, float]]
+    calibration_source: str
     importance: list[tuple[str, float]]
     runs: list[TrainingRun]
 
@@ -230,11 +280,14 @@ def predictor_page(*, version_name: str = "") -> PredictorPage:
     versions = list(PredictorVersion.objects.defer("artifact").order_by("-created_at")[:30])
     shown = next((v for v in versions if v.name == version_name), None) if version_name else None
     shown = shown or next((v for v in versions if v.is_active), None) or (versions[0] if versions else None)
+    stored = _calibration(shown.metrics or {}) if shown else []
+    calibration = stored or (live_calibration(shown.name) if shown else [])
     return PredictorPage(
         versions=versions,
         shown=shown,
         metrics=_numbers(shown.metrics or {}) if shown else [],
-        calibration=_calibration(shown.metrics or {}) if shown else [],
+        calibration=calibration,
+        calibration_source="held-out evaluation" if stored else "live feedback on this version's decisions",
         importance=_importance(shown) if shown else [],
         runs=list(TrainingRun.objects.order_by("-created_at")[:10]),
     )
