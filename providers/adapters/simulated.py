@@ -26,77 +26,16 @@ from providers.http import PERMANENT_STATUSES, ProviderError
 from routing.features import estimate_tokens, message_text
 
 SIMULATED_FINGERPRINT = "scope-simulated"
-_VOCABULARY = [
-    "the",
-    "request",
-    "asks",
-    "for",
-    "a",
-    "clear",
-    "answer",
-    "and",
-    "this",
-    "simulated",
-    "model",
-    "gives",
-    "one",
-    "in",
-    "plain",
-    "words",
-    "with",
-    "a",
-    "few",
-    "steps",
-    "first",
-    "consider",
-    "what",
-    "is",
-    "known",
-    "then",
-    "weigh",
-    "the",
-    "options",
-    "and",
-    "finally",
-    "state",
-    "the",
-    "result",
-    "briefly",
-    "a",
-    "real",
-    "provider",
-    "would",
-    "reason",
-    "about",
-    "the",
-    "details",
-    "here",
-    "while",
-    "the",
-    "demo",
-    "only",
-    "shows",
-    "the",
-    "shape",
-    "timing",
-    "and",
-    "cost",
-    "of",
-    "an",
-    "answer",
-    "so",
-    "that",
-    "routing",
-    "fallbacks",
-    "streaming",
-    "and",
-    "budgets",
-    "can",
-    "be",
-    "tried",
-    "without",
-    "keys",
-]  # noqa: SIM905
+_SENTENCES = (
+    "A real provider would answer the question itself at this point.",
+    "This text comes from SCOPE's built-in demo provider: no model was called and no key was needed.",
+    "Routing, fallbacks, retries, streaming, budgets and metrics behave exactly as with real traffic.",
+    "The decision behind this answer is in the decision log, with every candidate and its predicted "
+    "quality, cost and latency.",
+    "Its length, speed and failures follow the model's sim_profile in the catalog.",
+    "Give a provider the kind openai_compatible or anthropic and a base_url to route real requests.",
+    "The usage block counts the words of this answer as its tokens.",
+)
 _random = random.Random()
 
 
@@ -131,10 +70,12 @@ def _answer_words(target: Target, request: ChatRequest) -> list[str]:
     wanted = 24 + seed % 72
     if request.max_tokens is not None:
         wanted = min(wanted, max(request.max_tokens, 1))
+    order = list(_SENTENCES)
+    rng.shuffle(order)
     while len(words) < wanted:
-        words.append(rng.choice(_VOCABULARY))
+        words.extend(" ".join(order).split())
     words = words[:wanted]
-    words[-1] = words[-1].rstrip(".") + "."
+    words[-1] = words[-1].rstrip(".,:;") + "."
     return words
 
 

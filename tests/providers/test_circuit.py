@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from providers.circuit import (
 )
 from routing.models import DecisionLog
 from routing.selectors import model_specs
+from tests.conftest import requires_redis
 from tests.factories import make_policy
 from tests.providers.conftest import upstream_model
 from tests.upstreams import Fail, FakeUpstream, Reply
@@ -135,3 +140,20 @@ def test_with_circuit_health_leaves_closed_models_alone(catalog: Any, clock: Clo
     specs = {s.name: s for s in with_circuit_health(model_specs())}
     assert specs["small"].unavailable_reason.startswith("circuit open")
     assert specs["medium"].unavailable_reason == "" and specs["large"].unavailable_reason == ""
+
+
+_OTHER_PROCESS = """
+import django
+django.setup()
+from providers.circuit import circuit_record_failure
+for _ in range(3):
+    circuit_record_failure("shared-model", error_class="timeout")
+"""
+
+
+@requires_redis
+def test_a_circuit_opened_in_another_process_is_open_here(db: Any) -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "scope_site.settings", "SCOPE_CIRCUIT_FAILURES": "3"}
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS], env=env, cwd=root, check=True, timeout=120)
+    assert circuit_status("shared-model").state is CircuitState.OPEN

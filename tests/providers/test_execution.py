@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from providers import http as provider_http
 from routing.models import DecisionLog
 from tests.factories import make_policy
 from tests.providers.conftest import upstream_model
-from tests.upstreams import Fail, FakeUpstream, Hang, Reply
+from tests.upstreams import Fail, FakeUpstream, Hang, Reply, Stream
 
 Api = Callable[..., Any]
 HELLO = [{"role": "user", "content": "Say hello to the test suite"}]
@@ -235,3 +236,45 @@ def test_a_bad_key_is_a_401_in_openai_shape(api: Api) -> None:
     assert response.json()["error"]["type"] == "authentication_error"
     missing = api("/v1/chat/completions", {"model": "scope/auto", "messages": HELLO}, key=None)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+
+
+def test_an_anthropic_model_answers_in_openai_shape(api: Api, anthropic_upstream: FakeUpstream) -> None:
+    upstream_model("claude-test", anthropic_upstream)
+    anthropic_upstream.script(Reply("Bonjour", prompt_tokens=9, completion_tokens=2))
+    messages = [{"role": "system", "content": "Answer in French."}, *HELLO]
+    response = api("/v1/chat/completions", {"model": "claude-test", "messages": messages, "max_tokens": 50})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (
+        body["choices"][0]["message"]["content"] == "Bonjour"
+        and body["choices"][0]["finish_reason"] == "stop"
+    )
+    assert body["usage"]["prompt_tokens"] == 9 and body["usage"]["completion_tokens"] == 2
+    sent = anthropic_upstream.requests[0].body
+    assert (
+        sent["system"] == "Answer in French."
+        and sent["max_tokens"] == 50
+        and sent["model"] == "claude-test-upstream"
+    )
+
+
+def test_an_anthropic_stream_is_relayed_as_chat_chunks(api: Api, anthropic_upstream: FakeUpstream) -> None:
+    upstream_model("claude-test", anthropic_upstream)
+    anthropic_upstream.script(Stream(pieces=("Bon", "jour")))
+    response = api(
+        "/v1/chat/completions",
+        {
+            "model": "claude-test",
+            "messages": HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    frames = b"".join(response.streaming_content).decode().split("\n\n")
+    assert frames[-2] == "data: [DONE]"
+    chunks = [json.loads(f.removeprefix("data: ")) for f in frames[:-2]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Bonjour"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+    outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
+    assert outcome.status == "ok" and not outcome.tokens_estimated and outcome.ttft_ms is not None
