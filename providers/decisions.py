@@ -149,6 +149,11 @@ def chat_decide(
             input_tokens=result.features.input_tokens,
             predicted_cost_usd=chosen.cost_usd if chosen else 0.0,
         )
-    metrics.ROUTE_SECONDS.labels(decided.policy_slug).observe(time.perf_counter() - started)
-    metrics.DECISIONS.labels(kind, decided.policy_slug, decided.order[0], decided.strategy).inc()
+    metrics.decision_observed(
+        kind=kind,
+        policy=decided.policy_slug,
+        model=decided.order[0],
+        strategy=decided.strategy,
+        seconds=time.perf_counter() - started,
+    )
     return decided

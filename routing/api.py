@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import time
+
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from providers.circuit import with_circuit_health
 from routing.route_input import route_input_validate
+from routing.selectors import model_specs
 from routing.serializers import ErrorSerializer, RouteInputSerializer, RouteOutputSerializer
 from routing.services.limits import rpm_admit
 from routing.services.route import decision_payload, route_decide
+from scope_site import metrics
 
 _ERRORS = {
     code: OpenApiResponse(ErrorSerializer, description=text)
@@ -34,6 +39,7 @@ class RouteApi(APIView):
     def post(self, request: Request) -> Response:
         rpm_admit(api_key=request.auth)
         data = route_input_validate(request.data)  # RouteInputSerializer's result, faster
+        started = time.perf_counter()
         result = route_decide(
             messages=data["messages"],
             api_key=request.auth,
@@ -44,5 +50,14 @@ class RouteApi(APIView):
             models=data.get("models", ()),
             user=data.get("user", ""),
             metadata=data.get("metadata"),
+            catalog=with_circuit_health(model_specs()),  # open circuits: excluded, with the reason
         )
-        return Response(decision_payload(result.row))
+        row = result.row
+        metrics.decision_observed(
+            kind="route",
+            policy=row.policy_slug,
+            model=row.chosen_model,
+            strategy=row.strategy,
+            seconds=time.perf_counter() - started,
+        )
+        return Response(decision_payload(row))

@@ -70,6 +70,13 @@ UPSTREAM_TTFT_SECONDS = Histogram(
 SPEND = Counter("scope_spend_usd", "Spend at catalog prices per policy and model", ["policy", "model"])
 TOKENS = Counter("scope_tokens", "Tokens per model and direction (input/output)", ["model", "direction"])
 
+
+def decision_observed(*, kind: str, policy: str, model: str, strategy: str, seconds: float) -> None:
+    """One logged decision (route-only, chat or job) and how long deciding took."""
+    ROUTE_SECONDS.labels(policy).observe(seconds)
+    DECISIONS.labels(kind, policy, model, strategy).inc()
+
+
 _CIRCUIT_STATES = ("closed", "half_open", "open")
 
 

@@ -114,7 +114,7 @@ REDIS_URL = env_url("REDIS_URL", schemes={"redis", "rediss", "unix"})
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "scope_site.cache.RedisCache",  # Django's, reusing its Redis client objects
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("SCOPE_CACHE_PREFIX", "scope"),
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},

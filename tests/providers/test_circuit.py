@@ -157,3 +157,13 @@ def test_a_circuit_opened_in_another_process_is_open_here(db: Any) -> None:
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", _OTHER_PROCESS], env=env, cwd=root, check=True, timeout=120)
     assert circuit_status("shared-model").state is CircuitState.OPEN
+
+
+def test_the_route_api_also_excludes_models_with_an_open_circuit(api: Api, clock: Clock) -> None:
+    for _ in range(3):
+        circuit_record_failure("small", error_class="upstream_error")
+    response = api("/api/v1/route", {"messages": HELLO, "alpha": 0.0})  # alpha 0 would pick the cheapest
+    assert response.status_code == 200
+    body = response.json()
+    excluded = {c["model"]: c["excluded_reason"] for c in body["candidates"]}
+    assert excluded["small"].startswith("circuit open") and body["model"] != "small"

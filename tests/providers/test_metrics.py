@@ -114,3 +114,11 @@ def test_metrics_can_require_a_token(db: Any, settings: Any) -> None:
     assert Client().get("/metrics").status_code == 401
     ok = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret")
     assert ok.status_code == 200 and ok["Content-Type"].startswith("text/plain")
+
+
+def test_route_only_decisions_are_counted_too(api: Api) -> None:
+    before = value("scope_decisions_total", kind="route", policy="default", model="small", strategy="hybrid")
+    response = api("/api/v1/route", {"messages": HELLO, "alpha": 0.0})
+    assert response.status_code == 200 and response.json()["model"] == "small"
+    after = value("scope_decisions_total", kind="route", policy="default", model="small", strategy="hybrid")
+    assert after == before + 1
