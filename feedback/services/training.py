@@ -157,7 +157,7 @@ def _routing_metrics(
     names: list[str],
     infos: dict[str, ModelInfo],
 ) -> dict[str, Any]:
-    """APGR over priced models on the prompts every priced model answered (when ≥ 2 and ≥ 20 prompts)."""
+    """APGR over priced models on the prompts every priced model answered (when ≥ 2 and ≥ 10 prompts)."""
     priced = [n for n in names if infos.get(n) and infos[n].input_usd_per_mtok is not None]
     if len(priced) < 2:
         return {}
@@ -166,7 +166,7 @@ def _routing_metrics(
         if e.model in priced:
             full.setdefault(keys[e.prompt_key], {})[e.model] = e
     rows = [i for i, got in full.items() if len(got) == len(priced)]
-    if len(rows) < 20:
+    if len(rows) < 10:
         return {}
     cols = [names.index(n) for n in priced]
     scores = np.asarray([[full[i][n].score for n in priced] for i in rows])

@@ -58,6 +58,9 @@ class FitParams:
     min_latency_rows: int = 50
     min_token_rows: int = 20
     head_alpha: float = 1.0
+    small_data_rows: int = 5000
+    min_validation_rows: int = 300
+    small_data_rounds: int = 120
     hide_head_share: float = 0.15
 
 
@@ -159,7 +162,8 @@ def fit_predictor(
         "eta": params.learning_rate,
         "subsample": 0.8,
         "colsample_bytree": 0.8,
-        "min_child_weight": 4,
+        # a hessian floor of 4 stops any split on a few hundred rows (logistic hessians are ≤ 0.25)
+        "min_child_weight": 4 if len(examples) >= params.small_data_rows else 1,
         "lambda": 2.0,
         "nthread": 2,
     }
@@ -168,8 +172,11 @@ def fit_predictor(
         sub_prompts = prompt_of_row[mask]
         holdout_draw = np.random.default_rng(seed * 97 + member).random(n_p) < 0.15
         val = holdout_draw[sub_prompts]
-        if val.sum() < 10 or (~val).sum() < 10:
+        rounds = params.max_rounds
+        if val.sum() < params.min_validation_rows or (~val).sum() < 10:
+            # too little to early-stop on: a fixed, shorter run on every row
             val = np.zeros(len(sub_prompts), dtype=bool)
+            rounds = min(params.max_rounds, params.small_data_rounds)
         xm, ym, wm = x[mask], target, w[mask]
         dtrain = xgb.DMatrix(xm[~val], label=ym[~val], weight=wm[~val], feature_names=names)
         evals = []
@@ -178,7 +185,7 @@ def fit_predictor(
         booster = xgb.train(
             {**base, "objective": objective, "seed": seed * 31 + member},
             dtrain,
-            num_boost_round=params.max_rounds,
+            num_boost_round=rounds,
             evals=evals,
             early_stopping_rounds=30 if evals else None,
             verbose_eval=False,

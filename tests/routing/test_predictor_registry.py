@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+
+from feedback.models import PredictorVersion
+from feedback.services.registry import predictor_version_activate, predictor_version_save
+from feedback.services.training import TrainedPredictor, predictor_train
+from routing.predictor import registry
+from scope_site.errors import InvalidRequest
+from tests.conftest import USER_MESSAGE
+from tests.routing import predictor_data as data
+
+
+@pytest.fixture(scope="module")
+def two_trained() -> tuple[TrainedPredictor, TrainedPredictor]:
+    examples, _ = data.examples(120, seed=11, models=("small", "medium", "large"))
+    first = predictor_train(examples=examples, models=data.infos(), seed=0, params=data.FAST)
+    second = predictor_train(examples=examples, models=data.infos(), seed=1, params=data.FAST)
+    return first, second
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(settings: Any) -> Iterator[None]:
+    settings.SCOPE_PREDICTOR_CHECK_SECONDS = 0  # every call looks the active id up again
+    registry.clear()
+    yield
+    registry.clear()
+
+
+def _activate(version: PredictorVersion, capture: Callable[..., Any]) -> None:
+    with capture(execute=True):
+        predictor_version_activate(version_id=version.pk)
+
+
+@pytest.mark.django_db
+def test_the_registry_switches_to_a_newly_activated_version_without_restart(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor], django_capture_on_commit_callbacks: Any
+) -> None:
+    assert registry.active_predictor() is None
+    one = predictor_version_save(trained=two_trained[0], name="one")
+    two = predictor_version_save(trained=two_trained[1], name="two")
+    _activate(one, django_capture_on_commit_callbacks)
+    first = registry.active_predictor()
+    assert first is not None and first.version == "one"
+    assert registry.active_predictor() is first  # loaded once, not per call
+    _activate(two, django_capture_on_commit_callbacks)
+    assert registry.active_predictor().version == "two"  # type: ignore[union-attr]
+    assert list(PredictorVersion.objects.filter(is_active=True).values_list("name", flat=True)) == ["two"]
+
+
+@pytest.mark.django_db
+def test_a_version_activated_by_another_process_is_picked_up_from_the_shared_cache(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor], django_capture_on_commit_callbacks: Any
+) -> None:
+    one = predictor_version_save(trained=two_trained[0], name="one")
+    two = predictor_version_save(trained=two_trained[1], name="two")
+    _activate(one, django_capture_on_commit_callbacks)
+    assert registry.active_predictor().version == "one"  # type: ignore[union-attr]
+    # another worker promotes "two": it writes the row and the shared cache, not our memory
+    PredictorVersion.objects.filter(pk=one.pk).update(is_active=False)
+    PredictorVersion.objects.filter(pk=two.pk).update(is_active=True)
+    cache.set(registry.CACHE_KEY, two.pk, timeout=None)
+    assert registry.active_predictor().version == "two"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_a_corrupt_artifact_is_refused_and_the_previous_predictor_keeps_serving(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor], django_capture_on_commit_callbacks: Any
+) -> None:
+    good = predictor_version_save(trained=two_trained[0], name="good")
+    _activate(good, django_capture_on_commit_callbacks)
+    assert registry.active_predictor().version == "good"  # type: ignore[union-attr]
+    broken = PredictorVersion.objects.create(
+        name="broken", artifact=b"PK\x03\x04 truncated", feature_schema=2
+    )
+    with pytest.raises(InvalidRequest, match="cannot be served"):
+        predictor_version_activate(version_id=broken.pk)
+    assert PredictorVersion.objects.get(is_active=True).name == "good"
+    # even if a broken version is forced active behind the service's back, "good" keeps serving
+    PredictorVersion.objects.filter(pk=good.pk).update(is_active=False)
+    PredictorVersion.objects.filter(pk=broken.pk).update(is_active=True)
+    cache.set(registry.CACHE_KEY, broken.pk, timeout=None)
+    assert registry.active_predictor().version == "good"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_live_routing_uses_the_active_predictor_and_explains_with_contributions(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    api: Callable[..., Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    version = predictor_version_save(trained=two_trained[0], name="live")
+    _activate(version, django_capture_on_commit_callbacks)
+    response = api(
+        "/api/v1/route",
+        {"messages": USER_MESSAGE("Solve the quadratic equation for its root."), "alpha": 1.0},
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["predictor_version"] == "live"
+    assert all(c["predictions"]["known"] for c in body["candidates"])
+    assert body["explanation"]["contributions"], body["explanation"]
