@@ -56,8 +56,8 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400) -> list[Timing
     from routing.engine.types import RouteOptions
     from routing.features import extract_features
     from routing.predictor.registry import active_predictor
+    from routing.route_input import route_input_validate
     from routing.selectors import model_specs
-    from routing.serializers import RouteInputSerializer
     from routing.services.decision_log import decision_log_write
     from routing.services.route import decision_payload, resolve_policy, strategies
 
@@ -65,10 +65,7 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400) -> list[Timing
     auth = BearerApiKeyAuthentication()
 
     def parse() -> dict[str, Any]:
-        data = JSONParser().parse(io.BytesIO(body))
-        serializer = RouteInputSerializer(data=data)
-        serializer.is_valid(raise_exception=True)
-        return dict(serializer.validated_data)
+        return route_input_validate(JSONParser().parse(io.BytesIO(body)))
 
     def authenticate() -> Any:
         request = Request(

@@ -300,6 +300,51 @@ def run_wrk(
     )
 
 
+# --- CPU accounting ---------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of a live process, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def process_tree_cpu(root: int) -> float:
+    """CPU seconds used so far by `root` and all its live descendants (the gunicorn workers)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None:
+                stats[int(entry.name)] = stat
+    total, frontier = 0.0, {root}
+    while frontier:
+        total += sum(stats[p][1] for p in frontier if p in stats)
+        frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier}
+    return total
+
+
+def postgres_backends_cpu(database_url: str) -> float:
+    """CPU seconds used so far by the PostgreSQL backends connected to this database."""
+    result = subprocess.run(
+        ["psql", database_url, "-tAc", "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    total = 0.0
+    for line in result.stdout.split():
+        stat = _proc_stat(int(line)) if line.isdigit() else None
+        total += stat[1] if stat else 0.0
+    return total
+
+
 # --- counting decision rows -------------------------------------------------------------------
 
 

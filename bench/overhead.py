@@ -30,7 +30,9 @@ from bench.harness import (  # noqa: E402
     bench_env,
     chat_body,
     count_decisions,
+    postgres_backends_cpu,
     prepare_database,
+    process_tree_cpu,
     run_wrk,
     say,
     scope_server,
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     script = wrk_script(work, body=body, key=key)
 
     results: dict[tuple[str, int], list[WrkResult]] = {}
+    cpu_ms: dict[tuple[str, int], list[float]] = {}  # server + PostgreSQL CPU per request
     answered = logged = 0
     with scope_server(env, workers=args.workers, log_dir=work) as server:
         for endpoint in ENDPOINTS:
@@ -100,13 +103,22 @@ def main(argv: list[str] | None = None) -> int:
                 order = ENDPOINTS if round_no % 2 == 0 else tuple(reversed(ENDPOINTS))
                 for endpoint in order:
                     before = count_decisions(database_url, key_name) if endpoint == "route" else 0
+                    cpu_before = process_tree_cpu(server.process.pid) + postgres_backends_cpu(database_url)
                     result = run_wrk(
                         f"{server.base_url}/api/v1/{endpoint}",
                         script=script,
                         connections=clients,
                         seconds=args.duration,
                     )
+                    cpu_used = (
+                        process_tree_cpu(server.process.pid)
+                        + postgres_backends_cpu(database_url)
+                        - cpu_before
+                    )
                     results.setdefault((endpoint, clients), []).append(result)
+                    cpu_ms.setdefault((endpoint, clients), []).append(
+                        1000 * cpu_used / max(result.requests, 1)
+                    )
                     if endpoint == "route":
                         time.sleep(1.0)  # requests still in flight when wrk stopped finish
                         logged += count_decisions(database_url, key_name) - before
@@ -114,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                     say(
                         f"  round {round_no + 1} {endpoint:>5} c={clients:<3} {result.rps:8.0f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}  "
-                        f"socket errors {result.socket_errors}"
+                        f"socket errors {result.socket_errors}  CPU {cpu_ms[(endpoint, clients)][-1]:.2f} ms/req"
                     )
 
     say()
-    say("endpoint  clients   req/s (median)   p50 ms   p99 ms   non-2xx   socket errors")
+    say("endpoint  clients   req/s (median)   p50 ms   p99 ms   non-2xx   socket errors   CPU ms/req")
     for (endpoint, clients), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         say(
             f"{endpoint:<8}  {clients:>7}   {median([r.rps for r in runs]):>14.0f}   "
             f"{median([r.p50_ms for r in runs]):>6.2f}   {median([r.p99_ms for r in runs]):>6.2f}   "
-            f"{sum(r.non_2xx for r in runs):>7}   {sum(r.socket_errors for r in runs):>13}"
+            f"{sum(r.non_2xx for r in runs):>7}   {sum(r.socket_errors for r in runs):>13}   "
+            f"{median(cpu_ms[(endpoint, clients)]):>10.2f}"
         )
     for clients in connections:
         ratios = [
@@ -135,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             "" if clients == connections[0] else f" at {clients} clients"
         )
         say(f"{label}: {median(ratios):.2f}  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        cpu_ratio = median(cpu_ms[("noop", clients)]) / median(cpu_ms[("route", clients)])
+        say(
+            f"  CPU per request at {clients} clients (gunicorn workers + PostgreSQL backends): noop "
+            f"{median(cpu_ms[('noop', clients)]):.2f} ms, route {median(cpu_ms[('route', clients)]):.2f} ms; "
+            f"noop/route CPU ratio {cpu_ratio:.2f} (the throughput ratio on an otherwise idle machine)"
+        )
     lost = answered - logged
     say(
         f"decisions lost: {max(0, lost)}  ({answered} answered 2xx, {logged} new decision rows"
