@@ -78,6 +78,7 @@ def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobS
         if existing is None:
             raise
         return JobSubmission(job=_same_body(existing, body), created=False)
+    job.refresh_from_db()  # embedded (eager Celery): the job already ran when the commit enqueued it
     return JobSubmission(job=job, created=True)
 
 

@@ -216,3 +216,19 @@ def test_the_rpm_limit_counts_a_job_once_at_submission(catalog: Any) -> None:
     assert [job_run(job_id=i, worker="w").status for i in ids] == ["succeeded", "succeeded"]
     refused = post()
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+
+
+def test_embedded_mode_runs_the_job_in_process_when_it_is_committed(
+    api: Api, api_key: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    from scope_site.celery import app
+
+    was_eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # what the settings choose without REDIS_URL
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = submit(api)
+    finally:
+        app.conf.task_always_eager = was_eager
+    polled = get(api_key, response.json()["id"]).json()
+    assert polled["status"] == "succeeded" and polled["result"]["object"] == "chat.completion"
