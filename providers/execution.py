@@ -15,6 +15,7 @@ Outcome row linked to its decision.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -255,11 +256,13 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
         tries = 0
         while True:
             tries += 1
-            if _deadline_left(plan) <= 0:
+            left = _deadline_left(plan)
+            if left <= 0:
                 raise _give_up(plan, "the execution time budget (SCOPE_EXECUTION_BUDGET_S) ran out")
             begun = time.monotonic()
             try:
-                result = call(target)
+                # no attempt may outlive the budget: its timeouts shrink to what is left of it
+                result = call(_within(target, left))
             except ProviderError as err:
                 elapsed = time.monotonic() - begun
                 target_release(target, ok=False, tokens=0, latency_s=elapsed)
@@ -279,6 +282,16 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
             circuit_record_success(model)
             return result, target, begun
     raise _give_up(plan, "every model in the decision failed or was unavailable")
+
+
+def _within(target: Target, seconds: float) -> Target:
+    if target.read_timeout_s <= seconds and target.connect_timeout_s <= seconds:
+        return target
+    return dataclasses.replace(
+        target,
+        connect_timeout_s=min(target.connect_timeout_s, seconds),
+        read_timeout_s=min(target.read_timeout_s, seconds),
+    )
 
 
 def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: float) -> None:

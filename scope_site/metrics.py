@@ -23,11 +23,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+disable_created_metrics()  # no *_created series: they double the scrape for nothing we use
 
 REQUESTS = Counter(
     "scope_requests",

@@ -278,3 +278,28 @@ def test_an_anthropic_stream_is_relayed_as_chat_chunks(api: Api, anthropic_upstr
     assert chunks[-1]["usage"] == {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
     outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
     assert outcome.status == "ok" and not outcome.tokens_estimated and outcome.ttft_ms is not None
+
+
+def test_all_attempts_together_stay_within_the_execution_budget(
+    api: Api, two_upstreams: Any, settings: Any
+) -> None:
+    settings.SCOPE_EXECUTION_BUDGET_S = 0.8
+    first, second = two_upstreams
+    first.script(Hang(2.0))  # times out after its 0.5 s read timeout
+    second.script(Hang(2.0))  # gets only the 0.3 s left of the budget
+    started = time.monotonic()
+    response = chat(api)
+    assert response.status_code == 503 and time.monotonic() - started < 1.6
+    assert response.json()["error"]["code"] == "all_models_failed"
+    attempts = outcome_for(response).attempts
+    assert [a["error_class"] for a in attempts] == ["timeout", "timeout"]
+    assert attempts[1]["latency_ms"] < 450
+
+
+def test_a_client_that_hangs_up_mid_stream_leaves_a_partial_outcome(api: Api) -> None:
+    response = api("/v1/chat/completions", {"model": "large", "messages": HELLO, "stream": True})
+    frames = iter(response.streaming_content)
+    assert next(frames).startswith(b"data: ")
+    response.close()  # what the WSGI server does when the client goes away
+    outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
+    assert outcome.status == "partial" and outcome.error_class == "client_disconnected"
