@@ -246,7 +246,7 @@ SCOPE_JOB_RESULT_MAX_BYTES = env_int("SCOPE_JOB_RESULT_MAX_BYTES", 1024 * 1024, 
 SCOPE_RETRIES_PER_MODEL = env_int("SCOPE_RETRIES_PER_MODEL", 1, minimum=0)  # extra tries on 429/5xx
 SCOPE_RETRY_BACKOFF_S = env_float("SCOPE_RETRY_BACKOFF_S", 0.25, minimum=0.0)  # doubles per retry
 SCOPE_RETRY_MAX_WAIT_S = env_float("SCOPE_RETRY_MAX_WAIT_S", 5.0, minimum=0.0)  # longest Retry-After honoured
-SCOPE_EXECUTION_BUDGET_S = env_float("SCOPE_EXECUTION_BUDGET_S", 120.0, minimum=0.1)  # all attempts together
+SCOPE_EXECUTION_BUDGET_S = env_float("SCOPE_EXECUTION_BUDGET_S", 90.0, minimum=0.1)  # all attempts together (< gunicorn --timeout)
 SCOPE_CIRCUIT_FAILURES = env_int("SCOPE_CIRCUIT_FAILURES", 5, minimum=1)
 SCOPE_CIRCUIT_WINDOW_S = env_float("SCOPE_CIRCUIT_WINDOW_S", 60.0, minimum=1.0)
 SCOPE_CIRCUIT_COOLDOWN_S = env_float("SCOPE_CIRCUIT_COOLDOWN_S", 30.0, minimum=0.1)
