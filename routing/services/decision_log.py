@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+import uuid
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -35,6 +38,7 @@ def decision_log_write(
     chosen = decision.chosen
     prediction = chosen.prediction if chosen else None
     row = DecisionLog(
+        id=time_ordered_uuid(),
         created_at=timezone.now(),
         kind=kind,
         api_key=api_key,
@@ -65,6 +69,18 @@ def decision_log_write(
     # durable: the row is committed before the caller answers the request
     _insert_durably(row)
     return row
+
+
+def time_ordered_uuid() -> uuid.UUID:
+    """A version-7 UUID (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Decision ids grow with time, so each INSERT lands on the right edge of the primary-key index
+    instead of a random page: fewer pages touched and fewer full-page images in the WAL.
+    """
+    millis = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")
+    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (random >> 62 & 0xFFF) << 64 | 0b10 << 62
+    return uuid.UUID(int=value | random & (2**62 - 1))
 
 
 def _insert_durably(row: DecisionLog) -> None:
