@@ -122,11 +122,14 @@ class Plan:
     def request(self) -> ChatRequest:
         return self.parsed.request
 
-    def failed_models(self) -> list[str]:
-        """Models tried or skipped before the answering one, in order, each with why (X-Scope-Fallbacks)."""
+    def failed_models(self, *, answered: str = "") -> list[str]:
+        """Models tried or skipped before the answering one, in order, each with why (X-Scope-Fallbacks).
+
+        The answering model is not among them even if one of its tries failed before a retry worked.
+        """
         seen: dict[str, str] = {}
         for a in self.attempts:
-            if a.result != "ok":
+            if a.result != "ok" and a.model != answered:
                 seen[a.model] = a.why()
         return [f"{model} ({why})" for model, why in seen.items()]
 
@@ -443,7 +446,7 @@ def chat_complete(*, api_key: ApiKey | None, body: Any, kind: str = DecisionKind
     metrics.UPSTREAM_CALLS.labels(target.model, target.provider, "ok").inc()
     metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(latency_s)
     tokens = count_tokens(plan, completion.usage, message_text(completion.message.get("content")))
-    fallbacks = tuple(plan.failed_models())
+    fallbacks = tuple(plan.failed_models(answered=target.model))
     outcome_id = plan_finish(
         plan, status="ok", target=target, tokens=tokens, latency_s=latency_s, endpoint=endpoint
     )

@@ -58,7 +58,7 @@ def chat_stream(*, api_key: ApiKey | None, body: Any) -> ChatStream:
     except BaseException:
         plan_fail(plan, ServiceUnavailable("interrupted"), endpoint="chat_stream")
         raise
-    fallbacks = tuple(plan.failed_models())
+    fallbacks = tuple(plan.failed_models(answered=target.model))
     frames = _relay(plan, target, begun, itertools.chain([first], events), upstream=events)
     return ChatStream(decision_id=plan.decision_id, model=target.model, fallbacks=fallbacks, events=frames)
 

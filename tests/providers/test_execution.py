@@ -303,3 +303,11 @@ def test_a_client_that_hangs_up_mid_stream_leaves_a_partial_outcome(api: Api) ->
     response.close()  # what the WSGI server does when the client goes away
     outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
     assert outcome.status == "partial" and outcome.error_class == "client_disconnected"
+
+
+def test_a_model_that_answers_on_its_retry_is_not_listed_as_a_fallback(api: Api, two_upstreams: Any) -> None:
+    first, second = two_upstreams
+    first.script(Fail(503), Reply("second try worked"))
+    response = chat(api)
+    assert response["X-Scope-Model"] == "first" and "X-Scope-Fallbacks" not in response
+    assert [a["result"] for a in outcome_for(response).attempts] == ["error", "ok"]
