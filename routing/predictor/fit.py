@@ -57,7 +57,7 @@ class FitParams:
     max_depth: int = 5
     min_latency_rows: int = 50
     min_token_rows: int = 20
-    head_alpha: float = 1.0
+    head_alpha: float = 3.0
     small_data_rows: int = 5000
     min_validation_rows: int = 300
     small_data_rounds: int = 120

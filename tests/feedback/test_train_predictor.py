@@ -43,8 +43,8 @@ def test_it_trains_stores_and_activates_only_a_better_predictor(
     call_command("train_predictor", "--source", "gen", stdout=out)
     assert "not activated" in out.getvalue()
     assert PredictorVersion.objects.get(is_active=True) == first
-    # unless asked to, through the Celery task (eager here) calling the same service
-    result = train_predictor_task.delay(source="gen", force_activate=True).get()
+    # unless asked to, through the Celery task (run in-process) calling the same service
+    result = train_predictor_task.apply(kwargs={"source": "gen", "force_activate": True}).get()
     assert result["promoted"] is True
     assert PredictorVersion.objects.get(is_active=True).name == result["version"]
     statuses = list(TrainingRun.objects.order_by("created_at").values_list("status", flat=True))
