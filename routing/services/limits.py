@@ -65,16 +65,26 @@ def rpm_admit(*, api_key: ApiKey | None) -> None:
         return
     if taken:
         return
-    # The carried share of the previous minute decays linearly; wait until one slot frees up.
-    excess = current + 1 + carried - limit
-    until_next_window = _WINDOW_S - elapsed
-    wait = excess * _WINDOW_S / previous if previous and current < limit else until_next_window
-    retry_after = max(1, math.ceil(min(wait, until_next_window) if current < limit else until_next_window))
+    retry_after = max(
+        1, math.ceil(_rpm_wait(limit=limit, previous=previous, current=current, elapsed=elapsed))
+    )
     raise RateLimited(
         f"API key {api_key.name!r} is limited to {limit} requests per minute; retry in {retry_after} s.",
         retry_after=retry_after,
         code="rate_limit_exceeded",
     )
+
+
+def _rpm_wait(*, limit: int, previous: int, current: int, elapsed: float) -> float:
+    """Seconds until one more request fits the sliding window (the previous minute's share decays)."""
+    until_next_window = _WINDOW_S - elapsed
+    if current + 1 <= limit and previous > 0:
+        # still this minute: previous·(60 − elapsed − t)/60 + current + 1 ≤ limit
+        return max(0.0, until_next_window - (limit - current - 1) * _WINDOW_S / previous)
+    if current <= 0:
+        return until_next_window
+    # next minute: this minute's count is the one that decays, current·(60 − t′)/60 + 1 ≤ limit
+    return until_next_window + max(0.0, _WINDOW_S * (1 - (limit - 1) / current))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +214,12 @@ def budget_reserve(*, api_key: ApiKey, predicted_cost_usd: float) -> BudgetReser
     return BudgetReservation(hold_id=hold.id, api_key_id=api_key.pk, amount_usd=amount)
 
 
+def _money(amount: Decimal) -> str:
+    """Cents when that is exact enough, else every significant digit ($0.50, $0.0002)."""
+    cents = amount.quantize(_CENT)
+    return f"${cents}" if cents == amount or amount >= 1 else f"${amount.normalize():f}"
+
+
 def _budget_exceeded(
     api_key: ApiKey, period: str, budget: Decimal, ledger: SpendLedger, amount: Decimal, now: dt.datetime
 ) -> RateLimited:
@@ -212,13 +228,13 @@ def _budget_exceeded(
     if ledger.spent_usd + amount <= budget and ledger.reserved_usd > 0:
         # It would fit once calls in flight settle (they often cost less than reserved).
         retry_after = int(settings.SCOPE_BUDGET_INFLIGHT_RETRY_S)
-        when = f"calls in flight hold ${ledger.reserved_usd.quantize(_CENT)}; retry in {retry_after} s"
+        when = f"calls in flight hold {_money(ledger.reserved_usd)}; retry in {retry_after} s"
     else:
         retry_after = max(1, math.ceil((reset - now).total_seconds()))
         when = f"it resets at {reset.isoformat().replace('+00:00', 'Z')}"
     return RateLimited(
-        f"API key {api_key.name!r} would exceed its {word} budget of ${budget.quantize(_CENT)}: "
-        f"spent ${ledger.spent_usd.quantize(_CENT)}, this request needs about ${amount}; {when}.",
+        f"API key {api_key.name!r} would exceed its {word} budget of {_money(budget)}: "
+        f"spent {_money(ledger.spent_usd)}, this request needs about {_money(amount)}; {when}.",
         retry_after=retry_after,
         code="budget_exceeded",
     )

@@ -32,7 +32,7 @@ def test_route_answers_429_with_retry_after_once_the_rpm_limit_is_used(api: Any,
     body = response.json()
     assert body["error"]["code"] == "rate_limit_exceeded"
     assert "3 requests per minute" in body["error"]["message"]
-    assert 1 <= int(response["Retry-After"]) <= 60
+    assert 1 <= int(response["Retry-After"]) <= 120
 
 
 def test_rpm_limit_is_per_key(api: Any, catalog: Any) -> None:
@@ -53,16 +53,40 @@ def test_rpm_window_slides_so_capacity_returns_gradually(
         rpm_admit(api_key=key)
     with pytest.raises(RateLimited) as raised:
         rpm_admit(api_key=key)
-    assert raised.value.retry_after == 60  # the current window alone is full
+    # this minute is full, and its 10 still weigh in next minute until 6 s past the half
+    assert raised.value.retry_after == 66
     now[0] = 660.0 + 30  # half of the previous minute still counts: 5 of 10 carried over
     for _ in range(5):
         rpm_admit(api_key=key)
     with pytest.raises(RateLimited) as raised:
         rpm_admit(api_key=key)
-    assert 1 <= raised.value.retry_after <= 30
+    assert raised.value.retry_after == 6  # by then 4 of the 10 still count: 4 + 5 + 1 = 10
     now[0] = 780.0 + 1  # both busy minutes are over a window back: full capacity again
     for _ in range(10):
         rpm_admit(api_key=key)
+
+
+@pytest.mark.parametrize(("start", "burst"), [(3000.0, 5), (3030.0, 5), (3059.0, 3), (3000.0, 1)])
+def test_retry_after_is_when_the_next_request_fits(
+    monkeypatch: pytest.MonkeyPatch, catalog: Any, start: float, burst: int
+) -> None:
+    key, _ = make_api_key(f"retry-{start}-{burst}", rpm_limit=5)
+    now = [start - 60.0]  # a busy previous minute, then `burst` requests in this one
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
+    for _ in range(5):
+        rpm_admit(api_key=key)
+    now[0] = start
+    admitted = 0
+    with pytest.raises(RateLimited) as raised:
+        for _ in range(burst + 5):
+            rpm_admit(api_key=key)
+            admitted += 1
+    wait = raised.value.retry_after
+    now[0] = start + wait - 1
+    with pytest.raises(RateLimited):
+        rpm_admit(api_key=key)
+    now[0] = start + wait
+    rpm_admit(api_key=key)
 
 
 def test_rejected_requests_do_not_use_up_the_limit(monkeypatch: pytest.MonkeyPatch, catalog: Any) -> None:
