@@ -236,3 +236,21 @@ def test_bad_deployment_entries_are_refused_with_a_clear_message(item: dict[str,
     }
     with pytest.raises(InvalidRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
         catalog_load(data=data)
+
+
+def test_with_the_cache_down_calls_still_go_to_a_deployment(clock: list[float]) -> None:
+    from django.test import override_settings
+
+    model = _model(a={"rpm_limit": 1}, b={"rpm_limit": 1})
+    dead = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    with override_settings(CACHES=dead):
+        targets = [deployment_acquire(model, estimated_tokens=1) for _ in range(4)]  # limits unenforced
+        for target in targets:
+            deployment_release(target, ok=True, tokens=1, latency_s=0.1)
+    assert {t.deployment for t in targets} <= {"a", "b"} and len(targets) == 4
