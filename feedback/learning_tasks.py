@@ -28,7 +28,7 @@ RETRY = {
 )
 def retraining_execute_task(run_id: int) -> dict[str, Any]:
     run = retraining_execute(run_id=run_id)
-    return {"run_id": run.pk, "status": run.status}
+    return {"run_id": run_id, "status": run.status if run is not None else "missing"}
 
 
 @shared_task(name="feedback.retraining_scheduled", soft_time_limit=50, time_limit=60, **RETRY)

@@ -181,10 +181,13 @@ def _evaluate(
     return predictor_evaluate(predictor=predictor, examples=examples, models=data.models)
 
 
-def retraining_execute(*, run_id: int) -> TrainingRun:
-    """Do one queued run; a run that is not queued (already claimed or finished) is left alone."""
+def retraining_execute(*, run_id: int) -> TrainingRun | None:
+    """Do one queued run; a run that is not queued (already claimed or finished) is left alone.
+
+    None when the run does not exist (a stale message for a deleted row).
+    """
     if not _claim(run_id):
-        return TrainingRun.objects.get(pk=run_id)
+        return TrainingRun.objects.filter(pk=run_id).first()
     run = TrainingRun.objects.get(pk=run_id)
     started = time.monotonic()
     try:

@@ -109,7 +109,10 @@ def pacing_adjust(*, policy_id: int, now: datetime | None = None) -> PacingResul
     with transaction.atomic():
         # lock the policy: two controller runs must not both publish a version from the same state
         policy = (
-            RoutingPolicy.objects.select_for_update().select_related("current").filter(pk=policy_id).first()
+            RoutingPolicy.objects.select_for_update(of=("self",))
+            .select_related("current")
+            .filter(pk=policy_id)
+            .first()
         )
         if policy is None:
             raise NotFound(f"Unknown policy {policy_id}", code="unknown_policy")

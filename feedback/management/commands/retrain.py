@@ -39,7 +39,7 @@ class Command(BaseCommand):
             run = retraining_request(trigger="command", params=params)
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
-        run = retraining_execute(run_id=run.pk)  # a no-op if a worker already took it
+        run = retraining_execute(run_id=run.pk) or run  # a no-op if a worker already took it
         metrics = run.metrics or {}
         self.stdout.write(f"training run {run.pk}: {run.status}")
         self.stdout.write(f"data: {json.dumps(run.data_counts, sort_keys=True)}")
