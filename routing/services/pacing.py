@@ -117,7 +117,10 @@ def pacing_adjust(*, policy_id: int, now: datetime | None = None) -> PacingResul
         if policy is None:
             raise NotFound(f"Unknown policy {policy_id}", code="unknown_policy")
         current = policy.current
-        target = spend_target_parse(current.options) if current else None
+        try:
+            target = spend_target_parse(current.options) if current else None
+        except InvalidRequest as exc:  # a malformed target must not fail the periodic task forever
+            return PacingResult(policy.slug, "skipped", f"malformed spend target: {exc.message}")
         if current is None or target is None:
             return PacingResult(policy.slug, "skipped", "no spend target")
         last = policy.adjustments.order_by("-created_at").first()

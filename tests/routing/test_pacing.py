@@ -123,3 +123,10 @@ def test_only_policies_with_a_target_are_paced_and_no_traffic_changes_nothing(ca
     result = pacing_adjust(policy_id=RoutingPolicy.objects.get(slug="paced").pk, now=NOON)
     assert result.action == "unchanged" and "no recent traffic" in result.reason
     assert pacing_adjust(policy_id=RoutingPolicy.objects.get(slug="default").pk).action == "skipped"
+
+
+@pytest.mark.django_db
+def test_a_malformed_target_is_skipped_with_its_reason(catalog: Any) -> None:
+    make_policy("paced", alpha=0.5, options={"spend_target": {"usd": -1}})
+    result = pacing_adjust(policy_id=RoutingPolicy.objects.get(slug="paced").pk, now=NOON)
+    assert result.action == "skipped" and "usd" in result.reason
