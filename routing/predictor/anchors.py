@@ -63,13 +63,16 @@ class AnchorTable:
 
     def __post_init__(self) -> None:
         self.index = {m: i for i, m in enumerate(self.models)}
+        # per-model totals, computed once: the route path needs them for every request
+        self._totals = (
+            self.fine_sum.sum(axis=0),
+            self.fine_n.sum(axis=0),
+            self.fine_tok_sum.sum(axis=0),
+            self.fine_tok_n.sum(axis=0),
+        )
 
     def totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        n = self.fine_n.sum(axis=0)
-        s = self.fine_sum.sum(axis=0)
-        tn = self.fine_tok_n.sum(axis=0)
-        ts = self.fine_tok_sum.sum(axis=0)
-        return s, n, ts, tn
+        return self._totals
 
     def features(self, emb: np.ndarray, columns: Sequence[int] | np.ndarray) -> np.ndarray:
         """[rows, len(columns), len(ANCHOR_FEATURES)] for query embeddings `emb` [rows, k]."""

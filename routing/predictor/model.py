@@ -129,6 +129,26 @@ class ScopePredictor:
         self.names = design_names(self.projection.dim)
         self._all_cols = np.arange(len(self.anchors.models))
         self._local_n = self.names.index("anchor_local_fine_n")
+        # catalog rows change rarely: their model-side vectors are memoised per process
+        self._infos: dict[tuple[str, float, float, int, int], ModelInfo] = {}
+        self._vectors: dict[ModelInfo, tuple[float, float, float, float]] = {}
+
+    def _info(self, spec: ModelSpec) -> ModelInfo:
+        key = (spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier)
+        info = self._infos.get(key)
+        if info is None:
+            if len(self._infos) > 10_000:
+                self._infos.clear()
+            info = self._infos[key] = ModelInfo.from_spec(spec)
+        return info
+
+    def _vector(self, info: ModelInfo) -> tuple[float, float, float, float]:
+        vector = self._vectors.get(info)
+        if vector is None:
+            if len(self._vectors) > 10_000:
+                self._vectors.clear()
+            vector = self._vectors[info] = info.vector()
+        return vector
 
     # --- the pure batched core -------------------------------------------------------------
     def design(
@@ -157,7 +177,7 @@ class ScopePredictor:
         known = np.asarray([c >= 0 for c in cols_of], dtype=bool)
         pair = pair_all[:, [c if c >= 0 else 0 for c in cols_of], :]
         pair[:, ~known, :] = np.nan
-        vectors = np.asarray([i.vector() for i in infos], dtype=np.float64).reshape(len(infos), 4)
+        vectors = np.asarray([self._vector(i) for i in infos], dtype=np.float64).reshape(len(infos), 4)
         return design_rows(req, emb, vectors, pair, request_means(pair_all)), known
 
     def predict_batch(
@@ -208,7 +228,7 @@ class ScopePredictor:
     def predict(self, features: RequestFeatures, models: Sequence[ModelSpec]) -> list[Prediction]:
         if not models:
             return []
-        batch = self.predict_batch([features], [ModelInfo.from_spec(s) for s in models])
+        batch = self.predict_batch([features], [self._info(s) for s in models])
         fallback_tokens = None
         result = []
         for j, spec in enumerate(models):
@@ -240,7 +260,7 @@ class ScopePredictor:
         self, features: RequestFeatures, model: ModelSpec, top: int = 5
     ) -> list[dict[str, Any]]:
         """Top Saabas (XGBoost approx pred_contribs) contributions to the model's quality logit."""
-        x, known = self.design([features], [ModelInfo.from_spec(model)])
+        x, known = self.design([features], [self._info(model)])
         if not known[0] or not self._quality:
             return []
         contrib = self.evaluator.contributions(x[0], self._quality[0])
