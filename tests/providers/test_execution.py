@@ -296,11 +296,11 @@ def test_all_attempts_together_stay_within_the_execution_budget(
     assert attempts[1]["latency_ms"] < 450
 
 
-def test_a_client_that_hangs_up_mid_stream_leaves_a_partial_outcome(api: Api) -> None:
+def test_a_client_that_hangs_up_mid_stream_leaves_a_partial_outcome(transactional_db: Any, api: Api) -> None:
     response = api("/v1/chat/completions", {"model": "large", "messages": HELLO, "stream": True})
     frames = iter(response.streaming_content)
     assert next(frames).startswith(b"data: ")
-    response.close()  # what the WSGI server does when the client goes away
+    response.close()  # the client went away: the server stops iterating and closes the response
     outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
     assert outcome.status == "partial" and outcome.error_class == "client_disconnected"
 
