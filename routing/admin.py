@@ -61,7 +61,7 @@ class PolicyVersionAdmin(ReadOnlyAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(APIKeyModelAdmin):
-    list_display = (*APIKeyModelAdmin.list_display, "default_policy", "is_active")
+    list_display = (*APIKeyModelAdmin.list_display, "default_policy", "is_active")  # type: ignore[assignment]
 
 
 @admin.register(DecisionLog)

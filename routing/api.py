@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
@@ -8,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from providers.circuit import with_circuit_health
+from routing.models import ApiKey
 from routing.route_input import route_input_validate
 from routing.selectors import model_specs
 from routing.serializers import ErrorSerializer, RouteInputSerializer, RouteOutputSerializer
@@ -37,12 +39,13 @@ class RouteApi(APIView):
         responses={200: RouteOutputSerializer, **_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        rpm_admit(api_key=request.auth)
+        api_key = cast(ApiKey | None, request.auth)  # set by BearerApiKeyAuthentication
+        rpm_admit(api_key=api_key)
         data = route_input_validate(request.data)  # RouteInputSerializer's result, faster
         started = time.perf_counter()
         result = route_decide(
             messages=data["messages"],
-            api_key=request.auth,
+            api_key=api_key,
             policy=data.get("policy"),
             alpha=data.get("alpha"),
             max_cost_usd=data.get("max_cost_usd"),

@@ -52,9 +52,10 @@ def api(api_key: str) -> Callable[..., Any]:
     def post(path: str, body: Any, key: str | None = api_key, **headers: Any) -> Any:
         import json
 
-        extra = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+        extra: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+        extra.update(headers)
         data = body if isinstance(body, str | bytes) else json.dumps(body)
-        return client.post(path, data=data, content_type="application/json", **extra, **headers)
+        return client.post(path, data=data, content_type="application/json", **extra)
 
     return post
 

@@ -37,7 +37,7 @@ class LLMModelFactory(factory.django.DjangoModelFactory):
     tags: dict[str, Any] = factory.LazyFunction(dict)  # type: ignore[assignment]
 
 
-def make_catalog() -> list[LLMModel]:
+def make_catalog() -> list[Any]:
     """Three models from cheap/small to expensive/frontier, on the simulated provider."""
     return [
         LLMModelFactory(

@@ -18,7 +18,9 @@ class UnknownStrategy(LookupError):
     pass
 
 
-def _constraint_reason(model: ModelSpec, policy: PolicySpec, options: RouteOptions, tokens_needed: int) -> str:
+def _constraint_reason(
+    model: ModelSpec, policy: PolicySpec, options: RouteOptions, tokens_needed: int
+) -> str:
     if not model.enabled:
         return "model disabled"
     if model.unavailable_reason:
@@ -42,7 +44,10 @@ def _constraint_reason(model: ModelSpec, policy: PolicySpec, options: RouteOptio
 
 
 def _apply_rules(
-    candidates: Sequence[Candidate], policy: PolicySpec, features: RequestFeatures, metadata: Mapping[str, Any]
+    candidates: Sequence[Candidate],
+    policy: PolicySpec,
+    features: RequestFeatures,
+    metadata: Mapping[str, Any],
 ) -> tuple[str | None, str, float | None, list[str]]:
     """Returns (forced model, the rule that forced it, alpha override, names of matched rules)."""
     feature_map = features.as_dict()
@@ -81,9 +86,9 @@ def decide(
     tokens_needed = features.input_tokens + (options.max_output_tokens or 0)
     candidates = [Candidate(model=m) for m in models]
     for c in candidates:
-        reason = _constraint_reason(c.model, policy, options, tokens_needed)
-        if reason:
-            c.exclude(reason)
+        excluded_because = _constraint_reason(c.model, policy, options, tokens_needed)
+        if excluded_because:
+            c.exclude(excluded_because)
 
     forced: str | None = None
     forced_by = ""
@@ -91,7 +96,11 @@ def decide(
     matched: list[str] = []
     if strategy.uses_rules and policy.rules:
         forced, forced_by, rule_alpha, matched = _apply_rules(candidates, policy, features, options.metadata)
-    alpha = options.alpha if options.alpha is not None else (rule_alpha if rule_alpha is not None else policy.alpha)
+    alpha = (
+        options.alpha
+        if options.alpha is not None
+        else (rule_alpha if rule_alpha is not None else policy.alpha)
+    )
 
     # one batched prediction for every model (excluded ones too: auditors see what was forgone)
     active: Predictor = predictor or _PRIOR
@@ -103,7 +112,9 @@ def decide(
             p = _PRIOR.predict(features, [c.model])[0]
         c.prediction = p
         c.cost_usd = c.model.cost_usd(features.input_tokens, p.output_tokens)
-    unknown = [c.model.name for c in candidates if c.prediction and not c.prediction.known and predictor is not None]
+    unknown = [
+        c.model.name for c in candidates if c.prediction and not c.prediction.known and predictor is not None
+    ]
     if unknown:
         notes.append(f"no data for {', '.join(unknown)}: scored by tier prior with high uncertainty")
 

@@ -100,7 +100,12 @@ class FeatureStrategy:
         return ordered
 
 
-BUILTIN_STRATEGIES: tuple[type, ...] = (RuleStrategy, FeatureStrategy, PreInferenceStrategy, HybridStrategy)
+BUILTIN_STRATEGIES: tuple[type[Any], ...] = (
+    RuleStrategy,
+    FeatureStrategy,
+    PreInferenceStrategy,
+    HybridStrategy,
+)
 
 
 def load_strategies(extra: Iterable[str] = ()) -> dict[str, Strategy]:

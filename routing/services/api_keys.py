@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import cast
 
 from routing.models import ApiKey, RoutingPolicy
 from scope_site.errors import NotFound
@@ -27,4 +28,4 @@ def api_key_create(
         monthly_budget_usd=monthly_budget_usd,
         rpm_limit=rpm_limit,
     )
-    return row, key
+    return cast(ApiKey, row), key

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from io import StringIO
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -90,7 +91,8 @@ def test_it_loads_the_catalog_idempotently(tmp_path: Path) -> None:
 @pytest.mark.django_db
 def test_a_changed_policy_becomes_a_new_version_and_the_old_one_is_kept(tmp_path: Path) -> None:
     load(write(tmp_path, CATALOG))
-    changed = {**CATALOG, "policies": [{**CATALOG["policies"][0], "alpha": 0.6}]}  # type: ignore[dict-item]
+    policies: Any = CATALOG["policies"]
+    changed = {**CATALOG, "policies": [{**policies[0], "alpha": 0.6}]}
     assert "cheap-first v2" in load(write(tmp_path, changed))
     versions = list(
         PolicyVersion.objects.filter(policy__slug="cheap-first")
@@ -185,7 +187,7 @@ def test_create_api_key_prints_only_the_key() -> None:
     call_command("create_api_key", "my-app", "--policy", "cheap-first", stdout=out)
     key = out.getvalue().strip()
     assert "\n" not in key and "." in key
-    row = ApiKey.objects.get_from_key(key)
+    row = cast(ApiKey, ApiKey.objects.get_from_key(key))
     assert (
         row.name == "my-app" and row.default_policy is not None and row.default_policy.slug == "cheap-first"
     )

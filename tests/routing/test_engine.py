@@ -49,6 +49,17 @@ def run(
     )
 
 
+def run_with(features: Any, policy: PolicySpec) -> Any:
+    return decide(
+        features=features,
+        models=CATALOG,
+        policy=policy,
+        options=RouteOptions(),
+        predictor=None,
+        strategies=STRATEGIES,
+    )
+
+
 def test_alpha_one_picks_best_predicted_quality_and_alpha_zero_the_cheapest() -> None:
     assert run(PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=1.0)).model.name == "frontier"
     assert run(PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=0.0)).model.name == "tiny"
@@ -150,16 +161,8 @@ def test_rule_and_feature_strategies_rank_without_the_predictor() -> None:
     )
     easy = extract_features([{"role": "user", "content": "hi"}])
     policy = PolicySpec(slug="p", version=1, strategy="feature", alpha=0.5)
-    pick = {
-        name: decide(
-            features=f,
-            models=CATALOG,
-            policy=policy,
-            options=RouteOptions(),
-            predictor=None,
-            strategies=STRATEGIES,
-        ).model.tier
-        for name, f in {"hard": hard, "easy": easy}.items()
+    pick: dict[str, Any] = {
+        name: run_with(f, policy).model.tier for name, f in {"hard": hard, "easy": easy}.items()
     }
     assert pick["hard"] > pick["easy"]
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_it_produces_the_golden_vector_for_a_multiple_choice_math_prompt() -> No
 
 
 def test_it_counts_turns_system_prompt_and_metadata() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"},
@@ -64,7 +65,11 @@ def test_it_flags_multilingual_text() -> None:
 
 
 def test_it_is_deterministic_and_total_on_odd_content() -> None:
-    odd = [{"role": "user", "content": None}, {"role": "tool", "content": 5}, {"role": "user", "content": ""}]
+    odd: list[dict[str, Any]] = [
+        {"role": "user", "content": None},
+        {"role": "tool", "content": 5},
+        {"role": "user", "content": ""},
+    ]
     a = extract_features(odd)
     b = extract_features(odd)
     assert a == b

@@ -130,7 +130,7 @@ def test_a_body_over_one_megabyte_is_413(api: Api) -> None:
 
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer wrong.key", "Basic dXNlcjpwYXNz", "Bearer abc"])
 def test_missing_or_wrong_keys_get_401(catalog: Any, header: str | None) -> None:
-    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    extra: dict[str, Any] = {"HTTP_AUTHORIZATION": header} if header else {}
     response = Client().post(
         ROUTE, data=json.dumps({"messages": USER_MESSAGE("hi")}), content_type="application/json", **extra
     )
