@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -51,7 +52,12 @@ class JobSubmission:
 def _enqueue(job_id: uuid.UUID, countdown: float = 0) -> None:
     from routing.tasks import job_execute  # the task module imports this one
 
-    job_execute.apply_async(args=[str(job_id)], countdown=countdown)
+    try:
+        job_execute.apply_async(args=[str(job_id)], countdown=countdown)
+    except kombu.exceptions.OperationalError as exc:
+        # The broker (Redis) is down. The job row is committed and stays queued: the stale-job
+        # sweep (jobs_requeue_stale, a beat task) enqueues it again once the broker is back.
+        logger.warning("broker unavailable, job %s stays queued for the stale-job sweep: %s", job_id, exc)
 
 
 def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobSubmission:

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.db import OperationalError, connection
@@ -115,3 +116,21 @@ def test_routing_goes_on_when_redis_is_unreachable(catalog: Any) -> None:
     body = health.json()
     assert body["status"] == "degraded"
     assert body["checks"]["cache"]["ok"] is False
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_kept_and_swept_up_later(api: Api) -> None:
+    import kombu.exceptions
+
+    from routing.models import Job, JobStatus
+    from routing.services.jobs import jobs_requeue_stale
+    from routing.tasks import job_execute
+
+    refused = kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    with mock.patch.object(job_execute, "apply_async", side_effect=refused):
+        response = api("/api/v1/jobs", {"model": "scope/auto", "messages": USER_MESSAGE("later, please")})
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(id=response.json()["id"])
+    assert job.status == JobStatus.QUEUED
+    enqueued: list[Any] = []
+    assert jobs_requeue_stale(queued_older_than_s=0, enqueue=enqueued.append) >= 1
+    assert job.id in enqueued
