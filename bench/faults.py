@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
     PYTHON,
     ROOT,
     Response,
@@ -330,7 +331,8 @@ def redis_fault(args: argparse.Namespace, database_url: str) -> bool:
         f"job submitted while Redis was down: HTTP {job.get('submit_status')}"
         + (f", then {final.get('status')} after Redis came back" if final else f" {job.get('submit_body')}")
     )
-    return fivexx == 0 and lost == 0 and down_states.get("degraded", 0) > 0
+    job_ok = job.get("submit_status") == 202 and final.get("status") == "succeeded"
+    return fivexx == 0 and lost == 0 and down_states.get("degraded", 0) > 0 and job_ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.pg or args.redis):
         parser.error("choose --pg and/or --redis")
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/6"
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     ok = True
     if args.redis:
         ok = redis_fault(args, database_url) and ok

@@ -25,8 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/scope_h6"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/6"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/scope"  # the CI database; DATABASE_URL wins
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # REDIS_URL wins
 
 
 def bench_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
