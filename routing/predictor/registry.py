@@ -2,7 +2,10 @@
 
 The active version's id is looked up at most every SCOPE_PREDICTOR_CHECK_SECONDS (2 s) in the
 shared cache (Redis in production), falling back to the database; each version's artifact is
-loaded once per process. A newly activated version is picked up without restart. An artifact
+loaded once per process. A newly activated version is picked up without restart. Catalog
+models the artifact does not know but that have an anchor evaluation (EvalOutcome rows, e.g.
+from calibrate_model) are added from those anchors, without retraining; the anchors are
+re-read when their row count changes. An artifact
 that cannot be served (corrupt, other schema) is refused and the previously loaded predictor
 keeps serving; the failure is logged once per version.
 """
@@ -31,6 +34,8 @@ class _State:
     checked_at: float = -1e9
     version_id: int | None = None
     predictor: ScopePredictor | None = None
+    base: ScopePredictor | None = None  # the artifact as loaded, before anchor-only models
+    anchor_signature: tuple[tuple[str, int], ...] = ()
     refused: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,16 +96,62 @@ def active_scope_predictor() -> ScopePredictor | None:
             log.exception("could not look up the active predictor; keeping the current one")
             return _state.predictor
         if wanted == _state.version_id or (wanted is not None and wanted in _state.refused):
+            _refresh_anchor_models()
             return _state.predictor
         if wanted is None:
-            _state.version_id, _state.predictor = None, None
+            _state.version_id, _state.predictor, _state.base = None, None, None
             return None
         loaded = _load(wanted)
         if loaded is None:
             _state.refused.add(wanted)
         else:
-            _state.version_id, _state.predictor = wanted, loaded
+            _state.version_id, _state.predictor, _state.base = wanted, loaded, loaded
+            _state.anchor_signature = ()
+            _refresh_anchor_models()
         return _state.predictor
+
+
+MAX_ANCHORS = 500
+
+
+def _refresh_anchor_models() -> None:
+    """Score catalog models unknown to the artifact from their anchor evaluations (caller holds the lock)."""
+    base = _state.base
+    if base is None:
+        return
+    from django.db.models import Count
+
+    from feedback.models import EvalOutcome
+    from routing.features import extract_prompt_features
+    from routing.selectors import model_specs
+
+    try:
+        unknown = [m.name for m in model_specs() if m.name not in base.anchors.index]
+        if not unknown:
+            signature: tuple[tuple[str, int], ...] = ()
+        else:
+            counts = (
+                EvalOutcome.objects.filter(model_name__in=unknown)
+                .values_list("model_name")
+                .annotate(n=Count("pk"))
+                .order_by("model_name")
+            )
+            signature = tuple((name, n) for name, n in counts)
+        if signature == _state.anchor_signature:
+            return
+        predictor = base
+        for name, _ in signature:
+            rows = (
+                EvalOutcome.objects.filter(model_name=name)
+                .select_related("prompt")
+                .order_by("-pk")[:MAX_ANCHORS]
+            )
+            anchors = [(extract_prompt_features(r.prompt.prompt), r.score, r.output_tokens) for r in rows]
+            if anchors:
+                predictor = predictor.with_anchor_model(name, anchors)
+        _state.predictor, _state.anchor_signature = predictor, signature
+    except Exception:  # noqa: BLE001 - anchors are an improvement; routing must go on without them
+        log.exception("could not add anchor-only models; serving the trained models only")
 
 
 def reset() -> None:
@@ -114,4 +165,6 @@ def clear() -> None:
         _state.checked_at = -1e9
         _state.version_id = None
         _state.predictor = None
+        _state.base = None
+        _state.anchor_signature = ()
         _state.refused.clear()

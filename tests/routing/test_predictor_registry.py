@@ -104,3 +104,39 @@ def test_live_routing_uses_the_active_predictor_and_explains_with_contributions(
     assert body["predictor_version"] == "live"
     assert all(c["predictions"]["known"] for c in body["candidates"])
     assert body["explanation"]["contributions"], body["explanation"]
+
+
+@pytest.mark.django_db
+def test_a_catalog_model_with_only_an_anchor_evaluation_is_scored_without_retraining(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    catalog: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from decimal import Decimal
+
+    from feedback.models import EvalOutcome, EvalPrompt
+    from routing.features import extract_prompt_features
+    from routing.selectors import catalog_invalidate, model_specs
+    from tests.factories import LLMModelFactory
+
+    _activate(predictor_version_save(trained=two_trained[0], name="base"), django_capture_on_commit_callbacks)
+    LLMModelFactory(name="lawyer", tier=2, input_usd_per_mtok=Decimal("2"), output_usd_per_mtok=Decimal("4"))
+    catalog_invalidate()
+    lawyer = next(m for m in model_specs() if m.name == "lawyer")
+    law = extract_prompt_features("The court ruled the contract statute liability appeal of the plaintiff?")
+    algebra = extract_prompt_features("Solve the quadratic equation: factor the polynomial root coefficient?")
+    predictor = registry.active_predictor()
+    assert predictor is not None and not predictor.predict(law, [lawyer])[0].known
+    anchors, _ = data.examples(120, seed=12, models=("lawyer",))
+    for i, e in enumerate(anchors):
+        prompt = EvalPrompt.objects.create(
+            source="anchors", external_id=str(i), prompt=data.prompts(120, 12)[i][1]
+        )
+        EvalOutcome.objects.create(
+            prompt=prompt, model_name="lawyer", score=e.score, output_tokens=e.output_tokens
+        )
+    predictor = registry.active_predictor()
+    assert predictor is not None and predictor.version == "base"
+    on_law, on_algebra = predictor.predict(law, [lawyer])[0], predictor.predict(algebra, [lawyer])[0]
+    assert on_law.known and on_algebra.known
+    assert on_law.quality > on_algebra.quality + 0.15
