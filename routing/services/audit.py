@@ -55,14 +55,28 @@ def _seal_lock() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SEAL_LOCK_KEY])
 
 
-def _seal_one(*, cutoff: datetime, batch_rows: int) -> AuditCheckpoint | None:
+def _unsealed(cutoff: datetime, after: tuple[datetime, Any] | None) -> Any:
+    qs = DecisionLog.objects.filter(checkpoint__isnull=True, created_at__lte=cutoff)
+    if after is not None:
+        # Within one run every row up to `cutoff` is committed, so the next batch starts after the
+        # previous one; the index scan then skips the entries the previous batches just sealed.
+        table = DecisionLog._meta.db_table
+        qs = qs.extra(
+            where=[f'("{table}"."created_at", "{table}"."id") > (%s, %s)'],
+            params=[
+                connection.ops.adapt_datetimefield_value(after[0]),
+                DecisionLog._meta.pk.get_db_prep_value(after[1], connection),  # type: ignore[union-attr]
+            ],
+        )
+    return qs.order_by("created_at", "id")
+
+
+def _seal_one(
+    *, cutoff: datetime, batch_rows: int, after: tuple[datetime, Any] | None
+) -> tuple[AuditCheckpoint, tuple[datetime, Any]] | None:
     with transaction.atomic(durable=True):
         _seal_lock()
-        rows = list(
-            DecisionLog.objects.filter(checkpoint__isnull=True, created_at__lte=cutoff)
-            .order_by("created_at", "id")
-            .values_list("id", "row_hash", "created_at")[:batch_rows]
-        )
+        rows = list(_unsealed(cutoff, after).values_list("id", "row_hash", "created_at")[:batch_rows])
         if not rows:
             return None
         last = AuditCheckpoint.objects.order_by("-sequence").first()
@@ -91,7 +105,7 @@ def _seal_one(*, cutoff: datetime, batch_rows: int) -> AuditCheckpoint | None:
             DecisionLog.objects.filter(id__in=ids[start : start + _UPDATE_CHUNK]).update(
                 checkpoint=checkpoint
             )
-    return checkpoint
+    return checkpoint, (last_at, rows[-1][0])
 
 
 def audit_seal(
@@ -105,10 +119,12 @@ def audit_seal(
     """Seal every unsealed row older than `lag` into checkpoints of at most `batch_rows` rows."""
     cutoff = (now or timezone.now()) - lag
     sealed: list[AuditCheckpoint] = []
+    after: tuple[datetime, Any] | None = None  # the first batch of a run also finds late commits
     while max_batches is None or len(sealed) < max_batches:
-        checkpoint = _seal_one(cutoff=cutoff, batch_rows=batch_rows)
-        if checkpoint is None:
+        result = _seal_one(cutoff=cutoff, batch_rows=batch_rows, after=after)
+        if result is None:
             break
+        checkpoint, after = result
         sealed.append(checkpoint)
         if progress is not None:
             progress(checkpoint.row_count)

@@ -144,3 +144,22 @@ def test_audit_verify_command_fails_naming_the_row(decisions: list[DecisionLog])
     _sql('UPDATE routing_decisionlog SET "user" = %s WHERE id = %s', ["mallory", _db_id(decisions[4])])
     with pytest.raises(CommandError, match=str(decisions[4].id)):
         call_command("audit_verify")
+
+
+def test_a_row_committed_late_with_an_older_time_is_sealed_by_the_next_run(
+    decisions: list[DecisionLog],
+) -> None:
+    from routing.services.route import route_decide
+
+    audit_seal(now=LATER, batch_rows=4)
+    oldest = DecisionLog.objects.order_by("created_at").first()
+    assert oldest is not None
+    with mock.patch(
+        "routing.services.decision_log.timezone.now", return_value=oldest.created_at - timedelta(seconds=1)
+    ):
+        late = route_decide(messages=[{"role": "user", "content": "late"}], api_key=None).row
+    sealed = audit_seal(now=LATER)
+    assert [c.row_count for c in sealed] == [1]
+    late.refresh_from_db()
+    assert late.checkpoint_id == sealed[0].pk
+    assert audit_verify().ok
