@@ -67,7 +67,7 @@ def parse_record(line: str, *, require_outcomes: bool = True) -> PromptRecord:
                 raise RecordError(f"outcome of {model!r} must be an object")
             score = _number(out.get("score"), f"{model}.score", low=0.0, high=1.0)
             if score is None:
-                raise RecordError(f"{model}.score is required")
+                continue  # a null score: this model was not scored on this prompt
             outcomes[str(model)] = ModelOutcome(
                 score=score,
                 output_tokens=_number(out.get("output_tokens"), f"{model}.output_tokens", low=0.0),

@@ -125,8 +125,12 @@ def evaluate_split(
     )
     predictor: ScopePredictor = fit.predictor
     priced = [m for m in infos if m.input_usd_per_mtok is not None and m.output_usd_per_mtok is not None]
-    priced = [m for m in priced if all(m.name in r.outcomes for r in test)]
+    # a priced model missing on a few prompts stays; those prompts leave the cost-aware evaluation
+    priced = [m for m in priced if sum(m.name in r.outcomes for r in test) >= 0.9 * len(test)]
     unpriced = [n for n in names if n not in {m.name for m in priced}]
+    keep = [i for i, r in enumerate(test) if all(m.name in r.outcomes for m in priced)]
+    test = [test[i] for i in keep]
+    test_feats = [test_feats[i] for i in keep]
     batch = predictor.predict_batch(test_feats, priced)
     scores = np.asarray([[r.outcomes[m.name].score for m in priced] for r in test])
     costs = cost_matrix(test, priced, records)

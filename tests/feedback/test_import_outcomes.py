@@ -54,3 +54,18 @@ def test_the_same_ids_from_another_source_are_other_prompts(tmp_path: Path) -> N
     call_command("import_outcomes", str(path), "--source", "a", stdout=StringIO())
     call_command("import_outcomes", str(path), "--source", "b", stdout=StringIO())
     assert EvalPrompt.objects.count() == 6
+
+
+@pytest.mark.django_db
+def test_a_model_with_a_null_score_is_left_out_but_the_prompt_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.jsonl"
+    line = {
+        "id": "p1",
+        "prompt": "hi",
+        "outcomes": {"a": {"score": 1.0}, "b": {"score": None, "output_tokens": 3}},
+    }
+    path.write_text(json.dumps(line) + "\n")
+    out = StringIO()
+    call_command("import_outcomes", str(path), "--source", "nulls", stdout=out, stderr=StringIO())
+    assert "1 prompts created" in out.getvalue() and "0 lines skipped" in out.getvalue()
+    assert list(EvalOutcome.objects.values_list("model_name", flat=True)) == ["a"]
