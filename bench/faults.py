@@ -151,9 +151,11 @@ def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) 
         ensure_pg_running()
     responses = read_responses(work / "route")
     statuses, lost = summarize(responses, database_url)
-    during = Counter(r.status for r in responses if marks["stopped"] <= r.at + 1 and r.at < marks["ready"])
+    # whole seconds strictly inside the outage (responses carry 1 s timestamps)
+    during = Counter(r.status for r in responses if int(marks["stopped"]) < r.at < int(marks["ready"]))
+    after = Counter(r.status for r in responses if r.at > int(marks["ready"]))
     after_ok = sorted(r.at for r in responses if 200 <= r.status < 300 and r.at >= int(marks["ready"]))
-    recovery = (after_ok[0] - marks["ready"]) if after_ok else float("nan")
+    recovery = (after_ok[0] - int(marks["ready"])) if after_ok else float("nan")
     other_5xx = sum(n for s, n in statuses.items() if s >= 500 and s != 503)
     say(f"PostgreSQL down for {marks['ready'] - marks['stop']:.1f} s (stop at +{args.before:.0f} s)")
     say(
@@ -161,10 +163,13 @@ def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) 
         f"body {json.dumps(probe.get('body'))[:160]}"
     )
     say(
-        f"all responses by status: {dict(sorted(statuses.items()))}; while down: {dict(sorted(during.items()))}"
+        f"all responses by status: {dict(sorted(statuses.items()))}; while down: {dict(sorted(during.items()))}; "
+        f"after: {dict(sorted(after.items()))}"
     )
     say(f"5xx other than 503: {other_5xx}")
-    say(f"first 2xx after PostgreSQL accepted connections again: {recovery:+.0f} s (1 s resolution)")
+    say(
+        f"first 2xx {recovery:.0f} s after PostgreSQL accepted connections again (1 s resolution); no manual step"
+    )
     say(
         f"decisions lost: {lost}  ({sum(n for s, n in statuses.items() if 200 <= s < 300)} answered 2xx, "
         "each id looked up after the restart)"
