@@ -12,11 +12,13 @@ from routing.models import (
     AuditCheckpoint,
     BudgetHold,
     DecisionLog,
+    DecisionRollup,
     Experiment,
     ExperimentArm,
     Job,
     PolicyAdjustment,
     PolicyVersion,
+    RollupState,
     RoutingPolicy,
     SpendLedger,
 )
@@ -153,3 +155,15 @@ class SpendLedgerAdmin(ReadOnlyAdmin):
 @admin.register(BudgetHold)
 class BudgetHoldAdmin(ReadOnlyAdmin):
     list_display = ("id", "api_key", "amount_usd", "actual_usd", "created_at", "settled_at")
+
+
+@admin.register(DecisionRollup)
+class DecisionRollupAdmin(ReadOnlyAdmin):
+    list_display = ("hour", "model", "requests", "predicted_cost_usd", "outcomes", "feedback_n")
+    list_filter = ("model",)
+    show_full_result_count = False
+
+
+@admin.register(RollupState)
+class RollupStateAdmin(ReadOnlyAdmin):
+    list_display = ("source", "watermark", "last_id", "updated_at")
