@@ -142,6 +142,7 @@ def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) 
             status, headers, body = post(f"{server.base_url}/api/v1/route", chat_body(), key)
             probe.update(status=status, retry_after=headers.get("Retry-After"), body=body)
             time.sleep(max(0.0, args.pg_outage - (time.time() - marks["stopped"])))
+            marks["start"] = time.time()
             pg_ctl("start")
             ensure_pg_running()
             marks["ready"] = time.time()
@@ -151,13 +152,17 @@ def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) 
         ensure_pg_running()
     responses = read_responses(work / "route")
     statuses, lost = summarize(responses, database_url)
-    # whole seconds strictly inside the outage (responses carry 1 s timestamps)
-    during = Counter(r.status for r in responses if int(marks["stopped"]) < r.at < int(marks["ready"]))
+    # whole seconds strictly between "stopped" and "start issued" (responses carry 1 s timestamps)
+    during = Counter(r.status for r in responses if int(marks["stopped"]) < r.at < int(marks["start"]))
     after = Counter(r.status for r in responses if r.at > int(marks["ready"]))
     after_ok = sorted(r.at for r in responses if 200 <= r.status < 300 and r.at >= int(marks["ready"]))
     recovery = (after_ok[0] - int(marks["ready"])) if after_ok else float("nan")
     other_5xx = sum(n for s, n in statuses.items() if s >= 500 and s != 503)
-    say(f"PostgreSQL down for {marks['ready'] - marks['stop']:.1f} s (stop at +{args.before:.0f} s)")
+    (work / "marks.json").write_text(json.dumps(marks))
+    say(
+        f"PostgreSQL stopped at +{args.before:.0f} s; {marks['start'] - marks['stopped']:.1f} s fully down, "
+        f"{marks['ready'] - marks['stop']:.1f} s from stop to accepting connections again"
+    )
     say(
         f"a request while it was down: HTTP {probe.get('status')}, Retry-After {probe.get('retry_after')}, "
         f"body {json.dumps(probe.get('body'))[:160]}"
