@@ -319,3 +319,8 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
     )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_the_benchmark_noop_endpoint_is_not_mounted_by_default(api: Any, settings: Any) -> None:
+    assert settings.SCOPE_ENABLE_NOOP_ENDPOINT is False
+    assert api("/api/v1/noop", {"messages": USER_MESSAGE("hi")}).status_code == 404
