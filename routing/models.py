@@ -134,11 +134,13 @@ class DecisionLog(models.Model):
             models.Index(fields=["created_at", "id"], name="decision_time_id"),
             # decisions explorer filtered by API key
             models.Index(fields=["api_key_name", "-created_at"], name="decision_key_time"),
-            # explorer filtered by experiment; experiment statistics per arm
+            # explorer filtered by experiment; experiment statistics per arm (covering: the per-arm
+            # aggregates and the joins to outcomes/feedback read only this index)
             models.Index(
                 fields=["experiment", "arm", "created_at"],
                 name="decision_experiment_time",
                 condition=~models.Q(experiment=""),
+                include=["id", "predicted_cost_usd", "predicted_quality"],
             ),
             # audit sealer: the rows not yet in a checkpoint, oldest first (stays small)
             models.Index(

@@ -2,8 +2,8 @@
 
     .venv/bin/python docs/screenshots/take_screenshots.py
 
-Builds a throw-away embedded instance (SQLite in a temporary directory): the demo catalog, an
-experiment, 6,000 synthetic decisions over 7 days (real decide() calls, see
+Builds a throw-away embedded instance (SQLite in a temporary directory): the demo catalog, a
+predictor trained on ../shared/data/routellm-gsm8k, an experiment, 6,000 synthetic decisions over 7 days (real decide() calls, see
 routing/dashboard/synthetic.py), the rollup and the audit seal; starts the dev server on a free
 port, logs in as operator / auditor and saves one PNG per page. Never downloads a browser.
 """
@@ -68,6 +68,14 @@ def main() -> None:
     manage = [py, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     subprocess.run([*manage, "seed_demo"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    data = ROOT.parent / "shared" / "data" / "routellm-gsm8k"  # a small real data set for the predictor
+    if (data / "outcomes.jsonl").exists():
+        quiet = {"env": env, "check": True, "cwd": ROOT, "stdout": subprocess.DEVNULL}
+        subprocess.run(
+            [*manage, "import_outcomes", str(data / "outcomes.jsonl"), "--models", str(data / "models.json")],
+            **quiet,
+        )  # type: ignore[call-overload]
+        subprocess.run([*manage, "train_predictor", "--activate"], **quiet)  # type: ignore[call-overload]
     subprocess.run([*manage, "shell", "-c", SETUP % {"password": PASSWORD}], env=env, check=True, cwd=ROOT)
     port = _free_port()
     server = subprocess.Popen([*manage, "runserver", f"127.0.0.1:{port}", "--noreload"], env=env, cwd=ROOT,

@@ -79,8 +79,12 @@ def decisions_filtered(filters: DecisionFilters) -> QuerySet[DecisionLog]:
         qs = qs.filter(experiment=filters.experiment)
     if filters.outcome == "none":
         qs = qs.filter(~Exists(Outcome.objects.filter(decision=OuterRef("pk"))))
-    elif filters.outcome:
+    elif filters.outcome == Outcome.Status.OK:
         qs = qs.filter(Exists(Outcome.objects.filter(decision=OuterRef("pk"), status=filters.outcome)))
+    elif filters.outcome:
+        # errors and partial streams are rare: hash their decision ids once (a hashed sub-plan)
+        # instead of probing the outcome table for every decision the time-ordered scan passes
+        qs = qs.filter(id__in=Outcome.objects.filter(status=filters.outcome).values("decision_id"))
     return qs
 
 
