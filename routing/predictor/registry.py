@@ -12,6 +12,7 @@ keeps serving; the failure is logged once per version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from django.core.cache import cache
 from routing.engine.types import Predictor
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.model import ScopePredictor
+from routing.services.counters import CACHE_ERRORS, warn_degraded
 
 log = logging.getLogger(__name__)
 CACHE_KEY = "scope:predictor:active-id"
@@ -49,18 +51,26 @@ def _check_seconds() -> float:
 
 def announce_active(version_id: int | None) -> None:
     """Publish the active id to every process (called on commit of an activation)."""
-    cache.set(CACHE_KEY, version_id or _NONE, timeout=None)
+    try:
+        cache.set(CACHE_KEY, version_id or _NONE, timeout=None)
+    except CACHE_ERRORS as exc:  # the others fall back to the database while Redis is down
+        warn_degraded("predictor activation broadcast", exc)
     reset()
 
 
 def _active_id() -> int | None:
-    cached = cache.get(CACHE_KEY)
-    if cached is not None:
-        return int(cached) or None
     from feedback.models import PredictorVersion
 
+    try:
+        cached = cache.get(CACHE_KEY)
+    except CACHE_ERRORS as exc:  # Redis down: ask the database instead (degraded, not down)
+        warn_degraded("predictor version lookup", exc)
+        return PredictorVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
+    if cached is not None:
+        return int(cached) or None
     active = PredictorVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
-    cache.set(CACHE_KEY, active or _NONE, timeout=None)
+    with contextlib.suppress(*CACHE_ERRORS):
+        cache.set(CACHE_KEY, active or _NONE, timeout=None)
     return active
 
 

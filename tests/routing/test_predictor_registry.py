@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.cache import cache
@@ -140,3 +141,23 @@ def test_a_catalog_model_with_only_an_anchor_evaluation_is_scored_without_retrai
     on_law, on_algebra = predictor.predict(law, [lawyer])[0], predictor.predict(algebra, [lawyer])[0]
     assert on_law.known and on_algebra.known
     assert on_law.quality > on_algebra.quality + 0.15
+
+
+@pytest.mark.django_db
+def test_with_the_cache_down_the_active_version_comes_from_the_database_without_tracebacks(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    django_capture_on_commit_callbacks: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import redis.exceptions
+
+    one = predictor_version_save(trained=two_trained[0], name="one")
+    _activate(one, django_capture_on_commit_callbacks)
+    registry.clear()
+    down = redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    with mock.patch.object(registry.cache, "get", side_effect=down), caplog.at_level("WARNING"):
+        first = registry.active_predictor()
+        second = registry.active_predictor()
+    assert first is not None and first.version == "one" and second is first
+    assert not [r for r in caplog.records if r.exc_info], "a cache outage must not log tracebacks"
+    assert any("degraded" in r.getMessage() for r in caplog.records)
