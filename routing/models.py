@@ -135,12 +135,12 @@ class DecisionLog(models.Model):
             # decisions explorer filtered by API key
             models.Index(fields=["api_key_name", "-created_at"], name="decision_key_time"),
             # explorer filtered by experiment; experiment statistics per arm (covering: the per-arm
-            # aggregates and the joins to outcomes/feedback read only this index)
+            # aggregates and the joins to outcomes/feedback read only this index; trailing key
+            # columns rather than INCLUDE, which SQLite lacks)
             models.Index(
-                fields=["experiment", "arm", "created_at"],
+                fields=["experiment", "arm", "created_at", "id", "predicted_cost_usd", "predicted_quality"],
                 name="decision_experiment_time",
                 condition=~models.Q(experiment=""),
-                include=["id", "predicted_cost_usd", "predicted_quality"],
             ),
             # audit sealer: the rows not yet in a checkpoint, oldest first (stays small)
             models.Index(
