@@ -18,6 +18,7 @@ from routing.engine.prior import _TIER_SPEED, expected_output_tokens
 from routing.engine.types import ModelSpec, Prediction
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
+from routing.predictor.serving import ServingPlan
 from routing.predictor.text import TextHeads, TextProjection
 from routing.predictor.trees import ForestEvaluator
 
@@ -132,6 +133,14 @@ class ScopePredictor:
         # catalog rows change rarely: their model-side vectors are memoised per process
         self._infos: dict[tuple[str, float, float, int, int], ModelInfo] = {}
         self._vectors: dict[ModelInfo, tuple[float, float, float, float]] = {}
+        self._plan: ServingPlan | None = None
+
+    @property
+    def plan(self) -> ServingPlan:
+        """The one-request serving path's precomputation, built on first use."""
+        if self._plan is None:
+            self._plan = ServingPlan(self)
+        return self._plan
 
     def _info(self, spec: ModelSpec) -> ModelInfo:
         key = (spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier)
@@ -226,43 +235,56 @@ class ScopePredictor:
 
     # --- the engine's Predictor protocol -------------------------------------------------------
     def predict(self, features: RequestFeatures, models: Sequence[ModelSpec]) -> list[Prediction]:
+        """One request: rows only for the known candidates (serving.py), one pass over every tree.
+
+        Equal to `predict_batch` on the same request and models (tested), at a fraction of its cost.
+        """
         if not models:
             return []
-        batch = self.predict_batch([features], [self._info(s) for s in models])
+        plan = self.plan
+        layout = plan.layout(models)
+        unknown = Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
+        result = [unknown] * len(models)
+        if not len(layout.positions):
+            return result
+        x = plan.rows(features, layout)
+        out = self.evaluator.predict(x)
+        q_all = out[:, self._quality]
+        quality = q_all.mean(axis=1)
+        spread = q_all.std(axis=1) if len(self._quality) > 1 else np.zeros(len(x))
+        local_n = np.expm1(x[:, self._local_n].astype(np.float64))
+        local_n[np.isnan(local_n)] = 0.0  # a count: never infinite, so nan_to_num's other work is moot
+        unc = np.sqrt(spread**2 + quality * (1 - quality) / (1.0 + local_n))
+        n = len(x)
+        tokens = np.expm1(out[:, self._tokens]) if self._tokens is not None else np.full(n, np.nan)
+        latency = np.expm1(out[:, self._latency]) if self._latency is not None else np.full(n, np.nan)
         fallback_tokens = None
-        result = []
-        for j, spec in enumerate(models):
-            if not batch.known[j]:
-                result.append(
-                    Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
-                )
-                continue
-            tokens = float(batch.output_tokens[0, j])
-            if math.isnan(tokens):
+        for j, q, u, t, lat in zip(
+            layout.positions.tolist(),
+            np.clip(quality, 0.0, 1.0).tolist(),
+            unc.tolist(),
+            np.maximum(tokens, 1.0).tolist(),
+            latency.tolist(),
+            strict=True,
+        ):
+            if math.isnan(t):
                 if fallback_tokens is None:
                     fallback_tokens = expected_output_tokens(features)
-                tokens = fallback_tokens
-            latency = float(batch.latency_ms[0, j])
-            if math.isnan(latency):
-                ttft, tps = _TIER_SPEED.get(spec.tier, (300.0, 80.0))
-                latency = ttft + features.input_tokens * 0.05 + tokens / tps * 1000.0
-            result.append(
-                Prediction(
-                    quality=float(batch.quality[0, j]),
-                    uncertainty=float(batch.uncertainty[0, j]),
-                    output_tokens=tokens,
-                    latency_ms=latency,
-                )
-            )
+                t = fallback_tokens
+            if math.isnan(lat):
+                ttft, tps = _TIER_SPEED.get(models[j].tier, (300.0, 80.0))
+                lat = ttft + features.input_tokens * 0.05 + t / tps * 1000.0
+            result[j] = Prediction(quality=q, uncertainty=u, output_tokens=t, latency_ms=lat)
         return result
 
     def contributions(
         self, features: RequestFeatures, model: ModelSpec, top: int = 5
     ) -> list[dict[str, Any]]:
         """Top Saabas (XGBoost approx pred_contribs) contributions to the model's quality logit."""
-        x, known = self.design([features], [self._info(model)])
-        if not known[0] or not self._quality:
+        layout = self.plan.layout([model])
+        if not len(layout.positions) or not self._quality:
             return []
+        x = self.plan.rows(features, layout)
         contrib = self.evaluator.contributions(x[0], self._quality[0])
         order = np.argsort(-np.abs(contrib[:-1]))[:top]
         return [

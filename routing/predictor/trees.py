@@ -172,9 +172,50 @@ class ForestEvaluator:
         self._bounds = np.cumsum([0, *counts])
         self._tree_offsets = (np.arange(self._n_trees, dtype=np.int64) * self.n_int)[None, :]
         self._leaf_offsets = (np.arange(self._n_trees, dtype=np.int64) << depth)[None, :]
+        # Missing values are folded into the feature index: rows are evaluated against
+        # [x with NaN -> -inf | x with NaN -> +inf]; a default-left node reads the first half
+        # (-inf < any finite threshold: left), a default-right node the second (+inf: right).
+        # Pass-through nodes (threshold +inf) have two equal subtrees, so their side is moot.
+        f = self.n_features
+        self._split_at = np.where(self._default_left, self._features, self._features + f).astype(np.int64)
+        self._root_split = self._split_at[self._tree_offsets[0]][None, :]
+        self._root_threshold = self._thresholds[self._tree_offsets[0]][None, :]
+        self._child_base = 1 - self._tree_offsets  # global child = 2 * global + child_base + went_right
+        self._leaf_shift = np.arange(self._n_trees, dtype=np.int64)[None, :] - self.n_int
+        self._base = np.asarray([e.base_margin for e in padded], dtype=np.float64)
+        logistic = [j for j, e in enumerate(padded) if e.logistic]
+        self._logistic_cols = np.asarray(logistic, dtype=np.int64) if logistic else None
 
     def margins(self, x: np.ndarray) -> np.ndarray:
-        """Raw margins [rows, boosters] (base margin included)."""
+        """Raw margins [rows, boosters] (base margin included): every row × every tree, level by level."""
+        x = np.asarray(x, dtype=np.float32)
+        rows, f = x.shape[0], self.n_features
+        if x.ndim != 2 or x.shape[1] < f:
+            raise ValueError(f"rows of {f} features expected, got shape {x.shape}")
+        x = x[:, :f]
+        missing = np.isnan(x)
+        flat = np.concatenate(
+            [np.where(missing, np.float32(-np.inf), x), np.where(missing, np.float32(np.inf), x)], axis=1
+        ).ravel()
+        row_base = (np.arange(rows, dtype=np.int64) * (2 * f))[:, None]
+        at = self._root_split + row_base
+        went_right = flat.take(at) >= self._root_threshold
+        node = self._tree_offsets * 2 + self._child_base + went_right  # [rows, trees], global index
+        for _ in range(self.depth - 1):
+            at = self._split_at.take(node)
+            at += row_base
+            went_right = flat.take(at) >= self._thresholds.take(node)
+            node *= 2
+            node += self._child_base
+            node += went_right
+        node += self._leaf_shift
+        leaf_values = self._leaves.take(node)
+        sums = np.add.reduceat(leaf_values, self._bounds[:-1], axis=1, dtype=np.float64)
+        sums += self._base
+        return sums
+
+    def margins_reference(self, x: np.ndarray) -> np.ndarray:
+        """The first evaluator (NaN tested at every node); kept as the reference in tests."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows = x.shape[0]
         node = np.zeros((rows, self._n_trees), dtype=np.int64)
@@ -196,9 +237,8 @@ class ForestEvaluator:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions [rows, boosters] on the boosters' output scale (sigmoid for logistic)."""
         out = self.margins(x)
-        for j, e in enumerate(self.ensembles):
-            if e.logistic:
-                out[:, j] = 1.0 / (1.0 + np.exp(-out[:, j]))
+        if self._logistic_cols is not None:
+            out[:, self._logistic_cols] = 1.0 / (1.0 + np.exp(-out[:, self._logistic_cols]))
         return out
 
     def contributions(self, x_row: np.ndarray, booster: int = 0) -> np.ndarray:

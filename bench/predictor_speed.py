@@ -1,0 +1,134 @@
+"""Per-request cost of the trained predictor: predict() at 5/20/50/200 candidates and contributions().
+
+Trains a ScopePredictor on generated outcomes (topics with their own words, models with random
+skills; default fit parameters: a 3-member quality ensemble + length model, depth 5), adds
+anchor-only models so that every candidate is a known model, then times one request at a time on
+the CPU (process time, gc off while timing). The script only calls predict()/contributions(), so
+the same file times an older checkout too (copy it into an exported tree and run it there).
+
+    .venv/bin/python bench/predictor_speed.py --runs 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+WORDS = (
+    "solve equation polynomial root variable coefficient quadratic factor empire war treaty king "
+    "revolution century dynasty battle cell protein enzyme gene organism membrane species evolution "
+    "contract court statute plaintiff liability tort appeal judge loop array pointer compile function "
+    "recursion stack heap poem rhyme metaphor stanza verse novel plot character"
+).split()
+FILLER = "the a of to and which what is how explain why please".split()
+
+
+def _train(*, prompts: int, trained: int, anchor_only: int, seed: int) -> tuple[Any, list[Any]]:
+    from routing.engine.types import ModelSpec
+    from routing.features import extract_prompt_features
+    from routing.predictor.fit import FitParams, TrainingExample, fit_predictor
+    from routing.predictor.model import ModelInfo
+
+    rng = np.random.default_rng(seed)
+    n_topics = 8
+    topic_words = [WORDS[i::n_topics] for i in range(n_topics)]
+    names = [f"model-{j:03d}" for j in range(trained + anchor_only)]
+    skill = rng.uniform(0.1, 0.95, size=(len(names), n_topics))
+    texts = []
+    for i in range(prompts):
+        t = i % n_topics
+        words = list(rng.choice(topic_words[t], size=8)) + list(rng.choice(FILLER, size=5))
+        texts.append((t, f"Question {i}: " + " ".join(words) + "?"))
+    feats = [(t, extract_prompt_features(text)) for t, text in texts]
+    examples = []
+    for i, (t, f) in enumerate(feats):
+        for j in range(trained):
+            score = float(rng.random() < skill[j, t])
+            tokens = 50.0 + 30.0 * j * float(rng.uniform(0.8, 1.2))
+            examples.append(TrainingExample(f"p{i}", f, names[j], score, output_tokens=tokens))
+    specs = [
+        ModelSpec(
+            name=n,
+            provider="sim",
+            provider_kind="simulated",
+            input_usd_per_mtok=0.1 * (1 + j % 13),
+            output_usd_per_mtok=0.3 * (1 + j % 11),
+            context_window=8192 * (1 + j % 4),
+            tier=1 + j % 5,
+        )
+        for j, n in enumerate(names)
+    ]
+    infos = [ModelInfo.from_spec(s) for s in specs[:trained]]
+    result = fit_predictor(examples, infos, seed=seed, params=FitParams(max_rounds=300))
+    predictor = result.predictor
+    for j in range(trained, trained + anchor_only):
+        anchors = [(f, float(rng.random() < skill[j, t]), 100.0) for t, f in feats[j % 7 :: 9][:120]]
+        predictor = predictor.with_anchor_model(names[j], anchors)
+    return predictor, specs
+
+
+def _time(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
+    for _ in range(50):
+        fn()
+    samples = []
+    gc.disable()
+    try:
+        for _ in range(runs):
+            started = time.process_time()
+            fn()
+            samples.append((time.process_time() - started) * 1000.0)
+    finally:
+        gc.enable()
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--trained", type=int, default=12, help="models in the training outcomes")
+    parser.add_argument("--anchor-only", type=int, default=188, help="models added from anchors only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scope_site.settings")
+
+    from routing.features import extract_features
+
+    started = time.perf_counter()
+    predictor, specs = _train(
+        prompts=args.prompts, trained=args.trained, anchor_only=args.anchor_only, seed=args.seed
+    )
+    trees = sum(e.n_trees for e in predictor.evaluator.ensembles)
+    print(
+        f"trained in {time.perf_counter() - started:.1f} s: {len(predictor.anchors.models)} known models, "
+        f"{len(predictor.roles)} boosters ({', '.join(predictor.roles)}), {trees} trees"
+    )
+    prompt = "Explain why this recursion overflows the stack and rewrite the function with a loop, please. "
+    features = extract_features([{"role": "user", "content": prompt * 8}], {})
+    print(
+        f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; CPU time per call, {args.runs} calls"
+    )
+    for count in (5, 20, 50, 200):
+        chosen = specs[:count]
+        med, p99 = _time(lambda c=chosen: predictor.predict(features, c), args.runs)  # type: ignore[misc]
+        print(f"predict {count:3d} candidates: median {med:.3f} ms  p99 {p99:.3f} ms")
+    med, p99 = _time(lambda: predictor.contributions(features, specs[0]), args.runs)
+    print(f"contributions (1 model): median {med:.3f} ms  p99 {p99:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The live, one-request path of a ScopePredictor: the same design rows as `design()`, built cheaply.
+
+What depends only on the artifact (per-model anchor totals and means, the anchor sum tables) is
+computed once per predictor; what depends only on the candidate list (anchor columns, model-side
+vectors) is memoised per list of ModelSpec objects; per request the text projection, the anchor
+statistics of every known model (the request-level means need them all) and the design rows of
+the known candidates only are built. Unknown candidates get no row: their prediction is fixed.
+The arithmetic is the batched path's, operation for operation, so the rows are bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from routing.engine.types import ModelSpec
+from routing.features import FEATURE_NAMES, RequestFeatures
+from routing.predictor.anchors import ANCHOR_FEATURES, SHRINK, assign
+
+if TYPE_CHECKING:
+    from routing.predictor.model import ScopePredictor
+
+_LIST_CACHE = 256  # candidate lists remembered per predictor
+_SPEC_CACHE = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateLayout:
+    """Where a candidate list's known models sit: positions in the list, anchor columns, model vectors."""
+
+    specs: tuple[ModelSpec, ...]  # kept alive so the id()-based cache key cannot be reused
+    positions: np.ndarray  # int64 [n_known] indexes into the candidate list
+    columns: np.ndarray  # int64 [n_known] anchor-table columns
+    vectors: np.ndarray  # float64 [n_known, 4]
+    known: tuple[bool, ...]
+
+
+class ServingPlan:
+    """Per-predictor precomputation for `ScopePredictor.predict` / `contributions`."""
+
+    def __init__(self, predictor: ScopePredictor) -> None:
+        self._p = predictor
+        a = predictor.anchors
+        s, n, ts, tn = a.totals()
+        # the batched path computes these per call from the same totals, elementwise
+        self.mean = (s + 0.5 * SHRINK) / (n + SHRINK)
+        self.n_log = np.log1p(n)
+        self.tok_mean = np.where(tn > 0, ts / np.maximum(tn, 1e-9), np.nan)
+        self.tok_prior = np.where(np.isnan(self.tok_mean), 0.0, self.tok_mean)
+        self.has_tok = tn > 0
+        self.n_known = len(a.models)
+        self.n_heads = len(predictor.heads.intercept)
+        self.n_req = len(FEATURE_NAMES)
+        self.dim = predictor.projection.dim
+        self._specs: dict[
+            tuple[str, float, float, int, int], tuple[int, tuple[float, float, float, float]]
+        ] = {}
+        self._lists: OrderedDict[tuple[int, ...], CandidateLayout] = OrderedDict()
+
+    # --- candidate side (memoised) ---------------------------------------------------------
+    def layout(self, models: Sequence[ModelSpec]) -> CandidateLayout:
+        key = tuple(map(id, models))
+        hit = self._lists.get(key)
+        if hit is not None:
+            self._lists.move_to_end(key)
+            return hit
+        positions, columns, vectors, known = [], [], [], []
+        for j, spec in enumerate(models):
+            col, vector = self._spec(spec)
+            known.append(col >= 0)
+            if col >= 0:
+                positions.append(j)
+                columns.append(col)
+                vectors.append(vector)
+        layout = CandidateLayout(
+            specs=tuple(models),
+            positions=np.asarray(positions, dtype=np.int64),
+            columns=np.asarray(columns, dtype=np.int64),
+            vectors=np.asarray(vectors, dtype=np.float64).reshape(len(vectors), 4),
+            known=tuple(known),
+        )
+        self._lists[key] = layout
+        if len(self._lists) > _LIST_CACHE:
+            self._lists.popitem(last=False)
+        return layout
+
+    def _spec(self, spec: ModelSpec) -> tuple[int, tuple[float, float, float, float]]:
+        key = (spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier)
+        hit = self._specs.get(key)
+        if hit is None:
+            if len(self._specs) > _SPEC_CACHE:
+                self._specs.clear()
+            info = self._p._info(spec)
+            hit = self._specs[key] = (self._p.anchors.index.get(spec.name, -1), self._p._vector(info))
+        return hit
+
+    # --- request side ------------------------------------------------------------------------
+    def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray:
+        """Design rows [n_known candidates, F] (float32), equal to `ScopePredictor.design`'s rows."""
+        p = self._p
+        cols, w = p.projection.weights(features.ngram_ids, features.ngram_counts)
+        emb = np.empty((1, self.dim), dtype=np.float32)
+        emb[0] = p.projection.project(cols, w)
+        head = np.empty(self.n_known)
+        head[: self.n_heads] = w @ p.heads.coef[cols] + p.heads.intercept if len(cols) else p.heads.intercept
+        head[self.n_heads :] = np.nan
+
+        a = p.anchors
+        wc = assign(emb, a.coarse)
+        wf = assign(emb, a.fine)
+        lc_s, lc_n = wc @ a.coarse_sum, wc @ a.coarse_n
+        lf_s, lf_n = wf @ a.fine_sum, wf @ a.fine_n
+        lt_s, lt_n = wf @ a.fine_tok_sum, wf @ a.fine_tok_n
+        local_c = (lc_s + SHRINK * self.mean) / (lc_n + SHRINK)
+        local_f = (lf_s + SHRINK * local_c) / (lf_n + SHRINK)
+        local_t = np.where(self.has_tok, (lt_s + SHRINK * self.tok_prior) / (lt_n + SHRINK), np.nan)
+
+        # request-level means over every known model, the same reduction as request_means()
+        stacked = np.empty((1, self.n_known, 2))
+        stacked[0, :, 0] = local_f[0]
+        stacked[0, :, 1] = head
+        ok = ~np.isnan(stacked)
+        n = ok.sum(axis=1)
+        total = np.where(ok, stacked, 0.0).sum(axis=1)
+        means = np.where(n > 0, total / np.maximum(n, 1), np.nan)[0]
+
+        c = layout.columns
+        m = len(c)
+        width = p.evaluator.n_features
+        out = np.empty((m, width), dtype=np.float32)
+        r0 = self.n_req
+        n_req = r0 + self.dim
+        out[:, :r0] = np.asarray(features.values, dtype=np.float64)
+        out[:, r0:n_req] = emb
+        a0 = n_req + 4
+        out[:, n_req:a0] = layout.vectors
+        out[:, a0] = self.mean[c]
+        out[:, a0 + 1] = self.n_log[c]
+        out[:, a0 + 2] = local_c[0, c]
+        fine = local_f[0, c]
+        out[:, a0 + 3] = fine
+        out[:, a0 + 4] = np.log1p(lf_n[0, c])
+        out[:, a0 + 5] = self.tok_mean[c]
+        out[:, a0 + 6] = local_t[0, c]
+        h = head[c]
+        e0 = a0 + len(ANCHOR_FEATURES)
+        out[:, e0] = h
+        out[:, e0 + 1] = means[0]
+        out[:, e0 + 2] = means[1]
+        out[:, e0 + 3] = fine - means[0]
+        out[:, e0 + 4] = h - means[1]
+        return out
