@@ -52,7 +52,8 @@
     },
     importance: function (pairs) {
       return { type: "bar", data: { labels: pairs.map(function (p) { return p[0]; }), datasets: [{ label: "importance", data: pairs.map(function (p) { return p[1]; }), backgroundColor: COLORS[0] }] },
-        options: { indexAxis: "y", animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } } } };
+        options: { indexAxis: "y", animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } },
+          scales: { y: { ticks: { autoSkip: false, font: { size: 11 } } } } } };
     }
   };
 
