@@ -19,7 +19,7 @@ import numpy as np
 
 from routing.engine.types import ModelSpec
 from routing.features import FEATURE_NAMES, RequestFeatures
-from routing.predictor.anchors import ANCHOR_FEATURES, SHRINK, assign
+from routing.predictor.anchors import ANCHOR_FEATURES, SHARPNESS, SHRINK, TOP_CENTROIDS
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
@@ -37,6 +37,7 @@ class CandidateLayout:
     columns: np.ndarray  # int64 [n_known] anchor-table columns
     vectors: np.ndarray  # float64 [n_known, 4]
     known: tuple[bool, ...]
+    template: np.ndarray  # float32 [n_known, F]: model-side design columns, copied per request
 
 
 class ServingPlan:
@@ -56,6 +57,12 @@ class ServingPlan:
         self.n_heads = len(predictor.heads.intercept)
         self.n_req = len(FEATURE_NAMES)
         self.dim = predictor.projection.dim
+        # the anchor sum tables side by side: one product per granularity
+        self._coarse, self._fine = a.coarse, a.fine
+        self._coarse_tables = np.ascontiguousarray(np.hstack([a.coarse_sum, a.coarse_n]), dtype=np.float64)
+        self._fine_tables = np.ascontiguousarray(
+            np.hstack([a.fine_sum, a.fine_n, a.fine_tok_sum, a.fine_tok_n]), dtype=np.float64
+        )
         self._specs: dict[
             tuple[str, float, float, int, int], tuple[int, tuple[float, float, float, float]]
         ] = {}
@@ -82,11 +89,23 @@ class ServingPlan:
             columns=np.asarray(columns, dtype=np.int64),
             vectors=np.asarray(vectors, dtype=np.float64).reshape(len(vectors), 4),
             known=tuple(known),
+            template=self._template(np.asarray(columns, dtype=np.int64), vectors),
         )
         self._lists[key] = layout
         if len(self._lists) > _LIST_CACHE:
             self._lists.popitem(last=False)
         return layout
+
+    def _template(self, c: np.ndarray, vectors: list[tuple[float, float, float, float]]) -> np.ndarray:
+        """Rows [len(c), F] with the request-independent model columns filled (the rest is overwritten)."""
+        out = np.zeros((len(c), self._p.evaluator.n_features), dtype=np.float32)
+        n_req = self.n_req + self.dim
+        a0 = n_req + 4
+        out[:, n_req:a0] = np.asarray(vectors, dtype=np.float64).reshape(len(c), 4)
+        out[:, a0] = self.mean[c]
+        out[:, a0 + 1] = self.n_log[c]
+        out[:, a0 + 5] = self.tok_mean[c]
+        return out
 
     def _spec(self, spec: ModelSpec) -> tuple[int, tuple[float, float, float, float]]:
         key = (spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier)
@@ -109,42 +128,28 @@ class ServingPlan:
         head[: self.n_heads] = w @ p.heads.coef[cols] + p.heads.intercept if len(cols) else p.heads.intercept
         head[self.n_heads :] = np.nan
 
-        a = p.anchors
-        wc = assign(emb, a.coarse)
-        wf = assign(emb, a.fine)
-        lc_s, lc_n = wc @ a.coarse_sum, wc @ a.coarse_n
-        lf_s, lf_n = wf @ a.fine_sum, wf @ a.fine_n
-        lt_s, lt_n = wf @ a.fine_tok_sum, wf @ a.fine_tok_n
+        k = self.n_known
+        coarse = _assign_one(emb, self._coarse) @ self._coarse_tables
+        fine = _assign_one(emb, self._fine) @ self._fine_tables
+        lc_s, lc_n = coarse[:, :k], coarse[:, k:]
+        lf_s, lf_n = fine[:, :k], fine[:, k : 2 * k]
+        lt_s, lt_n = fine[:, 2 * k : 3 * k], fine[:, 3 * k :]
         local_c = (lc_s + SHRINK * self.mean) / (lc_n + SHRINK)
         local_f = (lf_s + SHRINK * local_c) / (lf_n + SHRINK)
         local_t = np.where(self.has_tok, (lt_s + SHRINK * self.tok_prior) / (lt_n + SHRINK), np.nan)
 
-        # request-level means over every known model, the same reduction as request_means()
-        stacked = np.empty((1, self.n_known, 2))
-        stacked[0, :, 0] = local_f[0]
-        stacked[0, :, 1] = head
-        ok = ~np.isnan(stacked)
-        n = ok.sum(axis=1)
-        total = np.where(ok, stacked, 0.0).sum(axis=1)
-        means = np.where(n > 0, total / np.maximum(n, 1), np.nan)[0]
+        # request-level means over every known model, NaN-aware as request_means()
+        means = (_nan_mean(local_f[0]), _nan_mean(head))
 
         c = layout.columns
-        m = len(c)
-        width = p.evaluator.n_features
-        out = np.empty((m, width), dtype=np.float32)
-        r0 = self.n_req
-        n_req = r0 + self.dim
-        out[:, :r0] = np.asarray(features.values, dtype=np.float64)
-        out[:, r0:n_req] = emb
+        out = layout.template.copy()  # the model-side columns are filled already
+        n_req = self.n_req + self.dim
+        out[:, :n_req] = np.concatenate([np.asarray(features.values, dtype=np.float32), emb[0]])
         a0 = n_req + 4
-        out[:, n_req:a0] = layout.vectors
-        out[:, a0] = self.mean[c]
-        out[:, a0 + 1] = self.n_log[c]
         out[:, a0 + 2] = local_c[0, c]
         fine = local_f[0, c]
         out[:, a0 + 3] = fine
         out[:, a0 + 4] = np.log1p(lf_n[0, c])
-        out[:, a0 + 5] = self.tok_mean[c]
         out[:, a0 + 6] = local_t[0, c]
         h = head[c]
         e0 = a0 + len(ANCHOR_FEATURES)
@@ -154,3 +159,24 @@ class ServingPlan:
         out[:, e0 + 3] = fine - means[0]
         out[:, e0 + 4] = h - means[1]
         return out
+
+
+def _assign_one(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """anchors.assign() for a single row [1, k], with the same arithmetic and fewer array operations."""
+    weights = np.zeros((1, centroids.shape[0]), dtype=np.float64)
+    c = centroids.shape[0]
+    if c == 0:
+        return weights
+    sims = (emb @ centroids.T)[0]
+    k = min(TOP_CENTROIDS, c)
+    top = np.argpartition(-sims, k - 1)[:k] if c > k else np.arange(c)
+    s = sims[top] * SHARPNESS
+    s = np.exp(s - s.max())
+    weights[0, top] = s / s.sum()
+    return weights
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    ok = ~np.isnan(values)
+    n = int(np.count_nonzero(ok))
+    return float(values[ok].sum() / n) if n else float("nan")

@@ -181,6 +181,10 @@ class ForestEvaluator:
         self._root_split = self._split_at[self._tree_offsets[0]][None, :]
         self._root_threshold = self._thresholds[self._tree_offsets[0]][None, :]
         self._child_base = 1 - self._tree_offsets  # global child = 2 * global + child_base + went_right
+        tree_of = np.repeat(np.arange(self._n_trees, dtype=np.int64), self.n_int)
+        self._left_child = (
+            2 * np.arange(self._n_trees * self.n_int, dtype=np.int64) + 1 - tree_of * self.n_int
+        )
         self._leaf_shift = np.arange(self._n_trees, dtype=np.int64)[None, :] - self.n_int
         self._base = np.asarray([e.base_margin for e in padded], dtype=np.float64)
         logistic = [j for j, e in enumerate(padded) if e.logistic]
@@ -205,8 +209,7 @@ class ForestEvaluator:
             at = self._split_at.take(node)
             at += row_base
             went_right = flat.take(at) >= self._thresholds.take(node)
-            node *= 2
-            node += self._child_base
+            node = self._left_child.take(node)
             node += went_right
         node += self._leaf_shift
         leaf_values = self._leaves.take(node)
