@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView
 from feedback.api import FeedbackApi
 from providers.openai_api import ChatCompletionsApi, ModelDetailApi, ModelsApi
 from routing.api import RouteApi
+from routing.decisions_api import DecisionDetailApi, DecisionListApi
 from routing.jobs_api import JobCreateApi, JobDetailApi
 from routing.usage_api import UsageApi
 from scope_site.health import healthz
@@ -26,6 +27,8 @@ urlpatterns = [
     path("api/v1/jobs", JobCreateApi.as_view(), name="job-create"),
     path("api/v1/jobs/<uuid:job_id>", JobDetailApi.as_view(), name="job-detail"),
     path("api/v1/usage", UsageApi.as_view(), name="usage"),
+    path("api/v1/decisions", DecisionListApi.as_view(), name="decision-list"),
+    path("api/v1/decisions/<uuid:decision_id>", DecisionDetailApi.as_view(), name="decision-detail"),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="models"),
     path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),

@@ -49,6 +49,7 @@ class DecisionFilters:
     policy: str = ""
     experiment: str = ""
     outcome: str = ""
+    api_key_id: str | None = None  # the decisions one API key made (GET /api/v1/decisions)
 
     def as_query(self) -> dict[str, str]:
         out = {
@@ -71,6 +72,8 @@ def decisions_filtered(filters: DecisionFilters) -> QuerySet[DecisionLog]:
         qs = qs.filter(created_at__lt=filters.end)
     if filters.key:
         qs = qs.filter(api_key_name=filters.key)
+    if filters.api_key_id is not None:
+        qs = qs.filter(api_key_id=filters.api_key_id)
     if filters.model:
         qs = qs.filter(chosen_model=filters.model)
     if filters.policy:
@@ -118,13 +121,15 @@ def _before(qs: QuerySet[DecisionLog], cursor: tuple[datetime, uuid.UUID]) -> Qu
 
 
 def decisions_page(
-    *, filters: DecisionFilters, after: str = "", limit: int = PAGE_SIZE
+    *, filters: DecisionFilters, after: str = "", limit: int = PAGE_SIZE, full_rows: bool = False
 ) -> tuple[list[DecisionLog], str]:
     """One page, newest first, and the cursor of the next page ("" when this is the last)."""
     qs = decisions_filtered(filters)
     if after:
         qs = _before(qs, decode_cursor(after))
-    rows = list(qs.order_by("-created_at", "-id").only(*LIST_FIELDS)[: limit + 1])
+    if not full_rows:
+        qs = qs.only(*LIST_FIELDS)
+    rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else ""
