@@ -41,6 +41,9 @@ class EvalOutcome(models.Model):
         ]
         indexes = [models.Index(fields=["model_name"], name="evaloutcome_model")]  # anchor stats per model
 
+    def __str__(self) -> str:
+        return f"{self.model_name} on {self.prompt_id}: {self.score}"
+
 
 class PredictorVersion(models.Model):
     """A trained predictor: XGBoost UBJSON bytes plus the metadata needed to refuse a mismatch."""
@@ -89,6 +92,9 @@ class Outcome(models.Model):
     attempts = models.JSONField(default=list)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.status} for {self.decision_id}"
+
 
 class Feedback(models.Model):
     """A score for a decision; all are kept, the latest per decision counts for training."""
@@ -103,8 +109,13 @@ class Feedback(models.Model):
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["decision", "-created_at"], name="feedback_latest")]
         constraints = [
-            models.CheckConstraint(condition=models.Q(score__gte=0.0, score__lte=1.0), name="feedback_score_0_1")
+            models.CheckConstraint(
+                condition=models.Q(score__gte=0.0, score__lte=1.0), name="feedback_score_0_1"
+            )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.score} for {self.decision_id}"
 
 
 class TrainingRunStatus(models.TextChoices):
@@ -118,15 +129,21 @@ class TrainingRunStatus(models.TextChoices):
 class TrainingRun(models.Model):
     """One (re)training: data counts, champion vs challenger metrics, duration, outcome, progress."""
 
-    status = models.CharField(max_length=10, choices=TrainingRunStatus.choices, default=TrainingRunStatus.QUEUED)
+    status = models.CharField(
+        max_length=10, choices=TrainingRunStatus.choices, default=TrainingRunStatus.QUEUED
+    )
     trigger = models.CharField(max_length=50, default="manual")  # manual | schedule | command
     params = models.JSONField(default=dict, blank=True)
     progress = models.FloatField(default=0.0)  # 0–1, for the UI's live progress bar
     progress_message = models.CharField(max_length=200, blank=True)
     data_counts = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
-    challenger = models.ForeignKey(PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    champion = models.ForeignKey(PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    challenger = models.ForeignKey(
+        PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    champion = models.ForeignKey(
+        PredictorVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -134,6 +151,9 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"training run {self.pk} ({self.status})"
 
 
 class CalibrationStatus(models.TextChoices):
@@ -146,7 +166,9 @@ class ModelCalibration(models.Model):
     """A new model's anchor evaluation and its exploration cap until enough live outcomes exist."""
 
     model_name = models.CharField(max_length=200, unique=True)
-    status = models.CharField(max_length=10, choices=CalibrationStatus.choices, default=CalibrationStatus.EXPLORING)
+    status = models.CharField(
+        max_length=10, choices=CalibrationStatus.choices, default=CalibrationStatus.EXPLORING
+    )
     anchors = models.PositiveIntegerField(default=0)
     anchor_score = models.FloatField(null=True, blank=True)  # mean score on the anchor prompts
     scoring = models.CharField(max_length=200, blank=True)  # exact_match | judge:<model> | imported:<file>
@@ -163,7 +185,8 @@ class ModelCalibration(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(exploration_cap__gte=0.0, exploration_cap__lte=1.0), name="calibration_cap_0_1"
+                condition=models.Q(exploration_cap__gte=0.0, exploration_cap__lte=1.0),
+                name="calibration_cap_0_1",
             )
         ]
 

@@ -14,7 +14,15 @@ class ProviderAdmin(admin.ModelAdmin):
 
 @admin.register(LLMModel)
 class LLMModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "enabled")
+    list_display = (
+        "name",
+        "provider",
+        "tier",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "context_window",
+        "enabled",
+    )
     list_filter = ("provider", "tier", "enabled")
     search_fields = ("name",)
 

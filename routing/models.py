@@ -144,7 +144,9 @@ class DecisionLog(models.Model):
             ),
             # audit sealer: the rows not yet in a checkpoint, oldest first (stays small)
             models.Index(
-                fields=["created_at", "id"], name="decision_unsealed", condition=models.Q(checkpoint__isnull=True)
+                fields=["created_at", "id"],
+                name="decision_unsealed",
+                condition=models.Q(checkpoint__isnull=True),
             ),
         ]
 
@@ -167,7 +169,9 @@ class Job(models.Model):
     idempotency_key = models.CharField(max_length=200, blank=True)
     body = models.JSONField()
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    decision = models.ForeignKey(DecisionLog, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    decision = models.ForeignKey(
+        DecisionLog, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -187,6 +191,9 @@ class Job(models.Model):
         ]
         indexes = [models.Index(fields=["status", "created_at"], name="job_status_time")]  # stuck-job sweeps
 
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.status})"
+
 
 class ExperimentStatus(models.TextChoices):
     RUNNING = "running", "Running"
@@ -199,7 +206,9 @@ class Experiment(models.Model):
 
     name = models.SlugField(max_length=100, unique=True)
     policy = models.ForeignKey(RoutingPolicy, on_delete=models.PROTECT, related_name="experiments")
-    status = models.CharField(max_length=10, choices=ExperimentStatus.choices, default=ExperimentStatus.RUNNING)
+    status = models.CharField(
+        max_length=10, choices=ExperimentStatus.choices, default=ExperimentStatus.RUNNING
+    )
     description = models.TextField(blank=True)
     stats = models.JSONField(default=dict, blank=True)  # last aggregation: per arm metrics with intervals
     stats_updated_at = models.DateTimeField(null=True, blank=True)
@@ -212,7 +221,9 @@ class Experiment(models.Model):
         constraints = [
             # at most one running experiment splits a policy's traffic
             models.UniqueConstraint(
-                fields=["policy"], condition=models.Q(status="running"), name="experiment_one_running_per_policy"
+                fields=["policy"],
+                condition=models.Q(status="running"),
+                name="experiment_one_running_per_policy",
             )
         ]
 
@@ -230,6 +241,9 @@ class ExperimentArm(models.Model):
         ordering = ["experiment", "name"]
         constraints = [models.UniqueConstraint(fields=["experiment", "name"], name="arm_unique_name")]
 
+    def __str__(self) -> str:
+        return f"{self.experiment_id}/{self.name}"
+
 
 class PolicyAdjustment(models.Model):
     """A change the budget-pacing controller made to a policy's α, with its reason."""
@@ -243,6 +257,9 @@ class PolicyAdjustment(models.Model):
     target_usd = models.FloatField()
     reason = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.policy_id}: α {self.old_alpha:.2f} → {self.new_alpha:.2f}"
 
 
 class AuditCheckpoint(models.Model):
@@ -259,6 +276,9 @@ class AuditCheckpoint(models.Model):
 
     class Meta:
         ordering = ["-sequence"]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.sequence}"
 
 
 class SpendPeriod(models.TextChoices):
@@ -284,9 +304,16 @@ class SpendLedger(models.Model):
     class Meta:
         constraints = [
             # one row per key and period: admission locks exactly this row
-            models.UniqueConstraint(fields=["api_key", "period", "period_start"], name="spendledger_unique_period"),
-            models.CheckConstraint(condition=models.Q(reserved_usd__gte=0), name="spendledger_reserved_non_negative"),
+            models.UniqueConstraint(
+                fields=["api_key", "period", "period_start"], name="spendledger_unique_period"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(reserved_usd__gte=0), name="spendledger_reserved_non_negative"
+            ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} {self.period} {self.period_start}: ${self.spent_usd} spent"
 
 
 class BudgetHold(models.Model):
@@ -306,6 +333,9 @@ class BudgetHold(models.Model):
             # expiry sweep: unsettled holds of one key, oldest first
             models.Index(fields=["api_key", "settled_at", "created_at"], name="budgethold_open"),
         ]
+
+    def __str__(self) -> str:
+        return f"hold {self.id}: ${self.amount_usd}"
 
 
 class DecisionRollup(models.Model):
@@ -336,7 +366,12 @@ class DecisionRollup(models.Model):
     feedback_sum = models.FloatField(default=0.0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["hour", "model"], name="decisionrollup_unique_hour_model")]
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "model"], name="decisionrollup_unique_hour_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.model or '(all)'}"
         # overview: WHERE hour BETWEEN :from AND :to (the unique index's leading column serves it)
 
 
@@ -347,3 +382,6 @@ class RollupState(models.Model):
     watermark = models.DateTimeField(null=True, blank=True)
     last_id = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"rollup {self.source} at {self.watermark}"

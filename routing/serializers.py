@@ -32,7 +32,9 @@ class RouteInputSerializer(serializers.Serializer):
     alpha = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
     max_cost_usd = serializers.FloatField(required=False, min_value=0.0)
     max_latency_ms = serializers.FloatField(required=False, min_value=0.0)
-    models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=500)
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=500
+    )
     user = serializers.CharField(required=False, max_length=200, allow_blank=True)
     metadata = serializers.DictField(required=False)
 

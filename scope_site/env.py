@@ -67,7 +67,9 @@ def env_url(name: str, *, schemes: set[str]) -> str:
     parsed = urlparse(raw)
     if parsed.scheme not in schemes:
         allowed = ", ".join(sorted(schemes))
-        raise ConfigurationError(f"{name} must start with one of: {allowed} (got {parsed.scheme or 'no scheme'!r})")
+        raise ConfigurationError(
+            f"{name} must start with one of: {allowed} (got {parsed.scheme or 'no scheme'!r})"
+        )
     if parsed.scheme not in {"sqlite"} and not (parsed.hostname or parsed.path):
         raise ConfigurationError(f"{name}={raw!r} names no host")
     return raw

@@ -146,8 +146,14 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks; beat copies them into django-celery-beat's tables, where the admin can edit them.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # routing.dashboard.tasks: seal new decision rows into the audit hash chain; refresh the rollups
-    "audit-seal": {"task": "routing.audit_seal", "schedule": env_float("SCOPE_AUDIT_SEAL_S", 60.0, minimum=1.0)},
-    "dashboard-rollup": {"task": "routing.rollup_catch_up", "schedule": env_float("SCOPE_ROLLUP_S", 20.0, minimum=1.0)},
+    "audit-seal": {
+        "task": "routing.audit_seal",
+        "schedule": env_float("SCOPE_AUDIT_SEAL_S", 60.0, minimum=1.0),
+    },
+    "dashboard-rollup": {
+        "task": "routing.rollup_catch_up",
+        "schedule": env_float("SCOPE_ROLLUP_S", 20.0, minimum=1.0),
+    },
     # routing.tasks: enqueue again async jobs whose message was lost or whose worker died
     "jobs-requeue-stale": {"task": "routing.jobs_requeue_stale", "schedule": 60.0},
 }
@@ -215,7 +221,12 @@ SCOPE_PROMPT_STORAGE = env_str("SCOPE_PROMPT_STORAGE", "full")
 if SCOPE_PROMPT_STORAGE not in {"full", "redacted"}:
     raise ConfigurationError("SCOPE_PROMPT_STORAGE must be 'full' or 'redacted'")
 SCOPE_CATALOG_TTL_SECONDS = env_float("SCOPE_CATALOG_TTL_SECONDS", 2.0, minimum=0.0)
+# How often a process looks up which predictor version is active (routing/predictor/registry.py).
+SCOPE_PREDICTOR_CHECK_SECONDS = env_float("SCOPE_PREDICTOR_CHECK_SECONDS", 2.0, minimum=0.0)
 SCOPE_ENABLE_NOOP_ENDPOINT = env_bool("SCOPE_ENABLE_NOOP_ENDPOINT", False)
+# An API key row is remembered per process this long (the secret is still hashed and checked on
+# every request); a revoked key stops working everywhere within it. 0 = look it up every time.
+SCOPE_API_KEY_CACHE_SECONDS = env_float("SCOPE_API_KEY_CACHE_SECONDS", 2.0, minimum=0.0)
 SCOPE_DATA_DIR = Path(env_str("SCOPE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data")))
 # Learning loop (feedback/services/live_data.py, retraining.py, calibration.py; routing/services/pacing.py)
 # Per-source weights of training examples: "feedback=3,outcome=1,eval=1".
@@ -246,7 +257,9 @@ SCOPE_JOB_RESULT_MAX_BYTES = env_int("SCOPE_JOB_RESULT_MAX_BYTES", 1024 * 1024, 
 SCOPE_RETRIES_PER_MODEL = env_int("SCOPE_RETRIES_PER_MODEL", 1, minimum=0)  # extra tries on 429/5xx
 SCOPE_RETRY_BACKOFF_S = env_float("SCOPE_RETRY_BACKOFF_S", 0.25, minimum=0.0)  # doubles per retry
 SCOPE_RETRY_MAX_WAIT_S = env_float("SCOPE_RETRY_MAX_WAIT_S", 5.0, minimum=0.0)  # longest Retry-After honoured
-SCOPE_EXECUTION_BUDGET_S = env_float("SCOPE_EXECUTION_BUDGET_S", 90.0, minimum=0.1)  # all attempts together (< gunicorn --timeout)
+SCOPE_EXECUTION_BUDGET_S = env_float(
+    "SCOPE_EXECUTION_BUDGET_S", 90.0, minimum=0.1
+)  # all attempts together (< gunicorn --timeout)
 SCOPE_CIRCUIT_FAILURES = env_int("SCOPE_CIRCUIT_FAILURES", 5, minimum=1)
 SCOPE_CIRCUIT_WINDOW_S = env_float("SCOPE_CIRCUIT_WINDOW_S", 60.0, minimum=1.0)
 SCOPE_CIRCUIT_COOLDOWN_S = env_float("SCOPE_CIRCUIT_COOLDOWN_S", 30.0, minimum=0.1)

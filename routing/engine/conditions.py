@@ -1,8 +1,8 @@
 """A small, safe condition language for IF-THEN rules (JSON, never `eval`).
 
-    {"feature": "code_signal", "op": ">=", "value": 1}
-    {"metadata": "team", "op": "in", "value": ["legal", "risk"]}
-    {"all": [...]}, {"any": [...]}, {"not": {...}}
+A leaf compares a request feature or a metadata value, e.g. `{"feature": "code_signal", "op":
+">=", "value": 1}` or `{"metadata": "team", "op": "in", "value": ["legal", "risk"]}`; leaves
+combine with `{"all": [...]}`, `{"any": [...]}` and `{"not": {...}}`.
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ class PriorPredictor:
             )
         return predictions
 
-    def contributions(self, features: RequestFeatures, model: ModelSpec, top: int = 5) -> list[dict[str, Any]]:
+    def contributions(
+        self, features: RequestFeatures, model: ModelSpec, top: int = 5
+    ) -> list[dict[str, Any]]:
         return [
             {"feature": "tier", "value": model.tier, "contribution": _TIER_QUALITY.get(model.tier, 0.6)},
             {"feature": "difficulty", "value": round(request_difficulty(features), 4), "contribution": None},

@@ -135,6 +135,8 @@ class Predictor(Protocol):
 
     def predict(self, features: RequestFeatures, models: Sequence[ModelSpec]) -> list[Prediction]: ...
 
-    def contributions(self, features: RequestFeatures, model: ModelSpec, top: int = 5) -> list[dict[str, Any]]:
+    def contributions(
+        self, features: RequestFeatures, model: ModelSpec, top: int = 5
+    ) -> list[dict[str, Any]]:
         """The top feature contributions to `model`'s predicted quality (may be empty)."""
         ...

@@ -21,12 +21,34 @@ from scope_site.errors import InvalidRequest
 
 PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s", "enabled"}
 MODEL_KEYS = {
-    "name", "provider", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "tier",
-    "capabilities", "tags", "upstream_name", "sim_profile", "load_balancing", "enabled",
+    "name",
+    "provider",
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "context_window",
+    "tier",
+    "capabilities",
+    "tags",
+    "upstream_name",
+    "sim_profile",
+    "load_balancing",
+    "enabled",
 }
 POLICY_KEYS = {
-    "slug", "name", "description", "strategy", "alpha", "max_cost_usd", "max_latency_ms", "models",
-    "allowed_models", "denied_models", "required_capabilities", "required_tags", "rules", "options",
+    "slug",
+    "name",
+    "description",
+    "strategy",
+    "alpha",
+    "max_cost_usd",
+    "max_latency_ms",
+    "models",
+    "allowed_models",
+    "denied_models",
+    "required_capabilities",
+    "required_tags",
+    "rules",
+    "options",
 }
 # Extra catalog sections ("experiments", ...) register a loader here: fn(items) -> count
 SECTION_LOADERS: dict[str, Callable[[list[Mapping[str, Any]]], int]] = {}
@@ -47,7 +69,9 @@ def catalog_parse(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidRequest(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise InvalidRequest(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     if not isinstance(data, Mapping):
         raise InvalidRequest(f"{path}: the top level must be a mapping with providers/models/policies")
     return dict(data)

@@ -54,14 +54,18 @@ def validate_rules(rules: Any, known_models: set[str] | None = None) -> list[dic
             alpha = then.get("alpha")
             if not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
                 raise InvalidRequest(f"{where}.then.alpha: must be a number in [0, 1]")
-        cleaned.append({"name": str(rule.get("name") or f"rule-{index + 1}"), "when": rule["when"], "then": dict(then)})
+        cleaned.append(
+            {"name": str(rule.get("name") or f"rule-{index + 1}"), "when": rule["when"], "then": dict(then)}
+        )
     return cleaned
 
 
 def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str, Any]:
     strategies = load_strategies(settings.SCOPE_EXTRA_STRATEGIES)
     if values["strategy"] not in strategies:
-        raise InvalidRequest(f"strategy: unknown {values['strategy']!r} (known: {', '.join(sorted(strategies))})")
+        raise InvalidRequest(
+            f"strategy: unknown {values['strategy']!r} (known: {', '.join(sorted(strategies))})"
+        )
     alpha = values["alpha"]
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
         raise InvalidRequest("alpha: must be a number in [0, 1]")
