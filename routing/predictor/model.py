@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.engine.prior import _TIER_SPEED, expected_output_tokens
+from routing.engine.prior import expected_output_tokens
 from routing.engine.types import ModelSpec, Prediction
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
@@ -263,23 +263,27 @@ class ScopePredictor:
         n = len(x)
         tokens = np.expm1(out[:, self._tokens]) if self._tokens is not None else np.full(n, np.nan)
         latency = np.expm1(out[:, self._latency]) if self._latency is not None else np.full(n, np.nan)
-        fallback_tokens = None
-        for j, q, u, t, lat in zip(
-            layout.positions.tolist(),
-            np.clip(quality, 0.0, 1.0).tolist(),
-            unc.tolist(),
-            np.maximum(tokens, 1.0).tolist(),
-            latency.tolist(),
-            strict=True,
-        ):
-            if math.isnan(t):
-                if fallback_tokens is None:
-                    fallback_tokens = expected_output_tokens(features)
-                t = fallback_tokens
-            if math.isnan(lat):
-                ttft, tps = _TIER_SPEED.get(models[j].tier, (300.0, 80.0))
-                lat = ttft + features.input_tokens * 0.05 + t / tps * 1000.0
-            result[j] = Prediction(quality=q, uncertainty=u, output_tokens=t, latency_ms=lat)
+        tokens = np.maximum(tokens, 1.0)
+        missing = np.isnan(tokens)
+        if missing.any():
+            tokens[missing] = expected_output_tokens(features)
+        slow = np.isnan(latency)
+        if slow.any():  # the tier prior's latency, as PriorPredictor computes it
+            prior = layout.ttft_ms + features.input_tokens * 0.05 + tokens / layout.tokens_per_s * 1000.0
+            latency[slow] = prior[slow]
+        made = list(
+            map(
+                Prediction,
+                np.clip(quality, 0.0, 1.0).tolist(),
+                unc.tolist(),
+                tokens.tolist(),
+                latency.tolist(),
+            )
+        )
+        if len(made) == len(models):
+            return made
+        for j, prediction in zip(layout.positions.tolist(), made, strict=True):
+            result[j] = prediction
         return result
 
     def contributions(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from routing.engine.prior import _TIER_SPEED
 from routing.engine.types import ModelSpec
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, SHARPNESS, SHRINK, TOP_CENTROIDS
@@ -38,6 +39,8 @@ class CandidateLayout:
     vectors: np.ndarray  # float64 [n_known, 4]
     known: tuple[bool, ...]
     template: np.ndarray  # float32 [n_known, F]: model-side design columns, copied per request
+    ttft_ms: np.ndarray  # float64 [n_known]: the tier prior's latency terms (used without a latency model)
+    tokens_per_s: np.ndarray
 
 
 class ServingPlan:
@@ -73,9 +76,13 @@ class ServingPlan:
         key = tuple(map(id, models))
         hit = self._lists.get(key)
         if hit is not None:
-            self._lists.move_to_end(key)
+            try:
+                self._lists.move_to_end(key)
+            except KeyError:  # evicted meanwhile by another thread: the layout itself is still valid
+                pass
             return hit
         positions, columns, vectors, known = [], [], [], []
+        speeds = [_TIER_SPEED.get(spec.tier, (300.0, 80.0)) for spec in models]
         for j, spec in enumerate(models):
             col, vector = self._spec(spec)
             known.append(col >= 0)
@@ -90,6 +97,8 @@ class ServingPlan:
             vectors=np.asarray(vectors, dtype=np.float64).reshape(len(vectors), 4),
             known=tuple(known),
             template=self._template(np.asarray(columns, dtype=np.int64), vectors),
+            ttft_ms=np.asarray([speeds[j][0] for j in positions], dtype=np.float64),
+            tokens_per_s=np.asarray([speeds[j][1] for j in positions], dtype=np.float64),
         )
         self._lists[key] = layout
         if len(self._lists) > _LIST_CACHE:

@@ -144,3 +144,22 @@ def test_folded_nan_forest_equals_the_reference_evaluator_and_xgboost() -> None:
     np.testing.assert_allclose(got[:, 0], deep.predict(xgb.DMatrix(test[3:])), atol=TOL)
     np.testing.assert_allclose(got[:, 1], shallow.predict(xgb.DMatrix(test[3:])), atol=TOL)
     np.testing.assert_array_equal(evaluator.margins(test[:0]).shape, (0, 2))
+
+
+def test_without_a_latency_model_latency_is_the_tier_prior_of_the_predicted_length() -> None:
+    from routing.engine.prior import _TIER_SPEED
+
+    train, _ = examples(80, seed=8)
+    p = fit_predictor(train, infos(), seed=2, params=FAST).predictor
+    assert "latency" not in p.roles
+    specs = _candidates()
+    for features in _requests()[:4]:
+        batch = p.predict_batch([features], [p._info(s) for s in specs])
+        fast = p.predict(features, specs)
+        for j, (spec, pred) in enumerate(zip(specs[:4], fast[:4], strict=True)):
+            ttft, tps = _TIER_SPEED[spec.tier]
+            assert pred.output_tokens == pytest.approx(batch.output_tokens[0, j], abs=TOL)
+            assert pred.latency_ms == pytest.approx(
+                ttft + features.input_tokens * 0.05 + pred.output_tokens / tps * 1000.0, abs=TOL
+            )
+            assert pred.quality == pytest.approx(batch.quality[0, j], abs=TOL)
