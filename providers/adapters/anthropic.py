@@ -13,7 +13,16 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from providers.adapters.base import ChatRequest, Completion, StreamEvent, Target, Usage, join_url, usage_from
+from providers.adapters.base import (
+    ChatRequest,
+    Completion,
+    StreamEvent,
+    Target,
+    Usage,
+    bad_body,
+    join_url,
+    usage_from,
+)
 from providers.http import ProviderError, http_post, iter_sse
 
 API_VERSION = "2023-06-01"
@@ -105,12 +114,6 @@ def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> d
     return body
 
 
-def _bad_body(what: str) -> ProviderError:
-    return ProviderError(
-        f"upstream sent an unexpected body: {what}", permanent=False, error_class="bad_response"
-    )
-
-
 class AnthropicAdapter:
     kind = "anthropic"
     simulated = False
@@ -126,9 +129,9 @@ class AnthropicAdapter:
         try:
             body = response.json()
         except ValueError:
-            raise _bad_body("not JSON") from None
+            raise bad_body("not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("content"), list):
-            raise _bad_body("no content list")
+            raise bad_body("no content list")
         text = "".join(
             str(b.get("text", "")) for b in body["content"] if isinstance(b, dict) and b.get("type") == "text"
         )
@@ -156,7 +159,7 @@ class AnthropicAdapter:
             try:
                 payload = json.loads(data)
             except ValueError:
-                raise _bad_body("a stream event that is not JSON") from None
+                raise bad_body("a stream event that is not JSON") from None
             kind = payload.get("type", event) if isinstance(payload, dict) else event
             if kind == "message_start":
                 usage = (payload.get("message") or {}).get("usage") or {}

@@ -107,3 +107,10 @@ def usage_from(prompt: Any, completion: Any) -> Usage | None:
 
 def join_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def bad_body(what: str) -> ProviderError:
+    """The upstream answered something that is not the protocol's shape (transient: try elsewhere)."""
+    return ProviderError(
+        f"upstream sent an unexpected body: {what}", permanent=False, error_class="bad_response"
+    )

@@ -6,7 +6,15 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from providers.adapters.base import ChatRequest, Completion, StreamEvent, Target, join_url, usage_from
+from providers.adapters.base import (
+    ChatRequest,
+    Completion,
+    StreamEvent,
+    Target,
+    bad_body,
+    join_url,
+    usage_from,
+)
 from providers.http import ProviderError, http_post, iter_sse
 
 
@@ -30,12 +38,6 @@ def _payload(target: Target, request: ChatRequest, *, stream: bool) -> dict[str,
     return payload
 
 
-def _bad_body(what: str) -> ProviderError:
-    return ProviderError(
-        f"upstream sent an unexpected body: {what}", permanent=False, error_class="bad_response"
-    )
-
-
 class OpenAICompatibleAdapter:
     kind = "openai_compatible"
     simulated = False
@@ -51,10 +53,10 @@ class OpenAICompatibleAdapter:
         try:
             body = response.json()
         except ValueError:
-            raise _bad_body("not JSON") from None
+            raise bad_body("not JSON") from None
         choices = body.get("choices") if isinstance(body, dict) else None
         if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
-            raise _bad_body("no choices[0].message")
+            raise bad_body("no choices[0].message")
         usage = body.get("usage") or {}
         return Completion(
             message=choices[0]["message"],
@@ -80,9 +82,9 @@ class OpenAICompatibleAdapter:
             try:
                 chunk = json.loads(data)
             except ValueError:
-                raise _bad_body("a stream chunk that is not JSON") from None
+                raise bad_body("a stream chunk that is not JSON") from None
             if not isinstance(chunk, dict):
-                raise _bad_body("a stream chunk that is not an object")
+                raise bad_body("a stream chunk that is not an object")
             if "error" in chunk:
                 err = chunk["error"]
                 message = err.get("message") if isinstance(err, dict) else str(err)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
+from feedback.management.progress import percent_bar
 from feedback.services.router_report import plot_curves, split_table
 from routing.predictor.dataset import load_models, load_records
 from routing.predictor.evaluation import evaluate_split
@@ -32,17 +31,8 @@ class Command(BaseCommand):
             raise CommandError(f"{data}/outcomes.jsonl does not exist")
         records = load_records(data / "outcomes.jsonl")
         models = load_models(data / "models.json")
-        bar = tqdm(
-            total=100, desc=f"{data.name} seed {opts['seed']}", unit="%", disable=not sys.stderr.isatty()
-        )
-
-        def progress(fraction: float, message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.n = round(fraction * 100)
-            bar.refresh()
-
-        result = evaluate_split(records, models, seed=opts["seed"], progress=progress)
-        bar.close()
+        with percent_bar(f"{data.name} seed {opts['seed']}") as progress:
+            result = evaluate_split(records, models, seed=opts["seed"], progress=progress)
         self.stdout.write(
             f"{data.name}: {len(records)} prompts, 50/50 split (seed {opts['seed']}); "
             f"cost-aware evaluation over {len(result.priced_models)} priced models"

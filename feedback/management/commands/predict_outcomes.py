@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from feedback.management.progress import percent_bar
 from routing.predictor.dataset import RecordError
 from routing.predictor.offline import predict_outcomes_files
 
@@ -27,29 +28,21 @@ class Command(BaseCommand):
         for name in ("train", "test"):
             if not opts[name].exists():
                 raise CommandError(f"--{name}: {opts[name]} does not exist")
-        tty = sys.stderr.isatty()
-        bar = tqdm(total=100, desc="training", unit="%", disable=not tty)
-        test_bar = tqdm(desc="predicting", unit="prompt", disable=not tty)
-
-        def progress(fraction: float, message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.n = round(fraction * 100)
-            bar.refresh()
-
+        test_bar = tqdm(desc="predicting", unit="prompt", disable=not sys.stderr.isatty())
         try:
-            result = predict_outcomes_files(
-                train=opts["train"],
-                test=opts["test"],
-                models=opts["models"],
-                out=opts["out"],
-                seed=opts["seed"],
-                progress=progress,
-                test_progress=test_bar.update,
-            )
+            with percent_bar("training") as progress:
+                result = predict_outcomes_files(
+                    train=opts["train"],
+                    test=opts["test"],
+                    models=opts["models"],
+                    out=opts["out"],
+                    seed=opts["seed"],
+                    progress=progress,
+                    test_progress=test_bar.update,
+                )
         except (RecordError, OSError) as exc:
             raise CommandError(str(exc)) from None
         finally:
-            bar.close()
             test_bar.close()
         for path, number, why in result.skipped_lines:
             self.stderr.write(f"{path}:{number}: skipped: {why}")

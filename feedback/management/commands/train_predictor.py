@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
+from feedback.management.progress import percent_bar
 from feedback.services.predictor_jobs import predictor_train_job
 from scope_site.errors import ApplicationError
 
@@ -27,13 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        with tqdm(total=100, desc="training", unit="%", disable=not sys.stderr.isatty()) as bar:
-
-            def progress(fraction: float, message: str) -> None:
-                bar.set_postfix_str(message)
-                bar.n = round(fraction * 100)
-                bar.refresh()
-
+        with percent_bar("training") as progress:
             try:
                 result = predictor_train_job(
                     source=opts["source"],
