@@ -148,8 +148,15 @@ def test_with_the_cache_down_the_active_version_comes_from_the_database_without_
     two_trained: tuple[TrainedPredictor, TrainedPredictor],
     django_capture_on_commit_callbacks: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import redis.exceptions
+
+    from routing.services import counters
+
+    monkeypatch.setattr(
+        counters, "_last_warning", {}
+    )  # an earlier test's outage warning is not rate-limiting ours
 
     one = predictor_version_save(trained=two_trained[0], name="one")
     _activate(one, django_capture_on_commit_callbacks)
