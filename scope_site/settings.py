@@ -143,20 +143,10 @@ CELERY_TASK_TIME_LIMIT = env_int("SCOPE_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Periodic tasks; beat copies them into django-celery-beat's tables, where the admin can edit them.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    # routing.dashboard.tasks: seal new decision rows into the audit hash chain; refresh the rollups
-    "audit-seal": {
-        "task": "routing.audit_seal",
-        "schedule": env_float("SCOPE_AUDIT_SEAL_S", 60.0, minimum=1.0),
-    },
-    "dashboard-rollup": {
-        "task": "routing.rollup_catch_up",
-        "schedule": env_float("SCOPE_ROLLUP_S", 20.0, minimum=1.0),
-    },
-    # routing.tasks: enqueue again async jobs whose message was lost or whose worker died
-    "jobs-requeue-stale": {"task": "routing.jobs_requeue_stale", "schedule": 60.0},
-}
+# Periodic tasks live in django-celery-beat's tables (created once by routing/services/schedules.py
+# from `seed_demo` / `ensure_schedules`, then editable in the admin); these are their first intervals.
+SCOPE_AUDIT_SEAL_S = env_int("SCOPE_AUDIT_SEAL_S", 60, minimum=1)
+SCOPE_ROLLUP_S = env_int("SCOPE_ROLLUP_S", 20, minimum=1)
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
@@ -35,6 +36,13 @@ SCHEDULES = (
              "Compare the shadow predictor with the champion on decisions with feedback", every_seconds=900),
     Schedule("scope: exploration graduation", "feedback.calibration_graduate",
              "Lift the exploration cap of new models with enough live outcomes", every_seconds=900),
+    Schedule("scope: audit seal", "routing.audit_seal",
+             "Seal new decision rows into the audit hash chain", every_seconds=settings.SCOPE_AUDIT_SEAL_S),
+    Schedule("scope: dashboard rollup", "routing.rollup_catch_up",
+             "Fold new decisions, outcomes and feedback into the overview's hourly rollup",
+             every_seconds=settings.SCOPE_ROLLUP_S),
+    Schedule("scope: requeue stale jobs", "routing.jobs_requeue_stale",
+             "Enqueue again async jobs whose message was lost or whose worker died", every_seconds=60),
 )  # fmt: skip
 
 
