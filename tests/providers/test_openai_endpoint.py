@@ -113,6 +113,8 @@ def test_a_stream_failing_before_its_first_chunk_falls_back(
         "streamer ("
     )
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    # the server writes the outcome after the last frame: let it finish before the test's flush
+    assert wait_for_outcome(raw.headers["x-scope-decision-id"]).model_name == "backup"
 
 
 def test_a_stream_cut_midway_ends_with_an_error_and_no_done(
