@@ -8,12 +8,17 @@
 Each request takes the next scripted action; when the script is empty, `default` answers.
 Actions: Reply (JSON answer or, for stream requests, a clean stream), Fail (status + headers),
 Hang (no answer for a while: timeouts), Stream (delays between chunks, cut midway, stall).
+The anthropic style can answer with tool calls (`Reply(tool_uses=(ToolUse(...),))`, streamed as
+content_block_start + input_json_delta fragments) and checks each request the way the Messages
+API does (`anthropic_request_problem`): a body it would refuse gets Anthropic's 400 error and
+leaves the script untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -23,11 +28,21 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ToolUse:
+    """One tool call in an answer (anthropic style): a `tool_use` content block."""
+
+    name: str
+    input: dict[str, Any] = field(default_factory=dict)
+    id: str = "toolu_01"
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str = "Hello from the fake upstream."
     usage: bool = True  # report usage (else SCOPE must estimate)
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    tool_uses: tuple[ToolUse, ...] = ()  # anthropic style only; stop_reason becomes "tool_use"
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,7 @@ class Stream:
     stall_after: int | None = None  # stop sending (but keep the connection) after this many
     stall_seconds: float = 2.0
     usage: bool = True
+    tool_uses: tuple[ToolUse, ...] = ()  # anthropic style only: streamed after the text
 
 
 Action = Reply | Fail | Hang | Stream
@@ -113,9 +129,23 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             upstream.requests.append(
                 Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             )
+            problem = anthropic_request_problem(body) if upstream.style == "anthropic" else None
+            if problem is not None:
+                self._refuse(problem)
+                return
             action = upstream.next_action()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # SCOPE gave up on us: fine
                 self._serve(action, body)
+
+        def _refuse(self, message: str) -> None:
+            payload = json.dumps(
+                {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+            ).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def _serve(self, action: Action, body: dict[str, Any]) -> None:
             if isinstance(action, Hang):
@@ -135,7 +165,11 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 stream = (
                     action
                     if isinstance(action, Stream)
-                    else Stream(pieces=_split(action.text), usage=action.usage)
+                    else Stream(
+                        pieces=_split(action.text) if action.text else (),
+                        usage=action.usage,
+                        tool_uses=action.tool_uses,
+                    )
                 )
                 self._stream(stream, body)
                 return
@@ -166,6 +200,15 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 )
             else:
                 self._event(_chunk(body, {"role": "assistant", "content": ""}))
+            if anthropic and stream.pieces:
+                self._event(
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                    "content_block_start",
+                )
             for i, piece in enumerate(stream.pieces):
                 if stream.cut_after is not None and i >= stream.cut_after:
                     return  # connection closes: no [DONE] / message_stop
@@ -186,9 +229,14 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._event(_chunk(body, {"content": piece}))
             if anthropic:
+                if stream.pieces:
+                    self._event({"type": "content_block_stop", "index": 0}, "content_block_stop")
+                for index, use in enumerate(stream.tool_uses, start=1 if stream.pieces else 0):
+                    self._tool_use_events(index, use)
                 usage = {"output_tokens": len(stream.pieces)} if stream.usage else {}
+                stop_reason = "tool_use" if stream.tool_uses else "end_turn"
                 self._event(
-                    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage},
+                    {"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": usage},
                     "message_delta",
                 )
                 self._event({"type": "message_stop"}, "message_stop")
@@ -209,6 +257,26 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                     }
                 )
             self._event("[DONE]")
+
+        def _tool_use_events(self, index: int, use: ToolUse) -> None:
+            """As the Messages API streams a tool_use block: empty input first, then JSON fragments."""
+            block = {"type": "tool_use", "id": use.id, "name": use.name, "input": {}}
+            self._event(
+                {"type": "content_block_start", "index": index, "content_block": block}, "content_block_start"
+            )
+            arguments = json.dumps(use.input) if use.input else ""
+            third = max(1, len(arguments) // 3)
+            fragments = [arguments[i : i + third] for i in range(0, len(arguments), third)] or [""]
+            for fragment in fragments:
+                self._event(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": fragment},
+                    },
+                    "content_block_delta",
+                )
+            self._event({"type": "content_block_stop", "index": index}, "content_block_stop")
 
         def do_GET(self) -> None:
             self.send_response(404)
@@ -233,17 +301,22 @@ def _chunk(body: dict[str, Any], delta: dict[str, Any], finish_reason: str | Non
 
 def _answer(style: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
     if style == "anthropic":
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+        content += [
+            {"type": "tool_use", "id": u.id, "name": u.name, "input": u.input} for u in reply.tool_uses
+        ]
         answer: dict[str, Any] = {
             "id": "msg_1",
             "type": "message",
             "role": "assistant",
             "model": body.get("model"),
-            "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": "tool_use" if reply.tool_uses else "end_turn",
         }
         if reply.usage:
             answer["usage"] = {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens}
         return answer
+    assert not reply.tool_uses, "tool calls are scripted for the anthropic style only"
     answer = {
         "id": "up-1",
         "object": "chat.completion",
@@ -259,3 +332,83 @@ def _answer(style: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
             "total_tokens": reply.prompt_tokens + reply.completion_tokens,
         }
     return answer
+
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TOOL_KEYS = {"name", "description", "input_schema", "cache_control"}
+_BLOCKS = {"user": {"text", "image", "tool_result"}, "assistant": {"text", "tool_use"}}
+
+
+def anthropic_request_problem(body: dict[str, Any]) -> str | None:
+    """Why the Messages API would refuse `body` with a 400 (the rules SCOPE's mapping must meet), or None."""
+    if not isinstance(body.get("model"), str) or not isinstance(body.get("max_tokens"), int):
+        return "model and max_tokens are required"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    tools = body.get("tools")
+    names: set[str] = set()
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools: must be a list"
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or set(tool) - _TOOL_KEYS:
+                return f"tools.{i}: Extra inputs are not permitted"
+            if not _TOOL_NAME.match(str(tool.get("name", ""))):
+                return f"tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            schema = tool.get("input_schema")
+            if not isinstance(schema, dict) or schema.get("type") != "object":
+                return f"tools.{i}.input_schema: Input should be an object schema (type: object)"
+            names.add(tool["name"])
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if tools is None:
+            return "tool_choice may only be specified while providing tools"
+        if not isinstance(choice, dict) or choice.get("type") not in {"auto", "any", "tool", "none"}:
+            return "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'"
+        if choice["type"] == "tool" and choice.get("name") not in names:
+            return f"tool_choice.name: no tool named {choice.get('name')!r}"
+        if "disable_parallel_tool_use" in choice and choice["type"] == "none":
+            return "tool_choice.disable_parallel_tool_use: not permitted with type 'none'"
+    pending: set[str] = set()  # tool_use ids of the previous assistant turn, still unanswered
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            return f"messages.{i}: Extra inputs are not permitted"
+        role, content = message.get("role"), message.get("content")
+        if role not in _BLOCKS:
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list):
+            return f"messages.{i}.content: Input should be a string or a list of blocks"
+        results: list[str] = []
+        seen_other = False
+        for j, block in enumerate(blocks):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind not in _BLOCKS[role]:
+                return f"messages.{i}.content.{j}: a {role} message cannot hold a {kind!r} block"
+            if kind in {"tool_use", "tool_result"} and tools is None:
+                return "Requests which include `tool_use` or `tool_result` blocks must define tools."
+            if kind == "text" and not block.get("text"):
+                return f"messages.{i}.content.{j}: text content blocks must be non-empty"
+            if kind == "tool_use":
+                if not block.get("id") or not block.get("name") or not isinstance(block.get("input"), dict):
+                    return f"messages.{i}.content.{j}: tool_use needs an id, a name and an input object"
+            elif kind == "tool_result":
+                if seen_other:
+                    return f"messages.{i}: tool_result blocks must come before any other content"
+                results.append(str(block.get("tool_use_id")))
+            else:
+                seen_other = True
+        unexpected = [r for r in results if r not in pending]
+        if unexpected:
+            return f"messages.{i}: unexpected tool_use_id found in tool_result blocks: {unexpected[0]}"
+        if pending and set(results) != pending:
+            missing = sorted(pending - set(results))
+            return (
+                f"messages.{i}: tool_use ids were found without tool_result blocks immediately after: "
+                f"{', '.join(missing)}"
+            )
+        pending = (
+            {str(b["id"]) for b in blocks if b.get("type") == "tool_use"} if role == "assistant" else set()
+        )
+    return None

@@ -3,8 +3,13 @@
 Mapped: system/developer messages → `system`; text and image parts; `max_tokens` (required by
 Anthropic, defaulted), temperature (clamped to Anthropic's 0–1), top_p, stop → stop_sequences,
 user → metadata.user_id; stop_reason → finish_reason; usage; the streaming event sequence.
-Not mapped: tools / tool calls (a request with tools is refused here, so it falls back to a
-model that takes it).
+Tools both ways: OpenAI `tools` / `tool_choice` / `parallel_tool_calls` → Anthropic `tools`
+(`input_schema`) / `tool_choice` (`disable_parallel_tool_use`); assistant `tool_calls` →
+`tool_use` blocks and `role: tool` messages → `tool_result` blocks (first in their user turn, as
+Anthropic requires); answers' `tool_use` blocks → `tool_calls` with finish_reason `tool_calls`,
+streamed as OpenAI tool-call deltas (`index`, then `id`/`name`, then argument fragments).
+Not mapped: tool types other than `function` (refused as unsupported, so another model can take
+the request).
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from providers.http import ProviderError, http_post, iter_sse
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 def _url(target: Target) -> str:
@@ -45,8 +56,9 @@ def _headers(target: Target) -> dict[str, str]:
 
 def _part(part: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = part.get("type")
-    if kind == "text":
-        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind == "text":  # Anthropic refuses empty text blocks
+        text = str(part.get("text", ""))
+        return {"type": "text", "text": text} if text else None
     if kind == "image_url":
         image = part.get("image_url")
         url = image.get("url", "") if isinstance(image, Mapping) else str(image or "")
@@ -70,28 +82,125 @@ def _text(content: Any) -> str:
     return "\n".join(b["text"] for b in _blocks(content) if b["type"] == "text")
 
 
-def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-    if request.params.get("tools") or any(
-        m.get("tool_calls") or m.get("role") == "tool" for m in request.messages
+def _bad_request(message: str) -> ProviderError:
+    """The caller's request cannot be expressed for any model (400 to the client, no fallback)."""
+    return ProviderError(message, permanent=True, error_class="bad_request", status=400)
+
+
+def _tools(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise _bad_request("tools must be an array")
+    tools = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
+            kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
+            raise ProviderError(
+                f"tools[{i}]: the anthropic adapter maps function tools only, not {kind!r}",
+                permanent=True,
+                error_class="unsupported",
+            )
+        function = tool.get("function")
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise _bad_request(f"tools[{i}].function.name is required")
+        schema = function.get("parameters")
+        if schema is not None and not isinstance(schema, Mapping):
+            raise _bad_request(f"tools[{i}].function.parameters must be a JSON Schema object")
+        mapped: dict[str, Any] = {
+            "name": function["name"],
+            # Anthropic requires a schema; OpenAI lets a function without parameters take none
+            "input_schema": dict(schema) if schema else {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            mapped["description"] = str(function["description"])
+        tools.append(mapped)
+    return tools
+
+
+def _tool_choice(raw: Any, *, parallel: Any) -> dict[str, Any] | None:
+    choice: dict[str, Any] | None
+    if raw is None:
+        choice = None
+    elif raw == "auto":
+        choice = {"type": "auto"}
+    elif raw == "required":
+        choice = {"type": "any"}
+    elif raw == "none":
+        choice = {"type": "none"}
+    elif (
+        isinstance(raw, Mapping)
+        and raw.get("type") == "function"
+        and isinstance(raw.get("function"), Mapping)
+        and isinstance(raw["function"].get("name"), str)
     ):
-        raise ProviderError(
-            "the anthropic adapter does not map tools yet", permanent=True, error_class="unsupported"
+        choice = {"type": "tool", "name": raw["function"]["name"]}
+    else:
+        raise _bad_request(
+            "tool_choice must be 'auto', 'required', 'none' or {'type': 'function', 'function': {'name': …}}"
         )
+    if parallel is False and (choice is None or choice["type"] != "none"):
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return choice
+
+
+def _tool_use(call: Any, where: str) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not call.get("id"):
+        raise _bad_request(f"{where} needs an id and function.name")
+    arguments = function.get("arguments") or "{}"
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise _bad_request(f"{where}.function.arguments is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise _bad_request(f"{where}.function.arguments must be a JSON object")
+    return {"type": "tool_use", "id": str(call["id"]), "name": function["name"], "input": parsed}
+
+
+def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise _bad_request(f"{where}.tool_call_id is required for a tool message")
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    content = message.get("content")
+    if isinstance(content, str):
+        if content:
+            result["content"] = content
+    elif content:
+        result["content"] = _blocks(content)
+    return result
+
+
+def _turn(message: Mapping[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """One chat message as an Anthropic (role, content blocks)."""
+    role = message.get("role")
+    if role == "tool":
+        return "user", [_tool_result(message, where)]
+    if role == "assistant":
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise _bad_request(f"{where}.tool_calls must be an array")
+        uses = [_tool_use(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
+        return "assistant", _blocks(message.get("content")) + uses
+    return "user", _blocks(message.get("content"))
+
+
+def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     system: list[str] = []
     messages: list[dict[str, Any]] = []
-    for message in request.messages:
-        role = message.get("role")
-        if role in {"system", "developer"}:
+    for i, message in enumerate(request.messages):
+        if message.get("role") in {"system", "developer"}:
             system.append(_text(message.get("content")))
             continue
-        role = "assistant" if role == "assistant" else "user"
-        blocks = _blocks(message.get("content"))
+        role, blocks = _turn(message, f"messages[{i}]")
         if not blocks:
             continue
         if messages and messages[-1]["role"] == role:  # Anthropic wants turns to alternate
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": role, "content": blocks})
+    for turn in messages:  # in a user turn, Anthropic wants every tool_result before any other block
+        if turn["role"] == "user":
+            turn["content"].sort(key=lambda b: b["type"] != "tool_result")
     body: dict[str, Any] = {
         "model": target.upstream_model,
         "messages": messages,
@@ -100,6 +209,11 @@ def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> d
     if system:
         body["system"] = "\n\n".join(s for s in system if s)
     params = request.params
+    if params.get("tools"):
+        body["tools"] = _tools(params["tools"])
+        choice = _tool_choice(params.get("tool_choice"), parallel=params.get("parallel_tool_calls"))
+        if choice is not None:
+            body["tool_choice"] = choice
     if request.temperature is not None:
         body["temperature"] = max(0.0, min(1.0, request.temperature))
     if isinstance(params.get("top_p"), int | float):
@@ -112,6 +226,65 @@ def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> d
     if stream:
         body["stream"] = True
     return body
+
+
+def from_message_content(content: list[Any]) -> dict[str, Any]:
+    """An Anthropic answer's content blocks as an OpenAI assistant message (text and tool_calls)."""
+    text = "".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
+    calls = [
+        {
+            "id": str(b.get("id", "")),
+            "type": "function",
+            "function": {"name": str(b.get("name", "")), "arguments": json.dumps(b.get("input") or {})},
+        }
+        for b in content
+        if isinstance(b, dict) and b.get("type") == "tool_use"
+    ]
+    if not calls:
+        return {"role": "assistant", "content": text}
+    # OpenAI's shape: content is null when the assistant only calls tools
+    return {"role": "assistant", "content": text or None, "tool_calls": calls}
+
+
+class _StreamedToolCalls:
+    """Anthropic's tool_use content blocks (numbered among all blocks) as OpenAI tool-call deltas
+    (numbered among the tool calls): the first delta carries id, type and name, later ones append
+    to `function.arguments`."""
+
+    def __init__(self) -> None:
+        self._by_block: dict[Any, int] = {}
+        self._with_arguments: set[int] = set()
+
+    def start(self, block: Any, content_block: Mapping[str, Any]) -> dict[str, Any] | None:
+        if content_block.get("type") != "tool_use":
+            return None
+        index = self._by_block[block] = len(self._by_block)
+        given = content_block.get("input")
+        arguments = json.dumps(given) if given else ""  # the API streams the input; {} means "to follow"
+        if arguments:
+            self._with_arguments.add(index)
+        call = {
+            "index": index,
+            "id": str(content_block.get("id", "")),
+            "type": "function",
+            "function": {"name": str(content_block.get("name", "")), "arguments": arguments},
+        }
+        return {"tool_calls": [call]}
+
+    def arguments(self, block: Any, fragment: str) -> dict[str, Any] | None:
+        index = self._by_block.get(block)
+        if index is None or not fragment:
+            return None
+        self._with_arguments.add(index)
+        return {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+
+    def stop(self, block: Any) -> dict[str, Any] | None:
+        """A tool without parameters streams no input at all: its arguments are still a JSON object."""
+        index = self._by_block.get(block)
+        if index is None or index in self._with_arguments:
+            return None
+        self._with_arguments.add(index)
+        return {"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]}
 
 
 class AnthropicAdapter:
@@ -132,12 +305,9 @@ class AnthropicAdapter:
             raise bad_body("not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("content"), list):
             raise bad_body("no content list")
-        text = "".join(
-            str(b.get("text", "")) for b in body["content"] if isinstance(b, dict) and b.get("type") == "text"
-        )
         usage = body.get("usage") or {}
         return Completion(
-            message={"role": "assistant", "content": text},
+            message=from_message_content(body["content"]),
             finish_reason=_FINISH.get(str(body.get("stop_reason")), "stop"),
             usage=usage_from(usage.get("input_tokens"), usage.get("output_tokens")),
         )
@@ -155,6 +325,7 @@ class AnthropicAdapter:
 
     def _events(self, response: Any) -> Iterator[StreamEvent]:
         input_tokens: int | None = None
+        calls = _StreamedToolCalls()
         for event, data in iter_sse(response):
             try:
                 payload = json.loads(data)
@@ -166,10 +337,22 @@ class AnthropicAdapter:
                 if isinstance(usage.get("input_tokens"), int):
                     input_tokens = usage["input_tokens"]
                 yield StreamEvent(delta={"role": "assistant", "content": ""})
+            elif kind == "content_block_start":
+                started = calls.start(payload.get("index"), payload.get("content_block") or {})
+                if started:
+                    yield StreamEvent(delta=started)
             elif kind == "content_block_delta":
                 delta = payload.get("delta") or {}
                 if delta.get("type") == "text_delta":
                     yield StreamEvent(delta={"content": str(delta.get("text", ""))})
+                elif delta.get("type") == "input_json_delta":
+                    fragment = calls.arguments(payload.get("index"), str(delta.get("partial_json", "")))
+                    if fragment:
+                        yield StreamEvent(delta=fragment)
+            elif kind == "content_block_stop":
+                closing = calls.stop(payload.get("index"))
+                if closing:
+                    yield StreamEvent(delta=closing)
             elif kind == "message_delta":
                 usage = payload.get("usage") or {}
                 output_tokens = usage.get("output_tokens")
