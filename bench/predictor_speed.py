@@ -6,7 +6,13 @@ anchor-only models so that every candidate is a known model, then times one requ
 the CPU (process time, gc off while timing). The script only calls predict()/contributions(), so
 the same file times an older checkout too (copy it into an exported tree and run it there).
 
+With `--data NAME` the predictor is trained instead on a real data set of SCOPE_DATA_DIR
+(default /work/shared/data, e.g. alpacaeval2-gpt4turbo: 56 models) with the default FitParams;
+anchor-only models built from its prompts (scores of a trained model, shuffled) fill the
+candidate list up to 200 known models.
+
     .venv/bin/python bench/predictor_speed.py --runs 2000
+    .venv/bin/python bench/predictor_speed.py --runs 2000 --data alpacaeval2-gpt4turbo
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -80,6 +87,58 @@ def _train(*, prompts: int, trained: int, anchor_only: int, seed: int) -> tuple[
     return predictor, specs
 
 
+def _train_real(*, data: str, anchor_models: int, seed: int) -> tuple[Any, list[Any]]:
+    from routing.features import extract_prompt_features
+    from routing.predictor.dataset import load_models, load_records
+    from routing.predictor.evaluation import examples_from_records
+    from routing.predictor.fit import fit_predictor
+    from routing.predictor.model import ModelInfo
+
+    root = Path(os.environ.get("SCOPE_DATA_DIR", "/work/shared/data")) / data
+    records = load_records(root / "outcomes.jsonl")
+    infos = load_models(root / "models.json")
+    feats = [extract_prompt_features(r.prompt) for r in records]
+    names = sorted({m for r in records for m in r.outcomes})
+    result = fit_predictor(
+        examples_from_records(records, feats, source=data),
+        [infos.get(n) or ModelInfo(n) for n in names],
+        seed=seed,
+    )
+    predictor = result.predictor
+    rng = np.random.default_rng(seed)
+    extra = [f"anchor-{j:03d}" for j in range(max(0, anchor_models - len(names)))]
+    for j, name in enumerate(extra):
+        donor = names[j % len(names)]
+        picked = rng.permutation(len(records))[:120]
+        anchors = [
+            (feats[i], records[i].outcomes[donor].score, 100.0)
+            for i in picked
+            if donor in records[i].outcomes
+        ]
+        predictor = predictor.with_anchor_model(name, anchors)
+    return predictor, _real_specs(predictor, infos)
+
+
+def _real_specs(predictor: Any, infos: dict[str, Any]) -> list[Any]:
+    from routing.engine.types import ModelSpec
+
+    specs = []
+    for j, name in enumerate(predictor.anchors.models):
+        info = infos.get(name)
+        specs.append(
+            ModelSpec(
+                name=name,
+                provider="sim",
+                provider_kind="simulated",
+                input_usd_per_mtok=(info.input_usd_per_mtok if info else None) or 0.1 * (1 + j % 13),
+                output_usd_per_mtok=(info.output_usd_per_mtok if info else None) or 0.3 * (1 + j % 11),
+                context_window=8192 * (1 + j % 4),
+                tier=1 + j % 5,
+            )
+        )
+    return specs
+
+
 def _time(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
     for _ in range(50):
         fn()
@@ -103,19 +162,52 @@ def main() -> None:
     parser.add_argument("--trained", type=int, default=12, help="models in the training outcomes")
     parser.add_argument("--anchor-only", type=int, default=188, help="models added from anchors only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="", help="train on this data set of SCOPE_DATA_DIR instead")
+    parser.add_argument(
+        "--artifact", default="", help="with --data: save the trained predictor here, or load it if present"
+    )
+    parser.add_argument("--numpy", action="store_true", help="time the numpy tree evaluator, not compiled")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scope_site.settings")
 
     from routing.features import extract_features
 
     started = time.perf_counter()
-    predictor, specs = _train(
-        prompts=args.prompts, trained=args.trained, anchor_only=args.anchor_only, seed=args.seed
-    )
-    trees = sum(e.n_trees for e in predictor.evaluator.ensembles)
+    if args.artifact and os.path.exists(args.artifact):
+        from routing.predictor.artifact import unpack
+        from routing.predictor.dataset import load_models
+
+        with open(args.artifact, "rb") as fh:
+            predictor = unpack(fh.read(), version="bench")
+        root = Path(os.environ.get("SCOPE_DATA_DIR", "/work/shared/data")) / args.data
+        specs = _real_specs(predictor, load_models(root / "models.json"))
+    elif args.data:
+        predictor, specs = _train_real(data=args.data, anchor_models=200, seed=args.seed)
+        if args.artifact:
+            from routing.predictor.artifact import pack
+
+            with open(args.artifact, "wb") as fh:
+                fh.write(pack(predictor))
+    else:
+        predictor, specs = _train(
+            prompts=args.prompts, trained=args.trained, anchor_only=args.anchor_only, seed=args.seed
+        )
+    evaluator = "numpy"
+    if not args.numpy:
+        try:  # as the registry serves it (checkouts before compiled.py have numpy only)
+            from routing.predictor.compiled import compile_forest
+        except ImportError:
+            pass
+        else:
+            cache = Path(os.environ.get("SCOPE_VAR_DIR", "var")) / "forests"
+            compiled = compile_forest(predictor.evaluator, cache)
+            predictor.evaluator.use_compiled(compiled)
+            evaluator = "compiled" if compiled is not None else "numpy (compilation failed)"
+    counts = [e.n_trees for e in predictor.evaluator.ensembles]
     print(
-        f"trained in {time.perf_counter() - started:.1f} s: {len(predictor.anchors.models)} known models, "
-        f"{len(predictor.roles)} boosters ({', '.join(predictor.roles)}), {trees} trees"
+        f"ready in {time.perf_counter() - started:.1f} s: {len(predictor.anchors.models)} known models, "
+        f"{len(predictor.roles)} boosters, {sum(counts)} trees "
+        f"({', '.join(f'{r} {n}' for r, n in zip(predictor.roles, counts, strict=True))}); trees: {evaluator}"
     )
     prompt = "Explain why this recursion overflows the stack and rewrite the function with a loop, please. "
     features = extract_features([{"role": "user", "content": prompt * 8}], {})

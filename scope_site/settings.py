@@ -213,6 +213,9 @@ if SCOPE_PROMPT_STORAGE not in {"full", "redacted"}:
 SCOPE_CATALOG_TTL_SECONDS = env_float("SCOPE_CATALOG_TTL_SECONDS", 2.0, minimum=0.0)
 # How often a process looks up which predictor version is active (routing/predictor/registry.py).
 SCOPE_PREDICTOR_CHECK_SECONDS = env_float("SCOPE_PREDICTOR_CHECK_SECONDS", 2.0, minimum=0.0)
+# Compile the active predictor's trees to C (routing/predictor/compiled.py; libraries cached under
+# SCOPE_VAR_DIR/forests); off, or without a C compiler, the numpy evaluator serves.
+SCOPE_PREDICTOR_COMPILE = env_bool("SCOPE_PREDICTOR_COMPILE", True)
 SCOPE_ENABLE_NOOP_ENDPOINT = env_bool("SCOPE_ENABLE_NOOP_ENDPOINT", False)
 # An API key row is remembered per process this long (the secret is still hashed and checked on
 # every request); a revoked key stops working everywhere within it. 0 = look it up every time.

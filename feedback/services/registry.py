@@ -9,7 +9,7 @@ from feedback.models import PredictorVersion
 from feedback.services.training import TrainedPredictor
 from routing.features import FEATURE_SCHEMA_VERSION
 from routing.predictor.artifact import ArtifactError, unpack
-from routing.predictor.registry import announce_active
+from routing.predictor.registry import announce_active, predictor_precompile
 from scope_site.errors import InvalidRequest, NotFound
 
 
@@ -40,15 +40,17 @@ def predictor_version_activate(*, version_id: int) -> PredictorVersion:
     """Make one version the active predictor; every process switches to it within seconds.
 
     The artifact is loaded first: a version this code cannot serve is refused, and the active
-    one stays active.
+    one stays active. Its trees are compiled here (a few seconds), not on a request.
     """
     version = PredictorVersion.objects.filter(pk=version_id).first()
     if version is None:
         raise NotFound(f"predictor version {version_id} does not exist")
     try:
-        unpack(bytes(version.artifact), version=version.name)
+        predictor = unpack(bytes(version.artifact), version=version.name)
     except ArtifactError as exc:
         raise InvalidRequest(f"predictor version {version.name} cannot be served: {exc}") from None
+    # compiled trees into the shared cache before any process switches: they only open the library
+    predictor_precompile(predictor)
     with transaction.atomic(durable=True):
         # lock the active row so two activations cannot both leave a version active
         PredictorVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(

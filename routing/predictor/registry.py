@@ -8,6 +8,11 @@ from calibrate_model) are added from those anchors, without retraining; the anch
 re-read when their row count changes. An artifact
 that cannot be served (corrupt, other schema) is refused and the previously loaded predictor
 keeps serving; the failure is logged once per version.
+
+Trees are served compiled (compiled.py) when SCOPE_PREDICTOR_COMPILE is on: activation compiles
+the library into SCOPE_VAR_DIR/forests, a process loading the version only opens it. If it is
+not there yet (activated elsewhere, cache wiped), a background thread compiles it while the
+numpy evaluator serves, so no request waits for a compiler.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
 
 from routing.engine.types import Predictor
 from routing.predictor.artifact import ArtifactError, unpack
+from routing.predictor.compiled import compile_forest, load_cached
 from routing.predictor.model import ScopePredictor
 from routing.services.counters import CACHE_ERRORS, warn_degraded
 
@@ -115,10 +122,62 @@ def active_scope_predictor() -> ScopePredictor | None:
         if loaded is None:
             _state.refused.add(wanted)
         else:
+            _accelerate(loaded)
             _state.version_id, _state.predictor, _state.base = wanted, loaded, loaded
             _state.anchor_signature = ()
             _refresh_anchor_models()
         return _state.predictor
+
+
+def _forest_dir() -> Path | None:
+    if not getattr(settings, "SCOPE_PREDICTOR_COMPILE", True):
+        return None
+    return Path(settings.VAR_DIR) / "forests"
+
+
+def predictor_precompile(predictor: ScopePredictor) -> bool:
+    """Compile the predictor's trees into the shared cache now (activation); True if they serve compiled."""
+    cache_dir = _forest_dir()
+    if cache_dir is None:
+        return False
+    try:
+        compiled = compile_forest(predictor.evaluator, cache_dir)
+    except Exception:  # noqa: BLE001 - activation must not fail for a speed-up; processes retry on load
+        log.exception("compiling the trees of %s failed", predictor.version)
+        return False
+    predictor.evaluator.use_compiled(compiled)
+    return compiled is not None
+
+
+def _accelerate(predictor: ScopePredictor) -> None:
+    """Serve compiled trees: at once if the library is cached, else once a background compile is done."""
+    cache_dir = _forest_dir()
+    if cache_dir is None:
+        return
+    try:
+        compiled = load_cached(predictor.evaluator, cache_dir)
+    except Exception:  # noqa: BLE001 - compiled trees are a speed-up; numpy serves without them
+        log.exception("could not open the compiled trees of %s", predictor.version)
+        return
+    if compiled is not None:
+        predictor.evaluator.use_compiled(compiled)
+        return
+    threading.Thread(
+        target=_compile_in_background, args=(predictor, cache_dir), name="scope-forest-compile", daemon=True
+    ).start()
+
+
+def _compile_in_background(predictor: ScopePredictor, cache_dir: Path) -> None:
+    try:
+        compiled = compile_forest(predictor.evaluator, cache_dir)
+    except Exception:  # noqa: BLE001 - never let a compile failure reach routing
+        log.exception(
+            "compiling the trees of %s failed; the numpy evaluator keeps serving", predictor.version
+        )
+        return
+    if compiled is not None:
+        predictor.evaluator.use_compiled(compiled)  # anchor-model copies share this evaluator
+        log.info("predictor %s now serves compiled trees", predictor.version)
 
 
 MAX_ANCHORS = 500

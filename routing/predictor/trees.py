@@ -17,12 +17,16 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 _LOGISTIC = {"reg:logistic", "binary:logistic"}
 _IDENTITY = {"reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror"}
+
+
+class CompiledMargins(Protocol):
+    def margins(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class TreeModelError(ValueError):
@@ -189,8 +193,20 @@ class ForestEvaluator:
         self._base = np.asarray([e.base_margin for e in padded], dtype=np.float64)
         logistic = [j for j, e in enumerate(padded) if e.logistic]
         self._logistic_cols = np.asarray(logistic, dtype=np.int64) if logistic else None
+        self.compiled: CompiledMargins | None = None  # set once a checked compiled library is loaded
+
+    def use_compiled(self, compiled: CompiledMargins | None) -> None:
+        """Serve margins from `compiled` (compiled.py) from now on; None goes back to numpy."""
+        self.compiled = compiled
 
     def margins(self, x: np.ndarray) -> np.ndarray:
+        """Raw margins [rows, boosters] (base margin included), compiled when a library is attached."""
+        compiled = self.compiled
+        if compiled is not None:
+            return compiled.margins(x)
+        return self.margins_numpy(x)
+
+    def margins_numpy(self, x: np.ndarray) -> np.ndarray:
         """Raw margins [rows, boosters] (base margin included): every row × every tree, level by level."""
         x = np.asarray(x, dtype=np.float32)
         rows, f = x.shape[0], self.n_features

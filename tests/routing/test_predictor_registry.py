@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import shutil
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -11,6 +14,7 @@ from feedback.models import PredictorVersion
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.training import TrainedPredictor, predictor_train
 from routing.predictor import registry
+from routing.predictor.compiled import _compiler
 from scope_site.errors import InvalidRequest
 from tests.conftest import USER_MESSAGE
 from tests.routing import predictor_data as data
@@ -25,8 +29,9 @@ def two_trained() -> tuple[TrainedPredictor, TrainedPredictor]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry(settings: Any) -> Iterator[None]:
+def _fresh_registry(settings: Any, tmp_path: Path) -> Iterator[None]:
     settings.SCOPE_PREDICTOR_CHECK_SECONDS = 0  # every call looks the active id up again
+    settings.VAR_DIR = tmp_path  # compiled trees go to this test's own cache
     registry.clear()
     yield
     registry.clear()
@@ -66,6 +71,51 @@ def test_a_version_activated_by_another_process_is_picked_up_from_the_shared_cac
     PredictorVersion.objects.filter(pk=two.pk).update(is_active=True)
     cache.set(registry.CACHE_KEY, two.pk, timeout=None)
     assert registry.active_predictor().version == "two"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(_compiler() is None, reason="no C compiler")
+def test_activation_compiles_the_trees_and_a_loading_process_only_opens_them(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    django_capture_on_commit_callbacks: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    version = predictor_version_save(trained=two_trained[0], name="fast")
+    _activate(version, django_capture_on_commit_callbacks)
+    assert len(list((tmp_path / "forests").glob("forest-*.so"))) == 1
+    monkeypatch.setattr("routing.predictor.compiled._compiler", lambda: None)  # loading must not compile
+    predictor = registry.active_scope_predictor()
+    assert predictor is not None and predictor.evaluator.compiled is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(_compiler() is None, reason="no C compiler")
+def test_without_a_cached_library_the_process_serves_numpy_trees_and_compiles_in_the_background(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    catalog: Any,
+    django_capture_on_commit_callbacks: Any,
+    tmp_path: Path,
+) -> None:
+    from routing.features import extract_prompt_features
+    from routing.selectors import model_specs
+
+    version = predictor_version_save(trained=two_trained[0], name="later")
+    _activate(version, django_capture_on_commit_callbacks)
+    shutil.rmtree(tmp_path / "forests")  # e.g. activated on another machine
+    registry.clear()
+    predictor = registry.active_scope_predictor()
+    assert predictor is not None
+    features = extract_prompt_features("Solve the quadratic equation for its root.")
+    specs = model_specs()
+    before = predictor.predict(features, specs)  # answered at once, whatever the compiler is doing
+    assert any(p.known for p in before)
+    for thread in threading.enumerate():
+        if thread.name == "scope-forest-compile":
+            thread.join(timeout=120)
+    assert predictor.evaluator.compiled is not None
+    after = predictor.predict(features, specs)
+    assert [p.quality for p in after] == pytest.approx([p.quality for p in before], abs=1e-9)
 
 
 @pytest.mark.django_db
