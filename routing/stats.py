@@ -6,7 +6,9 @@ Which interval fits which metric:
 - a quantile (latency p50/p95): the distribution-free order-statistic interval from the
   binomial distribution of the number of samples below the true quantile.
 Between two arms: Welch's t-test for means (unequal variances), Mann–Whitney U as its rank-based
-check, and a two-proportion z-test for rates.
+check, and a two-proportion z-test for rates. While a difference is not significant, the sample
+size per arm that would detect the observed difference (two-sided α = 0.05, power 0.8) says how
+much longer to wait.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from scipy import stats as sps
 
 Z95 = 1.959963984540054
+Z_POWER80 = 0.8416212335729143
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -39,10 +42,10 @@ def mean_interval(values: Sequence[float]) -> dict[str, Any]:
         return {"n": 0, "mean": None, "ci95": None}
     mean = float(x.mean())
     if n < 2:
-        return {"n": n, "mean": mean, "ci95": None}
-    sem = float(x.std(ddof=1)) / math.sqrt(n)
-    half = float(sps.t.ppf(0.975, n - 1)) * sem
-    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
+        return {"n": n, "mean": mean, "sd": None, "ci95": None}
+    sd = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
 
 
 def quantile_interval(values: Sequence[float], q: float) -> dict[str, Any]:
@@ -95,7 +98,14 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any] | Non
     if xa.size < 1 or xb.size < 1 or (np.all(xa == xa[0]) and np.all(xb == xa[0])):
         return None
     result = sps.mannwhitneyu(xb, xa, alternative="two-sided")
-    return {"test": "mann_whitney_u", "statistic": float(result.statistic), "p_value": float(result.pvalue)}
+    return {
+        "test": "mann_whitney_u",
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+        # P(b > a) + P(b = a)/2: above 0.5 means b's values tend to be the larger ones
+        "prob_superiority": float(result.statistic) / (xa.size * xb.size),
+        "difference": float(np.median(xb) - np.median(xa)),
+    }
 
 
 def two_proportion_z(count_a: int, n_a: int, count_b: int, n_b: int) -> dict[str, Any] | None:
@@ -113,6 +123,32 @@ def two_proportion_z(count_a: int, n_a: int, count_b: int, n_b: int) -> dict[str
         "p_value": float(2 * sps.norm.sf(abs(z))),
         "difference": diff,
     }
+
+
+def needed_per_arm_means(a: Sequence[float], b: Sequence[float]) -> int | None:
+    """Samples per arm for a two-sided t-test to detect the observed mean difference (α 0.05, power 0.8)."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size < 2 or xb.size < 2:
+        return None
+    delta = float(xb.mean() - xa.mean())
+    variance = (float(xa.var(ddof=1)) + float(xb.var(ddof=1))) / 2
+    if delta == 0.0 or variance == 0.0:
+        return None  # no observed difference (or no spread): no finite sample size detects it
+    return math.ceil(2 * variance * (Z95 + Z_POWER80) ** 2 / delta**2)
+
+
+def needed_per_arm_proportions(count_a: int, n_a: int, count_b: int, n_b: int) -> int | None:
+    """Samples per arm for a two-proportion z-test to detect the observed rate difference (α 0.05, power 0.8)."""
+    if n_a == 0 or n_b == 0:
+        return None
+    p_a, p_b = count_a / n_a, count_b / n_b
+    if p_a == p_b:
+        return None
+    pooled = (p_a + p_b) / 2
+    root = Z95 * math.sqrt(2 * pooled * (1 - pooled)) + Z_POWER80 * math.sqrt(
+        p_a * (1 - p_a) + p_b * (1 - p_b)
+    )
+    return math.ceil(root**2 / (p_b - p_a) ** 2)
 
 
 def significant(test: dict[str, Any] | None, alpha: float = 0.05) -> bool:

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from feedback.models import Feedback, Outcome, PredictorVersion, TrainingRun
 from providers.models import LLMModel
+from routing.dashboard.experiment_report import ExperimentReport, experiment_report
 from routing.models import DecisionLog, DecisionRollup, Experiment
 
 Z95 = 1.96
@@ -152,9 +153,14 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
     return stats
 
 
-def experiments_with_stats() -> list[tuple[Experiment, list[ArmStats]]]:
+def stored_analysis(experiment: Experiment) -> ExperimentReport | None:
+    """The last scheduled significance analysis, in words and chart data (None before the first run)."""
+    return experiment_report(experiment.stats, chart_prefix=f"experiment-{experiment.pk}")
+
+
+def experiments_with_stats() -> list[tuple[Experiment, list[ArmStats], ExperimentReport | None]]:
     experiments = Experiment.objects.select_related("policy").order_by("status", "-created_at")[:50]
-    return [(e, experiment_stats(e)) for e in experiments]
+    return [(e, experiment_stats(e), stored_analysis(e)) for e in experiments]
 
 
 # --- predictor ---------------------------------------------------------------------------------

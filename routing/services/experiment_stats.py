@@ -23,6 +23,8 @@ from routing.stats import (
     json_safe,
     mann_whitney,
     mean_interval,
+    needed_per_arm_means,
+    needed_per_arm_proportions,
     proportion,
     quantile_interval,
     significant,
@@ -98,6 +100,7 @@ def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
         "cost_per_request_usd": mean_interval(values.get("cost", [])),
         "predicted_cost_per_request_usd": mean_interval(values.get("predicted_cost", [])),
         "feedback_score": mean_interval(values.get("feedback", [])),
+        "latency_ms": mean_interval(values.get("latency", [])),
         "latency_p50_ms": quantile_interval(values.get("latency", []), 0.5),
         "latency_p95_ms": quantile_interval(values.get("latency", []), 0.95),
         "error_rate": proportion(int(sum(errors)), len(errors)),
@@ -106,13 +109,24 @@ def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
 
 def _compare(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
     errors_a, errors_b = a.get("error", []), b.get("error", [])
+    counts = (int(sum(errors_a)), len(errors_a), int(sum(errors_b)), len(errors_b))
     tests = {
         "feedback_score": welch_t_test(a.get("feedback", []), b.get("feedback", [])),
         "feedback_score_ranks": mann_whitney(a.get("feedback", []), b.get("feedback", [])),
         "cost_per_request_usd": welch_t_test(a.get("cost", []), b.get("cost", [])),
         "latency_ms": mann_whitney(a.get("latency", []), b.get("latency", [])),
-        "error_rate": two_proportion_z(int(sum(errors_a)), len(errors_a), int(sum(errors_b)), len(errors_b)),
+        "error_rate": two_proportion_z(*counts),
     }
+    needed = {
+        "feedback_score": needed_per_arm_means(a.get("feedback", []), b.get("feedback", [])),
+        "feedback_score_ranks": needed_per_arm_means(a.get("feedback", []), b.get("feedback", [])),
+        "cost_per_request_usd": needed_per_arm_means(a.get("cost", []), b.get("cost", [])),
+        "latency_ms": needed_per_arm_means(a.get("latency", []), b.get("latency", [])),
+        "error_rate": needed_per_arm_proportions(*counts),
+    }
+    for name, test in tests.items():
+        if test is not None:
+            test["needed_per_arm"] = needed[name]  # to detect the observed difference at power 0.8
     return {"tests": tests, "significant": sorted(k for k, t in tests.items() if significant(t))}
 
 

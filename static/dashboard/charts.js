@@ -50,6 +50,23 @@
           { label: "perfect calibration", data: [{ x: 0, y: 0 }, { x: 1, y: 1 }], showLine: true, borderColor: "#98a2b3", borderDash: [4, 4], pointRadius: 0 }] },
         options: { animation: false, maintainAspectRatio: false, scales: { x: { min: 0, max: 1, title: { display: true, text: "predicted" } }, y: { min: 0, max: 1, title: { display: true, text: "observed" } } } } };
     },
+    // one experiment metric per arm: the 95% interval as a floating bar, the mean as a point
+    arm_interval: function (s) {
+      var money = s.unit === "usd";
+      var fmt = function (v) { return v === null || v === undefined ? "–" : (money ? "$" + Number(v).toPrecision(3) : Number(v).toPrecision(3)); };
+      return { type: "bar", data: { labels: s.labels, datasets: [
+          { type: "bar", label: "95% CI", data: s.labels.map(function (_, i) { return s.low[i] === null ? null : [s.low[i], s.high[i]]; }),
+            backgroundColor: s.labels.map(function (_, i) { return COLORS[i % COLORS.length] + "40"; }),
+            borderColor: s.labels.map(function (_, i) { return COLORS[i % COLORS.length]; }), borderWidth: 1, barPercentage: 0.5 },
+          { type: "line", label: "mean", data: s.mean, showLine: false, pointRadius: 5, pointStyle: "rectRot",
+            backgroundColor: "#1d2330", borderColor: "#1d2330" }] },
+        options: { animation: false, maintainAspectRatio: false,
+          plugins: { legend: { display: false }, tooltip: { callbacks: { label: function (ctx) {
+            var i = ctx.dataIndex;
+            return ctx.dataset.label === "mean" ? "mean " + fmt(s.mean[i]) + " (n=" + s.n[i] + ")" : "95% CI " + fmt(s.low[i]) + " – " + fmt(s.high[i]);
+          } } } },
+          scales: { y: { beginAtZero: false, ticks: { callback: function (v) { return fmt(v); } } } } } };
+    },
     importance: function (pairs) {
       return { type: "bar", data: { labels: pairs.map(function (p) { return p[0]; }), datasets: [{ label: "importance", data: pairs.map(function (p) { return p[1]; }), backgroundColor: COLORS[0] }] },
         options: { indexAxis: "y", animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } },

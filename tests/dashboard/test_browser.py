@@ -224,3 +224,50 @@ def test_auditor_is_refused_every_write_and_verifies_the_chain(
     page.click("text=Verify every row and the chain")
     page.wait_for_selector("text=Chain intact")
     assert "9 rows verified" in page.locator("#verify").inner_text()
+
+
+def test_the_operator_sees_verdicts_and_one_interval_chart_per_metric(
+    login: Callable[[str], Any], live_server: Any, transactional_db: Any, catalog: Any
+) -> None:
+    from routing.services.experiment_stats import experiment_stats_refresh
+    from routing.services.experiments import experiment_upsert
+    from tests.dashboard.test_experiments import NOISE, run_traffic
+    from tests.factories import make_api_key, make_policy
+
+    make_policy("cheap", strategy="pre_inference", alpha=0.05)
+    experiment = experiment_upsert(
+        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+    )
+    key, _ = make_api_key("browser-app")
+    run_traffic(
+        key,
+        40,
+        score=lambda arm, n: (0.8 if arm == "default" else 0.35) + NOISE[n % 5],
+        latency=lambda arm, n: (120.0 if arm == "default" else 240.0) + 3 * n,
+    )
+    experiment_stats_refresh(experiment_id=experiment.pk)
+    page = login("operator")
+    external: list[str] = []
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith(live_server.url) else None)
+    page.goto(f"{live_server.url}/experiments/")
+    analysis = page.locator(f"#experiment-{experiment.pk}-analysis")
+    assert "default better on quality" in analysis.locator(".tests-analysis").inner_text()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('canvas[data-chart=arm_interval]')]"
+        ".every(c => window.Chart && window.Chart.getChart(c))"
+    )
+    drawn = page.evaluate(
+        "() => [...document.querySelectorAll('canvas[data-chart=arm_interval]')].map(c => {"
+        " const chart = window.Chart.getChart(c);"
+        " return [c.dataset.source, chart.data.labels, chart.data.datasets[1].data]; })"
+    )
+    assert [d[0] for d in drawn] == [
+        f"experiment-{experiment.pk}-{m}" for m in ("quality", "cost", "latency")
+    ]
+    assert drawn[0][1] == ["cheap", "default"] and drawn[0][2][1] > drawn[0][2][0]
+    assert not analysis.locator("details pre").is_visible()  # the raw JSON waits behind <details>
+    analysis.locator("details summary").click()
+    assert '"comparisons"' in analysis.locator("details pre").inner_text()
+    if os.environ.get("SCOPE_SCREENSHOTS"):
+        analysis.screenshot(path=os.path.join(os.environ["SCOPE_SCREENSHOTS"], "experiment-analysis.png"))
+    assert external == []  # no CDN: every asset came from the server under test

@@ -5,7 +5,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
 from routing.dashboard.roles import DASHBOARDS, WRITE, role_required
-from routing.dashboard.selectors import experiment_stats, experiments_with_stats
+from routing.dashboard.selectors import experiment_stats, experiments_with_stats, stored_analysis
 from routing.dashboard.views.common import error_response, page
 from routing.models import Experiment
 from routing.services.experiments import experiment_promote, experiment_stop
@@ -29,7 +29,7 @@ def _after_change(request: HttpRequest, experiment_id: int) -> HttpResponse:
     return page(
         request,
         "dashboard/experiments.html#experiment",
-        {"e": experiment, "arms": experiment_stats(experiment)},
+        {"e": experiment, "arms": experiment_stats(experiment), "report": stored_analysis(experiment)},
     )
 
 
