@@ -90,6 +90,15 @@ def test_stats_per_arm_have_intervals_and_a_significance_test(experiment: Any) -
     assert comparison["arm"] == "cheap" and comparison["against"] == "default"
     assert {"feedback_score", "latency_ms", "error_rate"} <= set(comparison["significant"])
     assert stats["split_check"]["p_value"] > 0.001  # the split matches the 50/50 weights
+    # the mean latency with its interval, and the rank test's direction (cheap is slower)
+    latency = cheap["latency_ms"]
+    assert latency["ci95"][0] < latency["mean"] < latency["ci95"][1] and latency["sd"] > 0
+    assert comparison["tests"]["latency_ms"]["prob_superiority"] > 0.5
+    assert comparison["tests"]["latency_ms"]["difference"] > 0
+    # every test carries the sample size per arm that would detect its observed difference
+    assert comparison["tests"]["error_rate"]["needed_per_arm"] > 0
+    # 0.9 vs 0.2 with (almost) no spread: a couple of ratings per arm would already show it
+    assert (comparison["tests"]["feedback_score"]["needed_per_arm"] or 0) <= 2
 
 
 def test_refreshing_twice_does_the_work_once_until_new_data_arrives(experiment: Any) -> None:
