@@ -1,19 +1,25 @@
 """Request analyzer: messages + metadata → an ordered, versioned feature vector.
 
 Pure (no Django, no I/O) and shared by the live route path, training and `predict_outcomes`, so
-serving and training can never disagree. One pass over the words with set look-ups, plus a few
-C-speed `str.count` calls; no per-signal regexes.
+serving and training can never disagree. No per-signal regexes and no Python loop per word: the
+words go through C-level map/filter/Counter with per-process memos (stripped token, word hash),
+the topic signals are set intersections over the distinct words (feature_words.py), the rest
+is `str.count` / `bytes.translate`, and the n-grams one numpy sort.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from array import array
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from routing.feature_words import SIGNAL_WORDS
 
 # 2: the hashed word n-grams (`ngram_ids`/`ngram_counts`) joined the vector and the decision log
 FEATURE_SCHEMA_VERSION = 2
@@ -23,241 +29,34 @@ FEATURE_SCHEMA_VERSION = 2
 NGRAM_BUCKETS = 1 << 20
 NGRAM_MAX_WORDS = 1024  # long prompts are represented by their first words: bounded time and log size
 _BIGRAM_MIX = 0x9E3779B1
-_word_hashes: dict[str, int] = {}
-
 _STRIP = ".,;:!?()[]{}\"'`*_#<>/\\|=+-~@$%^&"
+if array("I").itemsize != 4:  # hashed_ngrams packs crc32 values as 32-bit unsigned
+    raise ImportError("routing.features needs a 4-byte array('I')")
+_MEMO_LIMIT = 200_000  # entries per memo: bounded memory in a long-lived process
+
+_T = TypeVar("_T")
+
+
+class _Memo(dict[str, _T]):
+    """A pure function of a string, remembered per process: hits are one C-level dict look-up."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[str], _T]) -> None:
+        super().__init__()
+        self._fn = fn
+
+    def __missing__(self, key: str) -> _T:
+        if len(self) > _MEMO_LIMIT:
+            self.clear()
+        value = self[key] = self._fn(key)
+        return value
+
+
+_word_hashes: _Memo[int] = _Memo(lambda word: zlib.crc32(word.encode("utf-8", "surrogatepass")))
+_stripped: _Memo[str] = _Memo(lambda raw: raw.strip(_STRIP))
 _UPPER = bytes(range(65, 91))
 
-_CODE_WORDS = frozenset(
-    [
-        "def",
-        "class",
-        "import",
-        "return",
-        "function",
-        "const",
-        "var",
-        "let",
-        "public",
-        "static",
-        "void",
-        "int",
-        "string",
-        "print",
-        "println",
-        "console",
-        "lambda",
-        "async",
-        "await",
-        "struct",
-        "impl",
-        "fn",
-        "elif",
-        "null",
-        "none",
-        "nil",
-        "typedef",
-        "include",
-        "namespace",
-        "python",
-        "javascript",
-        "typescript",
-        "java",
-        "golang",
-        "rust",
-        "sql",
-        "select",
-        "insert",
-        "join",
-        "regex",
-        "api",
-        "json",
-        "yaml",
-        "html",
-        "css",
-        "bash",
-        "shell",
-        "script",
-        "compile",
-        "compiler",
-        "debug",
-        "bug",
-        "exception",
-        "stack",
-        "array",
-        "dict",
-        "list",
-        "loop",
-        "recursion",
-        "algorithm",
-        "code",
-        "program",
-        "implement",
-        "refactor",
-    ]
-)
-_MATH_WORDS = frozenset(
-    [
-        "calculate",
-        "compute",
-        "solve",
-        "equation",
-        "integral",
-        "derivative",
-        "sum",
-        "product",
-        "probability",
-        "percent",
-        "percentage",
-        "ratio",
-        "average",
-        "mean",
-        "median",
-        "total",
-        "how",
-        "many",
-        "much",
-        "cost",
-        "costs",
-        "price",
-        "dollars",
-        "cents",
-        "remainder",
-        "divisible",
-        "prime",
-        "factor",
-        "fraction",
-        "square",
-        "root",
-        "sqrt",
-        "log",
-        "sin",
-        "cos",
-        "tan",
-        "matrix",
-        "vector",
-        "theorem",
-        "proof",
-        "prove",
-        "lemma",
-        "polynomial",
-        "geometry",
-        "triangle",
-        "circle",
-        "area",
-        "volume",
-        "perimeter",
-        "angle",
-        "digits",
-        "multiply",
-        "divide",
-        "minus",
-        "plus",
-        "times",
-        "twice",
-        "half",
-        "quarter",
-        "hours",
-        "minutes",
-        "miles",
-        "km",
-        "kg",
-        "speed",
-        "rate",
-    ]
-)
-_REASONING_WORDS = frozenset(
-    [
-        "why",
-        "explain",
-        "reason",
-        "reasoning",
-        "because",
-        "therefore",
-        "thus",
-        "hence",
-        "step",
-        "steps",
-        "analyze",
-        "analyse",
-        "compare",
-        "contrast",
-        "evaluate",
-        "justify",
-        "argue",
-        "implications",
-        "consequence",
-        "infer",
-        "deduce",
-        "logic",
-        "logical",
-        "think",
-        "consider",
-        "cause",
-        "effect",
-        "tradeoff",
-        "tradeoffs",
-        "pros",
-        "cons",
-        "critique",
-        "assess",
-    ]
-)
-_EXTRACTION_WORDS = frozenset(
-    [
-        "extract",
-        "summarize",
-        "summarise",
-        "summary",
-        "list",
-        "classify",
-        "categorize",
-        "label",
-        "identify",
-        "find",
-        "parse",
-        "table",
-        "format",
-        "convert",
-        "translate",
-        "rewrite",
-        "paraphrase",
-        "tldr",
-        "bullet",
-        "bullets",
-        "keywords",
-        "entities",
-        "fields",
-    ]
-)
-_CREATIVE_WORDS = frozenset(
-    [
-        "story",
-        "poem",
-        "poetry",
-        "song",
-        "lyrics",
-        "creative",
-        "imagine",
-        "fiction",
-        "character",
-        "characters",
-        "plot",
-        "novel",
-        "haiku",
-        "limerick",
-        "joke",
-        "funny",
-        "essay",
-        "letter",
-        "speech",
-        "slogan",
-        "tagline",
-        "fantasy",
-        "dialogue",
-        "narrative",
-    ]
-)
 _CHOICE_MARKERS = ("\nA.", "\nB.", "\nA)", "\nB)", "(A)", "(B)", "\na)", "\nb)")
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -348,29 +147,27 @@ def request_features_from_log(
     )
 
 
-def _word_hash(word: str) -> int:
-    h = _word_hashes.get(word)
-    if h is None:
-        if len(_word_hashes) > 200_000:  # bounded memory in a long-lived process
-            _word_hashes.clear()
-        h = _word_hashes[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
-    return h
-
-
 def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Sorted (bucket ids, counts) of the word unigrams and bigrams; stable across processes."""
     if not words:
         return (), ()
-    get = _word_hashes.get
-    hashes = [get(w) for w in words[:NGRAM_MAX_WORDS]]
-    if None in hashes:
-        hashes = [h if h is not None else _word_hash(w) for h, w in zip(hashes, words, strict=False)]
-    arr = np.array(hashes, dtype=np.uint64)
-    # the low bits of a wrapped uint64 product equal those of the exact product
-    bigrams = (arr[:-1] * np.uint64(_BIGRAM_MIX)) ^ arr[1:]
-    buckets = np.concatenate((arr, bigrams)) & np.uint64(NGRAM_BUCKETS - 1)
-    ids, counts = np.unique(buckets, return_counts=True)
-    return tuple(ids.tolist()), tuple(counts.tolist())
+    # crc32 fits in 32 bits, and the low bits of a wrapped product equal those of the exact product
+    # (the bigram hash was defined on uint64), so uint32 arithmetic gives the same buckets
+    arr = np.frombuffer(array("I", map(_word_hashes.__getitem__, words[:NGRAM_MAX_WORDS])), dtype=np.uint32)
+    n = 2 * len(arr) - 1
+    buckets = np.empty(n, dtype=np.uint32)
+    buckets[: len(arr)] = arr
+    np.multiply(arr[:-1], np.uint32(_BIGRAM_MIX), out=buckets[len(arr) :])
+    buckets[len(arr) :] ^= arr[1:]
+    buckets &= np.uint32(NGRAM_BUCKETS - 1)
+    # np.unique(buckets, return_counts=True), with fewer calls
+    buckets.sort()
+    edge = np.empty(n + 1, dtype=bool)
+    edge[0] = edge[n] = True
+    np.not_equal(buckets[1:], buckets[:-1], out=edge[1:n])
+    bounds = edge.nonzero()[0]
+    counts = bounds[1:] - bounds[:-1]
+    return tuple(buckets[bounds[:-1]].tolist()), tuple(counts.tolist())
 
 
 def message_text(content: Any) -> str:
@@ -440,22 +237,14 @@ def _features_from_text(
     n_chars = len(text)
     tokens = math.ceil(total_chars / 4)
     lowered = text.lower()
-    words = [word for raw in lowered.split() if (word := raw.strip(_STRIP))]
+    words = list(filter(None, map(_stripped.__getitem__, lowered.split())))
     n_words = len(words)
-    code = math_ = reasoning = extraction = creative = 0
-    total_word_len = 0
-    for word in words:
-        total_word_len += len(word)
-        if word in _CODE_WORDS:
-            code += 1
-        elif word in _MATH_WORDS:
-            math_ += 1
-        elif word in _REASONING_WORDS:
-            reasoning += 1
-        elif word in _EXTRACTION_WORDS:
-            extraction += 1
-        elif word in _CREATIVE_WORDS:
-            creative += 1
+    total_word_len = len("".join(words))
+    # per distinct word, at C speed: each word belongs to one signal list at most (SIGNAL_WORDS)
+    seen = Counter(words)
+    code, math_, reasoning, extraction, creative = (
+        sum(map(seen.__getitem__, signal.intersection(seen))) for signal in SIGNAL_WORDS
+    )
     denom = max(n_chars, 1)
     ascii_bytes = text.encode("ascii", "ignore")
     ascii_len = len(ascii_bytes)
@@ -502,7 +291,7 @@ def _features_from_text(
         math.log1p(text.count("\n")),
         math.log1p(n_words),
         total_word_len / max(n_words, 1),
-        len(set(words)) / max(n_words, 1),
+        len(seen) / max(n_words, 1),
         digits / denom,
         upper / denom,
         non_ascii / denom,
@@ -516,7 +305,7 @@ def _features_from_text(
         extraction * per_100_words,
         creative * per_100_words,
         non_ascii / denom if non_ascii > 0.05 * denom else 0.0,
-        1.0 if sum(1 for marker in _CHOICE_MARKERS if marker in text) >= 2 else 0.0,
+        1.0 if sum(map(text.__contains__, _CHOICE_MARKERS)) >= 2 else 0.0,
         float(min(text.count("\n1.") + text.count("\n2.") + text.count("\n- "), 50)),
         json_requested,
         math.log1p(max_tokens) if isinstance(max_tokens, int | float) and max_tokens > 0 else 0.0,
