@@ -1,13 +1,21 @@
-"""gunicorn settings for `make serve`: Prometheus multiprocess mode across the sync workers.
+"""gunicorn settings for `make serve`: Prometheus multiprocess mode and the decision writer.
 
 PROMETHEUS_MULTIPROC_DIR is set here, in the master, before any worker imports prometheus_client,
 and emptied at start so counters from an earlier run do not leak into this one.
+
+On PostgreSQL the master also starts one group-commit writer for decision rows
+(`manage.py decision_writer`) and hands its socket to the workers through
+SCOPE_DECISION_WRITER_SOCKET; SCOPE_GROUP_COMMIT=false turns that off. If the writer is not
+there, workers commit their rows themselves: slower, never less durable.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +25,54 @@ _default_dir = (
 multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_dir))
 
 
+_base_dir = Path(__file__).resolve().parent.parent
+_writer: subprocess.Popen[bytes] | None = None
+
+
 def on_starting(server: Any) -> None:
     shutil.rmtree(multiproc_dir, ignore_errors=True)
     Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
+    _start_decision_writer(server)
+
+
+def on_exit(server: Any) -> None:
+    if _writer is not None and _writer.poll() is None:
+        _writer.terminate()
+        try:
+            _writer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _writer.kill()
+
+
+def _wants_writer() -> bool:
+    url = os.environ.get("DATABASE_URL", "")
+    enabled = os.environ.get("SCOPE_GROUP_COMMIT", "true").strip().lower() not in {"0", "false", "no", "off"}
+    return (
+        enabled
+        and url.startswith(("postgres", "pgsql"))
+        and not os.environ.get("SCOPE_DECISION_WRITER_SOCKET")
+    )
+
+
+def _start_decision_writer(server: Any) -> None:
+    global _writer
+    if not _wants_writer():
+        return
+    var_dir = Path(os.environ.get("SCOPE_VAR_DIR", _base_dir / "var"))
+    path = var_dir / "run" / f"decision-writer-{os.getpid()}.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _writer = subprocess.Popen(
+        [sys.executable, str(_base_dir / "manage.py"), "decision_writer", "--socket", str(path)],
+        cwd=_base_dir,
+    )
+    deadline = time.monotonic() + 30
+    while not path.exists() and _writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if path.exists():
+        os.environ["SCOPE_DECISION_WRITER_SOCKET"] = str(path)  # the workers forked from here inherit it
+        server.log.info("decision writer (group commit) on %s, pid %s", path, _writer.pid)
+    else:
+        server.log.warning("decision writer did not start; workers commit their own decision rows")
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -217,6 +217,10 @@ SCOPE_PREDICTOR_CHECK_SECONDS = env_float("SCOPE_PREDICTOR_CHECK_SECONDS", 2.0, 
 # SCOPE_VAR_DIR/forests); off, or without a C compiler, the numpy evaluator serves.
 SCOPE_PREDICTOR_COMPILE = env_bool("SCOPE_PREDICTOR_COMPILE", True)
 SCOPE_ENABLE_NOOP_ENDPOINT = env_bool("SCOPE_ENABLE_NOOP_ENDPOINT", False)
+# Group commit of decision rows (routing/services/decision_writer.py): `make serve` starts one
+# writer beside its workers and sets the socket; empty = every worker commits its own rows.
+SCOPE_GROUP_COMMIT = env_bool("SCOPE_GROUP_COMMIT", True)
+SCOPE_DECISION_WRITER_SOCKET = env_str("SCOPE_DECISION_WRITER_SOCKET")
 # An API key row is remembered per process this long (the secret is still hashed and checked on
 # every request); a revoked key stops working everywhere within it. 0 = look it up every time.
 SCOPE_API_KEY_CACHE_SECONDS = env_float("SCOPE_API_KEY_CACHE_SECONDS", 2.0, minimum=0.0)
@@ -256,6 +260,8 @@ SCOPE_EXECUTION_BUDGET_S = env_float(
 SCOPE_CIRCUIT_FAILURES = env_int("SCOPE_CIRCUIT_FAILURES", 5, minimum=1)
 SCOPE_CIRCUIT_WINDOW_S = env_float("SCOPE_CIRCUIT_WINDOW_S", 60.0, minimum=1.0)
 SCOPE_CIRCUIT_COOLDOWN_S = env_float("SCOPE_CIRCUIT_COOLDOWN_S", 30.0, minimum=0.1)
+# How long a process reuses its read of every circuit when routing (provider calls always re-read).
+SCOPE_CIRCUIT_SNAPSHOT_SECONDS = env_float("SCOPE_CIRCUIT_SNAPSHOT_SECONDS", 1.0, minimum=0.0)
 SCOPE_SIMULATED_SPEEDUP = env_float("SCOPE_SIMULATED_SPEEDUP", 1.0, minimum=0.001)
 SCOPE_METRICS_TOKEN = env_str("SCOPE_METRICS_TOKEN")  # when set, /metrics wants "Authorization: Bearer <it>"
 

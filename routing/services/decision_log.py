@@ -20,6 +20,8 @@ from routing.audit import HASHED_FIELDS, decision_row_hash
 from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
+from routing.services.decision_copy import decision_copy_line
+from routing.services.decision_writer import WriterClient
 
 
 def decision_log_write(
@@ -86,10 +88,12 @@ def time_ordered_uuid() -> uuid.UUID:
 def _insert_durably(row: DecisionLog) -> None:
     """Commit one new row before returning; raises (nothing answered) if it cannot be committed.
 
-    On PostgreSQL, outside any transaction, this is one prepared INSERT in autocommit mode: a
-    single round trip that PostgreSQL commits (WAL flushed, synchronous_commit) before it replies,
-    and about half the client CPU of `save()` inside `atomic()` (no BEGIN/COMMIT round trips, no
-    ORM query compilation). Elsewhere (SQLite, or inside a test's transaction) the ORM does it.
+    On PostgreSQL, outside any transaction: when a group-commit writer runs beside this process
+    (`make serve` starts one), the row goes to it and this returns once the writer has committed
+    it together with the rows other workers sent meanwhile (routing/services/decision_writer.py).
+    Otherwise, or when the writer cannot commit it, it is one prepared INSERT in autocommit mode:
+    a single round trip that PostgreSQL commits (WAL flushed, synchronous_commit) before it
+    replies. Elsewhere (SQLite, or inside a test's transaction) the ORM does it.
     """
     if connection.vendor != "postgresql" or any(
         not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
@@ -97,6 +101,31 @@ def _insert_durably(row: DecisionLog) -> None:
         with transaction.atomic(durable=True):
             row.save(force_insert=True)
         return
+    client = _writer_client()
+    if client is not None and not connection.in_atomic_block:
+        line = decision_copy_line(row)
+        if line is not None and client.commit(line):
+            return
+        # the writer may have committed it before its answer was lost: never a second row
+        _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")
+        return
+    _execute_prepared(row, _insert_sql())
+
+
+def _writer_client() -> WriterClient | None:
+    path = settings.SCOPE_DECISION_WRITER_SOCKET
+    if not path:
+        return None
+    global _client
+    if _client is None or _client.path != path:
+        _client = WriterClient(path)
+    return _client
+
+
+_client: WriterClient | None = None
+
+
+def _execute_prepared(row: DecisionLog, sql: str) -> None:
     fields = _insert_fields()
     params = [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields]
     with connection.cursor():  # the ORM's connection handling: health check, (re)connect
@@ -105,7 +134,7 @@ def _insert_durably(row: DecisionLog) -> None:
     # Django's wrapper: its error classes, execute_wrappers and query logging apply as to any query
     cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
     with cursor:
-        cursor.execute(_insert_sql(), params)
+        cursor.execute(sql, params)
 
 
 class _PreparedCursor(psycopg.Cursor[Any]):

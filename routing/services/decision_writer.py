@@ -1,0 +1,366 @@
+"""Group commit for decision rows across processes: one writer, many web workers.
+
+With sync gunicorn workers each process serves one request at a time, so a per-process batcher
+never has anything to batch. Instead every worker sends its row, already encoded as a COPY line,
+over a Unix socket to one writer process and waits. The writer collects whatever rows arrived
+while its previous commit was running, writes them with one COPY in one transaction, and answers
+each sender only after COMMIT returned: no answer leaves before its row is durable, and one WAL
+flush and one statement serve the whole batch.
+
+Frames: worker → writer `!I` length + the COPY line; writer → worker one byte, 0 = committed,
+1 = not committed (followed by `!H` length + a reason). Anything but a 0 makes the worker write
+the row itself (`INSERT … ON CONFLICT (id) DO NOTHING`, so a row the writer did commit before
+its answer was lost is not written twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+logger = logging.getLogger("scope.decision_writer")
+
+OK = b"\x00"
+FAILED = b"\x01"
+_LEN = struct.Struct("!I")
+_REASON = struct.Struct("!H")
+MAX_FRAME = 8 * 1024 * 1024
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+
+class WriterClient:
+    """One connection per process and thread; `commit(line)` is True once the writer committed it."""
+
+    def __init__(self, path: str, *, timeout: float = 10.0, retry_seconds: float = 1.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self._local = threading.local()
+
+    def _socket(self) -> socket.socket | None:
+        local = self._local
+        sock: socket.socket | None = getattr(local, "sock", None)
+        if sock is not None and getattr(local, "pid", None) == os.getpid():
+            return sock
+        if sock is not None:  # inherited across fork: the parent's connection is not ours to use
+            local.sock = None
+        if time.monotonic() < getattr(local, "retry_at", 0.0):
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            local.retry_at = time.monotonic() + self.retry_seconds
+            logger.warning("decision writer unreachable at %s, writing directly: %s", self.path, exc)
+            return None
+        local.sock, local.pid = sock, os.getpid()
+        return sock
+
+    def close(self) -> None:
+        """Close this thread's connection (the next commit reconnects)."""
+        self._drop()
+
+    def _drop(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            sock.close()
+
+    def commit(self, line: bytes) -> bool:
+        """True when the writer answered that the row is committed; False means write it yourself."""
+        sock = self._socket()
+        if sock is None:
+            return False
+        try:
+            sock.sendall(_LEN.pack(len(line)) + line)
+            status = _recv_exactly(sock, 1)
+            if status == OK:
+                return True
+            (size,) = _REASON.unpack(_recv_exactly(sock, _REASON.size))
+            reason = _recv_exactly(sock, size).decode(errors="replace")
+            logger.warning("decision writer did not commit a row (%s); writing it directly", reason)
+            return False
+        except (OSError, EOFError) as exc:
+            # the answer is lost, not necessarily the row: the direct write skips an existing id
+            self._drop()
+            logger.warning("decision writer connection failed (%s); writing the row directly", exc)
+            return False
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        if not chunk:
+            raise EOFError("decision writer closed the connection")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# --- the writer process ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Peer:
+    sock: socket.socket
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class WriterStats:
+    rows: int = 0
+    batches: int = 0
+    failed_rows: int = 0
+    largest_batch: int = 0
+
+
+class DecisionWriter:
+    """Serve group commits on `path` until `stop` is set; `connect_kwargs` go to psycopg.connect."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        copy_sql: str,
+        columns: int,
+        connect_kwargs: Mapping[str, Any],
+        max_batch: int = 512,
+    ) -> None:
+        self.path = path
+        self.copy_sql = copy_sql
+        self.columns = columns
+        self.connect_kwargs = dict(connect_kwargs)
+        self.max_batch = max_batch
+        self.stats = WriterStats()
+        self.ready = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pending: list[tuple[_Peer, bytes]] = []
+        self._selector = selectors.DefaultSelector()
+
+    # the loop
+    def serve_forever(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        listener = self._listen()
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self.ready.set()
+        logger.info("decision writer listening on %s", self.path)
+        try:
+            while not stop.is_set():
+                # with rows waiting, only collect what has already arrived, then commit them
+                for key, events in self._selector.select(0 if self._pending else 0.5):
+                    if key.data is None:
+                        self._accept(listener)
+                    else:
+                        self._service(key.data, events)
+                    if len(self._pending) >= self.max_batch:
+                        break
+                if self._pending:
+                    self._flush()
+        finally:
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            self._selector.close()
+            Path(self.path).unlink(missing_ok=True)
+            if self._conn is not None:
+                self._conn.close()
+
+    def _listen(self) -> socket.socket:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path).unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is born 0600: only this user may write decisions
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old)
+        listener.listen(1024)
+        listener.setblocking(False)
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        self._selector.register(sock, selectors.EVENT_READ, _Peer(sock))
+
+    def _service(self, peer: _Peer, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._send(peer, b"")
+        if not events & selectors.EVENT_READ:
+            return
+        try:
+            data = peer.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(peer)  # rows it already sent are still committed; only the answers are moot
+            return
+        peer.inbox += data
+        while len(peer.inbox) >= _LEN.size:
+            (size,) = _LEN.unpack_from(peer.inbox)
+            if size > MAX_FRAME:
+                self._close(peer)
+                return
+            if len(peer.inbox) < _LEN.size + size:
+                break
+            line = bytes(peer.inbox[_LEN.size : _LEN.size + size])
+            del peer.inbox[: _LEN.size + size]
+            self._pending.append((peer, line))
+
+    def _close(self, peer: _Peer) -> None:
+        try:
+            self._selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+
+    def _send(self, peer: _Peer, data: bytes) -> None:
+        peer.outbox += data
+        try:
+            sent = peer.sock.send(peer.outbox) if peer.outbox else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(peer)
+            return
+        del peer.outbox[:sent]
+        try:
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.outbox else 0)
+            self._selector.modify(peer.sock, mask, peer)
+        except (KeyError, ValueError):
+            pass
+
+    # committing
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        answers = self._commit([line for _, line in batch])
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for (peer, _), answer in zip(batch, answers, strict=True):
+            if answer is None:
+                self.stats.rows += 1
+                self._send(peer, OK)
+            else:
+                self.stats.failed_rows += 1
+                reason = answer.encode()[:1000]
+                self._send(peer, FAILED + _REASON.pack(len(reason)) + reason)
+
+    def _commit(self, lines: list[bytes]) -> list[str | None]:
+        """None per committed line, else the reason; one COPY and one COMMIT for the whole batch."""
+        malformed = [self._malformed(line) for line in lines]
+        good = [line for line, bad in zip(lines, malformed, strict=True) if bad is None]
+        if not good:
+            return malformed
+        try:
+            self._copy(good)
+            return malformed
+        except psycopg.OperationalError as exc:  # the database is away: nothing of this batch is in
+            self._reset()
+            return [bad or f"database unavailable: {exc}" for bad in malformed]
+        except psycopg.Error:
+            pass
+        # one bad row must not sink its neighbours: find it by committing one row at a time
+        answers: list[str | None] = []
+        for line, bad in zip(lines, malformed, strict=True):
+            if bad is not None:
+                answers.append(bad)
+                continue
+            try:
+                self._copy([line])
+                answers.append(None)
+            except pg_errors.UniqueViolation:
+                answers.append(None)  # the id is already there: an earlier attempt committed it
+            except psycopg.OperationalError as exc:
+                self._reset()
+                answers.append(f"database unavailable: {exc}")
+            except psycopg.Error as exc:
+                answers.append(f"{type(exc).__name__}: {exc}")
+        return answers
+
+    def _malformed(self, line: bytes) -> str | None:
+        if not line.endswith(b"\n") or line.count(b"\n") != 1:
+            return "malformed frame: not one COPY line"
+        tabs = line.count(b"\t")
+        if tabs != self.columns - 1:
+            return f"malformed frame: {tabs + 1} columns, expected {self.columns}"
+        return None
+
+    def _copy(self, lines: Iterable[bytes]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur, cur.copy(self.copy_sql) as copy:
+                copy.write(b"".join(lines))
+            conn.commit()
+        except psycopg.Error:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    self._reset()
+            raise
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(**self.connect_kwargs, autocommit=False)
+        return self._conn
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+def connect_kwargs_from_settings(settings_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """psycopg.connect() arguments for a Django DATABASES entry (PostgreSQL)."""
+    kwargs: dict[str, Any] = {"dbname": settings_dict.get("NAME") or "postgres"}
+    for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
+        if settings_dict.get(key):
+            kwargs[name] = settings_dict[key]
+    options = dict(settings_dict.get("OPTIONS") or {})
+    for name in ("connect_timeout", "sslmode", "application_name"):
+        if name in options:
+            kwargs[name] = options[name]
+    kwargs.setdefault("application_name", "scope-decision-writer")
+    return kwargs
+
+
+def decision_writer_for_default_database(*, path: str, max_batch: int = 512) -> DecisionWriter:
+    """The writer for Django's default database (PostgreSQL) and the DecisionLog table."""
+    from django.db import connections
+
+    from routing.services.decision_copy import decision_copy_column_count, decision_copy_sql
+
+    conn = connections["default"]
+    if conn.vendor != "postgresql":
+        raise RuntimeError("group commit needs PostgreSQL (set DATABASE_URL)")
+    return DecisionWriter(
+        path=path,
+        copy_sql=decision_copy_sql(),
+        columns=decision_copy_column_count(),
+        connect_kwargs=connect_kwargs_from_settings(conn.settings_dict),
+        max_batch=max_batch,
+    )

@@ -1,0 +1,257 @@
+"""The group-commit writer: rows committed before the answer, identical to the direct INSERT, none lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test import Client
+
+from routing.audit import HASHED_FIELDS, decision_row_hash
+from routing.models import DecisionLog
+from routing.services.decision_copy import decision_copy_line
+from routing.services.decision_writer import (
+    FAILED,
+    DecisionWriter,
+    WriterClient,
+    decision_writer_for_default_database,
+)
+from tests.conftest import USER_MESSAGE, requires_postgres
+from tests.factories import make_api_key, make_catalog, make_policy
+
+pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
+
+TRICKY = "tab\there, newline\nthere, CR\r, backslash \\ and \\n literally, quote \" and 'é ✓ 😀'"
+
+
+@pytest.fixture(autouse=True)
+def _close_worker_connection() -> Iterator[None]:
+    yield
+    from routing.services import decision_log
+
+    if decision_log._client is not None:
+        decision_log._client.close()
+        decision_log._client = None
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[DecisionWriter]:
+    w = decision_writer_for_default_database(path=str(tmp_path / "writer.sock"))
+    stop = threading.Event()
+    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    assert w.ready.wait(5)
+    yield w
+    stop.set()
+    thread.join(5)
+
+
+@pytest.fixture
+def via_writer(writer: DecisionWriter, settings: Any) -> DecisionWriter:
+    settings.SCOPE_DECISION_WRITER_SOCKET = writer.path
+    return writer
+
+
+def _row(**values: Any) -> DecisionLog:
+    from django.utils import timezone
+
+    from routing.services.decision_log import time_ordered_uuid
+
+    defaults: dict[str, Any] = {
+        "id": time_ordered_uuid(),
+        "created_at": timezone.now(),
+        "strategy": "hybrid",
+        "predictor_version": "prior",
+        "candidates": [{"model": "m", "quality": 0.5, "note": TRICKY}],
+        "explanation": {"why": TRICKY, "nested": {"list": [1, 2.5, None, True]}},
+        "features": {"n_chars": 3},
+        "fallbacks": ["a", "b"],
+        "metadata": {},
+        "feature_schema": 2,
+        "prompt": TRICKY,
+        "prompt_sha256": "0" * 64,
+        "row_hash": "1" * 64,
+    }
+    defaults.update(values)
+    return DecisionLog(**defaults)
+
+
+def _route(key: str, text: str) -> Any:
+    return Client().post(
+        "/api/v1/route",
+        data=json.dumps({"messages": USER_MESSAGE(text), "user": "u"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+
+
+def test_a_route_answer_has_its_row_committed_by_the_writer_with_a_valid_hash(
+    via_writer: DecisionWriter,
+) -> None:
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("writer")
+    response = _route(key, TRICKY)
+    assert response.status_code == 200, response.content
+    assert via_writer.stats.rows == 1
+    row = DecisionLog.objects.get(id=response.json()["decision_id"])
+    assert row.prompt == TRICKY
+    assert row.candidates == response.json()["candidates"]
+    assert row.explanation == response.json()["explanation"]
+    assert decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}) == row.row_hash
+
+
+def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> None:
+    through_writer, through_orm = _row(), _row(alpha=0.25, policy_version=3, cache_hit=True)
+    line = decision_copy_line(through_writer)
+    assert line is not None
+    client = WriterClient(writer.path)
+    assert client.commit(line)
+    client.close()
+    through_orm.save(force_insert=True)
+    a = DecisionLog.objects.get(id=through_writer.id)
+    b = DecisionLog.objects.get(id=through_orm.id)
+    for name in ("prompt", "candidates", "explanation", "features", "fallbacks", "created_at"):
+        assert getattr(a, name) == getattr(through_writer, name)
+    assert (b.alpha, b.policy_version, b.cache_hit) == (0.25, 3, True)
+    assert a.alpha is None and a.policy_version is None and a.cache_hit is False
+
+
+def test_a_row_with_a_nul_is_not_sent_to_the_writer() -> None:
+    assert decision_copy_line(_row(prompt="a\x00b")) is None
+
+
+def test_concurrent_workers_share_commits_and_every_row_lands(writer: DecisionWriter) -> None:
+    client = WriterClient(writer.path)
+    rows = [_row() for _ in range(120)]
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[DecisionLog]) -> None:
+        for row in chunk:
+            line = decision_copy_line(row)
+            assert line is not None
+            ok = client.commit(line)
+            with lock:
+                results.append(ok)
+        client.close()
+
+    threads = [threading.Thread(target=send, args=(rows[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 120
+    assert DecisionLog.objects.filter(id__in=[r.id for r in rows]).count() == 120
+    assert writer.stats.rows == 120 and writer.stats.batches <= 120
+
+
+def test_one_bad_row_fails_alone_and_its_batch_neighbours_commit(writer: DecisionWriter) -> None:
+    good, bad = _row(), _row(kind="x" * 50)  # kind is varchar(8): the row cannot be stored
+    lines = [decision_copy_line(good), decision_copy_line(bad)]
+    answers = writer._commit([line for line in lines if line is not None])
+    assert answers[0] is None
+    assert answers[1] is not None and "StringDataRightTruncation" in answers[1]
+    assert DecisionLog.objects.filter(id=good.id).exists()
+    assert not DecisionLog.objects.filter(id=bad.id).exists()
+
+
+def test_a_malformed_frame_is_refused_with_a_reason(writer: DecisionWriter) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(writer.path)
+        payload = b"only\ttwo columns\n"
+        sock.sendall(struct.pack("!I", len(payload)) + payload)
+        assert sock.recv(1) == FAILED
+        (size,) = struct.unpack("!H", sock.recv(2))
+        assert b"malformed frame" in sock.recv(size)
+
+
+def test_without_a_writer_the_worker_commits_the_row_itself(settings: Any, tmp_path: Path) -> None:
+    settings.SCOPE_DECISION_WRITER_SOCKET = str(tmp_path / "nobody-listens.sock")
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("no-writer")
+    response = _route(key, "hello")
+    assert response.status_code == 200
+    assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
+
+
+def _one_shot_server(path: str, behaviour: Callable[[socket.socket, bytes], None]) -> threading.Thread:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            (size,) = struct.unpack("!I", conn.recv(4))
+            data = b""
+            while len(data) < size:
+                data += conn.recv(size - len(data))
+            behaviour(conn, data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_writer_that_commits_then_dies_before_answering_leaves_exactly_one_row(
+    settings: Any, tmp_path: Path
+) -> None:
+    """The answer is lost, not the row: the worker's own write must not add a second one."""
+    real = decision_writer_for_default_database(path=str(tmp_path / "unused.sock"))
+
+    def commit_then_vanish(conn: socket.socket, line: bytes) -> None:
+        assert real._commit([line]) == [None]
+        real._reset()
+        connections.close_all()
+
+    path = str(tmp_path / "dies.sock")
+    server = _one_shot_server(path, commit_then_vanish)
+    settings.SCOPE_DECISION_WRITER_SOCKET = path
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("dying-writer")
+    response = _route(key, "still logged once")
+    server.join(5)
+    assert response.status_code == 200
+    assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
+    assert DecisionLog.objects.filter(api_key_name="dying-writer").count() == 1
+
+
+def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
+    settings: Any, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w = decision_writer_for_default_database(path=str(tmp_path / "down.sock"))
+    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    line = decision_copy_line(_row())
+    assert line is not None
+    assert w._commit([line])[0] is not None and "database unavailable" in str(w._commit([line])[0])
+    stop = threading.Event()
+    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    assert w.ready.wait(5)
+    try:
+        settings.SCOPE_DECISION_WRITER_SOCKET = w.path
+        make_catalog()
+        make_policy("default")
+        _, key = make_api_key("db-away-writer")
+        response = _route(key, "the worker writes this one")
+        assert response.status_code == 200
+        assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
+        assert w.stats.failed_rows == 1
+    finally:
+        w._reset()
+        stop.set()
+        thread.join(5)
