@@ -100,9 +100,36 @@ def circuit_status(model: str) -> CircuitStatus:
     return circuit_states([model])[model]
 
 
+# the route path's view of the circuits, per process: (monotonic time read, names) → states
+_recent: dict[tuple[str, ...], tuple[float, dict[str, CircuitStatus]]] = {}
+
+
+def circuit_states_recent(models: Iterable[str]) -> dict[str, CircuitStatus]:
+    """circuit_states(), reused for SCOPE_CIRCUIT_SNAPSHOT_SECONDS within this process.
+
+    Routing reads every circuit on every request; the provider call path (circuit_allow) always
+    reads the shared state, so a circuit opened by another process is honoured at call time at
+    once and excluded from new decisions within the snapshot age. Changes made by this process
+    drop its snapshot immediately.
+    """
+    names = tuple(models)
+    ttl = float(settings.SCOPE_CIRCUIT_SNAPSHOT_SECONDS)
+    if ttl <= 0:
+        return circuit_states(names)
+    at = time.monotonic()
+    hit = _recent.get(names)
+    if hit is not None and at - hit[0] < ttl:
+        return hit[1]
+    states = circuit_states(names)
+    if len(_recent) > 256:
+        _recent.clear()
+    _recent[names] = (at, states)
+    return states
+
+
 def with_circuit_health(specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
     """The catalog as the engine should see it: open circuits become `unavailable_reason`."""
-    states = circuit_states(s.name for s in specs)
+    states = circuit_states_recent(s.name for s in specs)
     return tuple(
         dataclasses.replace(s, unavailable_reason=states[s.name].reason)
         if states[s.name].state is CircuitState.OPEN and not s.unavailable_reason
@@ -131,6 +158,7 @@ def circuit_allow(model: str) -> CircuitStatus | None:
 def circuit_record_success(model: str) -> None:
     try:
         if cache.get(_key(model, "open")) is not None:
+            _recent.clear()
             cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])
     except Exception:
         logger.warning("could not record circuit success for %s", model, exc_info=True)
@@ -159,6 +187,7 @@ def circuit_record_failure(model: str, *, error_class: str) -> CircuitStatus:
 
 
 def _open(model: str, at: float, *, failures: int, error_class: str) -> CircuitStatus:
+    _recent.clear()
     record = {"until": at + _cooldown(), "opened_at": at, "failures": failures, "error_class": error_class}
     cache.set(_key(model, "open"), record, timeout=_KEEP_S)
     cache.delete(_key(model, "probe"))
@@ -168,4 +197,5 @@ def _open(model: str, at: float, *, failures: int, error_class: str) -> CircuitS
 
 def circuit_reset(model: str) -> None:
     """Close a circuit by hand (admin action)."""
+    _recent.clear()
     cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])

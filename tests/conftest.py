@@ -20,6 +20,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     settings.SCOPE_CATALOG_TTL_SECONDS = 0  # every request sees the catalog the test just wrote
     settings.SCOPE_API_KEY_CACHE_SECONDS = 0  # a key revoked in a test is refused at once
+    settings.SCOPE_CIRCUIT_SNAPSHOT_SECONDS = 0  # a circuit a test opens is seen by the next route
 
 
 @pytest.fixture(autouse=True)
