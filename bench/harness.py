@@ -58,6 +58,30 @@ def prepare_database(env: Mapping[str, str], key_name: str) -> str:
     return manage(env, "create_api_key", key_name).splitlines()[-1]
 
 
+def activate_trained_predictor(env: Mapping[str, str], source: str = "routellm-gsm8k") -> str:
+    """Import a real outcome set and train + activate a predictor on it, unless one is active already.
+
+    The demo catalog holds the two models of the RouteLLM sets, so the route path then runs the
+    trained predictor (with its anchors) for them and the conservative path for the rest: the
+    route overhead is measured with real inference, not the tier prior.
+    """
+    active = manage(
+        env,
+        "shell",
+        "-c",
+        "from feedback.models import PredictorVersion as P; v = P.objects.filter(is_active=True).first(); "
+        "print(v.name if v else '')",
+    )
+    if active:
+        return active.splitlines()[-1]
+    folder = Path(env.get("SCOPE_DATA_DIR") or ROOT.parent / "shared" / "data") / source
+    if not (folder / "outcomes.jsonl").exists():
+        return ""
+    manage(env, "import_outcomes", str(folder / "outcomes.jsonl"), "--models", str(folder / "models.json"))
+    out = manage(env, "train_predictor", "--source", source, "--activate")
+    return next((line.split()[2] for line in out.splitlines() if line.startswith("stored predictor")), "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ from bench.harness import (  # noqa: E402
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
     WrkResult,
+    activate_trained_predictor,
     bench_env,
     chat_body,
     count_decisions,
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=None, help="gunicorn workers (default: the Makefile's)"
     )
     parser.add_argument("--skip-breakdown", action="store_true", help="HTTP figures only")
+    parser.add_argument(
+        "--prior",
+        action="store_true",
+        help="route with the tier prior (default: import routellm-gsm8k and route with a trained predictor)",
+    )
     args = parser.parse_args(argv)
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -80,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     key_name = f"bench-overhead-{int(time.time())}"
     say(f"preparing {database_url.rsplit('@', 1)[-1]} (migrate, seed_demo, API key {key_name})")
     key = prepare_database(env, key_name)
+    if not args.prior:
+        version = activate_trained_predictor(env)
+        say(f"active predictor: {version or 'none (no data set found: the tier prior routes)'}")
     body = chat_body()
     work = tmpdir("scope-bench-")
     script = wrk_script(work, body=body, key=key)
