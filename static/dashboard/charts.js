@@ -53,7 +53,11 @@
     // one experiment metric per arm: the 95% interval as a floating bar, the mean as a point
     arm_interval: function (s) {
       var money = s.unit === "usd";
-      var fmt = function (v) { return v === null || v === undefined ? "–" : (money ? "$" + Number(v).toPrecision(3) : Number(v).toPrecision(3)); };
+      var fmt = function (v) {
+        if (v === null || v === undefined) return "–";
+        var text = Math.abs(Number(v)).toPrecision(3);
+        return (v < 0 ? "-" : "") + (money ? "$" : "") + text;
+      };
       return { type: "bar", data: { labels: s.labels, datasets: [
           { type: "bar", label: "95% CI", data: s.labels.map(function (_, i) { return s.low[i] === null ? null : [s.low[i], s.high[i]]; }),
             backgroundColor: s.labels.map(function (_, i) { return COLORS[i % COLORS.length] + "40"; }),
