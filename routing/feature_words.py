@@ -246,3 +246,5 @@ SIGNAL_WORDS: tuple[frozenset[str], ...] = (
     EXTRACTION_WORDS - CODE_WORDS - MATH_WORDS - REASONING_WORDS,
     CREATIVE_WORDS - CODE_WORDS - MATH_WORDS - REASONING_WORDS - EXTRACTION_WORDS,
 )
+# word -> index of its list in SIGNAL_WORDS: one set intersection finds a prompt's signal words
+SIGNAL_OF: dict[str, int] = {word: i for i, words in enumerate(SIGNAL_WORDS) for word in words}

@@ -3,7 +3,7 @@
 Pure (no Django, no I/O) and shared by the live route path, training and `predict_outcomes`, so
 serving and training can never disagree. No per-signal regexes and no Python loop per word: the
 words go through C-level map/filter/Counter with per-process memos (stripped token, word hash),
-the topic signals are set intersections over the distinct words (feature_words.py), the rest
+the topic signals one set intersection of the distinct words with the signal words, the rest
 is `str.count` / `bytes.translate`, and the n-grams one numpy sort.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from routing.feature_words import SIGNAL_WORDS
+from routing.feature_words import SIGNAL_OF
 
 # 2: the hashed word n-grams (`ngram_ids`/`ngram_counts`) joined the vector and the decision log
 FEATURE_SCHEMA_VERSION = 2
@@ -240,11 +240,12 @@ def _features_from_text(
     words = list(filter(None, map(_stripped.__getitem__, lowered.split())))
     n_words = len(words)
     total_word_len = len("".join(words))
-    # per distinct word, at C speed: each word belongs to one signal list at most (SIGNAL_WORDS)
+    # over distinct words: each word belongs to one signal list at most (feature_words.SIGNAL_OF)
     seen = Counter(words)
-    code, math_, reasoning, extraction, creative = (
-        sum(map(seen.__getitem__, signal.intersection(seen))) for signal in SIGNAL_WORDS
-    )
+    signals = [0, 0, 0, 0, 0]
+    for word in SIGNAL_OF.keys() & seen.keys():
+        signals[SIGNAL_OF[word]] += seen[word]
+    code, math_, reasoning, extraction, creative = signals
     denom = max(n_chars, 1)
     ascii_bytes = text.encode("ascii", "ignore")
     ascii_len = len(ascii_bytes)
