@@ -42,7 +42,7 @@ def time_it(name: str, fn: Callable[[], Any], *, runs: int = 400, warmup: int = 
     )
 
 
-def decision_breakdown(*, body: bytes, key: str, runs: int = 400) -> list[Timing]:
+def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket: str = "") -> list[Timing]:
     """parse, auth, features, predict, decide (without predict), log write, render: one decision."""
     from django.conf import settings
     from rest_framework.parsers import JSONParser
@@ -125,7 +125,17 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400) -> list[Timing
     timings.append(
         Timing("decide (without predict)", max(0.0, whole.p50_ms - timings[3].p50_ms), whole.p99_ms, runs)
     )
-    timings.append(time_it("log write (durable)", write, runs=max(50, runs // 4), warmup=5))
+    timings.append(time_it("log write (durable, own INSERT)", write, runs=max(50, runs // 4), warmup=5))
+    if writer_socket:
+        from django.conf import settings
+
+        settings.SCOPE_DECISION_WRITER_SOCKET = writer_socket
+        try:
+            timings.append(
+                time_it("log write (durable, group commit)", write, runs=max(50, runs // 4), warmup=5)
+            )
+        finally:
+            settings.SCOPE_DECISION_WRITER_SOCKET = ""
     timings.append(
         time_it("render (payload + JSON)", lambda: JSONRenderer().render(decision_payload(row)), runs=runs)
     )

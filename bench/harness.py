@@ -68,6 +68,8 @@ def activate_trained_predictor(env: Mapping[str, str], source: str = "routellm-g
     active = manage(
         env,
         "shell",
+        "-v",
+        "0",
         "-c",
         "from feedback.models import PredictorVersion as P; v = P.objects.filter(is_active=True).first(); "
         "print(v.name if v else '')",
