@@ -93,9 +93,11 @@ class DecisionLog(models.Model):
     """Append-only record of one routing decision. Written only by routing.services.decision_log."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()  # indexed by decision_time_id, which leads with it
     kind = models.CharField(max_length=8, choices=DecisionKind.choices, default=DecisionKind.ROUTE)
-    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
     api_key_name = models.CharField(max_length=50, blank=True)
     policy_slug = models.CharField(max_length=100, blank=True)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
@@ -134,6 +136,9 @@ class DecisionLog(models.Model):
             models.Index(fields=["created_at", "id"], name="decision_time_id"),
             # decisions explorer filtered by API key
             models.Index(fields=["api_key_name", "-created_at"], name="decision_key_time"),
+            # deleting a key sets its rows' api_key to NULL (one plain index: the default FK index on
+            # a text key adds a second, LIKE-only one that every decision INSERT would maintain)
+            models.Index(fields=["api_key"], name="decision_api_key"),
             # explorer filtered by experiment; experiment statistics per arm (covering: the per-arm
             # aggregates and the joins to outcomes/feedback read only this index; trailing key
             # columns rather than INCLUDE, which SQLite lacks)
