@@ -107,9 +107,14 @@ def decide(
     predictions = active.predict(features, [c.model for c in candidates]) if candidates else []
     if predictor is None:
         notes.append("no trained predictor is active: predictions come from each model's tier prior")
+    if predictor is not None:  # models the predictor has no data for: the tier prior, in one call
+        gaps = [i for i, p in enumerate(predictions) if not p.known]
+        if gaps:
+            fills = _PRIOR.predict(features, [candidates[i].model for i in gaps])
+            predictions = list(predictions)
+            for i, p in zip(gaps, fills, strict=True):
+                predictions[i] = p
     for c, p in zip(candidates, predictions, strict=True):
-        if not p.known and predictor is not None:
-            p = _PRIOR.predict(features, [c.model])[0]
         c.prediction = p
         c.cost_usd = c.model.cost_usd(features.input_tokens, p.output_tokens)
     unknown = [
