@@ -84,7 +84,7 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
             stderr=subprocess.STDOUT,
         )
         try:
-            status, body = 0, {}
+            status, body = 0, dict[str, Any]()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
