@@ -9,11 +9,16 @@
    shut down for --redis-outage seconds under load. Figures: 5xx (must be 0), /healthz states seen,
    degraded-mode log lines, decisions lost; a job submitted while Redis is down and whether it is
    executed once Redis is back (the stale-job sweep re-enqueues it, a Celery worker runs it).
+3. Decision writer (--writer-kill): the group-commit writer process that `make serve` starts is
+   killed with SIGKILL under load, rows in flight included. Figures: 5xx (must be 0), decisions
+   lost (must be 0), worker fallbacks logged, and seconds until a writer serves the socket again
+   (its supervisor starts a new one; meanwhile workers commit their own rows).
 
 The PostgreSQL part restarts the machine's shared server: it is opt-in (--pg) and kept short.
 
     .venv/bin/python bench/faults.py --redis            # private Redis only
     .venv/bin/python bench/faults.py --pg --redis       # both (PostgreSQL down ~8 s)
+    .venv/bin/python bench/faults.py --writer-kill      # kill -9 the decision writer under load
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -345,12 +353,104 @@ def redis_fault(args: argparse.Namespace, database_url: str) -> bool:
     return fivexx == 0 and lost == 0 and down_states.get("degraded", 0) > 0 and job_ok
 
 
+_WRITER_PID = re.compile(r"decision writer pid (\d+) serving (\S+)")
+_WRITER_STOPPED = re.compile(r"decision writer stopped: .*")
+
+
+def writer_pid(log_path: Path) -> tuple[int, str] | None:
+    """The pid and socket of the writer its supervisor started last, from the server log."""
+    found = _WRITER_PID.findall(log_path.read_text(errors="replace"))
+    return (int(found[-1][0]), found[-1][1]) if found else None
+
+
+def socket_serves(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
+    say("== decision writer killed (SIGKILL) under load ==")
+    env = bench_env(database_url=database_url, redis_url=redis_url)
+    key = prepare_database(env, f"faults-writer-{int(time.time())}")
+    work = tmpdir("scope-faults-writer-")
+    script = recording_script(work / "route", body=chat_body(), key=key)
+    marks: dict[str, float] = {}
+    killed: tuple[int, str] | None = None
+    with scope_server(env, log_dir=work) as server:
+
+        def drive() -> None:
+            run_wrk(
+                f"{server.base_url}/api/v1/route",
+                script=script,
+                connections=args.connections,
+                seconds=args.before + args.after,
+                timeout_s=30,
+            )
+
+        load = threading.Thread(target=drive)
+        load.start()
+        time.sleep(args.before)
+        killed = writer_pid(server.log_path)
+        if killed is not None:
+            marks["kill"] = time.time()
+            os.kill(killed[0], signal.SIGKILL)
+            deadline = time.time() + args.after
+            time.sleep(0.05)
+            while time.time() < deadline:
+                again = writer_pid(server.log_path)
+                if again and again[0] != killed[0] and socket_serves(again[1]):
+                    marks["serving"] = time.time()
+                    break
+                time.sleep(0.1)
+        load.join()
+        time.sleep(1.0)
+    log_text = server.log_path.read_text(errors="replace")  # after the stop: the writers' stats are in
+    responses = read_responses(work / "route")
+    statuses, lost = summarize(responses, database_url)
+    fivexx = sum(n for s, n in statuses.items() if s >= 500)
+    after_kill = [r for r in responses if "kill" in marks and r.at >= int(marks["kill"])]
+    fallbacks = sum(
+        1
+        for line in log_text.splitlines()
+        if "decision writer connection failed" in line
+        or "decision writer unreachable" in line
+        or "decision writer did not commit" in line
+    )
+    if killed is None:
+        say(f"no 'decision writer pid N serving PATH' line in {server.log_path}: nothing killed")
+        return False
+    say(f"writer pid {killed[0]} killed at +{args.before:.0f} s under {args.connections} clients")
+    say(
+        f"route responses by status: {dict(sorted(statuses.items()))}; after the kill: "
+        f"{dict(sorted(Counter(r.status for r in after_kill).items()))}; 5xx: {fivexx}"
+    )
+    say(f"worker log lines falling back to their own write: {fallbacks}")
+    if "serving" in marks:
+        say(
+            f"a new writer served the socket {marks['serving'] - marks['kill']:.1f} s after the kill (no manual step)"
+        )
+    else:
+        say(
+            f"no writer served the socket again within {args.after:.0f} s; workers kept writing their own rows"
+        )
+    for line in _WRITER_STOPPED.findall(log_text):
+        say(f"  {line}")
+    say(f"decisions lost: {lost}  ({sum(n for s, n in statuses.items() if 200 <= s < 300)} answered 2xx)")
+    return fivexx == 0 and lost == 0 and "serving" in marks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pg", action="store_true", help="restart the machine's PostgreSQL under load")
     parser.add_argument("--redis", action="store_true", help="stop a private Redis under load")
+    parser.add_argument("--writer-kill", action="store_true", help="kill -9 the decision writer under load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--before", type=float, default=8.0, help="seconds of load before the fault")
     parser.add_argument("--after", type=float, default=12.0, help="seconds of load after recovery")
@@ -358,13 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-outage", type=float, default=10.0)
     parser.add_argument("--redis-port", type=int, default=6390)
     args = parser.parse_args(argv)
-    if not (args.pg or args.redis):
-        parser.error("choose --pg and/or --redis")
+    if not (args.pg or args.redis or args.writer_kill):
+        parser.error("choose --pg, --redis and/or --writer-kill")
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     ok = True
     if args.redis:
         ok = redis_fault(args, database_url) and ok
+    if args.writer_kill:
+        ok = writer_kill_fault(args, database_url, redis_url) and ok
     if args.pg:
         ok = postgres_fault(args, database_url, redis_url) and ok
     return 0 if ok else 1

@@ -5,8 +5,9 @@ and emptied at start so counters from an earlier run do not leak into this one.
 
 On PostgreSQL the master also starts one group-commit writer for decision rows
 (`manage.py decision_writer`) and hands its socket to the workers through
-SCOPE_DECISION_WRITER_SOCKET; SCOPE_GROUP_COMMIT=false turns that off. If the writer is not
-there, workers commit their rows themselves: slower, never less durable.
+SCOPE_DECISION_WRITER_SOCKET; SCOPE_GROUP_COMMIT=false turns that off. The command runs the writer
+under a small supervisor (`--supervise`) that starts a new one if it dies (kill -9, crash). While
+the writer is not there, workers commit their rows themselves: slower, never less durable.
 """
 
 from __future__ import annotations
@@ -62,7 +63,14 @@ def _start_decision_writer(server: Any) -> None:
     path = var_dir / "run" / f"decision-writer-{os.getpid()}.sock"
     path.parent.mkdir(parents=True, exist_ok=True)
     _writer = subprocess.Popen(
-        [sys.executable, str(_base_dir / "manage.py"), "decision_writer", "--socket", str(path)],
+        [
+            sys.executable,
+            str(_base_dir / "manage.py"),
+            "decision_writer",
+            "--supervise",
+            "--socket",
+            str(path),
+        ],
         cwd=_base_dir,
     )
     deadline = time.monotonic() + 30
@@ -70,7 +78,7 @@ def _start_decision_writer(server: Any) -> None:
         time.sleep(0.05)
     if path.exists():
         os.environ["SCOPE_DECISION_WRITER_SOCKET"] = str(path)  # the workers forked from here inherit it
-        server.log.info("decision writer (group commit) on %s, pid %s", path, _writer.pid)
+        server.log.info("decision writer (group commit) on %s, supervisor pid %s", path, _writer.pid)
     else:
         server.log.warning("decision writer did not start; workers commit their own decision rows")
 

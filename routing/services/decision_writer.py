@@ -20,9 +20,10 @@ import os
 import selectors
 import socket
 import struct
+import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class WriterStats:
     batches: int = 0
     failed_rows: int = 0
     largest_batch: int = 0
+    outages: int = 0  # times the database went away (and, unless still away at stop, came back)
 
 
 class DecisionWriter:
@@ -154,6 +156,7 @@ class DecisionWriter:
         self._conn: psycopg.Connection[Any] | None = None
         self._pending: list[tuple[_Peer, bytes]] = []
         self._selector = selectors.DefaultSelector()
+        self._down_since: float | None = None  # monotonic time the database was first found away
 
     # the loop
     def serve_forever(self, stop: threading.Event | None = None) -> None:
@@ -275,9 +278,11 @@ class DecisionWriter:
             return malformed
         try:
             self._copy(good)
+            self._database_back()
             return malformed
         except psycopg.OperationalError as exc:  # the database is away: nothing of this batch is in
             self._reset()
+            self._database_away(exc)
             return [bad or f"database unavailable: {exc}" for bad in malformed]
         except psycopg.Error:
             pass
@@ -289,15 +294,32 @@ class DecisionWriter:
                 continue
             try:
                 self._copy([line])
+                self._database_back()
                 answers.append(None)
             except pg_errors.UniqueViolation:
                 answers.append(None)  # the id is already there: an earlier attempt committed it
             except psycopg.OperationalError as exc:
                 self._reset()
+                self._database_away(exc)
                 answers.append(f"database unavailable: {exc}")
             except psycopg.Error as exc:
                 answers.append(f"{type(exc).__name__}: {exc}")
         return answers
+
+    def _database_away(self, exc: Exception) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self.stats.outages += 1
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("decision writer: database unavailable (%s); workers write their own rows", first)
+
+    def _database_back(self) -> None:
+        if self._down_since is not None:
+            logger.warning(
+                "decision writer: reconnected, committing again after %.1f s",
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
 
     def _malformed(self, line: bytes) -> str | None:
         if not line.endswith(b"\n") or line.count(b"\n") != 1:
@@ -332,6 +354,57 @@ class DecisionWriter:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+# --- keeping one writer running -----------------------------------------------------------------
+
+
+def supervise(
+    argv: Sequence[str],
+    stop: threading.Event,
+    *,
+    first_delay: float = 0.5,
+    max_delay: float = 30.0,
+    stable_after: float = 30.0,
+    poll: float = 0.2,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> int:
+    """Run the writer `argv` until `stop` is set, starting it again whenever it dies on its own.
+
+    A writer only exits 0 when told to stop (SIGTERM, SIGINT): that ends supervision too. Any other
+    end (killed, crashed, refused to start) starts a new one after a delay that
+    doubles up to `max_delay` and resets once a writer has lived `stable_after` seconds. Meanwhile
+    workers write their own rows. Returns how many times it restarted the writer.
+    """
+    restarts, delay = 0, first_delay
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(list(argv))
+        if on_start is not None:
+            on_start(child)
+        while child.poll() is None:
+            if stop.wait(poll):
+                child.terminate()
+                try:
+                    child.wait(timeout=8)  # under the 10 s gunicorn_conf.on_exit gives this process
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                return restarts
+        if child.returncode == 0 or stop.is_set():
+            return restarts
+        if time.monotonic() - started >= stable_after:
+            delay = first_delay
+        how = (
+            f"killed by signal {-child.returncode}"
+            if child.returncode < 0
+            else f"exit code {child.returncode}"
+        )
+        logger.error("decision writer pid %s died (%s); starting another in %.1f s", child.pid, how, delay)
+        if stop.wait(delay):
+            return restarts
+        delay = min(delay * 2, max_delay)
+        restarts += 1
 
 
 def connect_kwargs_from_settings(settings_dict: Mapping[str, Any]) -> dict[str, Any]:

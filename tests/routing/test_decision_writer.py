@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from routing.services.decision_writer import (
     DecisionWriter,
     WriterClient,
     decision_writer_for_default_database,
+    supervise,
 )
 from tests.conftest import USER_MESSAGE, requires_postgres
 from tests.factories import make_api_key, make_catalog, make_policy
@@ -255,3 +261,126 @@ def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
         w._reset()
         stop.set()
         thread.join(5)
+
+
+def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = decision_writer_for_default_database(path=str(tmp_path / "flaky.sock"))
+    good = dict(w.connect_kwargs)
+    with socket.socket() as probe:  # a port nothing listens on: the database is "down"
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    lost, kept = _row(), _row()
+    lost_line, kept_line = decision_copy_line(lost), decision_copy_line(kept)
+    assert lost_line is not None and kept_line is not None
+    with caplog.at_level("WARNING", logger="scope.decision_writer"):
+        assert "database unavailable" in str(w._commit([lost_line])[0])
+        assert "database unavailable" in str(w._commit([lost_line])[0])  # still away: said once
+        w.connect_kwargs = good  # the database is back; nothing else is done to the writer
+        assert w._commit([kept_line]) == [None]
+    try:
+        messages = [r.getMessage() for r in caplog.records if r.name == "scope.decision_writer"]
+        assert len([m for m in messages if "database unavailable" in m]) == 1
+        assert len([m for m in messages if "reconnected" in m]) == 1
+        assert w.stats.outages == 1
+        assert DecisionLog.objects.filter(id=kept.id).exists()
+        assert not DecisionLog.objects.filter(id=lost.id).exists()
+    finally:
+        w._reset()
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_supervise_restarts_a_killed_child_and_stops_it_when_told() -> None:
+    children: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    result: list[int] = []
+    argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+    thread = threading.Thread(
+        target=lambda: result.append(
+            supervise(argv, stop, first_delay=0.05, poll=0.05, on_start=children.append)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        assert _wait_for(lambda: len(children) == 1, 10)
+        os.kill(children[0].pid, signal.SIGKILL)
+        assert _wait_for(lambda: len(children) == 2, 10)
+        assert children[0].returncode == -signal.SIGKILL
+        assert children[1].poll() is None
+    finally:
+        stop.set()
+        thread.join(20)
+    assert result == [1]
+    assert children[1].returncode is not None  # the live child was stopped with the supervisor
+
+
+def test_supervise_ends_when_the_child_stops_cleanly() -> None:
+    children: list[subprocess.Popen[bytes]] = []
+    restarts = supervise([sys.executable, "-c", "pass"], threading.Event(), on_start=children.append)
+    assert restarts == 0 and len(children) == 1 and children[0].returncode == 0
+
+
+def test_a_supervised_writer_killed_with_sigkill_is_replaced_and_commits_again(tmp_path: Path) -> None:
+    """`manage.py decision_writer --supervise`, as `make serve` runs it: kill -9 the writer, a new one serves."""
+    path = str(tmp_path / "supervised.sock")
+    settings_dict = connections["default"].settings_dict
+    url = (
+        f"postgres://{settings_dict['USER']}:{settings_dict.get('PASSWORD') or ''}@{settings_dict['HOST']}:"
+        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+    )
+    env = dict(os.environ, DATABASE_URL=url, SCOPE_LOG_LEVEL="WARNING")
+    manage_py = str(Path(__file__).resolve().parents[2] / "manage.py")
+    supervisor = subprocess.Popen(
+        [sys.executable, manage_py, "decision_writer", "--supervise", "--socket", path],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = WriterClient(path, retry_seconds=0.05)
+    try:
+        assert supervisor.stdout is not None
+        seen: list[str] = []
+
+        def next_writer_pid() -> int:  # the supervisor's "decision writer pid N serving PATH" lines
+            assert supervisor.stdout is not None
+            for text in supervisor.stdout:
+                seen.append(text)
+                if text.startswith("decision writer pid") and "serving" in text:
+                    return int(text.split()[3])
+            raise AssertionError("".join(seen))
+
+        writer_pid = next_writer_pid()
+        before, after = _row(), _row()
+        line = decision_copy_line(before)
+        assert line is not None
+        assert _wait_for(lambda: Path(path).exists(), 60)
+        assert client.commit(line)
+        os.kill(writer_pid, signal.SIGKILL)
+        assert next_writer_pid() != writer_pid
+        assert any("died (killed by signal 9)" in text for text in seen), seen
+        line = decision_copy_line(after)
+        assert line is not None
+        assert _wait_for(
+            lambda: client.commit(line), 60
+        )  # the first tries fall back: the new one is starting
+        assert DecisionLog.objects.filter(id__in=[before.id, after.id]).count() == 2
+    finally:
+        client.close()
+        supervisor.terminate()
+        out, _ = supervisor.communicate(timeout=30)
+    assert supervisor.returncode == 0
+    assert "decision writer stopped: 1 rows" in out and "supervisor stopped: 1 restarts" in out, (
+        "".join(seen) + out
+    )
