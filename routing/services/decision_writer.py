@@ -38,6 +38,7 @@ FAILED = b"\x01"
 _LEN = struct.Struct("!I")
 _REASON = struct.Struct("!H")
 MAX_FRAME = 8 * 1024 * 1024
+WARN_EVERY_S = 60.0  # a worker repeats "writer unreachable" at most this often during one outage
 
 
 # --- the worker side ---------------------------------------------------------------------------
@@ -51,6 +52,8 @@ class WriterClient:
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         self._local = threading.local()
+        self._down_since: float | None = None  # this process could not reach the writer since then
+        self._warned_at = 0.0
 
     def _socket(self) -> socket.socket | None:
         local = self._local
@@ -67,9 +70,16 @@ class WriterClient:
             sock.connect(self.path)
         except OSError as exc:
             sock.close()
-            local.retry_at = time.monotonic() + self.retry_seconds
-            logger.warning("decision writer unreachable at %s, writing directly: %s", self.path, exc)
+            at = time.monotonic()
+            local.retry_at = at + self.retry_seconds
+            if self._down_since is None or at - self._warned_at >= WARN_EVERY_S:  # once per outage and minute
+                self._down_since = self._down_since or at
+                self._warned_at = at
+                logger.warning("decision writer unreachable at %s, writing directly: %s", self.path, exc)
             return None
+        if self._down_since is not None:
+            logger.info("decision writer reachable again after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None
         local.sock, local.pid = sock, os.getpid()
         return sock
 

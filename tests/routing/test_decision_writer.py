@@ -384,3 +384,28 @@ def test_a_supervised_writer_killed_with_sigkill_is_replaced_and_commits_again(t
     assert "decision writer stopped: 1 rows" in out and "supervisor stopped: 1 restarts" in out, (
         "".join(seen) + out
     )
+
+
+def test_a_worker_warns_once_per_outage_and_says_when_the_writer_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "later.sock")
+    client = WriterClient(path, retry_seconds=0.0)
+    line = decision_copy_line(_row())
+    assert line is not None
+    with caplog.at_level("INFO", logger="scope.decision_writer"):
+        assert [client.commit(line) for _ in range(5)] == [False] * 5
+        unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(unreachable) == 1
+        w = decision_writer_for_default_database(path=path)
+        stop = threading.Event()
+        thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
+        thread.start()
+        assert w.ready.wait(5)
+        try:
+            assert client.commit(line)
+        finally:
+            client.close()
+            stop.set()
+            thread.join(5)
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
