@@ -186,8 +186,8 @@ def main() -> None:
         if args.artifact:
             from routing.predictor.artifact import pack
 
-            with open(args.artifact, "wb") as fh:
-                fh.write(pack(predictor))
+            with open(args.artifact, "wb") as sink:
+                sink.write(pack(predictor))
     else:
         predictor, specs = _train(
             prompts=args.prompts, trained=args.trained, anchor_only=args.anchor_only, seed=args.seed
@@ -214,10 +214,28 @@ def main() -> None:
     print(
         f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; CPU time per call, {args.runs} calls"
     )
+    # a different request per call, as in traffic (64 prompts of the data set, or generated ones)
+    if args.data:
+        from routing.predictor.dataset import load_records
+
+        root = Path(os.environ.get("SCOPE_DATA_DIR", "/work/shared/data")) / args.data
+        texts = [r.prompt for r in load_records(root / "outcomes.jsonl")[:64]]
+    else:
+        texts = [f"{prompt} Case {i}: {' '.join(WORDS[i % 40 : i % 40 + 12])}?" for i in range(64)]
+    varied = [extract_features([{"role": "user", "content": t}], {}) for t in texts]
+    turn = iter(range(10**9))
+
+    def varying(chosen: list[Any]) -> Any:
+        return predictor.predict(varied[next(turn) % len(varied)], chosen)
+
     for count in (5, 20, 50, 200):
         chosen = specs[:count]
         med, p99 = _time(lambda c=chosen: predictor.predict(features, c), args.runs)  # type: ignore[misc]
-        print(f"predict {count:3d} candidates: median {med:.3f} ms  p99 {p99:.3f} ms")
+        vmed, vp99 = _time(lambda c=chosen: varying(c), args.runs)  # type: ignore[misc]
+        print(
+            f"predict {count:3d} candidates: median {med:.3f} ms  p99 {p99:.3f} ms"
+            f"  | a different prompt per call: median {vmed:.3f} ms  p99 {vp99:.3f} ms"
+        )
     med, p99 = _time(lambda: predictor.contributions(features, specs[0]), args.runs)
     print(f"contributions (1 model): median {med:.3f} ms  p99 {p99:.3f} ms")
 

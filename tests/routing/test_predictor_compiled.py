@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ def test_a_compiled_library_is_reused_from_the_cache_without_a_compiler(
 ) -> None:
     quality, length, x = _boosters(5)
     assert compiled.compile_forest(_evaluator(quality, length), tmp_path) is not None
-    assert len(list(tmp_path.glob("forest-*.so"))) == 1
+    assert len(list(tmp_path.glob("forest-kernel-*.so"))) == 1
     monkeypatch.setattr(compiled, "_compiler", lambda: None)
     again = _evaluator(quality, length)  # another process loading the same artifact
     forest = compiled.load_cached(again, tmp_path)
@@ -78,24 +78,32 @@ def test_without_a_compiler_the_numpy_evaluator_keeps_serving(
 
 
 @needs_cc
-def test_a_library_that_disagrees_with_the_trees_is_refused(tmp_path: Path) -> None:
-    first, _, _ = _boosters(7)
-    other, _, _ = _boosters(8)
-    built = compiled.compile_forest(_evaluator(first), tmp_path)
-    assert built is not None
-    impostor = _evaluator(other)
-    # a library of other trees under this forest's name (e.g. a corrupted or stale cache)
-    shutil.copy(built.path, tmp_path / f"forest-{compiled.forest_key(impostor)}.so")
-    assert compiled.load_cached(impostor, tmp_path) is None
-    assert compiled.compile_forest(impostor, tmp_path) is None
+def test_one_kernel_library_serves_every_forest(tmp_path: Path) -> None:
+    quality, length, x = _boosters(10)
+    other, _, _ = _boosters(11)
+    first = compiled.compile_forest(_evaluator(quality, length), tmp_path)
+    second_evaluator = _evaluator(other)
+    second = compiled.compile_forest(second_evaluator, tmp_path)
+    assert first is not None and second is not None and first.path == second.path
+    assert len(list(tmp_path.glob("*.so"))) == 1
+    np.testing.assert_allclose(
+        second.margins(x[:30])[:, 0], other.inplace_predict(x[:30], predict_type="margin"), atol=1e-5
+    )
 
 
-def test_the_generated_source_keeps_one_side_of_a_padding_split() -> None:
-    _, length, _ = _boosters(2)
-    shallow = ensemble_from_json(length.save_raw("json"))
-    deep_quality, _, _ = _boosters(2)
-    evaluator = ForestEvaluator([ensemble_from_json(deep_quality.save_raw("json")), shallow])
-    source = compiled.forest_source(evaluator)
-    # the depth-3 trees are padded to depth 5 in the evaluator: no comparison against +inf survives
-    assert "INFINITY" not in source
-    assert source.count("static double b1t") == shallow.n_trees
+@needs_cc
+def test_a_library_that_disagrees_with_the_numpy_evaluator_is_refused(tmp_path: Path) -> None:
+    quality, _, _ = _boosters(7)
+    evaluator = _evaluator(quality)
+    # a broken library under the kernel's name (e.g. a corrupted cache): it answers zeros
+    source = tmp_path / "zero.c"
+    source.write_text(
+        "void scope_forest_margins(const float *x, long rows, long s, long nf, const int *a, const float *b,"
+        " const float *c, long t, int d, const int *e, long nb, const double *base, float *buf, int *node,"
+        " double *out) { for (long i = 0; i < rows * nb; ++i) out[i] = 0.0; }\n"
+    )
+    library = tmp_path / f"forest-kernel-{compiled.kernel_key()}.so"
+    subprocess.run([str(compiled._compiler()), *compiled.CFLAGS, "-o", str(library), str(source)], check=True)
+    assert compiled.load_cached(evaluator, tmp_path) is None
+    assert compiled.compile_forest(evaluator, tmp_path) is None  # the cached library is not trusted either
+    assert evaluator.compiled is None

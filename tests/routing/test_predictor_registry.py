@@ -83,7 +83,7 @@ def test_activation_compiles_the_trees_and_a_loading_process_only_opens_them(
 ) -> None:
     version = predictor_version_save(trained=two_trained[0], name="fast")
     _activate(version, django_capture_on_commit_callbacks)
-    assert len(list((tmp_path / "forests").glob("forest-*.so"))) == 1
+    assert len(list((tmp_path / "forests").glob("forest-kernel-*.so"))) == 1
     monkeypatch.setattr("routing.predictor.compiled._compiler", lambda: None)  # loading must not compile
     predictor = registry.active_scope_predictor()
     assert predictor is not None and predictor.evaluator.compiled is not None
