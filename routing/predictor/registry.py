@@ -9,10 +9,11 @@ re-read when their row count changes. An artifact
 that cannot be served (corrupt, other schema) is refused and the previously loaded predictor
 keeps serving; the failure is logged once per version.
 
-Trees are served compiled (compiled.py) when SCOPE_PREDICTOR_COMPILE is on: activation compiles
-the library into SCOPE_VAR_DIR/forests, a process loading the version only opens it. If it is
-not there yet (activated elsewhere, cache wiped), a background thread compiles it while the
-numpy evaluator serves, so no request waits for a compiler.
+Trees are served by a compiled C kernel (compiled.py) when SCOPE_PREDICTOR_COMPILE is on:
+activation builds its library (one per kernel version) into SCOPE_VAR_DIR/forests if it is not
+there, and checks it against the predictor; a process loading the version only opens it. If it
+is missing (activated elsewhere, cache wiped), a background thread compiles it while the numpy
+evaluator serves, so no request waits for a compiler.
 """
 
 from __future__ import annotations
