@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{median(cpu_ms[('noop', clients)]):.2f} ms, route {median(cpu_ms[('route', clients)]):.2f} ms; "
             f"noop/route CPU ratio {cpu_ratio:.2f} (the throughput ratio on an otherwise idle machine)"
         )
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if "decision writer stopped:" in line:  # the group commit's own account, printed on shutdown
+            say("group commit: " + line.split("decision writer stopped:", 1)[1].strip())
     lost = answered - logged
     say(
         f"decisions lost: {max(0, lost)}  ({answered} answered 2xx, {logged} new decision rows"
