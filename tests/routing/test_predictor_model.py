@@ -11,7 +11,7 @@ from routing.engine.prior import PriorPredictor
 from routing.engine.types import ModelSpec
 from routing.predictor import metrics
 from routing.predictor.artifact import ArtifactError, pack, unpack
-from routing.predictor.fit import FitResult, fit_predictor
+from routing.predictor.fit import FitResult, ensemble_from_ubj, fit_predictor
 from routing.predictor.model import ModelInfo
 from tests.routing import predictor_data as data
 
@@ -128,3 +128,17 @@ def test_unpriced_models_are_scored_too(trained: FitResult) -> None:
     _, feats = data.examples(3, seed=8)
     batch = trained.predictor.predict_batch([f for _, f in feats], [ModelInfo("large")])
     assert batch.known[0] and np.all((batch.quality >= 0) & (batch.quality <= 1))
+
+
+def test_quality_trees_are_shallower_than_the_length_trees() -> None:
+    import dataclasses
+
+    train, _ = data.examples(400, seed=3)
+    params = dataclasses.replace(data.FAST, quality_max_depth=2, max_depth=4)
+    fit = fit_predictor(train, data.infos(), seed=0, params=params)
+    depths: dict[str, list[int]] = {}
+    for role, raw in zip(fit.predictor.roles, fit.boosters, strict=True):
+        depths.setdefault(role, []).append(ensemble_from_ubj(raw).depth)
+    assert len(depths["quality"]) == params.ensemble
+    assert max(depths["quality"]) <= 2
+    assert 2 < max(depths["tokens"]) <= 4
