@@ -221,6 +221,8 @@ SCOPE_ENABLE_NOOP_ENDPOINT = env_bool("SCOPE_ENABLE_NOOP_ENDPOINT", False)
 # writer beside its workers and sets the socket; empty = every worker commits its own rows.
 SCOPE_GROUP_COMMIT = env_bool("SCOPE_GROUP_COMMIT", True)
 SCOPE_DECISION_WRITER_SOCKET = env_str("SCOPE_DECISION_WRITER_SOCKET")
+# How long the writer may hold a first row for the rows of workers that have not sent yet.
+SCOPE_GROUP_COMMIT_DELAY_MS = env_float("SCOPE_GROUP_COMMIT_DELAY_MS", 0.0, minimum=0.0)
 # An API key row is remembered per process this long (the secret is still hashed and checked on
 # every request); a revoked key stops working everywhere within it. 0 = look it up every time.
 SCOPE_API_KEY_CACHE_SECONDS = env_float("SCOPE_API_KEY_CACHE_SECONDS", 2.0, minimum=0.0)

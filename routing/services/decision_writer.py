@@ -155,12 +155,15 @@ class DecisionWriter:
         columns: int,
         connect_kwargs: Mapping[str, Any],
         max_batch: int = 512,
+        commit_delay: float = 0.0,
     ) -> None:
         self.path = path
         self.copy_sql = copy_sql
         self.columns = columns
         self.connect_kwargs = dict(connect_kwargs)
         self.max_batch = max_batch
+        self.commit_delay = commit_delay  # seconds a first row may wait for other senders' rows
+        self._first_pending_at: float | None = None
         self.stats = WriterStats()
         self.ready = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
@@ -177,15 +180,16 @@ class DecisionWriter:
         logger.info("decision writer listening on %s", self.path)
         try:
             while not stop.is_set():
-                # with rows waiting, only collect what has already arrived, then commit them
-                for key, events in self._selector.select(0 if self._pending else 0.5):
+                # with rows waiting, only collect what has already arrived (or, with a commit
+                # delay, what arrives within it while some sender has not sent yet), then commit
+                for key, events in self._selector.select(self._wait()):
                     if key.data is None:
                         self._accept(listener)
                     else:
                         self._service(key.data, events)
                     if len(self._pending) >= self.max_batch:
                         break
-                if self._pending:
+                if self._pending and self._wait() == 0:
                     self._flush()
         finally:
             for key in list(self._selector.get_map().values()):
@@ -194,6 +198,21 @@ class DecisionWriter:
             Path(self.path).unlink(missing_ok=True)
             if self._conn is not None:
                 self._conn.close()
+
+    def _wait(self) -> float:
+        """How long the next select may block: 0.5 s idle, else what is left of the commit delay."""
+        if not self._pending:
+            self._first_pending_at = None
+            return 0.5
+        if self.commit_delay <= 0 or len(self._pending) >= self.max_batch:
+            return 0.0
+        senders = len(self._selector.get_map()) - 1  # connected workers; one row each in flight
+        if len({id(peer) for peer, _ in self._pending}) >= senders:
+            return 0.0  # everyone connected is waiting on this commit: nothing more can come
+        now = time.monotonic()
+        if self._first_pending_at is None:
+            self._first_pending_at = now
+        return max(0.0, self._first_pending_at + self.commit_delay - now)
 
     def _listen(self) -> socket.socket:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -433,6 +452,7 @@ def connect_kwargs_from_settings(settings_dict: Mapping[str, Any]) -> dict[str, 
 
 def decision_writer_for_default_database(*, path: str, max_batch: int = 512) -> DecisionWriter:
     """The writer for Django's default database (PostgreSQL) and the DecisionLog table."""
+    from django.conf import settings
     from django.db import connections
 
     from routing.services.decision_copy import decision_copy_column_count, decision_copy_sql
@@ -446,4 +466,5 @@ def decision_writer_for_default_database(*, path: str, max_batch: int = 512) -> 
         columns=decision_copy_column_count(),
         connect_kwargs=connect_kwargs_from_settings(conn.settings_dict),
         max_batch=max_batch,
+        commit_delay=settings.SCOPE_GROUP_COMMIT_DELAY_MS / 1000.0,
     )

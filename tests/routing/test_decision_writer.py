@@ -409,3 +409,37 @@ def test_a_worker_warns_once_per_outage_and_says_when_the_writer_is_back(
             stop.set()
             thread.join(5)
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_commit_delay_holds_a_first_row_for_a_connected_sender_that_has_not_sent_yet(
+    tmp_path: Path,
+) -> None:
+    w = decision_writer_for_default_database(path=str(tmp_path / "delay.sock"))
+    w.commit_delay = 2.0
+    stop = threading.Event()
+    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    assert w.ready.wait(5)
+    first, second = WriterClient(w.path), WriterClient(w.path)
+    rows = [_row(), _row()]
+    lines = [decision_copy_line(r) for r in rows]
+    assert lines[0] is not None and lines[1] is not None
+    try:
+        # both workers connected; only the first has a row: the writer waits for the second's
+        assert second._socket() is not None
+        results: list[bool] = []
+        sender = threading.Thread(target=lambda: results.append(first.commit(lines[0])))
+        sender.start()
+        time.sleep(0.3)
+        assert not results  # held, not committed alone
+        assert second.commit(lines[1])
+        sender.join(5)
+        assert results == [True]
+        assert (w.stats.batches, w.stats.largest_batch) == (1, 2)
+        assert DecisionLog.objects.filter(id__in=[r.id for r in rows]).count() == 2
+    finally:
+        first.close()
+        second.close()
+        stop.set()
+        thread.join(5)
+        w._reset()
