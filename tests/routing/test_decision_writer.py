@@ -422,17 +422,17 @@ def test_a_commit_delay_holds_a_first_row_for_a_connected_sender_that_has_not_se
     assert w.ready.wait(5)
     first, second = WriterClient(w.path), WriterClient(w.path)
     rows = [_row(), _row()]
-    lines = [decision_copy_line(r) for r in rows]
-    assert lines[0] is not None and lines[1] is not None
+    line_a, line_b = decision_copy_line(rows[0]), decision_copy_line(rows[1])
+    assert line_a is not None and line_b is not None
     try:
         # both workers connected; only the first has a row: the writer waits for the second's
         assert second._socket() is not None
         results: list[bool] = []
-        sender = threading.Thread(target=lambda: results.append(first.commit(lines[0])))
+        sender = threading.Thread(target=lambda: results.append(first.commit(line_a)))
         sender.start()
         time.sleep(0.3)
         assert not results  # held, not committed alone
-        assert second.commit(lines[1])
+        assert second.commit(line_b)
         sender.join(5)
         assert results == [True]
         assert (w.stats.batches, w.stats.largest_batch) == (1, 2)
