@@ -331,13 +331,20 @@ def run_wrk(
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, user+system CPU seconds) of a live process, or None."""
+def _proc_stat(pid: int, *, reaped: bool = False) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of a live process, or None.
+
+    With `reaped`, the CPU of its children that have exited and been waited for is added too (a
+    gunicorn worker recycled by --max-requests takes its CPU time into its parent's account).
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return int(fields[1]), ticks / _TICK
 
 
 def process_tree_cpu(root: int) -> float:
@@ -345,7 +352,7 @@ def process_tree_cpu(root: int) -> float:
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
+            stat = _proc_stat(int(entry.name), reaped=True)
             if stat is not None:
                 stats[int(entry.name)] = stat
     total, frontier = 0.0, {root}
