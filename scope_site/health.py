@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+
+from routing.services.decision_writer import writer_reachable
 
 
 def _check_database() -> dict[str, object]:
@@ -28,12 +31,24 @@ def _check_cache() -> dict[str, object]:
     return {"ok": ok}
 
 
+def _check_decision_writer() -> dict[str, object] | None:
+    """The group-commit writer, where one is configured; without it workers write rows themselves."""
+    path = settings.SCOPE_DECISION_WRITER_SOCKET
+    if not path:
+        return None
+    error = writer_reachable(path)
+    if error is not None:
+        return {"ok": False, "degraded": True, "error": error, "fallback": "workers commit their own rows"}
+    return {"ok": True}
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     database = _check_database()
-    cache_state = _check_cache()
-    status = "ok" if database["ok"] and cache_state["ok"] else ("degraded" if database["ok"] else "down")
-    return JsonResponse(
-        {"status": status, "checks": {"database": database, "cache": cache_state}},
-        status=200 if database["ok"] else 503,
-    )
+    checks = {"database": database, "cache": _check_cache()}
+    writer = _check_decision_writer()
+    if writer is not None:
+        checks["decision_writer"] = writer
+    healthy = all(check["ok"] for check in checks.values())
+    status = "ok" if healthy else ("degraded" if database["ok"] else "down")
+    return JsonResponse({"status": status, "checks": checks}, status=200 if database["ok"] else 503)

@@ -114,6 +114,17 @@ class WriterClient:
             return False
 
 
+def writer_reachable(path: str, *, timeout: float = 0.5) -> str | None:
+    """None when a writer accepts connections on `path`, else why not (for /healthz)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            return f"{exc.__class__.__name__}: {exc.strerror or exc}"
+    return None
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:

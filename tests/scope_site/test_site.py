@@ -39,6 +39,26 @@ def test_healthz_checks_the_database_and_cache() -> None:
 
 
 @pytest.mark.django_db
+def test_healthz_says_degraded_when_the_decision_writer_is_gone_and_ok_when_it_listens(
+    settings: Any, tmp_path: Path
+) -> None:
+    import socket
+
+    path = str(tmp_path / "writer.sock")
+    settings.SCOPE_DECISION_WRITER_SOCKET = path
+    body = Client().get("/healthz").json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["decision_writer"]["ok"] is False
+    assert body["checks"]["decision_writer"]["fallback"] == "workers commit their own rows"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        response = Client().get("/healthz")
+    assert response.status_code == 200 and response.json()["checks"]["decision_writer"] == {"ok": True}
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.django_db
 def test_the_openapi_schema_is_served_and_valid() -> None:
     response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
