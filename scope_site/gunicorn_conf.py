@@ -60,7 +60,9 @@ def _start_decision_writer(server: Any) -> None:
     if not _wants_writer():
         return
     var_dir = Path(os.environ.get("SCOPE_VAR_DIR", _base_dir / "var"))
-    path = var_dir / "run" / f"decision-writer-{os.getpid()}.sock"
+    from routing.services.decision_writer import writer_socket_path
+
+    path = writer_socket_path(var_dir, os.getpid())
     path.parent.mkdir(parents=True, exist_ok=True)
     _writer = subprocess.Popen(
         [

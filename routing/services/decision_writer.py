@@ -21,6 +21,7 @@ import selectors
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -112,6 +113,18 @@ class WriterClient:
             self._drop()
             logger.warning("decision writer connection failed (%s); writing the row directly", exc)
             return False
+
+
+def writer_socket_path(var_dir: Path, pid: int) -> Path:
+    """Where `make serve`'s writer listens: under var/run/, or in the temp dir if that path is too long.
+
+    A Unix socket path holds at most 107 bytes; a deep checkout would make bind() fail. The socket
+    file is 0600 either way.
+    """
+    path = var_dir / "run" / f"decision-writer-{pid}.sock"
+    if len(os.fsencode(path)) <= 100:
+        return path
+    return Path(tempfile.gettempdir()) / f"scope-decision-writer-{os.getuid()}-{pid}.sock"
 
 
 def writer_reachable(path: str, *, timeout: float = 0.5) -> str | None:

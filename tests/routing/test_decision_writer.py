@@ -443,3 +443,15 @@ def test_a_commit_delay_holds_a_first_row_for_a_connected_sender_that_has_not_se
         stop.set()
         thread.join(5)
         w._reset()
+
+
+def test_the_writer_socket_moves_to_the_temp_dir_when_the_var_path_is_too_long(tmp_path: Path) -> None:
+    from routing.services.decision_writer import writer_socket_path
+
+    short = writer_socket_path(Path("/srv/scope/var"), 42)
+    assert short == Path("/srv/scope/var/run/decision-writer-42.sock")
+    deep = writer_socket_path(tmp_path / ("d" * 120), 42)
+    assert len(os.fsencode(deep)) <= 100 and deep.name.endswith("-42.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(deep))  # bindable, unlike the 200-byte path under var/
+    deep.unlink()
