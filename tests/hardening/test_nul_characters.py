@@ -1,0 +1,51 @@
+"""A NUL character anywhere in what the decision row stores is a 400 naming where, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from routing.models import DecisionLog
+
+Api = Callable[..., Any]
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"messages": [{"role": "user", "content": "hi\x00"}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\x00"}]}]},
+            "messages[0].content[0].text",
+        ),
+        ({"messages": HI, "metadata": {"tenant": "a\x00b"}}, "metadata.tenant"),
+        ({"messages": HI, "metadata": {"nested": {"list": ["ok", "\x00"]}}}, "metadata.nested.list[1]"),
+        ({"messages": HI, "metadata": {"bad\x00key": 1}}, "metadata"),
+    ],
+)
+def test_route_refuses_a_nul_with_a_400_that_says_where(
+    api: Api, catalog: Any, body: dict[str, Any], where: str
+) -> None:
+    response = api("/api/v1/route", body)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["message"].startswith(f"{where}: NUL")
+    assert DecisionLog.objects.count() == 0
+
+
+def test_chat_completions_refuse_a_nul_in_the_openai_error_shape(api: Api, catalog: Any) -> None:
+    response = api(
+        "/v1/chat/completions",
+        {"model": "scope/auto", "messages": [{"role": "user", "content": "x\x00"}]},
+    )
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "NUL" in error["message"]
+
+
+def test_ordinary_text_with_backslashes_and_escapes_still_routes(api: Api, catalog: Any) -> None:
+    response = api("/api/v1/route", {"messages": [{"role": "user", "content": "a \\u0000 literal, \\n, \t"}]})
+    assert response.status_code == 200, response.content
