@@ -45,6 +45,13 @@ class DecisionQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, default=50)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # a misspelt filter ("modle=…") would otherwise silently return every decision
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            known = ", ".join(self.fields)
+            raise serializers.ValidationError(
+                {name: f"unknown query parameter (known: {known})" for name in unknown}
+            )
         # query strings drop empty values silently; a present-but-empty filter is a client mistake
         blank = [str(name) for name in self.fields if self.initial_data.get(name) == ""]
         if blank:

@@ -79,6 +79,14 @@ def test_bad_queries_are_400_and_no_key_is_401(api: Api, api_key: str) -> None:
     assert Client().get("/api/v1/decisions").status_code == 401
 
 
+def test_a_misspelt_filter_is_a_400_naming_it_not_every_decision(api: Api, api_key: str) -> None:
+    route(api, "one")
+    response = get("/api/v1/decisions?modle=gpt-4o&limit=5", api_key)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "modle" in message and "unknown query parameter" in message and "model" in message
+
+
 def test_time_filters_take_rfc3339_only(api: Api, api_key: str) -> None:
     route(api, "timed")
     assert len(get("/api/v1/decisions?start=2000-01-01T00:00:00Z", api_key).json()["results"]) == 1
