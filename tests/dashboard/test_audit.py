@@ -113,9 +113,10 @@ def test_stepwise_verification_resumes_where_it_stopped(decisions: list[Decision
 def test_seal_task_seals_everything_past_the_lag(decisions: list[DecisionLog], settings: Any) -> None:
     from routing.dashboard.tasks import audit_seal_task
 
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    # apply(): the task runs here through Celery's own machinery; CELERY_TASK_ALWAYS_EAGER set from
+    # a test does not reach an app whose configuration an earlier test has already read
     with mock.patch("routing.services.audit.timezone.now", return_value=LATER):  # the clock only
-        audit_seal_task.delay()
+        assert audit_seal_task.apply().get() == len(decisions)
     assert AuditCheckpoint.objects.count() == 1
     assert audit_verify().ok
 
