@@ -9,6 +9,8 @@ is `str.count` / `bytes.translate`, and the n-grams one numpy sort.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import zlib
 from array import array
@@ -106,9 +108,14 @@ class RequestFeatures:
     ngram_counts: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """The logged form: every named value plus the hashed n-grams (see request_features_from_log)."""
+        """The logged form: every named value plus the hashed n-grams (see request_features_from_log).
+
+        The n-grams travel packed: base64 of the ids as little-endian uint32 followed by the counts
+        as little-endian uint16 (a count is at most NGRAM_MAX_WORDS). One short string instead of
+        hundreds of JSON numbers keeps the decision row small and cheap to encode, hash and store.
+        """
         out: dict[str, Any] = dict(zip(FEATURE_NAMES, self.values, strict=True))
-        out["ngrams"] = {"ids": list(self.ngram_ids), "counts": list(self.ngram_counts)}
+        out["ngrams"] = {"packed": pack_ngrams(self.ngram_ids, self.ngram_counts)}
         return out
 
     def get(self, name: str) -> float:
@@ -131,9 +138,12 @@ def request_features_from_log(
     try:
         values = tuple(float(features[name]) for name in FEATURE_NAMES)
         ngrams = features.get("ngrams") or {}
-        ids = tuple(int(i) for i in ngrams.get("ids", ()))
-        counts = tuple(int(c) for c in ngrams.get("counts", ()))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if "packed" in ngrams:
+            ids, counts = unpack_ngrams(ngrams["packed"])
+        else:  # rows logged before the packed form
+            ids = tuple(int(i) for i in ngrams.get("ids", ()))
+            counts = tuple(int(c) for c in ngrams.get("counts", ()))
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise FeatureLogError(f"logged features are incomplete or malformed: {exc}") from None
     if len(ids) != len(counts):
         raise FeatureLogError("logged n-gram ids and counts differ in length")
@@ -145,6 +155,28 @@ def request_features_from_log(
         ngram_ids=ids,
         ngram_counts=counts,
     )
+
+
+def pack_ngrams(ids: Sequence[int], counts: Sequence[int]) -> str:
+    """The logged form of hashed n-grams (see RequestFeatures.as_dict)."""
+    raw = np.asarray(ids, dtype="<u4").tobytes() + np.asarray(counts, dtype="<u2").tobytes()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unpack_ngrams(packed: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    raw = base64.b64decode(packed.encode("ascii"), validate=True)
+    if len(raw) % 6:
+        raise ValueError("packed n-grams are not whole (uint32 id, uint16 count) pairs")
+    n = len(raw) // 6
+    ids = np.frombuffer(raw, dtype="<u4", count=n)
+    counts = np.frombuffer(raw, dtype="<u2", count=n, offset=4 * n)
+    if n and (
+        bool((ids[1:] <= ids[:-1]).any())
+        or int(ids[-1]) >= NGRAM_BUCKETS
+        or not 1 <= int(counts.min()) <= int(counts.max()) <= NGRAM_MAX_WORDS
+    ):
+        raise ValueError("packed n-grams are not sorted distinct buckets with counts of 1..NGRAM_MAX_WORDS")
+    return tuple(ids.tolist()), tuple(counts.tolist())
 
 
 def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:

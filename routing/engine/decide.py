@@ -9,7 +9,7 @@ from routing.engine.conditions import evaluate
 from routing.engine.prior import PriorPredictor
 from routing.engine.strategies import Strategy, StrategyContext
 from routing.engine.types import Candidate, Decision, ModelSpec, PolicySpec, Predictor, RouteOptions
-from routing.features import RequestFeatures
+from routing.features import FEATURE_NAMES, RequestFeatures
 
 _PRIOR = PriorPredictor()
 
@@ -50,7 +50,7 @@ def _apply_rules(
     metadata: Mapping[str, Any],
 ) -> tuple[str | None, str, float | None, list[str]]:
     """Returns (forced model, the rule that forced it, alpha override, names of matched rules)."""
-    feature_map = features.as_dict()
+    feature_map = dict(zip(FEATURE_NAMES, features.values, strict=True))  # rules read named values only
     by_name = {c.model.name: c for c in candidates}
     forced: str | None = None
     forced_by = ""

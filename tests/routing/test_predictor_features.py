@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from routing.features import (
     FEATURE_SCHEMA_VERSION,
     NGRAM_BUCKETS,
+    NGRAM_MAX_WORDS,
     FeatureLogError,
     extract_features,
+    pack_ngrams,
     request_features_from_log,
+    unpack_ngrams,
 )
 
 GOLDEN = "Explain why the sky is blue. Explain it!"
@@ -26,13 +31,38 @@ def test_it_produces_the_golden_hashed_ngrams() -> None:
 
 def test_the_logged_features_rebuild_the_same_request_features_without_the_text() -> None:
     f = extract_features([{"role": "system", "content": "Be terse."}, {"role": "user", "content": GOLDEN}])
-    logged = f.as_dict()
-    assert logged["ngrams"] == {"ids": list(f.ngram_ids), "counts": list(f.ngram_counts)}
+    logged = json.loads(json.dumps(f.as_dict()))  # as stored in the decision row
+    assert set(logged["ngrams"]) == {"packed"} and isinstance(logged["ngrams"]["packed"], str)
     rebuilt = request_features_from_log(logged, FEATURE_SCHEMA_VERSION)
     assert rebuilt.values == f.values
     assert rebuilt.ngram_ids == f.ngram_ids and rebuilt.ngram_counts == f.ngram_counts
     assert rebuilt.input_tokens == f.input_tokens
     assert rebuilt.text == ""
+
+
+def test_rows_logged_before_the_packed_form_still_rebuild() -> None:
+    f = extract_features([{"role": "user", "content": GOLDEN}])
+    older = {**f.as_dict(), "ngrams": {"ids": list(f.ngram_ids), "counts": list(f.ngram_counts)}}
+    rebuilt = request_features_from_log(older, FEATURE_SCHEMA_VERSION)
+    assert rebuilt.ngram_ids == f.ngram_ids and rebuilt.ngram_counts == f.ngram_counts
+
+
+def test_packed_ngrams_round_trip_at_the_edges_and_refuse_a_torn_string() -> None:
+    ids, counts = (0, 5, NGRAM_BUCKETS - 1), (1, NGRAM_MAX_WORDS, 7)
+    assert unpack_ngrams(pack_ngrams(ids, counts)) == (ids, counts)
+    assert unpack_ngrams(pack_ngrams((), ())) == ((), ())
+    packed = extract_features([{"role": "user", "content": GOLDEN}]).as_dict()["ngrams"]["packed"]
+    for broken in (
+        packed[:-3],
+        packed[:-8],
+        pack_ngrams((5, 3), (1, 1)),
+        pack_ngrams((1,), (0,)),
+        "not base64!",
+    ):
+        logged = extract_features([{"role": "user", "content": GOLDEN}]).as_dict()
+        logged["ngrams"] = {"packed": broken}
+        with pytest.raises(FeatureLogError):
+            request_features_from_log(logged, FEATURE_SCHEMA_VERSION)
 
 
 def test_it_refuses_logged_features_of_another_schema_or_incomplete() -> None:
