@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -412,6 +414,61 @@ class DecisionWriter:
 # --- keeping one writer running -----------------------------------------------------------------
 
 
+class ForkedChild:
+    """`run` in a forked child process, with the part of Popen's interface `supervise` uses.
+
+    A supervisor that has already loaded Django forks a new writer in milliseconds, where starting
+    `manage.py decision_writer` afresh takes seconds (more under load). The child's exit code is
+    what `run` returns (1 if it raises); it never returns into the parent's code.
+    """
+
+    def __init__(self, run: Callable[[], int]) -> None:
+        self.returncode: int | None = None
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                code = run()
+            except BaseException:  # noqa: BLE001 - report it, then leave with a failure code
+                logger.exception("decision writer crashed")
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def supervise(
     argv: Sequence[str],
     stop: threading.Event,
@@ -420,9 +477,11 @@ def supervise(
     max_delay: float = 30.0,
     stable_after: float = 30.0,
     poll: float = 0.2,
-    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+    spawn: Callable[[], Any] | None = None,
 ) -> int:
-    """Run the writer `argv` until `stop` is set, starting it again whenever it dies on its own.
+    """Run the writer `argv` (or whatever `spawn` starts) until `stop` is set, starting it again
+    whenever it dies on its own.
 
     A writer only exits 0 when told to stop (SIGTERM, SIGINT): that ends supervision too. Any other
     end (killed, crashed, refused to start) starts a new one after a delay that
@@ -432,7 +491,7 @@ def supervise(
     restarts, delay = 0, first_delay
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(list(argv))
+        child = spawn() if spawn is not None else subprocess.Popen(list(argv))
         if on_start is not None:
             on_start(child)
         while child.poll() is None:

@@ -455,3 +455,51 @@ def test_the_writer_socket_moves_to_the_temp_dir_when_the_var_path_is_too_long(t
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(str(deep))  # bindable, unlike the 200-byte path under var/
     deep.unlink()
+
+
+def test_supervise_forks_a_new_writer_when_given_a_spawn_and_reports_kill_codes() -> None:
+    from routing.services.decision_writer import ForkedChild
+
+    children: list[ForkedChild] = []
+    stop = threading.Event()
+    result: list[int] = []
+
+    def run() -> int:
+        time.sleep(120)
+        return 0
+
+    thread = threading.Thread(
+        target=lambda: result.append(
+            supervise(
+                (),
+                stop,
+                first_delay=0.05,
+                poll=0.05,
+                on_start=children.append,
+                spawn=lambda: ForkedChild(run),
+            )
+        ),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        assert _wait_for(lambda: len(children) == 1, 10)
+        os.kill(children[0].pid, signal.SIGKILL)
+        assert _wait_for(lambda: len(children) == 2, 10)
+        assert children[0].returncode == -signal.SIGKILL
+        assert children[1].poll() is None
+    finally:
+        stop.set()
+        thread.join(20)
+    assert result == [1]
+    assert children[1].returncode == -signal.SIGTERM  # stopped with the supervisor
+
+
+def test_a_forked_child_exits_with_what_its_run_returns_or_1_if_it_raises() -> None:
+    from routing.services.decision_writer import ForkedChild
+
+    def boom() -> int:
+        raise RuntimeError("no database")
+
+    assert ForkedChild(lambda: 3).wait(10) == 3
+    assert ForkedChild(boom).wait(10) == 1
