@@ -22,6 +22,7 @@ from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.services.decision_copy import decision_copy_line
 from routing.services.decision_writer import WriterClient
+from scope_site.errors import InvalidRequest
 
 
 def decision_log_write(
@@ -37,6 +38,16 @@ def decision_log_write(
     arm: str = "",
     cache_hit: bool = False,
 ) -> DecisionLog:
+    # PostgreSQL text and jsonb cannot hold a NUL: such a request could never have its row
+    unstorable = (
+        ("messages" if "\x00" in features.text else "")
+        or _nul_path(metadata or {}, "metadata")
+        or _nul_path(user, "user")
+    )
+    if unstorable:
+        raise InvalidRequest(
+            f"{unstorable}: NUL characters (\\u0000) are not accepted", code="invalid_request"
+        )
     chosen = decision.chosen
     prediction = chosen.prediction if chosen else None
     row = DecisionLog(
@@ -73,6 +84,25 @@ def decision_log_write(
     return row
 
 
+def _nul_path(value: Any, path: str) -> str:
+    """Where in a JSON-like value a string (or key) holds a NUL character, or ""."""
+    if isinstance(value, str):
+        return path if "\x00" in value else ""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return path
+            found = _nul_path(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{i}]")
+            if found:
+                return found
+    return ""
+
+
 def time_ordered_uuid() -> uuid.UUID:
     """A version-7 UUID (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
 
@@ -103,8 +133,7 @@ def _insert_durably(row: DecisionLog) -> None:
         return
     client = _writer_client()
     if client is not None and not connection.in_atomic_block:
-        line = decision_copy_line(row)
-        if line is not None and client.commit(line):
+        if client.commit(decision_copy_line(row)):
             return
         # the writer may have committed it before its answer was lost: never a second row
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")

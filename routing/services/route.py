@@ -76,9 +76,6 @@ def route_decide(
     before the row is written, so the row says whether the answer will come from the cache.
     """
     metadata = dict(metadata or {})
-    nul = _nul_path(messages, "messages") or _nul_path(metadata, "metadata") or _nul_path(user, "user")
-    if nul:  # the decision row could not be stored: refuse before anything is decided
-        raise InvalidRequest(f"{nul}: NUL characters (\\u0000) are not accepted", code="invalid_request")
     features = extract_features(messages, metadata)
     policy_spec_ = resolve_policy(requested=policy, api_key=api_key)
     # an experiment running on this policy may substitute an arm's policy (sticky per user/key)
@@ -131,26 +128,6 @@ def route_decide(
             extra={"decision_id": str(row.id)},
         )
     return RouteResult(row=row, decision=decision, policy=policy_spec_, features=features)
-
-
-def _nul_path(value: Any, path: str) -> str:
-    """Where in a JSON-like value a string (or key) holds a NUL character, or "" (PostgreSQL text
-    and jsonb cannot store one, so such a request could never have its decision row)."""
-    if isinstance(value, str):
-        return path if "\x00" in value else ""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                return path
-            found = _nul_path(item, f"{path}.{key}")
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = _nul_path(item, f"{path}[{i}]")
-            if found:
-                return found
-    return ""
 
 
 def decision_payload(row: DecisionLog) -> dict[str, Any]:
