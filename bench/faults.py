@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -60,6 +59,7 @@ from bench.harness import (  # noqa: E402
     scope_server,
     tmpdir,
 )
+from routing.services.decision_writer import writer_reachable  # noqa: E402
 
 
 def pg_version() -> str:
@@ -120,12 +120,17 @@ def summarize(responses: list[Response], database_url: str) -> tuple[Counter[int
     return statuses, missing_decisions(database_url, answered)
 
 
+def route_load_setup(name: str, database_url: str, redis_url: str) -> tuple[dict[str, str], str, Path, Path]:
+    """(server environment, API key, work folder, wrk script recording every route answer)."""
+    env = bench_env(database_url=database_url, redis_url=redis_url)
+    key = prepare_database(env, f"faults-{name}-{int(time.time())}")
+    work = tmpdir(f"scope-faults-{name}-")
+    return env, key, work, recording_script(work / "route", body=chat_body(), key=key)
+
+
 def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
     say("== PostgreSQL stopped and started under load ==")
-    env = bench_env(database_url=database_url, redis_url=redis_url)
-    key = prepare_database(env, f"faults-pg-{int(time.time())}")
-    work = tmpdir("scope-faults-pg-")
-    script = recording_script(work / "route", body=chat_body(), key=key)
+    env, key, work, script = route_load_setup("pg", database_url, redis_url)
     marks: dict[str, float] = {}
     probe: dict[str, Any] = {}
     try:
@@ -363,22 +368,9 @@ def writer_pid(log_path: Path) -> tuple[int, str] | None:
     return (int(found[-1][0]), found[-1][1]) if found else None
 
 
-def socket_serves(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
 def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
     say("== decision writer killed (SIGKILL) under load ==")
-    env = bench_env(database_url=database_url, redis_url=redis_url)
-    key = prepare_database(env, f"faults-writer-{int(time.time())}")
-    work = tmpdir("scope-faults-writer-")
-    script = recording_script(work / "route", body=chat_body(), key=key)
+    env, _, work, script = route_load_setup("writer", database_url, redis_url)
     marks: dict[str, float] = {}
     killed: tuple[int, str] | None = None
     with scope_server(env, log_dir=work) as server:
@@ -403,7 +395,7 @@ def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: st
             time.sleep(0.05)
             while time.time() < deadline:
                 again = writer_pid(server.log_path)
-                if again and again[0] != killed[0] and socket_serves(again[1]):
+                if again and again[0] != killed[0] and writer_reachable(again[1]) is None:
                     marks["serving"] = time.time()
                     break
                 time.sleep(0.1)

@@ -67,6 +67,15 @@ def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+def live_database_url() -> str:
+    """DATABASE_URL of the database this test runs on, for a process the test starts (PostgreSQL)."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
 requires_postgres = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")),
     reason="needs PostgreSQL (DATABASE_URL); CI runs it",

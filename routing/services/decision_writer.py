@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,18 +470,17 @@ class ForkedChild:
 
 
 def supervise(
-    argv: Sequence[str],
+    spawn: Callable[[], ForkedChild],
     stop: threading.Event,
     *,
     first_delay: float = 0.5,
     max_delay: float = 30.0,
     stable_after: float = 30.0,
     poll: float = 0.2,
-    on_start: Callable[[Any], None] | None = None,
-    spawn: Callable[[], Any] | None = None,
+    on_start: Callable[[ForkedChild], None] | None = None,
 ) -> int:
-    """Run the writer `argv` (or whatever `spawn` starts) until `stop` is set, starting it again
-    whenever it dies on its own.
+    """Keep a writer that `spawn` starts running until `stop` is set: start another whenever one
+    dies on its own.
 
     A writer only exits 0 when told to stop (SIGTERM, SIGINT): that ends supervision too. Any other
     end (killed, crashed, refused to start) starts a new one after a delay that
@@ -491,10 +490,10 @@ def supervise(
     restarts, delay = 0, first_delay
     while True:
         started = time.monotonic()
-        child = spawn() if spawn is not None else subprocess.Popen(list(argv))
+        child = spawn()
         if on_start is not None:
             on_start(child)
-        while child.poll() is None:
+        while (code := child.poll()) is None:
             if stop.wait(poll):
                 child.terminate()
                 try:
@@ -503,34 +502,16 @@ def supervise(
                     child.kill()
                     child.wait()
                 return restarts
-        if child.returncode == 0 or stop.is_set():
+        if code == 0 or stop.is_set():
             return restarts
         if time.monotonic() - started >= stable_after:
             delay = first_delay
-        how = (
-            f"killed by signal {-child.returncode}"
-            if child.returncode < 0
-            else f"exit code {child.returncode}"
-        )
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         logger.error("decision writer pid %s died (%s); starting another in %.1f s", child.pid, how, delay)
         if stop.wait(delay):
             return restarts
         delay = min(delay * 2, max_delay)
         restarts += 1
-
-
-def connect_kwargs_from_settings(settings_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """psycopg.connect() arguments for a Django DATABASES entry (PostgreSQL)."""
-    kwargs: dict[str, Any] = {"dbname": settings_dict.get("NAME") or "postgres"}
-    for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
-        if settings_dict.get(key):
-            kwargs[name] = settings_dict[key]
-    options = dict(settings_dict.get("OPTIONS") or {})
-    for name in ("connect_timeout", "sslmode", "application_name"):
-        if name in options:
-            kwargs[name] = options[name]
-    kwargs.setdefault("application_name", "scope-decision-writer")
-    return kwargs
 
 
 def decision_writer_for_default_database(*, path: str, max_batch: int = 512) -> DecisionWriter:
@@ -547,7 +528,16 @@ def decision_writer_for_default_database(*, path: str, max_batch: int = 512) -> 
         path=path,
         copy_sql=decision_copy_sql(),
         columns=decision_copy_column_count(),
-        connect_kwargs=connect_kwargs_from_settings(conn.settings_dict),
+        # Django's own connection arguments (every OPTIONS entry: sslmode, passfile, …), minus the
+        # cursor class and adapters it installs for the ORM; the writer only runs COPY
+        connect_kwargs={
+            "application_name": "scope-decision-writer",
+            **{
+                k: v
+                for k, v in conn.get_connection_params().items()
+                if k not in {"cursor_factory", "context"}
+            },
+        },
         max_batch=max_batch,
         commit_delay=settings.SCOPE_GROUP_COMMIT_DELAY_MS / 1000.0,
     )

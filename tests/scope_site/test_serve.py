@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from routing.models import DecisionLog
-from tests.conftest import USER_MESSAGE, requires_postgres
+from tests.conftest import USER_MESSAGE, live_database_url, requires_postgres
 from tests.factories import make_api_key, make_catalog, make_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +26,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _database_url() -> str:
-    s = connection.settings_dict
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -58,7 +51,7 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
     port = _free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": live_database_url(),
         "SCOPE_VAR_DIR": str(tmp_path),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "DJANGO_SETTINGS_MODULE": "scope_site.settings",

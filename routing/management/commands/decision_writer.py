@@ -67,11 +67,11 @@ class Command(BaseCommand):
                 signal.signal(sig, lambda *_: child_stop.set())
             return self._serve(options, child_stop)
 
-        def started(child: Any) -> None:
+        def started(child: ForkedChild) -> None:
             self.stdout.write(f"decision writer pid {child.pid} serving {options['socket']}")
             self.stdout.flush()
 
         # a new writer is forked from this process, which has Django loaded: it serves in
         # milliseconds, not the seconds a fresh `manage.py` takes
-        restarts = supervise((), stop, on_start=started, spawn=lambda: ForkedChild(run_writer))
+        restarts = supervise(lambda: ForkedChild(run_writer), stop, on_start=started)
         self.stdout.write(f"decision writer supervisor stopped: {restarts} restarts")
