@@ -114,9 +114,13 @@ class RequestFeatures:
         as little-endian uint16 (a count is at most NGRAM_MAX_WORDS). One short string instead of
         hundreds of JSON numbers keeps the decision row small and cheap to encode, hash and store.
         """
-        out: dict[str, Any] = dict(zip(FEATURE_NAMES, self.values, strict=True))
+        out: dict[str, Any] = self.named()
         out["ngrams"] = {"packed": pack_ngrams(self.ngram_ids, self.ngram_counts)}
         return out
+
+    def named(self) -> dict[str, float]:
+        """Every named value (what rules and the prior read), without the n-grams."""
+        return dict(zip(FEATURE_NAMES, self.values, strict=True))
 
     def get(self, name: str) -> float:
         return self.values[FEATURE_NAMES.index(name)]

@@ -9,7 +9,7 @@ from routing.engine.conditions import evaluate
 from routing.engine.prior import PriorPredictor
 from routing.engine.strategies import Strategy, StrategyContext
 from routing.engine.types import Candidate, Decision, ModelSpec, PolicySpec, Predictor, RouteOptions
-from routing.features import FEATURE_NAMES, RequestFeatures
+from routing.features import RequestFeatures
 
 _PRIOR = PriorPredictor()
 
@@ -50,7 +50,7 @@ def _apply_rules(
     metadata: Mapping[str, Any],
 ) -> tuple[str | None, str, float | None, list[str]]:
     """Returns (forced model, the rule that forced it, alpha override, names of matched rules)."""
-    feature_map = dict(zip(FEATURE_NAMES, features.values, strict=True))  # rules read named values only
+    feature_map = features.named()
     by_name = {c.model.name: c for c in candidates}
     forced: str | None = None
     forced_by = ""
@@ -107,7 +107,7 @@ def decide(
     predictions = active.predict(features, [c.model for c in candidates]) if candidates else []
     if predictor is None:
         notes.append("no trained predictor is active: predictions come from each model's tier prior")
-    if predictor is not None:  # models the predictor has no data for: the tier prior, in one call
+    else:  # models the predictor has no data for: the tier prior, in one call
         gaps = [i for i, p in enumerate(predictions) if not p.known]
         if gaps:
             fills = _PRIOR.predict(features, [candidates[i].model for i in gaps])

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from routing.engine.types import ModelSpec, Prediction
-from routing.features import FEATURE_NAMES, RequestFeatures
+from routing.features import RequestFeatures
 
 PRIOR_VERSION = "prior"
 # tier → expected share of good answers on an average request
@@ -19,14 +19,9 @@ _TIER_QUALITY = {1: 0.45, 2: 0.58, 3: 0.7, 4: 0.8, 5: 0.88}
 _TIER_SPEED = {1: (150.0, 150.0), 2: (200.0, 110.0), 3: (300.0, 80.0), 4: (450.0, 60.0), 5: (600.0, 45.0)}
 
 
-def _named(features: RequestFeatures) -> dict[str, float]:
-    # the named values only: as_dict() would also copy the n-gram lists, which the prior never reads
-    return dict(zip(FEATURE_NAMES, features.values, strict=True))
-
-
 def request_difficulty(features: RequestFeatures) -> float:
     """A 0–1 difficulty guess from the analyzer's signals (used by the prior and `feature`)."""
-    f = _named(features)
+    f = features.named()
     score = (
         0.18 * min(f["log_tokens"] / 8.0, 1.0)
         + 0.22 * min(f["code_signal"] / 4.0, 1.0)
@@ -41,7 +36,7 @@ def request_difficulty(features: RequestFeatures) -> float:
 
 
 def expected_output_tokens(features: RequestFeatures) -> float:
-    f = _named(features)
+    f = features.named()
     if f["max_tokens_log"] > 0:
         cap = 2.718281828 ** f["max_tokens_log"] - 1
     else:
