@@ -107,27 +107,31 @@ def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
     }
 
 
+# compared metric → (collected series, test); each test also says how many samples per arm would
+# detect the observed difference (means: from the spread; the error rate: from the proportions)
+_MEAN_TESTS = {
+    "feedback_score": ("feedback", welch_t_test),
+    "feedback_score_ranks": ("feedback", mann_whitney),
+    "cost_per_request_usd": ("cost", welch_t_test),
+    "latency_ms": ("latency", mann_whitney),
+}
+
+
 def _compare(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
+    tests: dict[str, Any] = {}
+    for name, (series, test_of) in _MEAN_TESTS.items():
+        xs, ys = a.get(series, []), b.get(series, [])
+        tests[name] = _with_needed(test_of(xs, ys), needed_per_arm_means(xs, ys))
     errors_a, errors_b = a.get("error", []), b.get("error", [])
     counts = (int(sum(errors_a)), len(errors_a), int(sum(errors_b)), len(errors_b))
-    tests = {
-        "feedback_score": welch_t_test(a.get("feedback", []), b.get("feedback", [])),
-        "feedback_score_ranks": mann_whitney(a.get("feedback", []), b.get("feedback", [])),
-        "cost_per_request_usd": welch_t_test(a.get("cost", []), b.get("cost", [])),
-        "latency_ms": mann_whitney(a.get("latency", []), b.get("latency", [])),
-        "error_rate": two_proportion_z(*counts),
-    }
-    needed = {
-        "feedback_score": needed_per_arm_means(a.get("feedback", []), b.get("feedback", [])),
-        "feedback_score_ranks": needed_per_arm_means(a.get("feedback", []), b.get("feedback", [])),
-        "cost_per_request_usd": needed_per_arm_means(a.get("cost", []), b.get("cost", [])),
-        "latency_ms": needed_per_arm_means(a.get("latency", []), b.get("latency", [])),
-        "error_rate": needed_per_arm_proportions(*counts),
-    }
-    for name, test in tests.items():
-        if test is not None:
-            test["needed_per_arm"] = needed[name]  # to detect the observed difference at power 0.8
+    tests["error_rate"] = _with_needed(two_proportion_z(*counts), needed_per_arm_proportions(*counts))
     return {"tests": tests, "significant": sorted(k for k, t in tests.items() if significant(t))}
+
+
+def _with_needed(test: dict[str, Any] | None, needed: Any) -> dict[str, Any] | None:
+    if test is not None:
+        test["needed_per_arm"] = needed  # to detect the observed difference at power 0.8
+    return test
 
 
 def experiment_stats_compute(experiment: Experiment) -> dict[str, Any]:
