@@ -128,6 +128,17 @@ def route_load_setup(name: str, database_url: str, redis_url: str) -> tuple[dict
     return env, key, work, recording_script(work / "route", body=chat_body(), key=key)
 
 
+def route_load(base_url: str, script: Path, connections: int, seconds: float) -> threading.Thread:
+    """wrk on POST /api/v1/route in the background (join the thread to wait for it)."""
+    load = threading.Thread(
+        target=run_wrk,
+        args=(f"{base_url}/api/v1/route",),
+        kwargs={"script": script, "connections": connections, "seconds": seconds, "timeout_s": 30},
+    )
+    load.start()
+    return load
+
+
 def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
     say("== PostgreSQL stopped and started under load ==")
     env, key, work, script = route_load_setup("pg", database_url, redis_url)
@@ -135,18 +146,9 @@ def postgres_fault(args: argparse.Namespace, database_url: str, redis_url: str) 
     probe: dict[str, Any] = {}
     try:
         with scope_server(env, log_dir=work) as server:
-
-            def drive() -> None:
-                run_wrk(
-                    f"{server.base_url}/api/v1/route",
-                    script=script,
-                    connections=args.connections,
-                    seconds=args.before + args.pg_outage + args.after,
-                    timeout_s=30,
-                )
-
-            load = threading.Thread(target=drive)
-            load.start()
+            load = route_load(
+                server.base_url, script, args.connections, args.before + args.pg_outage + args.after
+            )
             time.sleep(args.before)
             marks["stop"] = time.time()
             pg_ctl("stop")
@@ -255,19 +257,11 @@ def redis_fault(args: argparse.Namespace, database_url: str) -> bool:
                         health.append((time.time(), 0, "no answer"))
                     time.sleep(0.5)
 
-            def drive() -> None:
-                run_wrk(
-                    f"{server.base_url}/api/v1/route",
-                    script=script,
-                    connections=args.connections,
-                    seconds=args.before + args.redis_outage + args.after,
-                    timeout_s=30,
-                )
-
             poller = threading.Thread(target=poll_health)
-            load = threading.Thread(target=drive)
             poller.start()
-            load.start()
+            load = route_load(
+                server.base_url, script, args.connections, args.before + args.redis_outage + args.after
+            )
             time.sleep(args.before)
             marks["down"] = time.time()
             redis.terminate()
@@ -374,18 +368,7 @@ def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: st
     marks: dict[str, float] = {}
     killed: tuple[int, str] | None = None
     with scope_server(env, log_dir=work) as server:
-
-        def drive() -> None:
-            run_wrk(
-                f"{server.base_url}/api/v1/route",
-                script=script,
-                connections=args.connections,
-                seconds=args.before + args.after,
-                timeout_s=30,
-            )
-
-        load = threading.Thread(target=drive)
-        load.start()
+        load = route_load(server.base_url, script, args.connections, args.before + args.after)
         time.sleep(args.before)
         killed = writer_pid(server.log_path)
         if killed is not None:
