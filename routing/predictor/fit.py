@@ -3,7 +3,8 @@
 Steps: fit the text projection on the training prompts; fit coarse and fine centroids; compute
 every training row's anchor statistics out of fold (the prompt's own outcomes never describe
 it); train the quality ensemble (reg:logistic, each member early-stopped on its own held-out
-prompts), the log-length model and, where the data has latencies, the log-latency model.
+prompts), the decomposed quality pair where prompts have several scored models (model.py), the
+log-length model and, where the data has latencies, the log-latency model.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class FitParams:
     min_validation_rows: int = 300
     small_data_rounds: int = 120
     hide_head_share: float = 0.15
+    # prompts scored for two or more models needed to train the decomposed pair (prompt mean and
+    # each model's deviation from it); below that the quality ensemble alone predicts
+    min_decomposed_prompts: int = 20
 
 
 @dataclass
@@ -211,6 +215,22 @@ def fit_predictor(
         b = train("reg:logistic", everything, y_q, member, params.quality_max_depth)
         boosters.append(bytes(b.save_raw("ubj")))
         roles.append("quality")
+    # the decomposed pair, on the prompts with several scored models: their mean score, and each
+    # model's deviation from it (the relative trees spend every split on differences between models)
+    per_prompt = np.bincount(prompt_of_row, minlength=n_p)
+    shared = per_prompt[prompt_of_row] >= 2
+    if (per_prompt >= 2).sum() >= params.min_decomposed_prompts:
+        total = np.bincount(prompt_of_row, weights=y_q, minlength=n_p)
+        prompt_mean = (total / np.maximum(per_prompt, 1))[prompt_of_row]
+        for role, objective, target, first in (
+            ("prompt_mean", "reg:logistic", prompt_mean, 200),
+            ("relative", "reg:squarederror", y_q - prompt_mean, 300),
+        ):
+            for member in range(params.ensemble):
+                progress(0.8, f"{role} model {member + 1}/{params.ensemble}")
+                b = train(objective, shared, target[shared], first + member, params.quality_max_depth)
+                boosters.append(bytes(b.save_raw("ubj")))
+                roles.append(role)
     tok = np.asarray([ex.output_tokens is not None and ex.output_tokens >= 0 for ex in examples])
     if tok.sum() >= params.min_token_rows:
         progress(0.85, "output length model")
@@ -242,6 +262,7 @@ def fit_predictor(
         "models": n_m,
         "with_output_tokens": int(tok.sum()),
         "with_latency": int(lat.sum()),
+        "decomposed_rows": int(shared.sum()) if "relative" in roles else 0,
     }
     return FitResult(
         predictor=predictor, boosters=boosters, seconds=time.perf_counter() - started, counts=counts

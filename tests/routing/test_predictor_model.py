@@ -142,3 +142,42 @@ def test_quality_trees_are_shallower_than_the_length_trees() -> None:
     assert len(depths["quality"]) == params.ensemble
     assert max(depths["quality"]) <= 2
     assert 2 < max(depths["tokens"]) <= 4
+
+
+def test_prompts_scored_for_several_models_train_the_decomposed_pair_and_one_model_each_does_not() -> None:
+    import dataclasses
+
+    shared, _ = data.examples(160, seed=9)
+    fit = fit_predictor(shared, data.infos(), seed=0, params=data.FAST)
+    assert fit.predictor.roles.count("prompt_mean") == fit.predictor.roles.count("relative") == 2
+    assert fit.counts["decomposed_rows"] == len(shared)
+    # a decision log: each request answered by one model only; nothing to decompose
+    names = list(data.SKILLS)
+    single = [e for i, e in enumerate(shared) if e.model == names[(i // len(names)) % len(names)]]
+    alone = fit_predictor(single, data.infos(), seed=0, params=data.FAST).predictor
+    assert "prompt_mean" not in alone.roles and "relative" not in alone.roles
+    # and too few shared prompts: the quality ensemble alone
+    few = dataclasses.replace(data.FAST, min_decomposed_prompts=len(shared) + 1)
+    assert "relative" not in fit_predictor(shared, data.infos(), seed=0, params=few).predictor.roles
+
+
+def test_the_decomposed_pair_moves_quality_but_never_with_the_other_candidates(trained: FitResult) -> None:
+    from routing.predictor.model import DECOMPOSED_SHARE
+
+    predictor = trained.predictor
+    assert "relative" in predictor.roles
+    _, feats = data.examples(40, seed=10)
+    features = [f for _, f in feats]
+    infos = data.infos()
+    batch = predictor.predict_batch(features, infos)
+    x, _ = predictor.design(features, infos)
+    out = predictor.evaluator.predict(x)
+    roles = np.asarray(predictor.roles)
+    ensemble = out[:, roles == "quality"].mean(axis=1)
+    decomposed = out[:, roles == "prompt_mean"].mean(axis=1) + out[:, roles == "relative"].mean(axis=1)
+    expected = np.clip((1 - DECOMPOSED_SHARE) * ensemble + DECOMPOSED_SHARE * decomposed, 0, 1)
+    np.testing.assert_allclose(batch.quality.ravel(), expected, atol=1e-6)
+    assert np.abs(batch.quality.ravel() - ensemble).max() > 1e-3  # the pair does change predictions
+    for j, info in enumerate(infos):
+        alone = predictor.predict_batch(features, [info])
+        np.testing.assert_allclose(alone.quality[:, 0], batch.quality[:, j], atol=1e-9)

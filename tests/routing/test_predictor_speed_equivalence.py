@@ -38,7 +38,16 @@ def predictor() -> ScopePredictor:
     # with latencies, so the latency booster is part of the single pass too
     train = [replace(ex, latency_ms=float(rng.uniform(200, 900))) for ex in train]
     p = fit_predictor(train, infos(), seed=1, params=FAST).predictor
-    assert p.roles == ["quality", "quality", "tokens", "latency"]
+    assert p.roles == [
+        "quality",
+        "quality",
+        "prompt_mean",
+        "prompt_mean",
+        "relative",
+        "relative",
+        "tokens",
+        "latency",
+    ]
     # a model known only from a small anchor evaluation: no text head (NaN features)
     anchors = [(f, float(topic == "law"), None) for topic, f in feats[:60]]
     return p.with_anchor_model("anchor-only", anchors)
@@ -84,12 +93,14 @@ def test_fast_rows_are_the_design_rows_and_predictions_are_xgboosts(predictor: S
         np.testing.assert_allclose(rows, x[known], rtol=0, atol=TOL, equal_nan=True)
         theirs = np.stack([b.inplace_predict(rows) for b in boosters], axis=1)
         fast = predictor.predict(features, specs)
-        quality = theirs[:, :2].mean(axis=1)
+        # half the quality ensemble, half the decomposed pair (prompt mean + the model's deviation)
+        decomposed = theirs[:, 2:4].mean(axis=1) + theirs[:, 4:6].mean(axis=1)
+        quality = 0.5 * theirs[:, :2].mean(axis=1) + 0.5 * decomposed
         np.testing.assert_allclose([p.quality for p in fast[:5]], np.clip(quality, 0, 1), atol=TOL)
         np.testing.assert_allclose(
-            [p.output_tokens for p in fast[:5]], np.maximum(np.expm1(theirs[:, 2]), 1.0), rtol=TOL
+            [p.output_tokens for p in fast[:5]], np.maximum(np.expm1(theirs[:, 6]), 1.0), rtol=TOL
         )
-        np.testing.assert_allclose([p.latency_ms for p in fast[:5]], np.expm1(theirs[:, 3]), rtol=TOL)
+        np.testing.assert_allclose([p.latency_ms for p in fast[:5]], np.expm1(theirs[:, 7]), rtol=TOL)
 
 
 def test_contributions_equal_xgboost_approximate_contributions(predictor: ScopePredictor) -> None:
