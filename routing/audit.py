@@ -33,9 +33,35 @@ HASHED_FIELDS = (
 )
 
 
+_SORTED_FIELDS = tuple(sorted(HASHED_FIELDS))
+_KEY_PREFIX = {name: json.dumps(name) + ":" for name in HASHED_FIELDS}
+
+
+# json.dumps with these options would build a new encoder per call; a row hashes 21 values
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def canonical_text(value: Any) -> str:
+    return _CANONICAL.encode(value)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False).encode()
+    return canonical_text(value).encode()
 
 
 def decision_row_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json({name: fields.get(name) for name in HASHED_FIELDS})).hexdigest()
+
+
+def row_hash_from_texts(texts: Mapping[str, str]) -> str:
+    """decision_row_hash from each hashed field's canonical_text (byte-identical: the object's
+    canonical JSON is its sorted `"name":text` pairs joined by commas inside braces)."""
+    body = ",".join([_KEY_PREFIX[name] + texts[name] for name in _SORTED_FIELDS])
+    return hashlib.sha256(("{" + body + "}").encode()).hexdigest()
+
+
+def decision_row_hash_texts(fields: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """The row hash and each hashed field's canonical JSON text, so a writer can store the JSON
+    columns from the very text that was hashed instead of encoding them a second time."""
+    texts = {name: canonical_text(fields.get(name)) for name in HASHED_FIELDS}
+    return row_hash_from_texts(texts), texts

@@ -10,7 +10,6 @@ gets COPY; SQLite gets bulk_create.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import uuid
@@ -24,7 +23,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from feedback.models import Feedback, Outcome
-from routing.audit import HASHED_FIELDS, decision_row_hash
+from routing.audit import HASHED_FIELDS, canonical_text, decision_row_hash, row_hash_from_texts
 from routing.engine.decide import decide
 from routing.engine.types import RouteOptions
 from routing.features import extract_features
@@ -56,10 +55,6 @@ _THINGS = (
     "the invoice dated 2024-03-01 from ACME to Bob",
 )
 KEYS = ("web-app", "batch-jobs", "support-bot", "analytics")
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +100,7 @@ def _pool(size: int, policies: list[str], rng: random.Random) -> list[_Pooled]:
             "fallbacks": list(decision.fallbacks),
             "candidates": [c.as_dict() for c in decision.candidates],
             "explanation": dict(decision.explanation),
-            "features": features.as_dict(),
+            "features": features.as_dict(ngrams=False),  # the prompt is stored, as on the live path
             "feature_schema": features.schema_version,
             "prompt": text,
             "prompt_sha256": hashlib.sha256(features.text.encode()).hexdigest(),
@@ -114,7 +109,7 @@ def _pool(size: int, policies: list[str], rng: random.Random) -> list[_Pooled]:
             "predicted_cost_usd": chosen.cost_usd if chosen else None,
             "predicted_quality": chosen.prediction.quality if chosen and chosen.prediction else None,
         }
-        canon = {k: _canon(fields[k]) for k in HASHED_FIELDS if k in fields and k not in _PER_ROW}
+        canon = {k: canonical_text(fields[k]) for k in HASHED_FIELDS if k in fields and k not in _PER_ROW}
         latency = chosen.prediction.latency_ms if chosen and chosen.prediction else None
         pool.append(_Pooled(fields=fields, canon=canon, latency_ms=latency))
     return pool
@@ -125,13 +120,9 @@ _PER_ROW = ("id", "created_at", "api_key_name", "user", "experiment", "arm")
 
 def _row_hash(pooled: _Pooled, per_row: dict[str, Any]) -> str:
     """decision_row_hash, with the pooled fields' canonical JSON reused (byte-identical output)."""
-    parts = []
-    for name in sorted(HASHED_FIELDS):
-        text = pooled.canon.get(name)
-        if text is None:
-            text = _canon(per_row[name])
-        parts.append(f"{json.dumps(name)}:{text}")
-    return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
+    return row_hash_from_texts(
+        {name: pooled.canon.get(name) or canonical_text(per_row[name]) for name in HASHED_FIELDS}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +274,10 @@ def _copy(
             for r in rows:
                 texts = canon[r["id"]]
                 copy.write_row(
-                    [(texts.get(c) or _canon(r[c])) if c in _JSON else r[c] for c in _DECISION_COLUMNS]
+                    [
+                        (texts.get(c) or canonical_text(r[c])) if c in _JSON else r[c]
+                        for c in _DECISION_COLUMNS
+                    ]
                 )
         outcome_cols = (
             "decision_id",

@@ -7,7 +7,7 @@ paths store identical values; the writer only concatenates lines and never parse
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -68,10 +68,27 @@ def decision_copy_column_count() -> int:
     return len(_columns())
 
 
-def decision_copy_line(row: DecisionLog) -> bytes:
-    """The row as one COPY text line ending in a newline."""
+def decision_copy_line(row: DecisionLog, json_texts: Mapping[str, str] | None = None) -> bytes:
+    """The row as one COPY text line ending in a newline.
+
+    `json_texts` may give a JSON column's text already encoded (routing.audit.canonical_text, the
+    text its row hash covers); other columns are encoded here.
+    """
+    json_columns = _json_columns()
     cells = []
     for attname, encode in _columns():
         value = getattr(row, attname)
-        cells.append("\\N" if value is None else encode(value))
+        if value is None:
+            cells.append("\\N")
+        elif json_texts is not None and attname in json_columns and attname in json_texts:
+            cells.append(_escape(json_texts[attname]))
+        else:
+            cells.append(encode(value))
     return ("\t".join(cells) + "\n").encode()
+
+
+@lru_cache(maxsize=1)
+def _json_columns() -> frozenset[str]:
+    return frozenset(
+        str(f.attname) for f in DecisionLog._meta.concrete_fields if f.get_internal_type() == "JSONField"
+    )

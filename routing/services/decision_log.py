@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
-from routing.audit import HASHED_FIELDS, decision_row_hash
+from routing.audit import HASHED_FIELDS, decision_row_hash_texts
 from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
@@ -50,6 +50,7 @@ def decision_log_write(
         )
     chosen = decision.chosen
     prediction = chosen.prediction if chosen else None
+    redacted = settings.SCOPE_PROMPT_STORAGE == "redacted"
     row = DecisionLog(
         id=time_ordered_uuid(),
         created_at=timezone.now(),
@@ -66,9 +67,10 @@ def decision_log_write(
         fallbacks=list(decision.fallbacks),
         candidates=[c.as_dict() for c in decision.candidates],
         explanation=dict(decision.explanation),
-        features=features.as_dict(),
+        # a stored prompt stands for its n-grams; a redacted row keeps them (RequestFeatures.as_dict)
+        features=features.as_dict(ngrams=redacted),
         feature_schema=features.schema_version,
-        prompt="" if settings.SCOPE_PROMPT_STORAGE == "redacted" else features.text,
+        prompt="" if redacted else features.text,
         prompt_sha256=hashlib.sha256(features.text.encode()).hexdigest(),
         user=user,
         metadata=dict(metadata or {}),
@@ -78,9 +80,9 @@ def decision_log_write(
         predicted_cost_usd=chosen.cost_usd if chosen else None,
         predicted_quality=prediction.quality if prediction else None,
     )
-    row.row_hash = decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS})
+    row.row_hash, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
     # durable: the row is committed before the caller answers the request
-    _insert_durably(row)
+    _insert_durably(row, canonical)
     return row
 
 
@@ -115,8 +117,11 @@ def time_ordered_uuid() -> uuid.UUID:
     return uuid.UUID(int=value | random & (2**62 - 1))
 
 
-def _insert_durably(row: DecisionLog) -> None:
+def _insert_durably(row: DecisionLog, canonical: Mapping[str, str] | None = None) -> None:
     """Commit one new row before returning; raises (nothing answered) if it cannot be committed.
+
+    `canonical`, when given, holds the hashed fields' canonical JSON texts: the writer stores the JSON columns
+    from the text that was hashed.
 
     On PostgreSQL, outside any transaction: when a group-commit writer runs beside this process
     (`make serve` starts one), the row goes to it and this returns once the writer has committed
@@ -133,7 +138,7 @@ def _insert_durably(row: DecisionLog) -> None:
         return
     client = _writer_client()
     if client is not None and not connection.in_atomic_block:
-        if client.commit(decision_copy_line(row)):
+        if client.commit(decision_copy_line(row, canonical)):
             return
         # the writer may have committed it before its answer was lost: never a second row
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")

@@ -19,7 +19,7 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from routing.audit import HASHED_FIELDS, decision_row_hash
+from routing.audit import HASHED_FIELDS, decision_row_hash, decision_row_hash_texts
 from routing.models import DecisionLog
 from routing.services.decision_copy import decision_copy_line
 from routing.services.decision_writer import (
@@ -128,6 +128,21 @@ def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> Non
         assert getattr(a, name) == getattr(through_writer, name)
     assert (b.alpha, b.policy_version, b.cache_hit) == (0.25, 3, True)
     assert a.alpha is None and a.policy_version is None and a.cache_hit is False
+
+
+def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(writer: DecisionWriter) -> None:
+    row = _row(metadata={"team": TRICKY, "n": [1, None]}, alpha=0.5)
+    row_hash, texts = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
+    assert row_hash == decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS})
+    line = decision_copy_line(row, texts)
+    assert line != decision_copy_line(row)  # the texts were used (sorted keys, no ASCII escapes)
+    client = WriterClient(writer.path)
+    assert client.commit(line)
+    client.close()
+    stored = DecisionLog.objects.get(id=row.id)
+    for name in ("candidates", "explanation", "features", "fallbacks", "metadata", "prompt", "alpha"):
+        assert getattr(stored, name) == getattr(row, name)
+    assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}) == row_hash
 
 
 def test_concurrent_workers_share_commits_and_every_row_lands(writer: DecisionWriter) -> None:
