@@ -107,15 +107,20 @@ class RequestFeatures:
     ngram_ids: tuple[int, ...] = ()  # sorted hashed n-gram buckets of the text
     ngram_counts: tuple[int, ...] = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        """The logged form: every named value plus the hashed n-grams (see request_features_from_log).
+    def as_dict(self, *, ngrams: bool = True) -> dict[str, Any]:
+        """The logged form: every named value plus, unless `ngrams` is False, the hashed n-grams.
+
+        A decision row that stores the prompt leaves the n-grams out: they are a function of the
+        prompt (text_ngrams), and at about 2.4 KB they were a third of the row. A redacted row
+        keeps them, since nothing else stands for the text (see request_features_from_log).
 
         The n-grams travel packed: base64 of the ids as little-endian uint32 followed by the counts
         as little-endian uint16 (a count is at most NGRAM_MAX_WORDS). One short string instead of
-        hundreds of JSON numbers keeps the decision row small and cheap to encode, hash and store.
+        hundreds of JSON numbers keeps the row small and cheap to encode, hash and store.
         """
         out: dict[str, Any] = self.named()
-        out["ngrams"] = {"packed": pack_ngrams(self.ngram_ids, self.ngram_counts)}
+        if ngrams:
+            out["ngrams"] = {"packed": pack_ngrams(self.ngram_ids, self.ngram_counts)}
         return out
 
     def named(self) -> dict[str, float]:
@@ -131,18 +136,22 @@ class FeatureLogError(ValueError):
 
 
 def request_features_from_log(
-    features: Mapping[str, Any], schema_version: int = FEATURE_SCHEMA_VERSION
+    features: Mapping[str, Any], schema_version: int = FEATURE_SCHEMA_VERSION, prompt: str = ""
 ) -> RequestFeatures:
-    """Rebuild RequestFeatures from a decision log's `features` JSON (what-if replay, retraining).
+    """Rebuild RequestFeatures from a decision row's `features` JSON and `prompt` (what-if replay,
+    retraining).
 
-    The text is not needed (and may be redacted): the hashed n-grams stand for it.
+    The hashed n-grams come from the logged features when the row has them (a redacted row), else
+    from the stored prompt; the rebuilt request carries no text either way.
     """
     if schema_version != FEATURE_SCHEMA_VERSION:
         raise FeatureLogError(f"feature schema {schema_version} is not the current {FEATURE_SCHEMA_VERSION}")
     try:
         values = tuple(float(features[name]) for name in FEATURE_NAMES)
-        ngrams = features.get("ngrams") or {}
-        if "packed" in ngrams:
+        ngrams = features.get("ngrams")
+        if ngrams is None:
+            ids, counts = text_ngrams(prompt)
+        elif "packed" in ngrams:
             ids, counts = unpack_ngrams(ngrams["packed"])
         else:  # rows logged before the packed form
             ids = tuple(int(i) for i in ngrams.get("ids", ()))
@@ -181,6 +190,15 @@ def unpack_ngrams(packed: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     ):
         raise ValueError("packed n-grams are not sorted distinct buckets with counts of 1..NGRAM_MAX_WORDS")
     return tuple(ids.tolist()), tuple(counts.tolist())
+
+
+def _words(lowered: str) -> list[str]:
+    return list(filter(None, map(_stripped.__getitem__, lowered.split())))
+
+
+def text_ngrams(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The hashed n-grams extract_features gives a request whose predictor text is `text`."""
+    return hashed_ngrams(_words(text.lower()))
 
 
 def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -273,7 +291,7 @@ def _features_from_text(
     n_chars = len(text)
     tokens = math.ceil(total_chars / 4)
     lowered = text.lower()
-    words = list(filter(None, map(_stripped.__getitem__, lowered.split())))
+    words = _words(lowered)
     n_words = len(words)
     total_word_len = len("".join(words))
     # over distinct words: each word belongs to one signal list at most (feature_words.SIGNAL_OF)

@@ -64,12 +64,12 @@ def _traffic(
     rows = (
         DecisionLog.objects.filter(policy_slug=slug)
         .order_by("-created_at")
-        .values("features", "feature_schema")
+        .values("features", "feature_schema", "prompt")
     )
     feats = []
     for row in rows[:limit]:
         try:
-            feats.append(request_features_from_log(row["features"], row["feature_schema"]))
+            feats.append(request_features_from_log(row["features"], row["feature_schema"], row["prompt"]))
         except FeatureLogError:
             continue  # decisions logged under another feature schema
     return feats, None, f"the last {len(feats)} logged requests of policy {slug!r}"

@@ -74,11 +74,11 @@ def live_examples(
     decisions = (
         DecisionLog.objects.filter(pk__in=list(latest))
         .order_by("created_at", "id")
-        .values_list("id", "created_at", "features", "feature_schema", "chosen_model")
+        .values_list("id", "created_at", "features", "feature_schema", "prompt", "chosen_model")
     )
-    for decision_id, created_at, features_json, schema, chosen in decisions.iterator(chunk_size=2000):
+    for decision_id, created_at, features_json, schema, prompt, chosen in decisions.iterator(chunk_size=2000):
         try:
-            features = request_features_from_log(features_json, schema)
+            features = request_features_from_log(features_json, schema, prompt)
         except FeatureLogError:
             counts["live_skipped_schema"] += 1  # logged under another feature schema
             continue

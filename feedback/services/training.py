@@ -5,7 +5,8 @@ The API other parts of SCOPE (the feedback loop, commands, Celery tasks) call:
 - ``TrainingExample(prompt_key, features, model, score, output_tokens=None, latency_ms=None,
   weight=1.0, source="")`` — one (request, model) outcome. ``features`` is a RequestFeatures:
   from a decision log row use ``routing.features.request_features_from_log(row.features,
-  row.feature_schema)`` (no raw prompt needed); for imported prompts ``extract_prompt_features``.
+  row.feature_schema, row.prompt)`` (a redacted row's logged n-grams stand for its empty prompt);
+  for imported prompts ``extract_prompt_features``.
   Examples sharing ``prompt_key`` are the same request (e.g. ``f"decision:{row.id}"``).
 - ``ModelInfo`` (routing.predictor.model) or ``ModelSpec``: prices, context window, tier;
   ``model_infos(specs)`` converts catalog specs.

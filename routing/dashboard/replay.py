@@ -96,6 +96,7 @@ def policy_replay(
             "id",
             "features",
             "feature_schema",
+            "prompt",
             "metadata",
             "chosen_model",
             "predicted_cost_usd",
@@ -108,7 +109,7 @@ def policy_replay(
     result = ReplayResult(policy=policy, predictor_version=getattr(predictor, "version", "prior"))
     for row in rows:
         try:
-            features = request_features_from_log(row["features"], row["feature_schema"])
+            features = request_features_from_log(row["features"], row["feature_schema"], row["prompt"])
         except FeatureLogError as exc:
             result.skipped += 1
             result.skipped_reason = str(exc)

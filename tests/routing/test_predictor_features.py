@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from django.test import Client
 
 from routing.features import (
     FEATURE_SCHEMA_VERSION,
@@ -12,8 +14,11 @@ from routing.features import (
     extract_features,
     pack_ngrams,
     request_features_from_log,
+    text_ngrams,
     unpack_ngrams,
 )
+from routing.models import DecisionLog
+from tests.factories import make_api_key, make_catalog, make_policy
 
 GOLDEN = "Explain why the sky is blue. Explain it!"
 
@@ -38,6 +43,44 @@ def test_the_logged_features_rebuild_the_same_request_features_without_the_text(
     assert rebuilt.ngram_ids == f.ngram_ids and rebuilt.ngram_counts == f.ngram_counts
     assert rebuilt.input_tokens == f.input_tokens
     assert rebuilt.text == ""
+
+
+def test_a_row_that_stores_the_prompt_rebuilds_the_ngrams_from_it() -> None:
+    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": GOLDEN}]
+    f = extract_features(messages)
+    logged = json.loads(json.dumps(f.as_dict(ngrams=False)))
+    assert "ngrams" not in logged
+    rebuilt = request_features_from_log(logged, FEATURE_SCHEMA_VERSION, f.text)
+    assert rebuilt.values == f.values
+    assert (rebuilt.ngram_ids, rebuilt.ngram_counts) == (f.ngram_ids, f.ngram_counts)
+    assert text_ngrams(f.text) == (f.ngram_ids, f.ngram_counts)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("storage", ["full", "redacted"])
+def test_routed_rows_rebuild_their_request_features(storage: str, settings: Any, client: Client) -> None:
+    settings.SCOPE_PROMPT_STORAGE = storage
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("rebuild")
+    messages = [{"role": "user", "content": GOLDEN + " with a table of results, please?"}]
+    response = client.post(
+        "/api/v1/route",
+        data=json.dumps({"messages": messages}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert response.status_code == 200, response.content
+    row = DecisionLog.objects.get(id=response.json()["decision_id"])
+    assert ("ngrams" in row.features) == (storage == "redacted")
+    assert row.prompt == ("" if storage == "redacted" else extract_features(messages).text)
+    rebuilt = request_features_from_log(row.features, row.feature_schema, row.prompt)
+    f = extract_features(messages)
+    assert (rebuilt.values, rebuilt.ngram_ids, rebuilt.ngram_counts) == (
+        f.values,
+        f.ngram_ids,
+        f.ngram_counts,
+    )
 
 
 def test_rows_logged_before_the_packed_form_still_rebuild() -> None:
