@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 logger = logging.getLogger("scope.decision_writer")
 
@@ -185,6 +186,7 @@ class DecisionWriter:
     ) -> None:
         self.path = path
         self.copy_sql = copy_sql
+        self._copy_sql = copy_sql.encode()
         self.columns = columns
         self.connect_kwargs = dict(connect_kwargs)
         self.max_batch = max_batch
@@ -389,15 +391,41 @@ class DecisionWriter:
 
         PostgreSQL commits an implicit transaction before it reports the statement complete, so
         when this returns the rows are committed (WAL flushed under synchronous_commit); when it
-        raises, none of them are.
+        raises, none of them are. It speaks libpq directly, in blocking mode: psycopg's COPY
+        object costs about 0.14 ms of CPU per statement, libpq's calls about 0.015 ms, and this
+        process does nothing else while a commit runs. Errors are psycopg's exception classes.
         """
-        with self._connection().cursor() as cur, cur.copy(self.copy_sql) as copy:
-            copy.write(b"".join(lines))
+        conn = self._connection()
+        pgconn = conn.pgconn
+        pgconn.nonblocking = 0
+        try:
+            pgconn.send_query(self._copy_sql)
+            result = _last_result(pgconn)
+            if result is None or result.status != pq.ExecStatus.COPY_IN:
+                raise self._error(conn, result)
+            pgconn.put_copy_data(b"".join(lines))
+            pgconn.put_copy_end()
+            result = _last_result(pgconn)
+            if result is None or result.status != pq.ExecStatus.COMMAND_OK:
+                raise self._error(conn, result)
+        finally:
+            if pgconn.status == pq.ConnStatus.OK:
+                pgconn.nonblocking = 1
+
+    @staticmethod
+    def _error(conn: psycopg.Connection[Any], result: pq.abc.PGresult | None) -> psycopg.Error:
+        if conn.pgconn.status != pq.ConnStatus.OK or result is None:
+            message = conn.pgconn.get_error_message().strip()
+            return psycopg.OperationalError(message or "the connection to the database was lost")
+        return pg_errors.error_from_result(result, encoding=conn.info.encoding)
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(**self.connect_kwargs, autocommit=True)
-        return self._conn
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken or conn.pgconn.status != pq.ConnStatus.OK:
+            if conn is not None:
+                self._reset()
+            self._conn = conn = psycopg.connect(**self.connect_kwargs, autocommit=True)
+        return conn
 
     def _reset(self) -> None:
         if self._conn is not None:
@@ -405,6 +433,19 @@ class DecisionWriter:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def _last_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    """The statement's result, after reading every result libpq has for it (blocking mode).
+
+    A COPY-in state ends the reading: libpq gives no further result until the data is sent.
+    """
+    last = None
+    while (result := pgconn.get_result()) is not None:
+        last = result
+        if result.status == pq.ExecStatus.COPY_IN:
+            break
+    return last
 
 
 # --- keeping one writer running -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import connections
 from django.test import Client
+from psycopg import errors as psycopg_errors
 
 from routing.audit import HASHED_FIELDS, decision_row_hash, decision_row_hash_texts
 from routing.models import DecisionLog
@@ -295,6 +296,45 @@ def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
         assert w.stats.outages == 1
         assert DecisionLog.objects.filter(id=kept.id).exists()
         assert not DecisionLog.objects.filter(id=lost.id).exists()
+    finally:
+        w._reset()
+
+
+def test_a_writer_whose_connection_is_killed_answers_not_committed_then_reconnects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = decision_writer_for_default_database(path=str(tmp_path / "killed.sock"))
+    first, lost, kept = _row(), _row(), _row()
+    try:
+        assert w._commit([decision_copy_line(first)]) == [None]
+        backend = w._connection().info.backend_pid
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
+        with caplog.at_level("WARNING", logger="scope.decision_writer"):
+            answer = w._commit([decision_copy_line(lost)])[0]
+            assert answer is not None and "database unavailable" in answer
+            assert w._commit([decision_copy_line(kept)]) == [None]  # a new connection, by itself
+        assert w._connection().info.backend_pid != backend
+        assert w.stats.outages == 1
+        ids = set(
+            DecisionLog.objects.filter(id__in=[first.id, lost.id, kept.id]).values_list("id", flat=True)
+        )
+        assert ids == {first.id, kept.id}  # the lost row was answered "not committed": its worker writes it
+    finally:
+        w._reset()
+
+
+def test_a_constraint_error_comes_back_as_psycopgs_exception_class(tmp_path: Path) -> None:
+    w = decision_writer_for_default_database(path=str(tmp_path / "dup.sock"))
+    row = _row()
+    try:
+        assert w._commit([decision_copy_line(row)]) == [None]
+        with pytest.raises(psycopg_errors.UniqueViolation):
+            w._copy([decision_copy_line(row)])
+        assert w._commit([decision_copy_line(row)]) == [
+            None
+        ]  # already there: an earlier attempt committed it
+        assert w._commit([decision_copy_line(_row())]) == [None]  # the connection is still usable
     finally:
         w._reset()
 
