@@ -347,19 +347,29 @@ def _proc_stat(pid: int, *, reaped: bool = False) -> tuple[int, float] | None:
     return int(fields[1]), ticks / _TICK
 
 
-def process_tree_cpu(root: int) -> float:
-    """CPU seconds used so far by `root` and all its live descendants (the gunicorn workers)."""
+def process_tree_cpu_split(root: int) -> dict[str, float]:
+    """CPU seconds used so far by `root`'s tree: {"writer": the decision writer and its
+    supervisor, "workers": every other process of the tree (gunicorn master and workers)}."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _proc_stat(int(entry.name), reaped=True)
             if stat is not None:
                 stats[int(entry.name)] = stat
-    total, frontier = 0.0, {root}
+    split = {"workers": 0.0, "writer": 0.0}
+    frontier = {root}
     while frontier:
-        total += sum(stats[p][1] for p in frontier if p in stats)
+        for pid in frontier & stats.keys():
+            split["writer" if _is_writer(pid) else "workers"] += stats[pid][1]
         frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier}
-    return total
+    return split
+
+
+def _is_writer(pid: int) -> bool:
+    try:
+        return b"decision_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def postgres_backends_cpu(database_url: str) -> float:

@@ -34,7 +34,7 @@ from bench.harness import (  # noqa: E402
     count_decisions,
     postgres_backends_cpu,
     prepare_database,
-    process_tree_cpu,
+    process_tree_cpu_split,
     run_wrk,
     say,
     scope_server,
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, int], list[WrkResult]] = {}
     cpu_ms: dict[tuple[str, int], list[float]] = {}  # server + PostgreSQL CPU per request
+    cpu_parts: dict[tuple[str, int], list[dict[str, float]]] = {}  # the same, per part
     answered = logged = 0
     with scope_server(env, workers=args.workers, log_dir=work) as server:
         for endpoint in ENDPOINTS:
@@ -113,22 +114,21 @@ def main(argv: list[str] | None = None) -> int:
                 order = ENDPOINTS if round_no % 2 == 0 else tuple(reversed(ENDPOINTS))
                 for endpoint in order:
                     before = count_decisions(database_url, key_name) if endpoint == "route" else 0
-                    cpu_before = process_tree_cpu(server.process.pid) + postgres_backends_cpu(database_url)
+                    cpu_before = cpu_now(server.process.pid, database_url)
                     result = run_wrk(
                         f"{server.base_url}/api/v1/{endpoint}",
                         script=script,
                         connections=clients,
                         seconds=args.duration,
                     )
-                    cpu_used = (
-                        process_tree_cpu(server.process.pid)
-                        + postgres_backends_cpu(database_url)
-                        - cpu_before
-                    )
+                    cpu_after = cpu_now(server.process.pid, database_url)
+                    per_request = {
+                        part: 1000 * (cpu_after[part] - cpu_before[part]) / max(result.requests, 1)
+                        for part in cpu_after
+                    }
                     results.setdefault((endpoint, clients), []).append(result)
-                    cpu_ms.setdefault((endpoint, clients), []).append(
-                        1000 * cpu_used / max(result.requests, 1)
-                    )
+                    cpu_ms.setdefault((endpoint, clients), []).append(sum(per_request.values()))
+                    cpu_parts.setdefault((endpoint, clients), []).append(per_request)
                     if endpoint == "route":
                         time.sleep(1.0)  # requests still in flight when wrk stopped finish
                         logged += count_decisions(database_url, key_name) - before
@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{median(cpu_ms[('noop', clients)]):.2f} ms, route {median(cpu_ms[('route', clients)]):.2f} ms; "
             f"noop/route CPU ratio {cpu_ratio:.2f} (the throughput ratio on an otherwise idle machine)"
         )
+        for endpoint in ENDPOINTS:
+            parts = cpu_parts[(endpoint, clients)]
+            say(
+                f"    {endpoint}: "
+                + ", ".join(f"{part} {median([p[part] for p in parts]):.2f}" for part in parts[0])
+                + " ms (medians over rounds)"
+            )
     for line in server.log_path.read_text(errors="replace").splitlines():
         if "decision writer stopped:" in line:  # the group commit's own account, printed on shutdown
             say("group commit: " + line.split("decision writer stopped:", 1)[1].strip())
@@ -177,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_breakdown:
         in_process_figures(env, body=body, key=key)
     return 0 if lost <= 0 else 1
+
+
+def cpu_now(root: int, database_url: str) -> dict[str, float]:
+    """CPU seconds so far: gunicorn master + workers, the decision writer, PostgreSQL backends."""
+    return {**process_tree_cpu_split(root), "postgres": postgres_backends_cpu(database_url)}
 
 
 def in_process_figures(env: dict[str, str], *, body: bytes, key: str) -> None:
