@@ -58,6 +58,8 @@ class WriterClient:
         self._local = threading.local()
         self._down_since: float | None = None  # this process could not reach the writer since then
         self._warned_at = 0.0
+        self._refusals_warned_at: float | None = None  # last "did not commit" warning
+        self._refusals_unsaid = 0  # refusals since that warning, not logged one by one
 
     def _socket(self) -> socket.socket | None:
         local = self._local
@@ -87,6 +89,17 @@ class WriterClient:
         local.sock, local.pid = sock, os.getpid()
         return sock
 
+    def _refused(self, reason: str) -> None:
+        """Warn that the writer did not commit a row: the first time, then at most once a minute
+        with how many more there were (a database outage refuses every row of every worker)."""
+        now = time.monotonic()
+        if self._refusals_warned_at is not None and now - self._refusals_warned_at < WARN_EVERY_S:
+            self._refusals_unsaid += 1
+            return
+        more = f" ({self._refusals_unsaid} more rows since the last warning)" if self._refusals_unsaid else ""
+        logger.warning("decision writer did not commit a row (%s); writing it directly%s", reason, more)
+        self._refusals_warned_at, self._refusals_unsaid = now, 0
+
     def close(self) -> None:
         """Close this thread's connection (the next commit reconnects)."""
         self._drop()
@@ -108,8 +121,7 @@ class WriterClient:
             if status == OK:
                 return True
             (size,) = _REASON.unpack(_recv_exactly(sock, _REASON.size))
-            reason = _recv_exactly(sock, size).decode(errors="replace")
-            logger.warning("decision writer did not commit a row (%s); writing it directly", reason)
+            self._refused(_recv_exactly(sock, size).decode(errors="replace"))
             return False
         except (OSError, EOFError) as exc:
             # the answer is lost, not necessarily the row: the direct write skips an existing id

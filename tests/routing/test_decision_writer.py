@@ -273,6 +273,36 @@ def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
         thread.join(5)
 
 
+def test_a_worker_warns_of_refused_rows_once_a_minute_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: every row is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w = decision_writer_for_default_database(path=str(tmp_path / "refuse.sock"))
+    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    assert w.ready.wait(5)
+    client = WriterClient(w.path)
+    try:
+        with caplog.at_level("WARNING", logger="scope.decision_writer"):
+            assert not any(client.commit(decision_copy_line(_row())) for _ in range(5))
+            assert client._refusals_warned_at is not None
+            client._refusals_warned_at -= 61  # a minute later
+            assert not client.commit(decision_copy_line(_row()))
+        refused = [r.getMessage() for r in caplog.records if "did not commit a row" in r.getMessage()]
+        assert len(refused) == 2
+        assert "database unavailable" in refused[0] and "more rows" not in refused[0]
+        assert "(4 more rows since the last warning)" in refused[1]
+        assert w.stats.failed_rows == 6
+    finally:
+        client.close()
+        stop.set()
+        thread.join(5)
+
+
 def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
