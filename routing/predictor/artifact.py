@@ -46,6 +46,8 @@ def pack(predictor: ScopePredictor, *, metadata: dict[str, Any] | None = None) -
         "roles": list(predictor.roles),
         "models": list(predictor.anchors.models),
     }
+    if "relative" in predictor.roles:
+        meta["decomposed_share"] = predictor.decomposed_share
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("meta.json", json.dumps(meta, sort_keys=True))

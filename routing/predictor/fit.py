@@ -19,6 +19,7 @@ import numpy as np
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import build_table, fit_centroids
 from routing.predictor.model import (
+    DECOMPOSED_SHARE,
     PAIR_FEATURES,
     ModelInfo,
     ScopePredictor,
@@ -219,6 +220,8 @@ def fit_predictor(
     # model's deviation from it (the relative trees spend every split on differences between models)
     per_prompt = np.bincount(prompt_of_row, minlength=n_p)
     shared = per_prompt[prompt_of_row] >= 2
+    # its say in the blend: the (weighted) share of the training rows it could learn from
+    decomposed_share = DECOMPOSED_SHARE * float(w[shared].sum() / max(w.sum(), 1e-12))
     if (per_prompt >= 2).sum() >= params.min_decomposed_prompts:
         total = np.bincount(prompt_of_row, weights=y_q, minlength=n_p)
         prompt_mean = (total / np.maximum(per_prompt, 1))[prompt_of_row]
@@ -254,6 +257,7 @@ def fit_predictor(
         evaluator=evaluator,
         roles=roles,
         boosters=boosters,
+        metadata={"decomposed_share": round(decomposed_share, 6)} if "relative" in roles else {},
     )
     progress(1.0, "trained")
     counts = {

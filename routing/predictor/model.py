@@ -30,6 +30,9 @@ EXTRA_FEATURES = ("anchor_all_local", "text_head_all", "local_minus_all", "head_
 # five shared sets: mmlu 0.678 -> 0.684, gsm8k 0.585 -> 0.593, alpacaeval2 0.583 -> 0.590, mt-bench
 # 0.805 -> 0.816, alpacaeval1 0.899 -> 0.914. The decomposed estimate alone routed no better than
 # the ensemble (mmlu 0.678 over 6 seeds): the gain is the blend of the two.
+# The pair learns only from prompts scored for several models; a predictor trained partly on a
+# decision log (one answering model per request) gives it that much less say, so live feedback
+# moves the predicted quality as much as the data it is in (fit.py stores the share it used).
 DECOMPOSED_SHARE = 0.5
 
 
@@ -158,10 +161,16 @@ class ScopePredictor:
         """
         if not self._prompt_mean or not self._relative:
             return quality
+        share = self.decomposed_share
         mean = out[:, self._prompt_mean].sum(axis=1) / len(self._prompt_mean)
         relative = out[:, self._relative].sum(axis=1) / len(self._relative)
-        blended = (1.0 - DECOMPOSED_SHARE) * quality + DECOMPOSED_SHARE * (mean + relative)
+        blended = (1.0 - share) * quality + share * (mean + relative)
         return np.clip(blended, 0.0, 1.0)
+
+    @property
+    def decomposed_share(self) -> float:
+        """The decomposed pair's share of the predicted quality (set at training, kept in the artifact)."""
+        return float(self.metadata.get("decomposed_share", DECOMPOSED_SHARE))
 
     def _info(self, spec: ModelSpec) -> ModelInfo:
         key = (spec.name, spec.input_usd_per_mtok, spec.output_usd_per_mtok, spec.context_window, spec.tier)

@@ -166,6 +166,7 @@ def test_the_decomposed_pair_moves_quality_but_never_with_the_other_candidates(t
 
     predictor = trained.predictor
     assert "relative" in predictor.roles
+    assert predictor.decomposed_share == DECOMPOSED_SHARE  # every training prompt has several models
     _, feats = data.examples(40, seed=10)
     features = [f for _, f in feats]
     infos = data.infos()
@@ -175,9 +176,39 @@ def test_the_decomposed_pair_moves_quality_but_never_with_the_other_candidates(t
     roles = np.asarray(predictor.roles)
     ensemble = out[:, roles == "quality"].mean(axis=1)
     decomposed = out[:, roles == "prompt_mean"].mean(axis=1) + out[:, roles == "relative"].mean(axis=1)
-    expected = np.clip((1 - DECOMPOSED_SHARE) * ensemble + DECOMPOSED_SHARE * decomposed, 0, 1)
+    share = predictor.decomposed_share
+    expected = np.clip((1 - share) * ensemble + share * decomposed, 0, 1)
     np.testing.assert_allclose(batch.quality.ravel(), expected, atol=1e-6)
     assert np.abs(batch.quality.ravel() - ensemble).max() > 1e-3  # the pair does change predictions
     for j, info in enumerate(infos):
         alone = predictor.predict_batch(features, [info])
         np.testing.assert_allclose(alone.quality[:, 0], batch.quality[:, j], atol=1e-9)
+
+
+def test_single_model_rows_shrink_the_decomposed_share_and_the_artifact_keeps_it() -> None:
+    import dataclasses
+
+    from routing.predictor.model import DECOMPOSED_SHARE
+
+    shared, _ = data.examples(160, seed=9)
+    names = list(data.SKILLS)
+    # a decision log beside the evaluation data: each logged request answered by one model, weighted 3
+    logged = [
+        dataclasses.replace(e, prompt_key=f"log:{e.prompt_key}", weight=3.0)
+        for i, e in enumerate(data.examples(160, seed=11)[0])
+        if e.model == names[(i // len(names)) % len(names)]
+    ]
+    fit = fit_predictor(shared + logged, data.infos(), seed=0, params=data.FAST)
+    weight_shared = float(len(shared))
+    expected = DECOMPOSED_SHARE * weight_shared / (weight_shared + 3.0 * len(logged))
+    assert fit.predictor.decomposed_share == pytest.approx(expected, abs=1e-6)
+    assert 0 < fit.predictor.decomposed_share < DECOMPOSED_SHARE
+    loaded = unpack(pack(fit.predictor), version="v-share")
+    assert loaded.decomposed_share == pytest.approx(fit.predictor.decomposed_share)
+    _, feats = data.examples(20, seed=12)
+    features = [f for _, f in feats]
+    np.testing.assert_allclose(
+        loaded.predict_batch(features, data.infos()).quality,
+        fit.predictor.predict_batch(features, data.infos()).quality,
+        atol=1e-6,
+    )
