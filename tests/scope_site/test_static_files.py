@@ -15,6 +15,8 @@ def _no_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("not a static file", status=404)
 
 
+# closing a response sends request_finished, whose handler checks the database connection
+@pytest.mark.django_db
 def test_it_serves_the_assets_from_the_finders_without_a_warning_before_collectstatic(
     settings: Any, tmp_path: Path
 ) -> None:
@@ -28,6 +30,8 @@ def test_it_serves_the_assets_from_the_finders_without_a_warning_before_collects
     response.close()
 
 
+# closing a response sends request_finished, whose handler checks the database connection
+@pytest.mark.django_db
 def test_it_serves_collected_files_once_collectstatic_has_run(settings: Any, tmp_path: Path) -> None:
     collected = tmp_path / "collected"
     collected.mkdir()
