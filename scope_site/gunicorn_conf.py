@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scope_site.env import env_bool  # the settings' own parser; needs no Django
+
 _default_dir = (
     Path(os.environ.get("SCOPE_VAR_DIR", Path(__file__).resolve().parent.parent / "var")) / "prometheus"
 )
@@ -47,9 +49,8 @@ def on_exit(server: Any) -> None:
 
 def _wants_writer() -> bool:
     url = os.environ.get("DATABASE_URL", "")
-    enabled = os.environ.get("SCOPE_GROUP_COMMIT", "true").strip().lower() not in {"0", "false", "no", "off"}
     return (
-        enabled
+        env_bool("SCOPE_GROUP_COMMIT", True)
         and url.startswith(("postgres", "pgsql"))
         and not os.environ.get("SCOPE_DECISION_WRITER_SOCKET")
     )

@@ -53,9 +53,10 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
 
 
 @lru_cache(maxsize=1)
-def _columns() -> tuple[tuple[str, Encoder], ...]:
+def _columns() -> tuple[tuple[str, Encoder, bool], ...]:
+    """(attname, encoder, is a JSON column) per concrete field, in table order."""
     fields = DecisionLog._meta.concrete_fields
-    return tuple((str(f.attname), _encoder(f)) for f in fields)
+    return tuple((str(f.attname), _encoder(f), f.get_internal_type() == "JSONField") for f in fields)
 
 
 @lru_cache(maxsize=1)
@@ -74,21 +75,14 @@ def decision_copy_line(row: DecisionLog, json_texts: Mapping[str, str] | None = 
     `json_texts` may give a JSON column's text already encoded (routing.audit.canonical_text, the
     text its row hash covers); other columns are encoded here.
     """
-    json_columns = _json_columns()
+    texts = json_texts or {}
     cells = []
-    for attname, encode in _columns():
+    for attname, encode, is_json in _columns():
         value = getattr(row, attname)
         if value is None:
             cells.append("\\N")
-        elif json_texts is not None and attname in json_columns and attname in json_texts:
-            cells.append(_escape(json_texts[attname]))
+        elif is_json and attname in texts:
+            cells.append(_escape(texts[attname]))
         else:
             cells.append(encode(value))
     return ("\t".join(cells) + "\n").encode()
-
-
-@lru_cache(maxsize=1)
-def _json_columns() -> frozenset[str]:
-    return frozenset(
-        str(f.attname) for f in DecisionLog._meta.concrete_fields if f.get_internal_type() == "JSONField"
-    )

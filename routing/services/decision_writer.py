@@ -172,6 +172,7 @@ class _Peer:
     sock: socket.socket
     inbox: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)
+    events: int = selectors.EVENT_READ  # what the selector watches for it
 
 
 @dataclass
@@ -197,7 +198,6 @@ class DecisionWriter:
         commit_delay: float = 0.0,
     ) -> None:
         self.path = path
-        self.copy_sql = copy_sql
         self._copy_sql = copy_sql.encode()
         self.columns = columns
         self.connect_kwargs = dict(connect_kwargs)
@@ -318,11 +318,13 @@ class DecisionWriter:
             self._close(peer)
             return
         del peer.outbox[:sent]
-        try:
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.outbox else 0)
-            self._selector.modify(peer.sock, mask, peer)
-        except (KeyError, ValueError):
-            pass
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.outbox else 0)
+        if events != peer.events:  # an answer that fit in the socket buffer changes nothing
+            try:
+                self._selector.modify(peer.sock, events, peer)
+                peer.events = events
+            except (KeyError, ValueError):
+                pass
 
     # committing
     def _flush(self) -> None:
