@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,16 +50,34 @@ def _close_worker_connection() -> Iterator[None]:
         decision_log._client = None
 
 
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[DecisionWriter]:
-    w = decision_writer_for_default_database(path=str(tmp_path / "writer.sock"))
+@contextlib.contextmanager
+def _serving(w: DecisionWriter) -> Iterator[DecisionWriter]:
+    """`w` serving in a thread until the block ends."""
     stop = threading.Event()
     thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
     thread.start()
     assert w.ready.wait(5)
-    yield w
-    stop.set()
-    thread.join(5)
+    try:
+        yield w
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def _database_down(w: DecisionWriter) -> dict[str, Any]:
+    """Point `w` at a port nothing listens on; returns its real connection arguments."""
+    good = dict(w.connect_kwargs)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    return good
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[DecisionWriter]:
+    with _serving(decision_writer_for_default_database(path=str(tmp_path / "writer.sock"))) as w:
+        yield w
 
 
 @pytest.fixture
@@ -247,71 +266,47 @@ def test_a_writer_that_commits_then_dies_before_answering_leaves_exactly_one_row
 def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
     settings: Any, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     w = decision_writer_for_default_database(path=str(tmp_path / "down.sock"))
-    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    _database_down(w)
     line = decision_copy_line(_row())
     assert w._commit([line])[0] is not None and "database unavailable" in str(w._commit([line])[0])
-    stop = threading.Event()
-    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
-    thread.start()
-    assert w.ready.wait(5)
-    try:
+    with _serving(w):
         settings.SCOPE_DECISION_WRITER_SOCKET = w.path
         make_catalog()
         make_policy("default")
         _, key = make_api_key("db-away-writer")
         response = _route(key, "the worker writes this one")
-        assert response.status_code == 200
-        assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
-        assert w.stats.failed_rows == 1
-    finally:
-        w._reset()
-        stop.set()
-        thread.join(5)
+    assert response.status_code == 200
+    assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
+    assert w.stats.failed_rows == 1
 
 
 def test_a_worker_warns_of_refused_rows_once_a_minute_with_a_count(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on: every row is refused
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     w = decision_writer_for_default_database(path=str(tmp_path / "refuse.sock"))
-    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
-    thread.start()
-    assert w.ready.wait(5)
+    _database_down(w)  # every row is refused
     client = WriterClient(w.path)
-    try:
-        with caplog.at_level("WARNING", logger="scope.decision_writer"):
+    with _serving(w), caplog.at_level("WARNING", logger="scope.decision_writer"):
+        try:
             assert not any(client.commit(decision_copy_line(_row())) for _ in range(5))
             assert client._refusals_warned_at is not None
             client._refusals_warned_at -= 61  # a minute later
             assert not client.commit(decision_copy_line(_row()))
-        refused = [r.getMessage() for r in caplog.records if "did not commit a row" in r.getMessage()]
-        assert len(refused) == 2
-        assert "database unavailable" in refused[0] and "more rows" not in refused[0]
-        assert "(4 more rows since the last warning)" in refused[1]
-        assert w.stats.failed_rows == 6
-    finally:
-        client.close()
-        stop.set()
-        thread.join(5)
+        finally:
+            client.close()
+    refused = [r.getMessage() for r in caplog.records if "did not commit a row" in r.getMessage()]
+    assert len(refused) == 2
+    assert "database unavailable" in refused[0] and "more rows" not in refused[0]
+    assert "(4 more rows since the last warning)" in refused[1]
+    assert w.stats.failed_rows == 6
 
 
 def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     w = decision_writer_for_default_database(path=str(tmp_path / "flaky.sock"))
-    good = dict(w.connect_kwargs)
-    with socket.socket() as probe:  # a port nothing listens on: the database is "down"
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    w.connect_kwargs.update(host="127.0.0.1", port=port, connect_timeout=1)
+    good = _database_down(w)
     lost, kept = _row(), _row()
     lost_line, kept_line = decision_copy_line(lost), decision_copy_line(kept)
     with caplog.at_level("WARNING", logger="scope.decision_writer"):
@@ -442,17 +437,11 @@ def test_a_worker_warns_once_per_outage_and_says_when_the_writer_is_back(
         assert [client.commit(line) for _ in range(5)] == [False] * 5
         unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(unreachable) == 1
-        w = decision_writer_for_default_database(path=path)
-        stop = threading.Event()
-        thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
-        thread.start()
-        assert w.ready.wait(5)
-        try:
-            assert client.commit(line)
-        finally:
-            client.close()
-            stop.set()
-            thread.join(5)
+        with _serving(decision_writer_for_default_database(path=path)):
+            try:
+                assert client.commit(line)
+            finally:
+                client.close()
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
@@ -461,32 +450,26 @@ def test_a_commit_delay_holds_a_first_row_for_a_connected_sender_that_has_not_se
 ) -> None:
     w = decision_writer_for_default_database(path=str(tmp_path / "delay.sock"))
     w.commit_delay = 2.0
-    stop = threading.Event()
-    thread = threading.Thread(target=w.serve_forever, args=(stop,), daemon=True)
-    thread.start()
-    assert w.ready.wait(5)
     first, second = WriterClient(w.path), WriterClient(w.path)
     rows = [_row(), _row()]
     line_a, line_b = decision_copy_line(rows[0]), decision_copy_line(rows[1])
-    try:
-        # both workers connected; only the first has a row: the writer waits for the second's
-        assert second._socket() is not None
-        results: list[bool] = []
-        sender = threading.Thread(target=lambda: results.append(first.commit(line_a)))
-        sender.start()
-        time.sleep(0.3)
-        assert not results  # held, not committed alone
-        assert second.commit(line_b)
-        sender.join(5)
-        assert results == [True]
-        assert (w.stats.batches, w.stats.largest_batch) == (1, 2)
-        assert DecisionLog.objects.filter(id__in=[r.id for r in rows]).count() == 2
-    finally:
-        first.close()
-        second.close()
-        stop.set()
-        thread.join(5)
-        w._reset()
+    results: list[bool] = []
+    with _serving(w):
+        try:
+            # both workers connected; only the first has a row: the writer waits for the second's
+            assert second._socket() is not None
+            sender = threading.Thread(target=lambda: results.append(first.commit(line_a)))
+            sender.start()
+            time.sleep(0.3)
+            assert not results  # held, not committed alone
+            assert second.commit(line_b)
+            sender.join(5)
+        finally:
+            first.close()
+            second.close()
+    assert results == [True]
+    assert (w.stats.batches, w.stats.largest_batch) == (1, 2)
+    assert DecisionLog.objects.filter(id__in=[r.id for r in rows]).count() == 2
 
 
 def test_the_writer_socket_moves_to_the_temp_dir_when_the_var_path_is_too_long(tmp_path: Path) -> None:
