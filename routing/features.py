@@ -26,8 +26,9 @@ from routing.feature_words import SIGNAL_OF
 # 2: the hashed word n-grams (`ngram_ids`/`ngram_counts`) joined the vector and the decision log
 FEATURE_SCHEMA_VERSION = 2
 
-# Hashed word uni- and bigrams: the version-independent text representation that is logged with
-# every decision, so retraining never needs the raw prompt (which may be stored redacted).
+# Hashed word uni- and bigrams: the predictor's text representation. A decision row that stores
+# the prompt rebuilds them from it (text_ngrams); a redacted row logs them, so retraining never
+# needs the raw prompt.
 NGRAM_BUCKETS = 1 << 20
 NGRAM_MAX_WORDS = 1024  # long prompts are represented by their first words: bounded time and log size
 _BIGRAM_MIX = 0x9E3779B1
