@@ -8,6 +8,9 @@ On PostgreSQL the master also starts one group-commit writer for decision rows
 SCOPE_DECISION_WRITER_SOCKET; SCOPE_GROUP_COMMIT=false turns that off. The command runs the writer
 under a small supervisor (`--supervise`) that starts a new one if it dies (kill -9, crash). While
 the writer is not there, workers commit their rows themselves: slower, never less durable.
+
+Each worker loads the catalog and the active predictor before it accepts connections
+(post_worker_init), so no request waits for them, also after a --max-requests recycle.
 """
 
 from __future__ import annotations
@@ -84,6 +87,22 @@ def _start_decision_writer(server: Any) -> None:
         server.log.info("decision writer (group commit) on %s, supervisor pid %s", path, _writer.pid)
     else:
         server.log.warning("decision writer did not start; workers commit their own decision rows")
+
+
+def post_worker_init(worker: Any) -> None:
+    """Before the worker accepts connections: load the catalog and the active predictor
+    (routing/services/warmup.py), so its first requests do not wait for them."""
+    from routing.services.warmup import warm_process
+
+    warmed = warm_process()
+    if not warmed.error:
+        worker.log.info(
+            "worker %s warmed in %.2f s: %d models, predictor %s",
+            worker.pid,
+            warmed.seconds,
+            warmed.models,
+            warmed.predictor_version or "none (tier prior)",
+        )
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -135,6 +135,31 @@ def test_a_route_answer_has_its_row_committed_by_the_writer_with_a_valid_hash(
     assert decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}) == row.row_hash
 
 
+def test_a_long_prompt_is_stored_lz4_compressed_and_reads_back_intact(via_writer: DecisionWriter) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # a PostgreSQL built without lz4 keeps pglz (migration 0007)
+        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        methods = cursor.fetchone()[0]
+    if "lz4" not in methods:
+        pytest.skip("this PostgreSQL has no lz4 support")
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("lz4")
+    prompt = " ".join(f"question {i}: why is {i} * {i + 7} not {i * i + 1}? {TRICKY}" for i in range(60))
+    response = _route(key, prompt)
+    assert response.status_code == 200, response.content
+    decision_id = response.json()["decision_id"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_column_compression(prompt), length(prompt) FROM routing_decisionlog WHERE id = %s",
+            [decision_id],
+        )
+        method, length = cursor.fetchone()
+    assert (method, length) == ("lz4", len(prompt))
+    assert DecisionLog.objects.get(id=decision_id).prompt == prompt
+
+
 def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> None:
     through_writer, through_orm = _row(), _row(alpha=0.25, policy_version=3, cache_hit=True)
     line = decision_copy_line(through_writer)

@@ -96,5 +96,6 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
             server.wait(timeout=30)
     text = log_path.read_text()
     assert "decision writer (group commit) on" in text
+    assert text.count("models, predictor none (tier prior)") == 2  # each worker warmed before serving
     assert "decision writer stopped: 1 rows in 1 commits" in text  # the answered row went through it
     assert not list((tmp_path / "run").glob("*.sock"))  # the writer removed its socket

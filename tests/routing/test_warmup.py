@@ -1,0 +1,73 @@
+"""A process loads the catalog and the active predictor before its first request (make serve's
+post_worker_init), and a database that is down does not stop it from booting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import OperationalError
+
+from feedback.services.registry import predictor_version_activate, predictor_version_save
+from feedback.services.training import predictor_train
+from routing import selectors
+from routing.predictor import registry
+from routing.services import warmup
+from tests.factories import make_catalog, make_policy
+from tests.routing import predictor_data as data
+
+
+@pytest.fixture(autouse=True)
+def _fresh(settings: Any, tmp_path: Path) -> Iterator[None]:
+    settings.VAR_DIR = tmp_path
+    settings.SCOPE_CATALOG_TTL_SECONDS = 60.0
+    settings.SCOPE_PREDICTOR_CHECK_SECONDS = 60.0
+    registry.clear()
+    selectors.catalog_invalidate()
+    yield
+    registry.clear()
+    selectors.catalog_invalidate()
+
+
+@pytest.mark.django_db
+def test_after_warm_up_the_route_path_loads_nothing(
+    django_capture_on_commit_callbacks: Any, django_assert_num_queries: Any
+) -> None:
+    make_catalog()
+    make_policy("default")
+    examples, _ = data.examples(80, seed=3, models=("small", "medium", "large"))
+    trained = predictor_train(examples=examples, models=data.infos(), seed=0, params=data.FAST)
+    version = predictor_version_save(trained=trained, name="warm")
+    with django_capture_on_commit_callbacks(execute=True):
+        predictor_version_activate(version_id=version.pk)
+    registry.clear()  # a fresh worker: nothing loaded yet
+
+    warmed = warmup.warm_process()
+
+    assert (warmed.predictor_version, warmed.error) == ("warm", "")
+    assert warmed.models == len(selectors.model_specs()) > 0
+    with django_assert_num_queries(0):  # what a first request needs is in memory already
+        assert registry.active_predictor().version == "warm"  # type: ignore[union-attr]
+        assert selectors.model_specs()
+
+
+@pytest.mark.django_db
+def test_without_a_trained_predictor_warm_up_says_the_prior_routes() -> None:
+    make_catalog()
+    warmed = warmup.warm_process()
+    assert (warmed.predictor_version, warmed.error) == ("", "")
+
+
+@pytest.mark.django_db
+def test_a_database_that_is_down_does_not_stop_a_worker_booting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused() -> Any:  # what the catalog read raises when PostgreSQL refuses connections
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(warmup, "catalog_snapshot", refused)
+    warmed = warmup.warm_process()
+    assert warmed.error == "OperationalError: connection refused"
+    assert "warm-up skipped" in caplog.text
