@@ -74,8 +74,8 @@ def read_meta(raw: bytes) -> dict[str, Any]:
 
 
 def unpack(raw: bytes, *, version: str) -> ScopePredictor:
-    import xgboost as xgb
-
+    """The servable predictor of an artifact; its boosters are read without importing xgboost (ubjson.py)."""
+    from routing.predictor import ubjson
     from routing.predictor.trees import ensemble_from_json
 
     meta = read_meta(bytes(raw))
@@ -108,15 +108,15 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
     ensembles = []
     for raw_booster in boosters:
         try:
-            booster = xgb.Booster()
-            booster.load_model(bytearray(raw_booster))
-            if booster.num_features() != len(names):
-                raise ArtifactError(
-                    f"a booster expects {booster.num_features()} features, the design has {len(names)}"
-                )
-            ensembles.append(ensemble_from_json(booster.save_raw("json")))
-        except (xgb.core.XGBoostError, TreeModelError) as exc:
-            raise ArtifactError(f"booster cannot be loaded: {exc}") from None
+            doc = ubjson.loads(raw_booster)
+            ensemble = ensemble_from_json(doc)
+        except (ubjson.UBJSONError, TreeModelError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ArtifactError(f"booster cannot be loaded: {exc!r}") from None
+        if ensemble.n_features != len(names):
+            raise ArtifactError(
+                f"a booster expects {ensemble.n_features} features, the design has {len(names)}"
+            )
+        ensembles.append(ensemble)
     return ScopePredictor(
         version=version,
         projection=projection,

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from routing.predictor.artifact import ArtifactError, pack, unpack
 from routing.predictor.fit import FitResult, ensemble_from_ubj, fit_predictor
 from routing.predictor.model import ModelInfo
 from tests.routing import predictor_data as data
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,58 @@ def test_it_refuses_an_artifact_of_another_schema_or_feature_list_or_corrupt(tra
         unpack(raw[: len(raw) // 2], version="x")
     with pytest.raises(ArtifactError):
         unpack(b"not a zip at all", version="x")
+
+
+def test_boosters_are_read_without_xgboost_into_the_document_xgboost_writes(trained: FitResult) -> None:
+    import xgboost as xgb
+
+    from routing.predictor import ubjson
+
+    assert trained.boosters
+    for raw in trained.boosters:
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        # every key, tree array and float (float32 values as the JSON writer prints them) equal
+        assert ubjson.loads(raw) == json.loads(booster.save_raw("json"))
+    for broken in (raw[:-1], raw[: len(raw) // 3], b"{" + raw, raw + b"}", b""):
+        with pytest.raises(ubjson.UBJSONError):
+            ubjson.loads(broken)
+
+
+def test_it_refuses_an_artifact_whose_booster_is_torn(trained: FitResult) -> None:
+    src = zipfile.ZipFile(io.BytesIO(pack(trained.predictor)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            body = src.read(name)
+            dst.writestr(name, body[: len(body) // 2] if name == "boosters/0.ubj" else body)
+    with pytest.raises(ArtifactError, match="booster cannot be loaded"):
+        unpack(buf.getvalue(), version="x")
+
+
+def test_serving_a_predictor_does_not_import_xgboost(trained: FitResult, tmp_path: Path) -> None:
+    """A gunicorn worker loads artifacts without xgboost (and the scikit-learn/SciPy it pulls in)."""
+    path = tmp_path / "artifact.zip"
+    path.write_bytes(pack(trained.predictor))
+    _, feats = data.examples(3, seed=8)
+    expected = trained.predictor.predict(feats[0][1], [_spec("large", 5)])[0].quality
+    script = (
+        "import sys, pathlib\n"
+        "from routing.predictor.artifact import unpack\n"
+        "from tests.routing import predictor_data as data\n"
+        "from routing.engine.types import ModelSpec\n"
+        f"p = unpack(pathlib.Path({str(path)!r}).read_bytes(), version='v')\n"
+        "_, feats = data.examples(3, seed=8)\n"
+        "spec = ModelSpec('large', 'p', 'simulated', *data.PRICES['large'], 8192, 5)\n"
+        "print(repr(p.predict(feats[0][1], [spec])[0].quality))\n"
+        "print(sorted(m for m in ('xgboost', 'sklearn', 'scipy') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    quality, imported = done.stdout.splitlines()
+    assert float(quality) == expected and imported == "[]"
 
 
 def test_a_model_held_out_of_training_is_scored_from_its_anchors_alone() -> None:
