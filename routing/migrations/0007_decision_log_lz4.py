@@ -1,7 +1,7 @@
 """Decision rows' long columns compressed with LZ4 instead of pglz (PostgreSQL 14+ built with lz4).
 
-A stored row is about 5 KB before compression: over PostgreSQL's 2 KB TOAST threshold, so every
-INSERT compresses the prompt and the JSON columns. LZ4 does that for less CPU than the default
+A row with a 2 KB prompt, its candidates and features is over PostgreSQL's 2 KB TOAST threshold,
+so every INSERT compresses the prompt and the JSON columns. LZ4 does that for less CPU than the default
 pglz (measured with bench-shaped rows, one COPY per commit: 0.44 → 0.40 ms of backend CPU per
 row) and decompresses faster for the audit pages. Existing rows keep their pglz data; both
 read back the same. On other databases, or a PostgreSQL without lz4, nothing changes.

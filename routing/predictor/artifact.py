@@ -75,8 +75,7 @@ def read_meta(raw: bytes) -> dict[str, Any]:
 
 def unpack(raw: bytes, *, version: str) -> ScopePredictor:
     """The servable predictor of an artifact; its boosters are read without importing xgboost (ubjson.py)."""
-    from routing.predictor import ubjson
-    from routing.predictor.trees import ensemble_from_json
+    from routing.predictor.trees import ensemble_from_ubj
 
     meta = read_meta(bytes(raw))
     if meta.get("format") != ARTIFACT_FORMAT:
@@ -108,9 +107,9 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
     ensembles = []
     for raw_booster in boosters:
         try:
-            doc = ubjson.loads(raw_booster)
-            ensemble = ensemble_from_json(doc)
-        except (ubjson.UBJSONError, TreeModelError, KeyError, TypeError, ValueError, IndexError) as exc:
+            ensemble = ensemble_from_ubj(raw_booster)
+        # ValueError covers ubjson.UBJSONError (torn or garbled bytes)
+        except (TreeModelError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"booster cannot be loaded: {exc!r}") from None
         if ensemble.n_features != len(names):
             raise ArtifactError(

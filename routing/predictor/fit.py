@@ -28,7 +28,7 @@ from routing.predictor.model import (
     request_means,
 )
 from routing.predictor.text import fit_heads, fit_projection, tfidf_matrix
-from routing.predictor.trees import ForestEvaluator, TreeEnsemble, ensemble_from_json
+from routing.predictor.trees import ForestEvaluator, ensemble_from_ubj
 
 Progress = Callable[[float, str], None]
 
@@ -271,10 +271,3 @@ def fit_predictor(
     return FitResult(
         predictor=predictor, boosters=boosters, seconds=time.perf_counter() - started, counts=counts
     )
-
-
-def ensemble_from_ubj(raw: bytes) -> TreeEnsemble:
-    """Booster bytes (XGBoost's UBJSON) converted for the fast evaluator, as serving reads them."""
-    from routing.predictor import ubjson
-
-    return ensemble_from_json(ubjson.loads(raw))

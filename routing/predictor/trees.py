@@ -59,6 +59,13 @@ def _base_score(learner: dict[str, Any]) -> float:
     return float(raw)
 
 
+def ensemble_from_ubj(raw: bytes) -> TreeEnsemble:
+    """Booster bytes (XGBoost's UBJSON, as artifacts hold them) converted without xgboost (ubjson.py)."""
+    from routing.predictor import ubjson
+
+    return ensemble_from_json(ubjson.loads(raw))
+
+
 def ensemble_from_json(model_json: bytes | bytearray | str | dict[str, Any]) -> TreeEnsemble:
     """Convert XGBoost's JSON model (booster.save_raw("json")) into a TreeEnsemble."""
     doc = (

@@ -14,8 +14,9 @@ from routing.engine.prior import PriorPredictor
 from routing.engine.types import ModelSpec
 from routing.predictor import metrics
 from routing.predictor.artifact import ArtifactError, pack, unpack
-from routing.predictor.fit import FitResult, ensemble_from_ubj, fit_predictor
+from routing.predictor.fit import FitResult, fit_predictor
 from routing.predictor.model import ModelInfo
+from routing.predictor.trees import ensemble_from_ubj
 from tests.routing import predictor_data as data
 
 ROOT = Path(__file__).resolve().parents[2]
