@@ -210,6 +210,7 @@ class DecisionWriter:
         self._pending: list[tuple[_Peer, bytes]] = []
         self._selector = selectors.DefaultSelector()
         self._down_since: float | None = None  # monotonic time the database was first found away
+        self._socket_inode: int | None = None  # the socket file this writer bound (see _unlink_own_socket)
 
     # the loop
     def serve_forever(self, stop: threading.Event | None = None) -> None:
@@ -235,7 +236,7 @@ class DecisionWriter:
             for key in list(self._selector.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
             self._selector.close()
-            Path(self.path).unlink(missing_ok=True)
+            self._unlink_own_socket()
             if self._conn is not None:
                 self._conn.close()
 
@@ -265,7 +266,17 @@ class DecisionWriter:
             os.umask(old)
         listener.listen(1024)
         listener.setblocking(False)
+        self._socket_inode = os.stat(self.path).st_ino
         return listener
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file, unless it is no longer ours: a writer that outlived its
+        supervisor may stop after a new writer has bound the same path, and must not take it away."""
+        try:
+            if os.stat(self.path).st_ino == self._socket_inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -518,6 +529,24 @@ class ForkedChild:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def stop_when_orphaned(stop: threading.Event, *, parent: int, poll: float = 0.5) -> threading.Thread:
+    """Set `stop` once this process's parent is no longer `parent` (it died: the process was
+    re-parented). A writer whose supervisor was killed then stops, so nothing is left serving that
+    no one supervises, and the new supervisor `make serve` starts takes the socket."""
+
+    def watch() -> None:
+        while not stop.wait(poll):
+            if os.getppid() != parent:
+                logger.error(
+                    "decision writer pid %s: its supervisor %s is gone; stopping", os.getpid(), parent
+                )
+                stop.set()
+
+    thread = threading.Thread(target=watch, name="decision-writer-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def supervise(

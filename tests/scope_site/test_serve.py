@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +46,9 @@ def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]
         return int(exc.code), json.loads(exc.read() or b"{}")
 
 
-@requires_postgres
-@pytest.mark.django_db(transaction=True)
-def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp_path: Path) -> None:
+@contextmanager
+def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL: (base URL, API key, log)."""
     make_catalog()
     make_policy("default")
     _, key = make_api_key("served")
@@ -77,25 +81,95 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
             stderr=subprocess.STDOUT,
         )
         try:
-            status, body = 0, dict[str, Any]()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    status, body = _post(
-                        f"http://127.0.0.1:{port}/api/v1/route", key, {"messages": USER_MESSAGE("hi there")}
-                    )
-                    break
-                except OSError:
-                    time.sleep(0.25)
-            assert status == 200, (body, log_path.read_text()[-3000:])
-            assert DecisionLog.objects.filter(id=body["decision_id"]).count() == 1
-            sockets = list((tmp_path / "run").glob("decision-writer-*.sock"))
-            assert len(sockets) == 1 and oct(sockets[0].stat().st_mode & 0o777) == "0o600"
+            yield f"http://127.0.0.1:{port}", key, log_path
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def _route(base: str, key: str, log_path: Path, *, wait: float = 60) -> dict[str, Any]:
+    """One answered route request (retried while the server is still starting)."""
+    status, body = 0, dict[str, Any]()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            status, body = _post(f"{base}/api/v1/route", key, {"messages": USER_MESSAGE("hi there")})
+            break
+        except OSError:
+            time.sleep(0.25)
+    assert status == 200, (body, log_path.read_text()[-3000:])
+    return body
+
+
+def _wait_for_line(log_path: Path, text: str, *, after: int = 0, seconds: float = 60) -> str:
+    """The first log line holding `text` past character `after`; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace")[after:].splitlines():
+            if text in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no {text!r} in the log:\n" + log_path.read_text(errors="replace")[-3000:])
+
+
+def _writer_pid(log_path: Path, *, after: int = 0) -> int:
+    """The pid in the supervisor's "decision writer pid N serving PATH" line."""
+    line = _wait_for_line(log_path, " serving ", after=after)
+    return int(line.split("decision writer pid ", 1)[1].split()[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive either
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp_path: Path) -> None:
+    with _served(tmp_path) as (base, key, log_path):
+        body = _route(base, key, log_path)
+        assert DecisionLog.objects.filter(id=body["decision_id"]).count() == 1
+        sockets = list((tmp_path / "run").glob("decision-writer-*.sock"))
+        assert len(sockets) == 1 and oct(sockets[0].stat().st_mode & 0o777) == "0o600"
     text = log_path.read_text()
     assert "decision writer (group commit) on" in text
     assert text.count("models, predictor none (tier prior)") == 2  # each worker warmed before serving
     assert "decision writer stopped: 1 rows in 1 commits" in text  # the answered row went through it
     assert not list((tmp_path / "run").glob("*.sock"))  # the writer removed its socket
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tmp_path: Path) -> None:
+    with _served(tmp_path) as (base, key, log_path):
+        first = _route(base, key, log_path)
+        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
+        writer = _writer_pid(log_path)
+        mark = len(log_path.read_text(errors="replace"))
+        os.kill(supervisor, signal.SIGKILL)
+
+        _wait_for_line(log_path, f"its supervisor {supervisor} is gone; stopping", after=mark)
+        _wait_for_line(log_path, "decision writer stopped: 1 rows", after=mark)  # it drained and left
+        deadline = time.monotonic() + 10
+        while _alive(writer) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(writer)
+        _wait_for_line(log_path, f"supervisor pid {supervisor} exited", after=mark)
+        again = _wait_for_line(log_path, "decision writer (group commit) on", after=mark)
+        assert "again" in again
+        new_writer = _writer_pid(log_path, after=mark)
+        assert new_writer != writer
+
+        # a worker whose connection went with the old writer writes its next row itself, then reconnects
+        ids = [first["decision_id"]] + [_route(base, key, log_path)["decision_id"] for _ in range(4)]
+        assert DecisionLog.objects.filter(id__in=ids).count() == 5
+    stopped = re.findall(r"decision writer stopped: (\d+) rows", log_path.read_text(errors="replace")[mark:])
+    assert len(stopped) == 2 and stopped[0] == "1" and int(stopped[1]) >= 1, stopped  # the new one served
+    assert not _alive(new_writer)
+    assert not list((tmp_path / "run").glob("*.sock"))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -9,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from routing.services.decision_writer import (
     ForkedChild,
     decision_writer_for_default_database,
+    stop_when_orphaned,
     supervise,
 )
 
@@ -61,10 +63,13 @@ class Command(BaseCommand):
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
 
+        supervisor_pid = os.getpid()
+
         def run_writer() -> int:  # in the forked child: its own stop event and signal handlers
             child_stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: child_stop.set())
+            stop_when_orphaned(child_stop, parent=supervisor_pid)
             return self._serve(options, child_stop)
 
         def started(child: ForkedChild) -> None:
