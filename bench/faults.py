@@ -13,12 +13,15 @@
    killed with SIGKILL under load, rows in flight included. Figures: 5xx (must be 0), decisions
    lost (must be 0), worker fallbacks logged, and seconds until a writer serves the socket again
    (its supervisor starts a new one; meanwhile workers commit their own rows).
+4. Writer supervisor (--supervisor-kill): the same with the supervisor killed instead. Its writer
+   notices it is orphaned and stops, and gunicorn's master starts a new supervisor on the socket.
 
 The PostgreSQL part restarts the machine's shared server: it is opt-in (--pg) and kept short.
 
     .venv/bin/python bench/faults.py --redis            # private Redis only
     .venv/bin/python bench/faults.py --pg --redis       # both (PostgreSQL down ~8 s)
     .venv/bin/python bench/faults.py --writer-kill      # kill -9 the decision writer under load
+    .venv/bin/python bench/faults.py --supervisor-kill  # kill -9 the writer's supervisor under load
 """
 
 from __future__ import annotations
@@ -362,18 +365,28 @@ def writer_pid(log_path: Path) -> tuple[int, str] | None:
     return (int(found[-1][0]), found[-1][1]) if found else None
 
 
-def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
-    say("== decision writer killed (SIGKILL) under load ==")
-    env, _, work, script = route_load_setup("writer", database_url, redis_url)
+_SUPERVISOR_PID = re.compile(r"decision writer \(group commit\) on \S+, supervisor pid (\d+)")
+
+
+def writer_kill_fault(
+    args: argparse.Namespace, database_url: str, redis_url: str, *, supervisor: bool = False
+) -> bool:
+    """kill -9 the writer (or with `supervisor`, its supervisor) under load; a new writer must serve."""
+    victim = "supervisor" if supervisor else "writer"
+    say(f"== decision {victim} killed (SIGKILL) under load ==")
+    env, _, work, script = route_load_setup(victim, database_url, redis_url)
     marks: dict[str, float] = {}
     killed: tuple[int, str] | None = None
     with scope_server(env, log_dir=work) as server:
         load = route_load(server.base_url, script, args.connections, args.before + args.after)
         time.sleep(args.before)
         killed = writer_pid(server.log_path)
+        supervisors = _SUPERVISOR_PID.findall(server.log_path.read_text(errors="replace"))
+        if supervisor and not supervisors:
+            killed = None  # no "supervisor pid N" line: nothing to kill
         if killed is not None:
             marks["kill"] = time.time()
-            os.kill(killed[0], signal.SIGKILL)
+            os.kill(int(supervisors[-1]) if supervisor else killed[0], signal.SIGKILL)
             deadline = time.time() + args.after
             time.sleep(0.05)
             while time.time() < deadline:
@@ -397,9 +410,10 @@ def writer_kill_fault(args: argparse.Namespace, database_url: str, redis_url: st
         or "decision writer did not commit" in line
     )
     if killed is None:
-        say(f"no 'decision writer pid N serving PATH' line in {server.log_path}: nothing killed")
+        say(f"no writer or supervisor pid in {server.log_path}: nothing killed")
         return False
-    say(f"writer pid {killed[0]} killed at +{args.before:.0f} s under {args.connections} clients")
+    what = "the supervisor of writer" if supervisor else "writer"
+    say(f"{what} pid {killed[0]} killed at +{args.before:.0f} s under {args.connections} clients")
     say(
         f"route responses by status: {dict(sorted(statuses.items()))}; after the kill: "
         f"{dict(sorted(Counter(r.status for r in after_kill).items()))}; 5xx: {fivexx}"
@@ -426,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg", action="store_true", help="restart the machine's PostgreSQL under load")
     parser.add_argument("--redis", action="store_true", help="stop a private Redis under load")
     parser.add_argument("--writer-kill", action="store_true", help="kill -9 the decision writer under load")
+    parser.add_argument(
+        "--supervisor-kill", action="store_true", help="kill -9 the decision writer's supervisor under load"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--before", type=float, default=8.0, help="seconds of load before the fault")
     parser.add_argument("--after", type=float, default=12.0, help="seconds of load after recovery")
@@ -433,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-outage", type=float, default=10.0)
     parser.add_argument("--redis-port", type=int, default=6390)
     args = parser.parse_args(argv)
-    if not (args.pg or args.redis or args.writer_kill):
-        parser.error("choose --pg, --redis and/or --writer-kill")
+    if not (args.pg or args.redis or args.writer_kill or args.supervisor_kill):
+        parser.error("choose --pg, --redis, --writer-kill and/or --supervisor-kill")
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     ok = True
@@ -442,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = redis_fault(args, database_url) and ok
     if args.writer_kill:
         ok = writer_kill_fault(args, database_url, redis_url) and ok
+    if args.supervisor_kill:
+        ok = writer_kill_fault(args, database_url, redis_url, supervisor=True) and ok
     if args.pg:
         ok = postgres_fault(args, database_url, redis_url) and ok
     return 0 if ok else 1
