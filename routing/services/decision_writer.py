@@ -534,13 +534,14 @@ class ForkedChild:
 def stop_when_orphaned(stop: threading.Event, *, parent: int, poll: float = 0.5) -> threading.Thread:
     """Set `stop` once this process's parent is no longer `parent` (it died: the process was
     re-parented). A writer whose supervisor was killed then stops, so nothing is left serving that
-    no one supervises, and the new supervisor `make serve` starts takes the socket."""
+    no one supervises, and the new supervisor `make serve` starts takes the socket; a supervisor
+    run with --exit-with-parent stops with gunicorn's master."""
 
     def watch() -> None:
         while not stop.wait(poll):
             if os.getppid() != parent:
                 logger.error(
-                    "decision writer pid %s: its supervisor %s is gone; stopping", os.getpid(), parent
+                    "decision writer process %s: its parent %s is gone; stopping", os.getpid(), parent
                 )
                 stop.set()
 

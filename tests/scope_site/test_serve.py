@@ -47,8 +47,9 @@ def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]
 
 
 @contextmanager
-def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
-    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL: (base URL, API key, log)."""
+def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path, subprocess.Popen[bytes]]]:
+    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL: (base URL, API key,
+    log, the master's process)."""
     make_catalog()
     make_policy("default")
     _, key = make_api_key("served")
@@ -81,7 +82,7 @@ def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
             stderr=subprocess.STDOUT,
         )
         try:
-            yield f"http://127.0.0.1:{port}", key, log_path
+            yield f"http://127.0.0.1:{port}", key, log_path, server
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -132,7 +133,7 @@ def _alive(pid: int) -> bool:
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp_path: Path) -> None:
-    with _served(tmp_path) as (base, key, log_path):
+    with _served(tmp_path) as (base, key, log_path, _):
         body = _route(base, key, log_path)
         assert DecisionLog.objects.filter(id=body["decision_id"]).count() == 1
         sockets = list((tmp_path / "run").glob("decision-writer-*.sock"))
@@ -147,14 +148,14 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tmp_path: Path) -> None:
-    with _served(tmp_path) as (base, key, log_path):
+    with _served(tmp_path) as (base, key, log_path, _):
         first = _route(base, key, log_path)
         supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
         writer = _writer_pid(log_path)
         mark = len(log_path.read_text(errors="replace"))
         os.kill(supervisor, signal.SIGKILL)
 
-        _wait_for_line(log_path, f"its supervisor {supervisor} is gone; stopping", after=mark)
+        _wait_for_line(log_path, f"its parent {supervisor} is gone; stopping", after=mark)
         _wait_for_line(log_path, "decision writer stopped: 1 rows", after=mark)  # it drained and left
         deadline = time.monotonic() + 10
         while _alive(writer) and time.monotonic() < deadline:
@@ -173,3 +174,42 @@ def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tm
     assert len(stopped) == 2 and stopped[0] == "1" and int(stopped[1]) >= 1, stopped  # the new one served
     assert not _alive(new_writer)
     assert not list((tmp_path / "run").glob("*.sock"))
+
+
+def _gone(pid: int, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_after_a_reload_the_master_still_stops_its_writer_at_exit(tmp_path: Path) -> None:
+    """gunicorn runs its config file afresh on SIGHUP; the writer's state must survive that."""
+    with _served(tmp_path) as (base, key, log_path, server):
+        _route(base, key, log_path)
+        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
+        writer = _writer_pid(log_path)
+        mark = len(log_path.read_text(errors="replace"))
+        server.send_signal(signal.SIGHUP)
+        _wait_for_line(log_path, "Hang up", after=mark)
+        _wait_for_line(log_path, "warmed in", after=mark)  # new workers, same writer
+        _route(base, key, log_path)
+        assert _alive(supervisor) and _alive(writer)
+    assert _gone(supervisor) and _gone(writer)
+    assert "decision writer supervisor stopped: 0 restarts" in log_path.read_text(errors="replace")
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_master_killed_with_sigkill_leaves_no_writer_running(tmp_path: Path) -> None:
+    with _served(tmp_path) as (base, key, log_path, server):
+        _route(base, key, log_path)
+        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
+        writer = _writer_pid(log_path)
+        server.send_signal(signal.SIGKILL)
+        assert _gone(supervisor) and _gone(writer)  # --exit-with-parent, then the orphaned writer
+    text = log_path.read_text(errors="replace")
+    assert f"its parent {server.pid} is gone; stopping" in text
+    assert "decision writer stopped: 1 rows" in text  # it committed, then left cleanly

@@ -30,11 +30,18 @@ class Command(BaseCommand):
             action="store_true",
             help="keep a writer running: restart it if it dies (kill -9, crash)",
         )
+        parser.add_argument(
+            "--exit-with-parent",
+            action="store_true",
+            help="stop (the writer too) when the process that started this one exits (gunicorn's master)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        if options["exit_with_parent"]:
+            stop_when_orphaned(stop, parent=os.getppid())
         if options["supervise"]:
             self._supervise(options, stop)
             return
