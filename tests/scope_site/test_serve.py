@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,24 @@ def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]
         return int(exc.code), json.loads(exc.read() or b"{}")
 
 
+@dataclass(frozen=True)
+class Served:
+    base: str
+    key: str
+    log_path: Path
+    master: subprocess.Popen[bytes]
+    first: dict[str, Any]  # the answer of a first route request
+    supervisor: int
+    writer: int
+
+    def route(self) -> dict[str, Any]:
+        return _route(self.base, self.key, self.log_path)
+
+
 @contextmanager
-def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path, subprocess.Popen[bytes]]]:
-    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL: (base URL, API key,
-    log, the master's process)."""
+def _served(tmp_path: Path) -> Iterator[Served]:
+    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL, once it answered a
+    first route request."""
     make_catalog()
     make_policy("default")
     _, key = make_api_key("served")
@@ -82,7 +97,9 @@ def _served(tmp_path: Path) -> Iterator[tuple[str, str, Path, subprocess.Popen[b
             stderr=subprocess.STDOUT,
         )
         try:
-            yield f"http://127.0.0.1:{port}", key, log_path, server
+            base = f"http://127.0.0.1:{port}"
+            first = _route(base, key, log_path)
+            yield Served(base, key, log_path, server, first, _supervisor_pid(log_path), _writer_pid(log_path))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -113,6 +130,11 @@ def _wait_for_line(log_path: Path, text: str, *, after: int = 0, seconds: float 
     raise AssertionError(f"no {text!r} in the log:\n" + log_path.read_text(errors="replace")[-3000:])
 
 
+def _supervisor_pid(log_path: Path) -> int:
+    """The pid in the master's "decision writer (group commit) on PATH, supervisor pid N" line."""
+    return int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
+
+
 def _writer_pid(log_path: Path, *, after: int = 0) -> int:
     """The pid in the supervisor's "decision writer pid N serving PATH" line."""
     line = _wait_for_line(log_path, " serving ", after=after)
@@ -130,12 +152,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _gone(pid: int, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp_path: Path) -> None:
-    with _served(tmp_path) as (base, key, log_path, _):
-        body = _route(base, key, log_path)
-        assert DecisionLog.objects.filter(id=body["decision_id"]).count() == 1
+    with _served(tmp_path) as served:
+        log_path = served.log_path
+        assert DecisionLog.objects.filter(id=served.first["decision_id"]).count() == 1
         sockets = list((tmp_path / "run").glob("decision-writer-*.sock"))
         assert len(sockets) == 1 and oct(sockets[0].stat().st_mode & 0o777) == "0o600"
     text = log_path.read_text()
@@ -148,19 +177,14 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tmp_path: Path) -> None:
-    with _served(tmp_path) as (base, key, log_path, _):
-        first = _route(base, key, log_path)
-        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
-        writer = _writer_pid(log_path)
+    with _served(tmp_path) as served:
+        log_path, supervisor, writer = served.log_path, served.supervisor, served.writer
         mark = len(log_path.read_text(errors="replace"))
         os.kill(supervisor, signal.SIGKILL)
 
         _wait_for_line(log_path, f"its parent {supervisor} is gone; stopping", after=mark)
         _wait_for_line(log_path, "decision writer stopped: 1 rows", after=mark)  # it drained and left
-        deadline = time.monotonic() + 10
-        while _alive(writer) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(writer)
+        assert _gone(writer)
         _wait_for_line(log_path, f"supervisor pid {supervisor} exited", after=mark)
         again = _wait_for_line(log_path, "decision writer (group commit) on", after=mark)
         assert "again" in again
@@ -168,7 +192,7 @@ def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tm
         assert new_writer != writer
 
         # a worker whose connection went with the old writer writes its next row itself, then reconnects
-        ids = [first["decision_id"]] + [_route(base, key, log_path)["decision_id"] for _ in range(4)]
+        ids = [served.first["decision_id"]] + [served.route()["decision_id"] for _ in range(4)]
         assert DecisionLog.objects.filter(id__in=ids).count() == 5
     stopped = re.findall(r"decision writer stopped: (\d+) rows", log_path.read_text(errors="replace")[mark:])
     assert len(stopped) == 2 and stopped[0] == "1" and int(stopped[1]) >= 1, stopped  # the new one served
@@ -176,40 +200,27 @@ def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tm
     assert not list((tmp_path / "run").glob("*.sock"))
 
 
-def _gone(pid: int, seconds: float = 15) -> bool:
-    deadline = time.monotonic() + seconds
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not _alive(pid)
-
-
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_after_a_reload_the_master_still_stops_its_writer_at_exit(tmp_path: Path) -> None:
     """gunicorn runs its config file afresh on SIGHUP; the writer's state must survive that."""
-    with _served(tmp_path) as (base, key, log_path, server):
-        _route(base, key, log_path)
-        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
-        writer = _writer_pid(log_path)
-        mark = len(log_path.read_text(errors="replace"))
-        server.send_signal(signal.SIGHUP)
-        _wait_for_line(log_path, "Hang up", after=mark)
-        _wait_for_line(log_path, "warmed in", after=mark)  # new workers, same writer
-        _route(base, key, log_path)
-        assert _alive(supervisor) and _alive(writer)
-    assert _gone(supervisor) and _gone(writer)
-    assert "decision writer supervisor stopped: 0 restarts" in log_path.read_text(errors="replace")
+    with _served(tmp_path) as served:
+        mark = len(served.log_path.read_text(errors="replace"))
+        served.master.send_signal(signal.SIGHUP)
+        _wait_for_line(served.log_path, "Hang up", after=mark)
+        _wait_for_line(served.log_path, "warmed in", after=mark)  # new workers, same writer
+        served.route()
+        assert _alive(served.supervisor) and _alive(served.writer)
+    assert _gone(served.supervisor) and _gone(served.writer)
+    assert "decision writer supervisor stopped: 0 restarts" in served.log_path.read_text(errors="replace")
 
 
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_master_killed_with_sigkill_leaves_no_writer_running(tmp_path: Path) -> None:
-    with _served(tmp_path) as (base, key, log_path, server):
-        _route(base, key, log_path)
-        supervisor = int(_wait_for_line(log_path, "supervisor pid").rsplit(" ", 1)[1])
-        writer = _writer_pid(log_path)
-        server.send_signal(signal.SIGKILL)
-        assert _gone(supervisor) and _gone(writer)  # --exit-with-parent, then the orphaned writer
-    text = log_path.read_text(errors="replace")
-    assert f"its parent {server.pid} is gone; stopping" in text
+    with _served(tmp_path) as served:
+        served.master.send_signal(signal.SIGKILL)
+        assert _gone(served.supervisor) and _gone(served.writer)  # --exit-with-parent, then the writer
+    text = served.log_path.read_text(errors="replace")
+    assert f"its parent {served.master.pid} is gone; stopping" in text
     assert "decision writer stopped: 1 rows" in text  # it committed, then left cleanly
