@@ -221,6 +221,8 @@ def test_a_master_killed_with_sigkill_leaves_no_writer_running(tmp_path: Path) -
     with _served(tmp_path) as served:
         served.master.send_signal(signal.SIGKILL)
         assert _gone(served.supervisor) and _gone(served.writer)  # --exit-with-parent, then the writer
+        workers = re.findall(r"Booting worker with pid: (\d+)", served.log_path.read_text(errors="replace"))
+        assert workers and all(_gone(int(pid)) for pid in workers)  # gunicorn's own orphan check
     text = served.log_path.read_text(errors="replace")
     assert f"its parent {served.master.pid} is gone; stopping" in text
     assert "decision writer stopped: 1 rows" in text  # it committed, then left cleanly
