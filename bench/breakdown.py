@@ -197,3 +197,98 @@ def feature_timing(*, runs: int = 2000) -> Timing:
 
 def as_json(timings: list[Timing]) -> str:
     return json.dumps([t.__dict__ for t in timings])
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """CPU per request (thread time, mean ms) of whole requests and of route stages inside them."""
+
+    noop_ms: float
+    route_ms: float
+    stages_ms: dict[str, float]  # route stage -> mean ms per route request, measured inside it
+
+
+# route stages as (module, attribute) patched with a CPU-time accumulator while measuring
+_STAGES = (
+    ("routing.services.route", "extract_features", "features"),
+    ("routing.services.route", "decide", "decide (with predict)"),
+    ("routing.services.route", "decision_log_write", "log write (row, hash, hand-over)"),
+    ("routing.services.decision_log", "decision_row_hash_texts", "  canonical JSON + hash"),
+    ("routing.services.decision_log", "decision_copy_line", "  COPY line"),
+    ("routing.services.decision_writer.WriterClient", "commit", "  writer round trip"),
+    ("routing.api", "decision_payload", "answer payload"),
+)
+
+
+def request_breakdown(
+    *, body: bytes, key: str, writer_socket: str = "", runs: int = 1000, warmup: int = 50
+) -> RequestCost:
+    """Whole requests through every middleware (Django's test client, no sockets), no-op and
+    route, and what each route stage costs *inside* them.
+
+    Timed alone in a loop (decision_breakdown), a stage keeps its code and data in the CPU caches;
+    inside a request every stage runs once and evicts the one before, so it costs more. Needs
+    SCOPE_ENABLE_NOOP_ENDPOINT set before Django loads the URLs. With `writer_socket`, rows go
+    through that group-commit writer, as under `make serve`.
+    """
+    from django.test import override_settings
+
+    with override_settings(SCOPE_DECISION_WRITER_SOCKET=writer_socket):
+        return _request_breakdown(body=body, key=key, runs=runs, warmup=warmup)
+
+
+def _request_breakdown(*, body: bytes, key: str, runs: int, warmup: int) -> RequestCost:
+    import importlib
+    from collections import Counter
+
+    from django.test import Client
+
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    spent: Counter[str] = Counter()
+
+    def post(endpoint: str) -> None:
+        started = time.thread_time_ns()
+        response = client.post(f"/api/v1/{endpoint}", body, content_type="application/json")
+        spent[endpoint] += time.thread_time_ns() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"/api/v1/{endpoint} answered {response.status_code}")
+
+    def timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.thread_time_ns() - started
+
+        return wrapper
+
+    means: dict[str, float] = {}
+    for endpoint in ("noop", "route"):
+        patched = []
+        if endpoint == "route":
+            for module_path, attribute, label in _STAGES:
+                module_name, _, owner_name = module_path.rpartition(".")
+                try:
+                    owner: Any = importlib.import_module(module_path)
+                except ModuleNotFoundError:  # a class inside a module
+                    owner = getattr(importlib.import_module(module_name), owner_name)
+                original = getattr(owner, attribute)
+                patched.append((owner, attribute, original))
+                setattr(owner, attribute, timed(original, label))
+        try:
+            for _ in range(warmup):
+                post(endpoint)
+            spent.clear()
+            gc.disable()
+            try:
+                for _ in range(runs):
+                    post(endpoint)
+            finally:
+                gc.enable()
+            means.update({label: ns / runs / 1e6 for label, ns in spent.items()})
+        finally:
+            for owner, attribute, original in patched:
+                setattr(owner, attribute, original)
+    stages = {label: means.get(label, 0.0) for _, _, label in _STAGES}
+    return RequestCost(noop_ms=means["noop"], route_ms=means["route"], stages_ms=stages)

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-breakdown", action="store_true", help="HTTP figures only")
     parser.add_argument(
+        "--in-process-only", action="store_true", help="in-process figures only (no server, no wrk)"
+    )
+    parser.add_argument(
         "--prior",
         action="store_true",
         help="route with the tier prior (default: import routellm-gsm8k and route with a trained predictor)",
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         version = activate_trained_predictor(env)
         say(f"active predictor: {version or 'none (no data set found: the tier prior routes)'}")
     body = chat_body()
+    if args.in_process_only:
+        in_process_figures(env, body=body, key=key)
+        return 0
     work = tmpdir("scope-bench-")
     script = wrk_script(work, body=body, key=key)
 
@@ -206,11 +212,12 @@ def cpu_now(root: int, database_url: str) -> dict[str, float]:
 
 
 def in_process_figures(env: dict[str, str], *, body: bytes, key: str) -> None:
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")})
+    keep = ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "SCOPE_ENABLE_NOOP_ENDPOINT")
+    os.environ.update({k: env[k] for k in keep})
     import django
 
     django.setup()
-    from bench.breakdown import decision_breakdown, feature_timing, predictor_scaling
+    from bench.breakdown import decision_breakdown, feature_timing, predictor_scaling, request_breakdown
 
     say()
     say("one decision, in process (median / p99 ms; one sender, so the group commit has nothing to group):")
@@ -227,6 +234,7 @@ def in_process_figures(env: dict[str, str], *, body: bytes, key: str) -> None:
         while not os.path.exists(socket_path) and writer.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         timings = decision_breakdown(body=body, key=key, writer_socket=socket_path)
+        in_request = request_breakdown(body=body, key=key, writer_socket=socket_path)
     finally:
         writer.terminate()
         writer.wait(timeout=30)
@@ -235,6 +243,14 @@ def in_process_figures(env: dict[str, str], *, body: bytes, key: str) -> None:
     say(
         f"  {'sum of medians (group commit)':<34} {sum(t.p50_ms for t in timings if 'own INSERT' not in t.name):7.3f}"
     )
+    say()
+    say("whole requests in process (every middleware, no sockets; CPU time, mean ms per request):")
+    say(
+        f"  noop {in_request.noop_ms:.3f}, route {in_request.route_ms:.3f}: routing adds "
+        f"{in_request.route_ms - in_request.noop_ms:.3f} ms; route stages as they cost inside those requests:"
+    )
+    for label, ms in in_request.stages_ms.items():
+        say(f"  {label:<34} {ms:7.3f}")
     ft = feature_timing()
     say(f"  {ft.name:<34} {ft.p50_ms:7.3f} / {ft.p99_ms:7.3f}   (target p99 < 0.3 ms)")
     import json
