@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 
 from providers.models import Deployment, LLMModel, Provider
 
@@ -10,6 +11,8 @@ class ProviderAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "base_url", "api_key_env", "enabled")
     list_filter = ("kind", "enabled")
     search_fields = ("name",)
+    # a base URL typed without a scheme means https (Django 6's default; said now, without its warning)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(LLMModel)
