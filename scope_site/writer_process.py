@@ -53,11 +53,14 @@ def start(server: Any) -> None:
     with _lock:
         _process = _spawn(path)
         process = _process
+    # the workers forked from here inherit the path; while nothing serves it they write their own rows
+    os.environ["SCOPE_DECISION_WRITER_SOCKET"] = str(path)
     if _await_socket(path, process):
-        os.environ["SCOPE_DECISION_WRITER_SOCKET"] = str(path)  # the workers forked from here inherit it
         server.log.info("decision writer (group commit) on %s, supervisor pid %s", path, process.pid)
     else:
-        server.log.warning("decision writer did not start; workers commit their own decision rows")
+        server.log.warning(
+            "decision writer did not start; workers commit their own decision rows until one serves %s", path
+        )
     threading.Thread(target=_watch, args=(server, path), name="decision-writer-watch", daemon=True).start()
 
 
