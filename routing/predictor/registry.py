@@ -1,8 +1,10 @@
 """Which predictor serves live traffic in this process.
 
 The active version's id is looked up at most every SCOPE_PREDICTOR_CHECK_SECONDS (2 s) in the
-shared cache (Redis in production), falling back to the database; each version's artifact is
-loaded once per process. A newly activated version is picked up without restart. Catalog
+shared cache (Redis in production), falling back to the database; with a cache that is not shared
+between processes (the embedded default's local memory), in the database itself, since an
+activation in another process (a management command) never reaches this one's memory. Each
+version's artifact is loaded once per process. A newly activated version is picked up without restart. Catalog
 models the artifact does not know but that have an anchor evaluation (EvalOutcome rows, e.g.
 from calibrate_model) are added from those anchors, without retraining; the anchors are
 re-read when their row count changes. An artifact
@@ -37,6 +39,12 @@ from routing.services.counters import CACHE_ERRORS, warn_degraded
 log = logging.getLogger(__name__)
 CACHE_KEY = "scope:predictor:active-id"
 _NONE = 0  # cached marker: no version is active
+# the shared entry also expires, so an activation that skipped announce_active is seen within a minute
+CACHE_SECONDS = 60
+_PROCESS_LOCAL_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
 
 
 @dataclass
@@ -57,10 +65,14 @@ def _check_seconds() -> float:
     return float(getattr(settings, "SCOPE_PREDICTOR_CHECK_SECONDS", 2.0))
 
 
+def _cache_is_shared() -> bool:
+    return settings.CACHES["default"]["BACKEND"] not in _PROCESS_LOCAL_CACHES
+
+
 def announce_active(version_id: int | None) -> None:
     """Publish the active id to every process (called on commit of an activation)."""
     try:
-        cache.set(CACHE_KEY, version_id or _NONE, timeout=None)
+        cache.set(CACHE_KEY, version_id or _NONE, timeout=CACHE_SECONDS)
     except CACHE_ERRORS as exc:  # the others fall back to the database while Redis is down
         warn_degraded("predictor activation broadcast", exc)
     reset()
@@ -69,6 +81,8 @@ def announce_active(version_id: int | None) -> None:
 def _active_id() -> int | None:
     from feedback.models import PredictorVersion
 
+    if not _cache_is_shared():
+        return PredictorVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
     try:
         cached = cache.get(CACHE_KEY)
     except CACHE_ERRORS as exc:  # Redis down: ask the database instead (degraded, not down)
@@ -78,7 +92,7 @@ def _active_id() -> int | None:
         return int(cached) or None
     active = PredictorVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
     with contextlib.suppress(*CACHE_ERRORS):
-        cache.set(CACHE_KEY, active or _NONE, timeout=None)
+        cache.set(CACHE_KEY, active or _NONE, timeout=CACHE_SECONDS)
     return active
 
 

@@ -74,6 +74,26 @@ def test_a_version_activated_by_another_process_is_picked_up_from_the_shared_cac
 
 
 @pytest.mark.django_db
+def test_with_a_process_local_cache_another_process_activation_is_read_from_the_database(
+    two_trained: tuple[TrainedPredictor, TrainedPredictor],
+    django_capture_on_commit_callbacks: Any,
+    settings: Any,
+) -> None:
+    """`make run`'s local-memory cache: `train_predictor` in a shell activates in the database and in
+    its own memory only; the server must still switch."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "r"}
+    }
+    one = predictor_version_save(trained=two_trained[0], name="one")
+    two = predictor_version_save(trained=two_trained[1], name="two")
+    _activate(one, django_capture_on_commit_callbacks)
+    assert registry.active_predictor().version == "one"  # type: ignore[union-attr]
+    PredictorVersion.objects.filter(pk=one.pk).update(is_active=False)  # the other process's activation
+    PredictorVersion.objects.filter(pk=two.pk).update(is_active=True)
+    assert registry.active_predictor().version == "two"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
 @pytest.mark.skipif(_compiler() is None, reason="no C compiler")
 def test_activation_compiles_the_trees_and_a_loading_process_only_opens_them(
     two_trained: tuple[TrainedPredictor, TrainedPredictor],
