@@ -31,9 +31,10 @@ class JobResult:
     champion: Mapping[str, Any] | None
 
 
-def challenger_wins(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[bool, str]:
-    if not champion:
-        return True, "no active predictor to beat"
+def challenger_wins(challenger: Mapping[str, Any], champion: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a new predictor beats the active one on the new one's held-out prompts (both scored there)."""
+    if not challenger or not champion:  # nothing held out: too few prompts to evaluate on
+        return False, "no held-out evaluation to compare with the active predictor (too few prompts)"
     a, b = challenger.get("apgr"), champion.get("apgr")
     if a is not None and b is not None:
         return a > b, f"held-out APGR {a:.4f} vs active {b:.4f}"
@@ -85,15 +86,18 @@ def predictor_train_job(
         )
         champion_row = PredictorVersion.objects.filter(is_active=True).first()
         champion_metrics = None
-        if champion_row is not None:
+        if champion_row is None:
+            wins, reason = True, "no active predictor to beat"
+        else:
             try:
                 champion = unpack(bytes(champion_row.artifact), version=champion_row.name)
+            except ArtifactError:  # a champion this code cannot load loses
+                wins, reason = True, f"the active predictor {champion_row.name} cannot be loaded"
+            else:
                 champion_metrics = predictor_evaluate(
                     predictor=champion, examples=trained.holdout, models=list(infos.values())
                 )
-            except ArtifactError:
-                champion_metrics = None  # a champion this code cannot load loses
-        wins, reason = challenger_wins(trained.metrics, champion_metrics)
+                wins, reason = challenger_wins(trained.metrics, champion_metrics)
         version = predictor_version_save(trained=trained)
         promote = wins or force_activate
         if promote:

@@ -52,6 +52,23 @@ def test_it_trains_stores_and_activates_only_a_better_predictor(
 
 
 @pytest.mark.django_db
+def test_a_predictor_without_a_held_out_evaluation_does_not_replace_the_active_one(
+    imported: Path, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    active = PredictorVersion.objects.get(is_active=True)
+    tiny = tmp_path / "tiny.jsonl"
+    write_outcomes(tiny, 1, seed=9)  # one prompt: nothing can be held out
+    call_command("import_outcomes", str(tiny), "--source", "tiny", stdout=StringIO())
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_predictor", "--source", "tiny", stdout=out)
+    assert "not activated" in out.getvalue() and "no held-out evaluation" in out.getvalue(), out.getvalue()
+    assert PredictorVersion.objects.get(is_active=True) == active
+
+
+@pytest.mark.django_db
 def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(
     imported: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
