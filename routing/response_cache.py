@@ -45,23 +45,33 @@ class CacheSettings:
     shared: bool = False
 
 
+def cache_option_error(raw: Any) -> str:
+    """What is wrong with a policy's `options.cache` value, or "" (publishing refuses it; serving
+    a version stored before that check turns caching off)."""
+    if raw is None or isinstance(raw, bool):
+        return ""
+    if not isinstance(raw, Mapping):
+        return "options.cache: must be true, false or an object like {ttl_s: 300, shared: false}"
+    ttl = raw.get("ttl_s", _DEFAULT_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= _MAX_TTL_S:
+        return f"options.cache.ttl_s: must be 1..{_MAX_TTL_S} seconds"
+    if not isinstance(raw.get("shared", False), bool):
+        return "options.cache.shared: must be true or false"
+    return ""
+
+
 def cache_settings(policy: PolicySpec) -> CacheSettings | None:
     """The policy's cache settings, or None when it does not cache (or the option is malformed)."""
     raw = policy.options.get("cache") if policy.options else None
     if raw is None or raw is False:
         return None
+    error = cache_option_error(raw)
+    if error:
+        logger.warning("policy %s: %s; caching is off", policy.slug, error)
+        return None
     if raw is True:
         return CacheSettings(ttl_s=_DEFAULT_TTL_S)
-    if not isinstance(raw, Mapping):
-        logger.warning("policy %s: options.cache must be true or a mapping; caching is off", policy.slug)
-        return None
-    ttl = raw.get("ttl_s", _DEFAULT_TTL_S)
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= _MAX_TTL_S:
-        logger.warning(
-            "policy %s: options.cache.ttl_s must be 1..%s seconds; caching is off", policy.slug, _MAX_TTL_S
-        )
-        return None
-    return CacheSettings(ttl_s=int(ttl), shared=bool(raw.get("shared", False)))
+    return CacheSettings(ttl_s=int(raw.get("ttl_s", _DEFAULT_TTL_S)), shared=bool(raw.get("shared", False)))
 
 
 def _normalise(value: Any) -> Any:

@@ -9,6 +9,7 @@ the target. Every change is a PolicyAdjustment row with its reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -53,7 +54,7 @@ def spend_target_parse(options: Any) -> SpendTarget | None:
     if not isinstance(raw, dict):
         raise InvalidRequest("options.spend_target: must be an object like {usd: 50, period: day}")
     usd, period = raw.get("usd"), raw.get("period", "day")
-    if isinstance(usd, bool) or not isinstance(usd, int | float) or usd <= 0:
+    if isinstance(usd, bool) or not isinstance(usd, int | float) or not 0 < usd < math.inf:
         raise InvalidRequest("options.spend_target.usd: must be a positive number")
     if period not in PERIODS:
         raise InvalidRequest("options.spend_target.period: must be 'day' or 'month'")

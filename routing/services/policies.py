@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import transaction
 
 from routing.engine.conditions import ConditionError, validate_condition
@@ -60,6 +62,25 @@ def validate_rules(rules: Any, known_models: set[str] | None = None) -> list[dic
     return cleaned
 
 
+def _validate_options(options: Any, known_models: set[str] | None) -> None:
+    """The options serving reads: refused at publish time rather than ignored when routing."""
+    from routing.response_cache import cache_option_error
+    from routing.services.pacing import spend_target_parse  # pacing publishes through this module
+
+    if not isinstance(options, Mapping):
+        raise InvalidRequest("options: must be an object")
+    error = cache_option_error(options.get("cache"))
+    if error:
+        raise InvalidRequest(error)
+    spend_target_parse(dict(options))  # raises InvalidRequest naming the key
+    default = options.get("default_model")
+    if default is not None:
+        if not isinstance(default, str) or not default:
+            raise InvalidRequest("options.default_model: must be a model name")
+        if known_models is not None and default not in known_models:
+            raise InvalidRequest(f"options.default_model: unknown model {default!r}")
+
+
 def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str, Any]:
     strategies = load_strategies(settings.SCOPE_EXTRA_STRATEGIES)
     if values["strategy"] not in strategies:
@@ -85,8 +106,7 @@ def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str
         raise InvalidRequest("required_capabilities: must be a list")
     if not isinstance(values["required_tags"], Mapping):
         raise InvalidRequest("required_tags: must be an object")
-    if not isinstance(values["options"], Mapping):
-        raise InvalidRequest("options: must be an object")
+    _validate_options(values["options"], known_models)
     values["rules"] = validate_rules(values["rules"], known_models)
     values["alpha"] = float(alpha)
     return values
@@ -112,6 +132,12 @@ def policy_publish(
     known_models: set[str] | None = None,
 ) -> PolicyVersion:
     """Create the policy if new; publish a new version if anything versioned changed; else no-op."""
+    try:
+        validate_slug(slug)
+    except ValidationError:
+        raise InvalidRequest(
+            f"slug: {slug!r} is not a slug (letters, digits, hyphens and underscores)"
+        ) from None
     values = _validate(
         {
             "strategy": strategy,

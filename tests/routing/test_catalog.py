@@ -142,6 +142,27 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
             "policies[cheap-first].rules[0].then.action",
         ),
         (lambda c: c.update(widgets=[]), "unknown top-level key(s): widgets"),
+        (
+            lambda c: c["policies"][0].update(slug="Bad Slug!"),
+            "policies[Bad Slug!].slug: 'Bad Slug!' is not a slug",
+        ),
+        (lambda c: c["policies"][0].update(options={"cache": "yes"}), "policies[cheap-first].options.cache"),
+        (
+            lambda c: c["policies"][0].update(options={"cache": {"ttl_s": -5}}),
+            "policies[cheap-first].options.cache.ttl_s",
+        ),
+        (
+            lambda c: c["policies"][0].update(options={"spend_target": {"usd": -1}}),
+            "policies[cheap-first].options.spend_target.usd",
+        ),
+        (
+            lambda c: c["policies"][0].update(options={"spend_target": {"usd": 5, "period": "century"}}),
+            "policies[cheap-first].options.spend_target.period",
+        ),
+        (
+            lambda c: c["policies"][0].update(options={"default_model": "nope"}),
+            "policies[cheap-first].options.default_model: unknown model 'nope'",
+        ),
     ],
 )
 def test_bad_catalogs_fail_with_the_offending_key_and_change_nothing(
