@@ -38,16 +38,14 @@ def decision_log_write(
     arm: str = "",
     cache_hit: bool = False,
 ) -> DecisionLog:
-    # PostgreSQL text and jsonb cannot hold a NUL: such a request could never have its row
+    # PostgreSQL text and jsonb cannot hold a NUL, nor UTF-8 a lone surrogate: no row for such a request
     unstorable = (
-        ("messages" if "\x00" in features.text else "")
-        or _nul_path(metadata or {}, "metadata")
-        or _nul_path(user, "user")
+        unstorable_path(features.text, "messages")
+        or unstorable_path(metadata or {}, "metadata")
+        or unstorable_path(user, "user")
     )
     if unstorable:
-        raise InvalidRequest(
-            f"{unstorable}: NUL characters (\\u0000) are not accepted", code="invalid_request"
-        )
+        raise InvalidRequest(f"{unstorable}: {UNSTORABLE_TEXT}", code="invalid_request")
     chosen = decision.chosen
     prediction = chosen.prediction if chosen else None
     redacted = settings.SCOPE_PROMPT_STORAGE == "redacted"
@@ -86,23 +84,39 @@ def decision_log_write(
     return row
 
 
-def _nul_path(value: Any, path: str) -> str:
-    """Where in a JSON-like value a string (or key) holds a NUL character, or ""."""
+UNSTORABLE_TEXT = "NUL characters (\\u0000) and lone surrogates (\\ud800-\\udfff) are not accepted"
+
+
+def unstorable_path(value: Any, path: str) -> str:
+    """Where in a JSON-like value a string (or key) holds a NUL character or a lone surrogate, or "".
+
+    `path` names the value ("metadata"); "" names a top-level object's keys alone ("messages[0].content").
+    """
     if isinstance(value, str):
-        return path if "\x00" in value else ""
+        return path if _unstorable(value) else ""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
+            if isinstance(key, str) and _unstorable(key):
                 return path
-            found = _nul_path(item, f"{path}.{key}")
+            found = unstorable_path(item, f"{path}.{key}" if path else str(key))
             if found:
                 return found
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            found = _nul_path(item, f"{path}[{i}]")
+            found = unstorable_path(item, f"{path}[{i}]")
             if found:
                 return found
     return ""
+
+
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def time_ordered_uuid() -> uuid.UUID:

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from providers.chat_request import chat_body_parse
 from routing.models import ApiKey, DecisionKind, Job, JobStatus
+from routing.services.decision_log import UNSTORABLE_TEXT, unstorable_path
 from scope_site.errors import (
     ApplicationError,
     Conflict,
@@ -66,6 +67,9 @@ def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobS
     if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be at most {_MAX_IDEMPOTENCY_KEY} characters")
     parsed = chat_body_parse(body)  # InvalidRequest (400) names the bad parameter
+    unstorable = unstorable_path(body, "")  # the stored body, and later the decision row, could not hold it
+    if unstorable:
+        raise InvalidRequest(f"{unstorable}: {UNSTORABLE_TEXT}")
     if parsed.stream:
         raise InvalidRequest(
             "stream is not supported for async jobs; poll GET /api/v1/jobs/<id>", code="invalid_value"
