@@ -185,7 +185,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SCOPE
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["routing.auth.BearerApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["scope_site.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["scope_site.renderers.OrjsonRenderer"],
     "EXCEPTION_HANDLER": "scope_site.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
