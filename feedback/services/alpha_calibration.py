@@ -34,6 +34,10 @@ class Calibration:
     traffic: str
     predictor_version: str
     version: PolicyVersion | None
+    missed: str = ""  # why no alpha reaches the target ("" when one does); nothing is published then
+
+
+SHARE_TOLERANCE = 0.05  # a share target counts as reached within 5 points
 
 
 def _eligible(policy: PolicySpec, specs: tuple[ModelSpec, ...]) -> list[ModelSpec]:
@@ -102,6 +106,12 @@ def policy_calibrate(
     """Replay traffic through the active predictor for a grid of α and publish the α that meets the target."""
     if (target_share is None) == (target_cost_usd is None):
         raise InvalidRequest("give exactly one of --target-share MODEL=SHARE or --target-cost-usd X")
+    if target_share is not None and not 0.0 <= target_share[1] <= 1.0:
+        raise InvalidRequest("the target share must be a number in [0, 1]")
+    if target_cost_usd is not None and not 0.0 < target_cost_usd < math.inf:
+        raise InvalidRequest("the target cost must be a positive number of USD per request")
+    if limit < 1:
+        raise InvalidRequest("the number of requests to replay must be at least 1")
     policy = policy_spec(slug)
     if policy is None:
         raise NotFound(f"policy {slug!r} does not exist")
@@ -121,10 +131,26 @@ def policy_calibrate(
     aversion = float(policy.options.get("risk_aversion", 0.5))
     points = sweep(q, u, c, risk_aversion=aversion, truth=truth)
     if target_share is not None:
-        chosen = choose_for_share(points, names.index(target_share[0]), target_share[1])
+        model, share = names.index(target_share[0]), target_share[1]
+        chosen = choose_for_share(points, model, share)
+        reached = chosen.shares[model]
+        missed = (
+            f"no alpha gives {target_share[0]} a {share:.0%} share of this traffic; the closest is "
+            f"{reached:.1%}"
+            if abs(reached - share) > SHARE_TOLERANCE
+            else ""
+        )
     else:
         assert target_cost_usd is not None
         chosen = choose_for_cost(points, target_cost_usd)
+        missed = (
+            f"no alpha keeps the mean cost within ${target_cost_usd:.6f}; the cheapest is "
+            f"${chosen.mean_cost:.6f} per request"
+            if chosen.mean_cost > target_cost_usd * (1 + 1e-9)
+            else ""
+        )
+    if missed and not dry_run:
+        raise InvalidRequest(f"{missed}: nothing published (--dry-run prints the closest alpha)")
     version = None
     if not dry_run:
         current = PolicyVersion.objects.filter(policy__slug=slug).order_by("-version").first()
@@ -135,7 +161,7 @@ def policy_calibrate(
         version = policy_publish(
             slug=slug, created_by="calibrate_policy", note=f"alpha calibrated on {traffic}", **values
         )
-    return Calibration(chosen, names, len(feats), traffic, predictor.version, version)
+    return Calibration(chosen, names, len(feats), traffic, predictor.version, version, missed)
 
 
 def describe(point: AlphaPoint, models: list[str]) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.alpha_calibration import policy_calibrate
@@ -84,3 +84,33 @@ def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(
     assert result.chosen.shares[result.models.index("large")] == pytest.approx(0.3, abs=0.1)
     cheap = policy_calibrate(slug="default", target_cost_usd=1e-9, source="gen", dry_run=True)
     assert cheap.chosen.alpha <= result.chosen.alpha
+
+
+@pytest.mark.django_db
+def test_calibrate_policy_refuses_bad_targets_and_publishes_nothing_it_cannot_reach(
+    imported: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    before = PolicyVersion.objects.filter(policy__slug="default").count()
+    for bad in ("-1", "0", "nan", "inf"):
+        with pytest.raises(CommandError, match="positive number"):
+            call_command("calibrate_policy", "default", "--target-cost-usd", bad, "--source", "gen")
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("calibrate_policy", "default", "--target-cost-usd", "1", "--limit", "-5")
+    # far below the cheapest model's cost: refused, nothing published
+    with pytest.raises(CommandError, match=r"no alpha keeps the mean cost within .*nothing published"):
+        call_command("calibrate_policy", "default", "--target-cost-usd", "1e-12", "--source", "gen")
+    out = StringIO()
+    call_command(
+        "calibrate_policy",
+        "default",
+        "--target-cost-usd",
+        "1e-12",
+        "--source",
+        "gen",
+        "--dry-run",
+        stdout=out,
+    )
+    assert "target not reached: no alpha keeps the mean cost" in out.getvalue()
+    assert PolicyVersion.objects.filter(policy__slug="default").count() == before

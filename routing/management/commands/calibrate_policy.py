@@ -56,6 +56,8 @@ class Command(BaseCommand):
             f"(predictor {result.predictor_version})"
         )
         self.stdout.write(describe(result.chosen, result.models))
+        if result.missed:
+            self.stdout.write(f"target not reached: {result.missed}")
         if result.version is not None:
             self.stdout.write(f"published policy {opts['slug']!r} version {result.version.version}")
         else:
