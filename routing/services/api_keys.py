@@ -4,7 +4,9 @@ from decimal import Decimal
 from typing import cast
 
 from routing.models import ApiKey, RoutingPolicy
-from scope_site.errors import NotFound
+from scope_site.errors import InvalidRequest, NotFound
+
+_MAX_BUDGET_USD = Decimal(10) ** 8  # the column holds 12 digits, 4 of them decimals
 
 
 def api_key_create(
@@ -16,6 +18,16 @@ def api_key_create(
     rpm_limit: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plain key, which is never stored and never shown again."""
+    name = name.strip()
+    limit = ApiKey._meta.get_field("name").max_length or 50
+    if not name or len(name) > limit:
+        raise InvalidRequest(f"name: must be 1 to {limit} characters")
+    for field, budget in (("daily_budget_usd", daily_budget_usd), ("monthly_budget_usd", monthly_budget_usd)):
+        if budget is not None and not (budget.is_finite() and 0 <= budget < _MAX_BUDGET_USD):
+            # 0 is a key that may route but not spend
+            raise InvalidRequest(f"{field}: must be an amount of USD from 0 to below {_MAX_BUDGET_USD:,}")
+    if rpm_limit is not None and rpm_limit < 1:
+        raise InvalidRequest("rpm_limit: must be at least 1 request per minute")
     policy = None
     if policy_slug:
         policy = RoutingPolicy.objects.filter(slug=policy_slug).first()

@@ -214,3 +214,22 @@ def test_create_api_key_prints_only_the_key() -> None:
     )
     with pytest.raises(CommandError, match="Unknown policy"):
         call_command("create_api_key", "x", "--policy", "ghost", stdout=StringIO())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["  "], "name: must be 1 to 50 characters"),
+        (["x" * 51], "name: must be 1 to 50 characters"),
+        (["app", "--daily-budget-usd", "-5"], "daily_budget_usd: must be an amount of USD"),
+        (["app", "--monthly-budget-usd", "nan"], "monthly_budget_usd: must be an amount of USD"),
+        (["app", "--daily-budget-usd", "inf"], "daily_budget_usd: must be an amount of USD"),
+        (["app", "--rpm", "-1"], "rpm_limit: must be at least 1"),
+        (["app", "--rpm", "0"], "rpm_limit: must be at least 1"),
+    ],
+)
+def test_create_api_key_refuses_bad_values_with_a_clear_error(args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("create_api_key", *args, stdout=StringIO())
+    assert not ApiKey.objects.exists()
