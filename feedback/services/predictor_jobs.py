@@ -52,6 +52,7 @@ def predictor_train_job(
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
 ) -> JobResult:
+    extra_models = load_models(models_file)  # a --models file that cannot be read fails before any run
     run = TrainingRun.objects.create(
         status=TrainingRunStatus.RUNNING,
         trigger="command",
@@ -63,7 +64,7 @@ def predictor_train_job(
         if not examples:
             raise InvalidRequest(f"no imported outcomes{' for source ' + repr(source) if source else ''}")
         infos: dict[str, ModelInfo] = {m.name: m for m in catalog}
-        for name, info in load_models(models_file).items():
+        for name, info in extra_models.items():
             infos.setdefault(name, info)  # the catalog's prices win over a models.json
 
         def report(fraction: float, message: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from routing.predictor.model import ModelInfo
+from routing.storable import unstorable_text
 
 DEFAULT_OUTPUT_TOKENS = 256.0
 
@@ -57,6 +58,8 @@ def parse_record(line: str, *, require_outcomes: bool = True) -> PromptRecord:
         raise RecordError("'id' must be a non-empty string")
     if not isinstance(prompt, str):
         raise RecordError("'prompt' must be a string")
+    if unstorable_text(prompt):
+        raise RecordError("'prompt' holds a NUL character or a lone surrogate")
     outcomes: dict[str, ModelOutcome] = {}
     raw = doc.get("outcomes")
     if raw is not None:
@@ -94,8 +97,13 @@ def iter_records(
     path: Path, *, require_outcomes: bool = True
 ) -> Iterator[tuple[int, PromptRecord | RecordError]]:
     """(line number, record or the error of that line); blank lines are skipped."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, RecordError("not UTF-8 text")
+                continue
             if not line.strip():
                 continue
             try:
@@ -112,10 +120,14 @@ def load_records(path: Path, *, require_outcomes: bool = True) -> list[PromptRec
 
 
 def load_models(path: Path | None) -> dict[str, ModelInfo]:
-    """models.json → ModelInfo by name (null prices stay unknown)."""
-    if path is None or not Path(path).exists():
+    """models.json → ModelInfo by name (null prices stay unknown); no path, no models. A path that
+    cannot be read raises OSError; one that is not a JSON object, RecordError."""
+    if path is None:
         return {}
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path} is not a JSON file ({exc})") from None
     if not isinstance(doc, dict):
         raise RecordError("models.json must be an object of model → prices")
     out = {}

@@ -22,6 +22,7 @@ from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.services.decision_copy import decision_copy_line
 from routing.services.decision_writer import WriterClient
+from routing.storable import UNSTORABLE_TEXT, unstorable_path
 from scope_site.errors import InvalidRequest
 
 
@@ -82,41 +83,6 @@ def decision_log_write(
     # durable: the row is committed before the caller answers the request
     _insert_durably(row, canonical)
     return row
-
-
-UNSTORABLE_TEXT = "NUL characters (\\u0000) and lone surrogates (\\ud800-\\udfff) are not accepted"
-
-
-def unstorable_path(value: Any, path: str) -> str:
-    """Where in a JSON-like value a string (or key) holds a NUL character or a lone surrogate, or "".
-
-    `path` names the value ("metadata"); "" names a top-level object's keys alone ("messages[0].content").
-    """
-    if isinstance(value, str):
-        return path if _unstorable(value) else ""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, str) and _unstorable(key):
-                return path
-            found = unstorable_path(item, f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = unstorable_path(item, f"{path}[{i}]")
-            if found:
-                return found
-    return ""
-
-
-def _unstorable(text: str) -> bool:
-    if "\x00" in text:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def time_ordered_uuid() -> uuid.UUID:

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from providers.chat_request import chat_body_parse
 from routing.models import ApiKey, DecisionKind, Job, JobStatus
-from routing.services.decision_log import UNSTORABLE_TEXT, unstorable_path
+from routing.storable import UNSTORABLE_TEXT, unstorable_path
 from scope_site.errors import (
     ApplicationError,
     Conflict,

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
 from feedback.services.calibration import (
@@ -14,10 +14,11 @@ from feedback.services.calibration import (
     calibration_import,
     calibration_run,
 )
+from scope_site.commands import ScopeCommand
 from scope_site.errors import ApplicationError
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = (
         "Calibrate a new model: run it on N anchor prompts through its provider (or import its scored "
         "outcomes with --from-file), store the scores, and let it explore a capped share of traffic."

@@ -6,15 +6,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
 from feedback.services.outcome_import import outcomes_import
 from providers.models import LLMModel
 from routing.predictor.dataset import RecordError, load_models
+from scope_site.commands import ScopeCommand
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = "Import evaluation outcomes (BENCHMARK.md format); the same id and source update, never duplicate."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -6,15 +6,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
 from feedback.management.progress import percent_bar
 from routing.predictor.dataset import RecordError
 from routing.predictor.offline import predict_outcomes_files
+from scope_site.commands import ScopeCommand, non_negative_int
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = "Train a fresh predictor on TRAIN alone and predict every (prompt, model) pair of TEST."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--test", required=True, type=Path)
         parser.add_argument("--models", type=Path, default=None)
         parser.add_argument("--out", required=True, type=Path)
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=non_negative_int, default=0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         for name in ("train", "test"):

@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from feedback.services.retraining import retraining_execute, retraining_request
+from scope_site.commands import ScopeCommand, non_negative_int
 from scope_site.errors import ApplicationError
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = (
         "Run one champion/challenger retraining now (what the schedule runs): train on live feedback + "
         "imported outcomes, compare on the same held-out data, promote only if better by the margin."
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--eval-source", help="only this imported data set (EvalPrompt source)")
         parser.add_argument("--weights", help='per-source weights as JSON, e.g. {"feedback": 3, "eval": 1}')
         parser.add_argument("--no-shadow", action="store_true", help="do not shadow a rejected challenger")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=non_negative_int, default=0)
 
     def handle(self, *args: Any, **options: Any) -> None:
         params: dict[str, Any] = {"seed": options["seed"], "shadow": not options["no_shadow"]}

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from feedback.management.progress import percent_bar
 from feedback.services.predictor_jobs import predictor_train_job
+from scope_site.commands import ScopeCommand, non_negative_int
 from scope_site.errors import ApplicationError
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = "Train a predictor on imported outcomes, evaluate it on held-out prompts, store it, promote if better."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--activate", action="store_true", help="activate even if it does not beat the active one"
         )
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=non_negative_int, default=0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         with percent_bar("training") as progress:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from feedback.services.alpha_calibration import describe, policy_calibrate
+from scope_site.commands import ScopeCommand
 from scope_site.errors import ApplicationError
 
 
@@ -21,7 +22,7 @@ def _share(value: str) -> tuple[str, float]:
     return model, number
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = "Set a policy's alpha from logged (or imported) traffic and publish it as a new policy version."
 
     def add_arguments(self, parser: CommandParser) -> None:

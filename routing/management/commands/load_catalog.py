@@ -3,13 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from routing.services.catalog import catalog_load, catalog_parse
+from scope_site.commands import ScopeCommand
 from scope_site.errors import InvalidRequest
 
 
-class Command(BaseCommand):
+class Command(ScopeCommand):
     help = "Load providers, models, policies and experiments from a YAML/JSON catalog file (idempotent)."
 
     def add_arguments(self, parser: CommandParser) -> None:
