@@ -101,6 +101,21 @@ def test_export_streams_every_filtered_row_as_csv_and_jsonl(
     assert first["candidates"] and first["features"]["approx_tokens"] > 0
 
 
+def test_export_neutralises_spreadsheet_formulas_and_knows_only_its_formats(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    DecisionLog.objects.filter(pk=decisions[0].pk).update(user="=1+2", api_key_name="@SUM(A1)")
+    client = persona("auditor")
+    response = client.get("/decisions/export.csv")
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    row = next(r for r in rows if r["id"] == str(decisions[0].pk))
+    assert row["user"] == "'=1+2" and row["api_key_name"] == "'@SUM(A1)"
+    assert all(not r["alpha"].startswith("'") for r in rows)  # numbers stay numbers
+    jsonl = b"".join(client.get("/decisions/export.jsonl").streaming_content).decode()
+    assert '"user": "=1+2"' in jsonl  # JSON is not a spreadsheet: the value is kept as is
+    assert client.get("/decisions/export.xml").status_code == 404
+
+
 def test_overview_matches_the_raw_log_before_and_after_the_rollup(decisions: list[DecisionLog]) -> None:
     raw_spend = sum(r.predicted_cost_usd or 0 for r in DecisionLog.objects.all())
     now = timezone.now()

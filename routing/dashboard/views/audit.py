@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.utils import timezone
@@ -58,6 +58,9 @@ def audit_seal_view(request: HttpRequest) -> HttpResponse:
     return redirect("dashboard:audit")
 
 
+EXPORT_FORMATS = ("csv", "jsonl")
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
@@ -71,16 +74,27 @@ def _plain(value: Any) -> Any:
     return str(value) if not isinstance(value, int | float | str | bool | list | dict | type(None)) else value
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell. Text a spreadsheet would run as a formula (a user or metadata value of "=1+2")
+    starts with an apostrophe, which spreadsheets show as text (OWASP's CSV injection advice)."""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if value is None:
+        return ""
+    value = _plain(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(EXPORT_FIELDS)
     for row in rows:
-        yield writer.writerow(
-            [
-                json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else _plain(v))
-                for v in row.values()
-            ]
-        )
+        yield writer.writerow([_cell(v) for v in row.values()])
 
 
 def _jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -91,6 +105,8 @@ def _jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
 @require_GET
 @role_required(READ_ALL)
 def export(request: HttpRequest, fmt: str) -> HttpResponseBase:
+    if fmt not in EXPORT_FORMATS:
+        raise Http404(f"no export format {fmt!r} (csv or jsonl)")
     form = ExplorerForm(request.GET)
     if not form.is_valid():
         return HttpResponse(
