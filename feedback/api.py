@@ -8,15 +8,15 @@ from rest_framework.views import APIView
 
 from feedback.services.feedback import THUMBS, feedback_record
 from routing.models import ApiKey
-from routing.serializers import ErrorSerializer
+from routing.serializers import ErrorSerializer, NumberField, UUIDTextField
 
 
 class FeedbackApi(APIView):
     """Score a decision this API key made: `score` in [0, 1] or `thumbs` up|down."""
 
     class InputSerializer(serializers.Serializer):
-        decision_id = serializers.UUIDField()
-        score = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+        decision_id = UUIDTextField()
+        score = NumberField(required=False, min_value=0.0, max_value=1.0)
         thumbs = serializers.ChoiceField(choices=sorted(THUMBS), required=False)
         label = serializers.CharField(required=False, max_length=100, allow_blank=True)  # type: ignore[assignment]
         comment = serializers.CharField(required=False, max_length=10_000, allow_blank=True)

@@ -7,6 +7,24 @@ from rest_framework import serializers
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
+class NumberField(serializers.FloatField):
+    """A FloatField that refuses true/false: JSON booleans are not numbers (DRF would take true as 1.0)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
+class UUIDTextField(serializers.UUIDField):
+    """A UUIDField that takes only text: DRF would turn the number 123 into a UUID."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=MESSAGE_ROLES)
     content = serializers.JSONField(required=False, allow_null=True)
@@ -29,9 +47,9 @@ def validate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class RouteInputSerializer(serializers.Serializer):
     messages = MessageSerializer(many=True, allow_empty=False)
     policy = serializers.SlugField(required=False, max_length=100)
-    alpha = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    max_cost_usd = serializers.FloatField(required=False, min_value=0.0)
-    max_latency_ms = serializers.FloatField(required=False, min_value=0.0)
+    alpha = NumberField(required=False, min_value=0.0, max_value=1.0)
+    max_cost_usd = NumberField(required=False, min_value=0.0)
+    max_latency_ms = NumberField(required=False, min_value=0.0)
     models = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, max_length=500
     )

@@ -63,6 +63,7 @@ def test_all_feedback_is_kept_and_the_latest_counts(api: Callable[..., Any], dec
         {},
         {"score": 0.5, "thumbs": "up"},
         {"score": float("nan")},
+        {"score": True},  # a boolean is not a number
     ],
 )
 def test_it_rejects_a_bad_score_with_400(
@@ -77,6 +78,7 @@ def test_it_rejects_a_bad_score_with_400(
 
 def test_it_rejects_a_malformed_decision_id_and_a_non_json_body(api: Callable[..., Any]) -> None:
     assert api("/api/v1/feedback", {"decision_id": "nope", "score": 1}).status_code == 400
+    assert api("/api/v1/feedback", {"decision_id": 123, "score": 1}).status_code == 400  # not a UUID's text
     assert api("/api/v1/feedback", "{not json").status_code == 400
     assert api("/api/v1/feedback", [1, 2]).status_code == 400
 

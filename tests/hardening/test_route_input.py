@@ -177,3 +177,11 @@ near_valid = st.fixed_dictionaries(
 @given(near_valid)
 def test_fast_path_and_serializer_agree_on_nearly_valid_bodies(body: Any) -> None:
     assert as_plain(via_fast_path(body)) == as_plain(via_serializer(body))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["alpha", "max_cost_usd", "max_latency_ms"])
+def test_a_boolean_is_not_a_number(api: Any, catalog: Any, field: str) -> None:
+    response = api("/api/v1/route", {"messages": [{"role": "user", "content": "hi"}], field: True})
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["message"]
