@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from scope_site.errors import json_error
 
@@ -20,9 +20,21 @@ class BodySizeLimitMiddleware:
         try:
             length = int(raw)
         except ValueError:
-            return json_error(400, "invalid_request", "Content-Length is not a number")
+            return _error(request, 400, "invalid_request", "Content-Length is not a number")
         if length > self.limit:
-            return json_error(
-                413, "payload_too_large", f"Request body is {length} bytes; the limit is {self.limit} bytes"
+            return _error(
+                request,
+                413,
+                "payload_too_large",
+                f"Request body is {length} bytes; the limit is {self.limit} bytes",
             )
         return self.get_response(request)
+
+
+def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+    """SCOPE's JSON error, or OpenAI's error shape on the OpenAI-compatible paths (/v1/…)."""
+    if request.path.startswith("/v1/"):
+        from providers.openai_format import error_body  # the chat API's own shape
+
+        return JsonResponse(error_body(status=status, message=message, code=code), status=status)
+    return json_error(status, code, message)

@@ -126,6 +126,14 @@ def test_a_body_over_one_megabyte_is_413(api: Api) -> None:
     response = api(ROUTE, {"messages": USER_MESSAGE("x" * (1024 * 1024 + 10))})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+    # the OpenAI-compatible endpoint answers in OpenAI's error shape
+    response = api(
+        "/v1/chat/completions", {"model": "scope/auto", "messages": USER_MESSAGE("x" * 1024 * 1025)}
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large" and error["type"] == "invalid_request_error"
+    assert "param" in error and "message" in error
 
 
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer wrong.key", "Basic dXNlcjpwYXNz", "Bearer abc"])
