@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,8 +20,14 @@ def _next_name() -> str:
     return "p" + timezone.now().strftime("%Y%m%d-%H%M%S-%f")
 
 
-def predictor_version_save(*, trained: TrainedPredictor, name: str = "") -> PredictorVersion:
-    """Store the artifact and its metadata; the version is not active until activated."""
+def predictor_version_save(
+    *, trained: TrainedPredictor, name: str = "", metrics: Mapping[str, Any] | None = None
+) -> PredictorVersion:
+    """Store the artifact and its metadata; the version is not active until activated.
+
+    `metrics` replaces the training's own held-out metrics where the held-out prompts were chosen
+    outside it (retraining scores challenger and champion on the same ones).
+    """
     with transaction.atomic(durable=True):
         return PredictorVersion.objects.create(
             name=name or _next_name(),
@@ -31,7 +40,7 @@ def predictor_version_save(*, trained: TrainedPredictor, name: str = "") -> Pred
                 "counts": trained.counts,
                 "lineage": trained.lineage,
             },
-            metrics=trained.metrics,
+            metrics=dict(metrics) if metrics is not None else trained.metrics,
             training_seconds=trained.training_seconds,
         )
 

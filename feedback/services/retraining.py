@@ -254,7 +254,7 @@ def _execute(run: TrainingRun) -> None:
     }
     promote, reason = _verdict(metrics, champion_version, champion)
     metrics["decision"] = reason
-    version = predictor_version_save(trained=trained)
+    version = predictor_version_save(trained=trained, metrics=metrics["challenger"])
     if promote:
         predictor_version_activate(version_id=version.pk)
     elif params.get("shadow", True):

@@ -53,6 +53,7 @@ def test_the_first_run_promotes_and_records_counts_metrics_and_duration(catalog:
     assert run.data_counts["imported_examples"] == 240 and run.data_counts["live_examples"] == 0
     assert run.data_counts["holdout_imported"] > 0
     assert 0.0 <= run.metrics["challenger"]["brier"] <= 1.0 and run.metrics["champion"] == {}
+    assert run.challenger.metrics == run.metrics["challenger"]  # the version page shows them
     assert run.metrics["duration_s"] > 0
     assert run.progress == 1.0 and run.started_at and run.finished_at
 
