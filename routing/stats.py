@@ -18,10 +18,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 Z95 = 1.959963984540054
 Z_POWER80 = 0.8416212335729143
+
+
+def _sps() -> Any:
+    """scipy.stats, imported on first use: web workers import this module with the dashboard, and
+    SciPy costs them tens of MB and a second of start-up that only the experiment pages need."""
+    from scipy import stats
+
+    return stats
+
+
+def t_interval(mean: float | None, sd: float | None, n: int) -> tuple[float, float] | None:
+    """95% Student t interval of a mean from its summary (None below two values)."""
+    if mean is None or sd is None or n < 2:
+        return None
+    half = float(_sps().t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -44,8 +59,8 @@ def mean_interval(values: Sequence[float]) -> dict[str, Any]:
     if n < 2:
         return {"n": n, "mean": mean, "sd": None, "ci95": None}
     sd = float(x.std(ddof=1))
-    half = float(sps.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+    interval = t_interval(mean, sd, n)
+    return {"n": n, "mean": mean, "sd": sd, "ci95": list(interval) if interval else None}
 
 
 def quantile_interval(values: Sequence[float], q: float) -> dict[str, Any]:
@@ -55,8 +70,8 @@ def quantile_interval(values: Sequence[float], q: float) -> dict[str, Any]:
     if n == 0:
         return {"n": 0, "value": None, "ci95": None}
     value = float(np.quantile(x, q))
-    lo_rank = int(sps.binom.ppf(0.025, n, q))  # 0-based index of the lower bound
-    hi_rank = int(sps.binom.ppf(0.975, n, q))
+    lo_rank = int(_sps().binom.ppf(0.025, n, q))  # 0-based index of the lower bound
+    hi_rank = int(_sps().binom.ppf(0.975, n, q))
     if lo_rank < 1 or hi_rank >= n:
         return {"n": n, "value": value, "ci95": None}  # too few samples for a 95% interval
     return {"n": n, "value": value, "ci95": [float(x[lo_rank - 1]), float(x[hi_rank])]}
@@ -84,7 +99,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any] | Non
             "p_value": 1.0 if equal else 0.0,
             "difference": float(xb.mean() - xa.mean()),
         }
-    result = sps.ttest_ind(xb, xa, equal_var=False)
+    result = _sps().ttest_ind(xb, xa, equal_var=False)
     return {
         "test": "welch_t",
         "statistic": float(result.statistic),
@@ -97,7 +112,7 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any] | Non
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if xa.size < 1 or xb.size < 1 or (np.all(xa == xa[0]) and np.all(xb == xa[0])):
         return None
-    result = sps.mannwhitneyu(xb, xa, alternative="two-sided")
+    result = _sps().mannwhitneyu(xb, xa, alternative="two-sided")
     return {
         "test": "mann_whitney_u",
         "statistic": float(result.statistic),
@@ -120,7 +135,7 @@ def two_proportion_z(count_a: int, n_a: int, count_b: int, n_b: int) -> dict[str
     return {
         "test": "two_proportion_z",
         "statistic": z,
-        "p_value": float(2 * sps.norm.sf(abs(z))),
+        "p_value": float(2 * _sps().norm.sf(abs(z))),
         "difference": diff,
     }
 

@@ -24,6 +24,7 @@ from routing.services.rollup import (
     rollup_catch_up,
     rollup_watermarks,
 )
+from routing.stats import Z95
 
 RANGES: dict[str, timedelta] = {
     "24h": timedelta(hours=24),
@@ -33,7 +34,6 @@ RANGES: dict[str, timedelta] = {
 }
 # catch up synchronously when the periodic task has not run for this long (embedded mode has no beat)
 STALE_AFTER = timedelta(seconds=30)
-Z95 = 1.96
 
 
 @dataclass

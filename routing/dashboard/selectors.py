@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,28 +15,7 @@ from feedback.models import Feedback, Outcome, PredictorVersion, TrainingRun
 from providers.models import LLMModel
 from routing.dashboard.experiment_report import ExperimentReport, experiment_report
 from routing.models import DecisionLog, DecisionRollup, Experiment
-
-Z95 = 1.96
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion (sensible at small n and near 0 or 1)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mean_interval(
-    mean: float | None, std: float | None, n: int, z: float = Z95
-) -> tuple[float, float] | None:
-    if mean is None or n < 2 or std is None:
-        return None
-    half = z * std / math.sqrt(n)
-    return mean - half, mean + half
+from routing.stats import t_interval, wilson_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +122,10 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
                 quality=d.get("quality"),
                 feedback_n=fn,
                 feedback=f.get("mean"),
-                feedback_ci=mean_interval(f.get("mean"), f.get("std"), fn),
+                feedback_ci=t_interval(f.get("mean"), f.get("std"), fn),
                 outcomes=on,
                 error_rate=(o["errors"] / on) if on else None,
-                error_ci=wilson(int(o.get("errors") or 0), on),
+                error_ci=wilson_interval(int(o.get("errors") or 0), on),
             )
         )
     return stats

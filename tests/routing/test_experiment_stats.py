@@ -12,7 +12,7 @@ from routing.models import ApiKey
 from routing.services.experiment_stats import experiment_stats_refresh
 from routing.services.experiments import experiment_upsert
 from routing.services.route import route_decide
-from routing.stats import mean_interval, quantile_interval, two_proportion_z, wilson_interval
+from routing.stats import mean_interval, quantile_interval, t_interval, two_proportion_z, wilson_interval
 from tests.conftest import USER_MESSAGE
 from tests.factories import make_api_key, make_policy
 
@@ -115,3 +115,13 @@ def test_refreshing_twice_does_the_work_once_until_new_data_arrives(experiment: 
     third = experiment_stats_refresh(experiment_id=experiment.pk)
     assert third.updated
     assert sum(arm["feedback_score"]["n"] for arm in third.stats["arms"].values()) == 1
+
+
+def test_the_dashboard_and_the_command_give_the_same_interval_for_a_mean() -> None:
+    """The experiments page computes from SQL aggregates (mean, sample sd, n), experiment_stats from
+    the values: the same Student t interval (not a normal one that is too narrow at small n)."""
+    values = [0.2, 0.9, 0.5, 0.7, 1.0, 0.4, 0.6, 0.8, 0.75]
+    from_values = mean_interval(values)
+    from_summary = t_interval(from_values["mean"], from_values["sd"], len(values))
+    assert from_summary is not None and list(from_summary) == pytest.approx(from_values["ci95"])
+    assert t_interval(0.5, 0.1, 1) is None and t_interval(None, 0.1, 5) is None
