@@ -50,7 +50,7 @@ from routing.models import ApiKey, DecisionKind
 from routing.response_cache import ResponseCacheProbe, request_fingerprint
 from routing.services.limits import BudgetReservation, budget_reserve, budget_settle, rpm_admit
 from scope_site import metrics
-from scope_site.errors import ApplicationError, InvalidRequest, ServiceUnavailable
+from scope_site.errors import ApplicationError, InvalidRequest, RateLimited, ServiceUnavailable
 
 T = TypeVar("T")
 _RETRY_ON_SAME_MODEL = frozenset({429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -206,7 +206,12 @@ def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = Decisio
     if api_key is not None and (probe is None or probe.hit is None):  # a cache hit costs nothing
         # HOOK(limits): reserve the predicted cost now, settle with the actual cost after the call,
         # so concurrent calls of one key cannot overshoot its daily / monthly budget
-        plan.reservation = budget_reserve(api_key=api_key, predicted_cost_usd=decided.predicted_cost_usd)
+        try:
+            plan.reservation = budget_reserve(api_key=api_key, predicted_cost_usd=decided.predicted_cost_usd)
+        except RateLimited as exc:
+            # the decision row exists: the answer names it (X-Scope-Decision-Id and the error body)
+            exc.extra.setdefault("decision_id", str(decided.decision_id))
+            raise
     return plan
 
 

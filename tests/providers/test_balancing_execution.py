@@ -89,6 +89,9 @@ def test_a_key_over_its_daily_budget_gets_a_429_and_spend_is_recorded(api: Api, 
     assert int(response["Retry-After"]) > 0
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded" and "daily budget of $0.50" in error["message"]
+    # the refused call was routed first: the answer names its decision, which has no outcome
+    assert error["decision_id"] == response["X-Scope-Decision-Id"]
+    assert not Outcome.objects.filter(decision_id=error["decision_id"]).exists()
 
 
 def test_a_key_over_its_rpm_limit_gets_a_429_from_chat_completions(api: Api, upstreams: Any) -> None:
