@@ -66,6 +66,7 @@ def retraining_request(
             return existing
         run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
         transaction.on_commit(lambda: _enqueue(run.pk))
+    run.refresh_from_db()  # embedded (eager Celery): the run finished when the commit enqueued it
     return run
 
 

@@ -131,6 +131,19 @@ def test_requesting_a_run_enqueues_it_on_commit(
     assert run.status == TrainingRunStatus.PROMOTED
 
 
+@pytest.mark.django_db(transaction=True)
+def test_with_eager_celery_the_requested_run_comes_back_finished(
+    catalog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run`: the task runs at commit, inside the request; the card must not say 'queued'."""
+    from scope_site.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    make_eval_data(10)
+    run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    assert run.status == TrainingRunStatus.PROMOTED and run.progress == 1.0
+
+
 def test_the_held_out_set_is_the_champions_own_held_out_when_its_split_is_known(catalog: Any) -> None:
     from feedback.services.retraining import split_for_comparison
     from feedback.services.training import split_examples
