@@ -135,7 +135,11 @@ def chat_body_parse(body: Any) -> ParsedChat:
     if not isinstance(body, dict):
         raise _fail("", "the request body must be a JSON object", "invalid_type")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if model is not None and not isinstance(model, str):
+        raise _fail(
+            "model", "model must be a string: scope/auto, scope/<policy>, or a model name", "invalid_type"
+        )
+    if not model or not model.strip():
         raise _fail(
             "model", "model is required: scope/auto, scope/<policy>, or a model name", "missing_required"
         )
@@ -144,6 +148,8 @@ def chat_body_parse(body: Any) -> ParsedChat:
         policy: str | None = ""
     elif model.startswith(POLICY_PREFIX):
         policy = model[len(POLICY_PREFIX) :]
+        if not policy:
+            raise _fail("model", "scope/ needs a policy: scope/<policy>, or scope/auto for the key's default")
     else:
         policy = None
     stream = body.get("stream", False)

@@ -197,6 +197,8 @@ def test_provider_calls_run_outside_any_transaction(
     ("body", "param"),
     [
         ({"messages": HELLO}, "model"),
+        ({"model": 123, "messages": HELLO}, "model"),
+        ({"model": "scope/", "messages": HELLO}, "model"),
         ({"model": "scope/auto"}, "messages"),
         ({"model": "scope/auto", "messages": "hi"}, "messages"),
         ({"model": "scope/auto", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
