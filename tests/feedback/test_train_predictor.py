@@ -27,6 +27,14 @@ def imported(tmp_path: Path, catalog: Any) -> Iterator[Path]:
     registry.clear()
 
 
+@pytest.fixture
+def trained(imported: Path, django_capture_on_commit_callbacks: Any) -> PredictorVersion:
+    """The "gen" outcomes imported and a predictor trained on them, active."""
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    return PredictorVersion.objects.get(is_active=True)
+
+
 @pytest.mark.django_db
 def test_it_trains_stores_and_activates_only_a_better_predictor(
     imported: Path, django_capture_on_commit_callbacks: Any
@@ -53,11 +61,9 @@ def test_it_trains_stores_and_activates_only_a_better_predictor(
 
 @pytest.mark.django_db
 def test_a_predictor_without_a_held_out_evaluation_does_not_replace_the_active_one(
-    imported: Path, tmp_path: Path, django_capture_on_commit_callbacks: Any
+    trained: PredictorVersion, tmp_path: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("train_predictor", "--source", "gen", stdout=StringIO())
-    active = PredictorVersion.objects.get(is_active=True)
+    active = trained
     tiny = tmp_path / "tiny.jsonl"
     write_outcomes(tiny, 1, seed=9)  # one prompt: nothing can be held out
     call_command("import_outcomes", str(tiny), "--source", "tiny", stdout=StringIO())
@@ -69,11 +75,7 @@ def test_a_predictor_without_a_held_out_evaluation_does_not_replace_the_active_o
 
 
 @pytest.mark.django_db
-def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(
-    imported: Path, django_capture_on_commit_callbacks: Any
-) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(trained: PredictorVersion) -> None:
     before = PolicyVersion.objects.filter(policy__slug="default").count()
     out = StringIO()
     call_command("calibrate_policy", "default", "--target-share", "large=0.3", "--source", "gen", stdout=out)
@@ -88,10 +90,8 @@ def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(
 
 @pytest.mark.django_db
 def test_calibrate_policy_refuses_bad_targets_and_publishes_nothing_it_cannot_reach(
-    imported: Path, django_capture_on_commit_callbacks: Any
+    trained: PredictorVersion,
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("train_predictor", "--source", "gen", stdout=StringIO())
     before = PolicyVersion.objects.filter(policy__slug="default").count()
     for bad in ("-1", "0", "nan", "inf"):
         with pytest.raises(CommandError, match="positive number"):

@@ -228,6 +228,7 @@ def test_with_the_cache_down_the_active_version_comes_from_the_database_without_
         counters, "_last_warning", {}
     )  # an earlier test's outage warning is not rate-limiting ours
 
+    monkeypatch.setattr(registry, "_cache_is_shared", lambda: True)  # Redis, as in production
     one = predictor_version_save(trained=two_trained[0], name="one")
     _activate(one, django_capture_on_commit_callbacks)
     registry.clear()
