@@ -191,6 +191,7 @@ EXPORT_FIELDS = (
     "candidates",
     "features",
     "metadata",
+    "feature_schema",
 )
 
 

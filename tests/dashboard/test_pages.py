@@ -116,6 +116,20 @@ def test_export_neutralises_spreadsheet_formulas_and_knows_only_its_formats(
     assert client.get("/decisions/export.xml").status_code == 404
 
 
+def test_every_jsonl_export_line_re_hashes_to_its_row_hash(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    from routing.audit import HASHED_FIELDS, decision_row_hash
+
+    lines = (
+        b"".join(persona("auditor").get("/decisions/export.jsonl").streaming_content).decode().splitlines()
+    )
+    assert len(lines) == len(decisions)
+    for text in lines:
+        row = json.loads(text)
+        assert decision_row_hash({name: row[name] for name in HASHED_FIELDS}) == row["row_hash"]
+
+
 def test_overview_matches_the_raw_log_before_and_after_the_rollup(decisions: list[DecisionLog]) -> None:
     raw_spend = sum(r.predicted_cost_usd or 0 for r in DecisionLog.objects.all())
     now = timezone.now()
