@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db.models import Avg, Count, Sum
 
 from feedback.models import Feedback, Outcome
+from providers.decisions import PASSTHROUGH
 from routing.engine.decide import UnknownStrategy, decide
 from routing.engine.types import ModelSpec, PolicySpec, RouteOptions
 from routing.features import FeatureLogError, request_features_from_log
@@ -85,10 +86,14 @@ def policy_replay(
     source_policy: str | None,
     catalog: Sequence[ModelSpec] | None = None,
 ) -> ReplayResult:
-    """Re-decide the last `limit` decisions (of `source_policy`, or all traffic when None)."""
+    """Re-decide the last `limit` decisions (of `source_policy`, or all traffic when None).
+
+    Only decisions a policy made: a call that named its model (strategy "passthrough") was not
+    routed, so no policy would have decided it differently.
+    """
     if not 1 <= limit <= MAX_REPLAY:
         raise InvalidRequest(f"replay size must be between 1 and {MAX_REPLAY}")
-    qs = DecisionLog.objects.all()
+    qs = DecisionLog.objects.exclude(strategy=PASSTHROUGH)
     if source_policy:
         qs = qs.filter(policy_slug=source_policy)
     rows = list(

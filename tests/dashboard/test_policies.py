@@ -43,6 +43,12 @@ def test_replay_of_a_forcing_rule_moves_every_decision_to_that_model(decisions: 
     assert DecisionLog.objects.count() == 10  # nothing written
 
 
+def test_replay_leaves_out_calls_that_named_their_model(decisions: list[DecisionLog]) -> None:
+    DecisionLog.objects.filter(pk__in=[d.pk for d in decisions[:3]]).update(strategy="passthrough")
+    result = policy_replay(policy=PolicySpec(slug="default", version=99), limit=50, source_policy="default")
+    assert result.replayed.decisions == 7  # the policy made 7 of the 10 decisions
+
+
 def test_replay_with_everything_denied_reports_no_model(decisions: list[DecisionLog]) -> None:
     spec = PolicySpec(slug="default", version=99, denied_models=("small", "medium", "large"))
     result = policy_replay(policy=spec, limit=5, source_policy=None)
