@@ -31,12 +31,18 @@ def _sps() -> Any:
     return stats
 
 
-def t_interval(mean: float | None, sd: float | None, n: int) -> tuple[float, float] | None:
-    """95% Student t interval of a mean from its summary (None below two values)."""
+def t_interval(
+    mean: float | None, sd: float | None, n: int, bounds: tuple[float, float] | None = None
+) -> tuple[float, float] | None:
+    """95% Student t interval of a mean from its summary (None below two values), clipped to the
+    values the metric can take when `bounds` are given (a feedback score in [0, 1])."""
     if mean is None or sd is None or n < 2:
         return None
     half = float(_sps().t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return low, high
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -46,11 +52,14 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n successes the exact bound is 0 or 1, not the 1e-17 the arithmetic leaves
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
-def mean_interval(values: Sequence[float]) -> dict[str, Any]:
-    """Mean with a 95% Student t interval (no interval below two values)."""
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean with a 95% Student t interval (no interval below two values), within `bounds` if given."""
     x = np.asarray(values, dtype=float)
     n = int(x.size)
     if n == 0:
@@ -59,7 +68,7 @@ def mean_interval(values: Sequence[float]) -> dict[str, Any]:
     if n < 2:
         return {"n": n, "mean": mean, "sd": None, "ci95": None}
     sd = float(x.std(ddof=1))
-    interval = t_interval(mean, sd, n)
+    interval = t_interval(mean, sd, n, bounds)
     return {"n": n, "mean": mean, "sd": sd, "ci95": list(interval) if interval else None}
 
 

@@ -122,7 +122,7 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
                 quality=d.get("quality"),
                 feedback_n=fn,
                 feedback=f.get("mean"),
-                feedback_ci=t_interval(f.get("mean"), f.get("std"), fn),
+                feedback_ci=t_interval(f.get("mean"), f.get("std"), fn, bounds=(0.0, 1.0)),
                 outcomes=on,
                 error_rate=(o["errors"] / on) if on else None,
                 error_ci=wilson_interval(int(o.get("errors") or 0), on),

@@ -99,7 +99,7 @@ def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
         "spend_usd": round(sum(values.get("cost", [])), 8),
         "cost_per_request_usd": mean_interval(values.get("cost", [])),
         "predicted_cost_per_request_usd": mean_interval(values.get("predicted_cost", [])),
-        "feedback_score": mean_interval(values.get("feedback", [])),
+        "feedback_score": mean_interval(values.get("feedback", []), bounds=(0.0, 1.0)),
         "latency_ms": mean_interval(values.get("latency", [])),
         "latency_p50_ms": quantile_interval(values.get("latency", []), 0.5),
         "latency_p95_ms": quantile_interval(values.get("latency", []), 0.95),

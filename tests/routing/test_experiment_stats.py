@@ -125,3 +125,12 @@ def test_the_dashboard_and_the_command_give_the_same_interval_for_a_mean() -> No
     from_summary = t_interval(from_values["mean"], from_values["sd"], len(values))
     assert from_summary is not None and list(from_summary) == pytest.approx(from_values["ci95"])
     assert t_interval(0.5, 0.1, 1) is None and t_interval(None, 0.1, 5) is None
+
+
+def test_intervals_stay_within_the_values_a_metric_can_take() -> None:
+    scores = [1.0, 1.0, 0.2, 1.0, 0.1]  # feedback scores in [0, 1], few and spread
+    assert mean_interval(scores)["ci95"][1] > 1.0  # unclipped, the t interval leaves the range
+    low, high = mean_interval(scores, bounds=(0.0, 1.0))["ci95"]
+    assert low >= 0.0 and high == 1.0
+    assert wilson_interval(0, 7) == (0.0, pytest.approx(0.354, abs=0.01)) and wilson_interval(0, 7)[0] == 0.0
+    assert wilson_interval(7, 7)[1] == 1.0  # type: ignore[index]
