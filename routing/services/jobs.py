@@ -149,7 +149,10 @@ def _stale_before(now: dt.datetime) -> dt.datetime:
 def job_claim(*, job_id: uuid.UUID | str, worker: str) -> bool:
     """Claim the job for `worker` with one conditional UPDATE; False if it is not claimable."""
     now = timezone.now()
-    claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=_stale_before(now))
+    due = Q(not_before__isnull=True) | Q(not_before__lte=now)
+    claimable = Q(status=JobStatus.QUEUED) & due | Q(
+        status=JobStatus.RUNNING, started_at__lt=_stale_before(now)
+    )
     updated = (
         Job.objects.filter(claimable, pk=job_id)
         .filter(attempts__lt=settings.SCOPE_JOB_MAX_ATTEMPTS)
@@ -216,7 +219,14 @@ def job_run(*, job_id: uuid.UUID | str, worker: str) -> JobRun:
         decision_id = exc.extra.get("decision_id") if isinstance(exc, ApplicationError) else None
         if _transient(exc) and job.attempts < settings.SCOPE_JOB_MAX_ATTEMPTS:
             wait = _retry_wait(exc, job.attempts)
-            _store(job_id, worker, status=JobStatus.QUEUED, error=_error_body(exc), claimed_by="")
+            _store(
+                job_id,
+                worker,
+                status=JobStatus.QUEUED,
+                error=_error_body(exc),
+                claimed_by="",
+                not_before=now + dt.timedelta(seconds=wait),
+            )
             return JobRun(claimed=True, status=JobStatus.QUEUED, retry_in_s=wait)
         _store(
             job_id,
@@ -260,11 +270,14 @@ def jobs_requeue_stale(
     limit: int = 500,
     enqueue: Callable[[uuid.UUID], None] | None = None,
 ) -> int:
-    """Enqueue again the jobs whose message may be lost: queued for long, or running past the stale timeout."""
+    """Enqueue again the jobs whose message may be lost: queued for long (a retry: long past its
+    scheduled start), or running past the stale timeout."""
     now = timezone.now()
+    cutoff = now - dt.timedelta(seconds=queued_older_than_s)
     ids = list(
         Job.objects.filter(
-            Q(status=JobStatus.QUEUED, created_at__lt=now - dt.timedelta(seconds=queued_older_than_s))
+            Q(status=JobStatus.QUEUED, not_before__isnull=True, created_at__lt=cutoff)
+            | Q(status=JobStatus.QUEUED, not_before__lt=cutoff)
             | Q(status=JobStatus.RUNNING, started_at__lt=_stale_before(now))
         )
         .order_by("created_at")

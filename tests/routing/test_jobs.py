@@ -147,6 +147,7 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(api: Api, sett
     for _ in range(3):
         run = job_run(job_id=job_id, worker="w")
         waits.append(run.retry_in_s)
+        Job.objects.filter(pk=job_id).update(not_before=timezone.now())  # the wait has passed
     assert waits[:2] == [5.0, 10.0] and waits[2] is None  # backoff, then give up
     job = Job.objects.get(pk=job_id)
     assert (job.status, job.attempts) == ("failed", 3)
@@ -181,6 +182,23 @@ def test_the_sweep_requeues_lost_and_stale_jobs(api: Api) -> None:
     enqueued: list[Any] = []
     assert jobs_requeue_stale(enqueue=enqueued.append) == 2
     assert {str(i) for i in enqueued} == {lost, stale}
+
+
+def test_a_retry_waits_its_turn_whatever_message_comes_early(api: Api, settings: Any) -> None:
+    LLMModel.objects.update(sim_profile={"failure_rate": 1.0})  # every model answers 503
+    job_id = submit(api).json()["id"]
+    Job.objects.filter(pk=job_id).update(created_at=timezone.now() - dt.timedelta(hours=1))  # an old job
+    assert job_run(job_id=job_id, worker="w").retry_in_s == 5.0
+    # a duplicate or a sweep's message arriving before the wait is over claims nothing
+    assert job_run(job_id=job_id, worker="early").claimed is False
+    enqueued: list[Any] = []
+    assert jobs_requeue_stale(enqueue=enqueued.append) == 0  # its retry is scheduled, not lost
+    job = Job.objects.get(pk=job_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    # long past its start and still queued: its message was lost, the sweep sends another
+    Job.objects.filter(pk=job_id).update(not_before=timezone.now() - dt.timedelta(hours=1))
+    assert jobs_requeue_stale(enqueue=enqueued.append) == 1
+    assert job_run(job_id=job_id, worker="w").claimed is True
 
 
 @requires_postgres
