@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
@@ -92,7 +92,9 @@ def decisions_filtered(filters: DecisionFilters) -> QuerySet[DecisionLog]:
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    return f"{created_at.isoformat()}_{row_id}"
+    """`<UTC time>Z_<id>`: nothing in it needs URL-encoding (a "+00:00" offset did: "+" reads as a space)."""
+    stamp = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"{stamp}_{row_id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 from django.test import Client
 
@@ -34,7 +33,8 @@ def test_a_key_pages_through_its_own_decisions_newest_first(api: Api, api_key: s
     seen = [d["decision_id"] for d in first["results"]]
     cursor = first["next"]
     while cursor:
-        page = get(f"/api/v1/decisions?limit=2&after={quote(cursor)}", api_key).json()
+        assert "+" not in cursor and " " not in cursor  # pasted into a URL as it is
+        page = get(f"/api/v1/decisions?limit=2&after={cursor}", api_key).json()
         seen += [d["decision_id"] for d in page["results"]]
         cursor = page["next"]
     assert seen == mine[::-1]
