@@ -11,17 +11,15 @@ UNSTORABLE_TEXT = "NUL characters (\\u0000) and lone surrogates (\\ud800-\\udfff
 
 
 def unstorable_path(value: Any, path: str) -> str:
-    """Where in a JSON-like value a string (or key) holds a NUL character or a lone surrogate, or "".
-
-    `path` names the value ("metadata"); "" names a top-level object's keys alone ("messages[0].content").
-    """
+    """Where in a JSON-like value a string (or key) holds a NUL character or a lone surrogate, or
+    "". `path` names the value ("metadata"); what is found under it is named from there."""
     if isinstance(value, str):
         return path if unstorable_text(value) else ""
     if isinstance(value, Mapping):
         for key, item in value.items():
             if isinstance(key, str) and unstorable_text(key):
                 return path
-            found = unstorable_path(item, f"{path}.{key}" if path else str(key))
+            found = unstorable_path(item, f"{path}.{key}")
             if found:
                 return found
     elif isinstance(value, list | tuple):

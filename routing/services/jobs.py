@@ -67,9 +67,11 @@ def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobS
     if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be at most {_MAX_IDEMPOTENCY_KEY} characters")
     parsed = chat_body_parse(body)  # InvalidRequest (400) names the bad parameter
-    unstorable = unstorable_path(body, "")  # the stored body, and later the decision row, could not hold it
-    if unstorable:
-        raise InvalidRequest(f"{unstorable}: {UNSTORABLE_TEXT}")
+    # neither the stored body nor, later, the decision row could hold it
+    for name, value in body.items():  # a dict: chat_body_parse refuses anything else
+        unstorable = unstorable_path(name, "body") or unstorable_path(value, name)
+        if unstorable:
+            raise InvalidRequest(f"{unstorable}: {UNSTORABLE_TEXT}")
     if parsed.stream:
         raise InvalidRequest(
             "stream is not supported for async jobs; poll GET /api/v1/jobs/<id>", code="invalid_value"

@@ -55,10 +55,18 @@ def test_ordinary_text_with_backslashes_and_escapes_still_routes(api: Api, catal
     assert response.status_code == 200, response.content
 
 
-@pytest.mark.parametrize("bad", ["x\x00", "x\ud800"])
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"messages": [{"role": "user", "content": "x\x00"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "x\ud800"}]}, "messages[0].content"),
+        ({"metadata": {"k": "\ud800"}}, "metadata.k"),
+        ({"\ud800": 1}, "body"),  # a top-level key
+    ],
+)
 def test_an_async_job_that_could_not_be_stored_is_refused_when_submitted(
-    api: Api, catalog: Any, bad: str
+    api: Api, catalog: Any, extra: dict[str, Any], where: str
 ) -> None:
-    response = api("/api/v1/jobs", {"model": "scope/auto", "messages": [{"role": "user", "content": bad}]})
+    response = api("/api/v1/jobs", {"model": "scope/auto", "messages": HI, **extra})
     assert response.status_code == 400, response.content
-    assert response.json()["error"]["message"].startswith("messages[0].content: NUL")
+    assert response.json()["error"]["message"].startswith(f"{where}: NUL")
