@@ -193,11 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_up(url: str, *, script: Path, runs: int = 6) -> None:
-    """3 s runs until two in a row agree within 10%: every worker has loaded what it serves with.
-
-    A worker loads the predictor on its first route request (about a second of CPU each, all
-    workers at once); a single short warm-up left that load inside the first measured round.
-    """
+    """3 s runs until two in a row agree within 10%: every worker's caches, connections and
+    per-process memos are filled before a round is measured (one short warm-up left some of that
+    inside the first round)."""
     previous = 0.0
     for _ in range(runs):
         rps = run_wrk(url, script=script, connections=16, seconds=3).rps

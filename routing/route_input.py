@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from routing.serializers import MESSAGE_ROLES, RouteInputSerializer
+from routing.storable import unstorable_text
 
 _ROLES = frozenset(MESSAGE_ROLES)
 _CONTENT_ROLES = frozenset({"user", "system", "developer"})
@@ -36,19 +37,13 @@ def route_input_validate(data: Any) -> dict[str, Any]:
 def _plain_text(value: Any, max_length: int, *, blank: bool) -> bool:
     """A str the serializer's CharField keeps unchanged: nothing to trim, within length, no NUL
     character and no lone surrogate (both of which CharField refuses)."""
-    if not (
+    return (
         isinstance(value, str)
         and len(value) <= max_length
         and (blank or bool(value))
         and value == value.strip()
-        and "\x00" not in value
-    ):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        and not unstorable_text(value)
+    )
 
 
 def _message(value: Any) -> dict[str, Any] | None:
