@@ -78,6 +78,8 @@ class Outcome(models.Model):
         OK = "ok", "OK"
         PARTIAL = "partial", "Partial (stream cut)"
         ERROR = "error", "Error"
+        # the call was never made: the key's budget refused it after the decision was logged
+        REFUSED = "refused", "Refused (budget)"
 
     decision = models.ForeignKey("routing.DecisionLog", on_delete=models.PROTECT, related_name="outcomes")
     model_name = models.CharField(max_length=200)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from feedback.models import Outcome
 from feedback.services.outcomes import TokenCount, outcome_cost_usd, outcome_record
 from providers.adapters import adapter_for
 from providers.adapters.base import ChatRequest, Completion, Target, Usage
@@ -209,10 +210,28 @@ def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = Decisio
         try:
             plan.reservation = budget_reserve(api_key=api_key, predicted_cost_usd=decided.predicted_cost_usd)
         except RateLimited as exc:
-            # the decision row exists: the answer names it (X-Scope-Decision-Id and the error body)
+            # the decision row exists: the answer names it (X-Scope-Decision-Id and the error body),
+            # and a "refused" outcome says why it was never executed (kept out of the error rates)
+            endpoint = "job" if kind == DecisionKind.JOB else "chat_stream" if parsed.stream else "chat"
+            plan_refuse(plan, exc, endpoint=endpoint)
             exc.extra.setdefault("decision_id", str(decided.decision_id))
             raise
     return plan
+
+
+def plan_refuse(plan: Plan, exc: ApplicationError, *, endpoint: str) -> None:
+    """The call was refused before any attempt (budget): an unbilled "refused" outcome."""
+    model_name = plan.order[0] if plan.order else ""
+    outcome_record(
+        decision_id=plan.decision_id,
+        model=plan.specs.get(model_name),
+        model_name=model_name,
+        status=Outcome.Status.REFUSED,
+        tokens=TokenCount(plan.input_tokens, 0, estimated=True),
+        latency_ms=None,
+        error_class=exc.code,
+    )
+    metrics.REQUESTS.labels(endpoint, plan.policy_slug, model_name, Outcome.Status.REFUSED).inc()
 
 
 # --- the attempt loop ------------------------------------------------------------------------

@@ -43,10 +43,11 @@ def outcome_record(
     error_class: str = "",
     attempts: Sequence[Mapping[str, Any]] = (),
 ) -> Outcome:
-    """Write the outcome of one executed decision. Failed calls cost nothing; partial ones what streamed."""
+    """Write the outcome of one decision. Failed or refused calls cost nothing; partial ones what streamed."""
     if status not in Outcome.Status.values:
         raise ValueError(f"unknown outcome status {status!r}")
-    cost = Decimal(0) if status == Outcome.Status.ERROR else outcome_cost_usd(model=model, tokens=tokens)
+    unbilled = status in (Outcome.Status.ERROR, Outcome.Status.REFUSED)
+    cost = Decimal(0) if unbilled else outcome_cost_usd(model=model, tokens=tokens)
     row = Outcome(
         decision_id=decision_id,
         model_name=model_name,

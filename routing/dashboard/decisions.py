@@ -37,7 +37,7 @@ LIST_FIELDS = (
     "predicted_quality",
     "predictor_version",
 )
-OUTCOME_CHOICES = ("", "ok", "error", "partial", "none")
+OUTCOME_CHOICES = ("", "ok", "error", "partial", "refused", "none")
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,11 @@ def policy_replay(
                 )
     ids = [r["id"] for r in rows]
     if ids:
-        actual = Outcome.objects.filter(decision_id__in=ids).aggregate(n=Count("id"), cost=Sum("cost_usd"))
+        actual = (
+            Outcome.objects.filter(decision_id__in=ids)
+            .exclude(status=Outcome.Status.REFUSED)  # never called
+            .aggregate(n=Count("id"), cost=Sum("cost_usd"))
+        )
         result.actual_outcomes = actual["n"] or 0
         result.actual_cost_usd = float(actual["cost"]) if actual["cost"] is not None else None
         fb = Feedback.objects.filter(decision_id__in=ids).aggregate(n=Count("id"), mean=Avg("score"))

@@ -103,6 +103,7 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
     outcomes = {
         r["decision__arm"]: r
         for r in Outcome.objects.filter(decision__experiment=experiment.name)
+        .exclude(status=Outcome.Status.REFUSED)
         .values("decision__arm")
         .annotate(n=Count("id"), errors=Count("id", filter=Q(status=Outcome.Status.ERROR)))
     }

@@ -65,8 +65,10 @@ def _collect(name: str) -> dict[str, dict[str, list[float]]]:
             data[arm]["predicted_cost"].append(float(predicted))
     cost_by_decision: dict[Any, float] = defaultdict(float)
     arm_of: dict[Any, str] = {}
-    outcomes = Outcome.objects.filter(decision__experiment=name).values_list(
-        "decision_id", "decision__arm", "status", "latency_ms", "cost_usd"
+    outcomes = (
+        Outcome.objects.filter(decision__experiment=name)
+        .exclude(status=Outcome.Status.REFUSED)
+        .values_list("decision_id", "decision__arm", "status", "latency_ms", "cost_usd")
     )
     for decision_id, arm, status, latency_ms, cost_usd in outcomes:
         cost = float(cost_usd)

@@ -93,7 +93,8 @@ def policy_spend_usd(*, slug: str, since: datetime) -> float:
 
 def _cost_scale(slug: str, since: datetime) -> float:
     """Actual ÷ predicted cost on recent executed decisions, so projections correct the predictor's bias."""
-    rows = Outcome.objects.filter(decision__policy_slug=slug, decision__created_at__gte=since).aggregate(
+    executed = Outcome.objects.filter(decision__policy_slug=slug, decision__created_at__gte=since)
+    rows = executed.exclude(status=Outcome.Status.REFUSED).aggregate(
         actual=Sum("cost_usd"), predicted=Sum("decision__predicted_cost_usd")
     )
     actual, predicted = float(rows["actual"] or 0), float(rows["predicted"] or 0)

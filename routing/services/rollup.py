@@ -209,7 +209,8 @@ def decision_rows(start: datetime | None, end: datetime) -> Any:
 
 
 def aggregate_outcomes(start: datetime | None, end: datetime, into: Buckets) -> int:
-    qs = Outcome.objects.filter(created_at__lte=end)
+    # a call refused by a budget was never made: it is neither an outcome of its model nor an error
+    qs = Outcome.objects.filter(created_at__lte=end).exclude(status=Outcome.Status.REFUSED)
     if start is not None:
         qs = qs.filter(created_at__gt=start)
     n = 0

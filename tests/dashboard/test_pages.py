@@ -3,15 +3,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import timedelta
+from html import unescape
 from typing import Any
+from urllib.parse import parse_qs
 
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from feedback.models import Feedback, Outcome
-from routing.dashboard.decisions import DecisionFilters, decisions_page
+from routing.dashboard.decisions import DecisionFilters, decisions_page, encode_cursor
 from routing.dashboard.overview import overview_data
 from routing.models import DecisionLog, DecisionRollup
 from routing.services.rollup import baseline_cost, hist_percentile, latency_bucket, rollup_catch_up
@@ -99,6 +102,20 @@ def test_export_streams_every_filtered_row_as_csv_and_jsonl(
     assert len(lines) == 10
     first = json.loads(lines[0])
     assert first["candidates"] and first["features"]["approx_tokens"] > 0
+
+
+def test_export_links_carry_the_filters_not_the_page_and_export_refuses_a_cursor(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    client = persona("auditor")
+    model = decisions[0].chosen_model
+    cursor = encode_cursor(decisions[-1].created_at, decisions[-1].id)
+    page_two = client.get("/decisions/", {"model": model, "after": cursor})
+    assert page_two.status_code == 200
+    links = re.findall(r'href="/decisions/export\.csv\?([^"]*)"', page_two.content.decode())
+    assert links and all(parse_qs(unescape(q)) == {"model": [model]} for q in links)
+    response = client.get("/decisions/export.csv", {"model": model, "after": "bogus"})
+    assert response.status_code == 400 and b"page cursor" in response.content
 
 
 def test_export_neutralises_spreadsheet_formulas_and_knows_only_its_formats(

@@ -7,12 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from feedback.models import Outcome
 from providers.circuit import circuit_record_failure, circuit_status
 from providers.deployments import deployment_upsert
 from providers.services import provider_upsert
+from routing.dashboard.decisions import DecisionFilters, decisions_page
 from routing.models import SpendLedger
+from routing.services.rollup import Buckets, aggregate_outcomes
 from tests.factories import make_api_key, make_policy
 from tests.providers.conftest import UPSTREAM_KEY_ENV, upstream_model
 from tests.upstreams import Fail, FakeUpstream, Reply
@@ -89,9 +92,20 @@ def test_a_key_over_its_daily_budget_gets_a_429_and_spend_is_recorded(api: Api, 
     assert int(response["Retry-After"]) > 0
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded" and "daily budget of $0.50" in error["message"]
-    # the refused call was routed first: the answer names its decision, which has no outcome
+    # the refused call was routed first: the answer names its decision, whose outcome says it was
+    # refused, cost nothing, and stays out of the model's outcome and error counts
     assert error["decision_id"] == response["X-Scope-Decision-Id"]
-    assert not Outcome.objects.filter(decision_id=error["decision_id"]).exists()
+    refused = Outcome.objects.get(decision_id=error["decision_id"])
+    assert (refused.status, refused.error_class, refused.cost_usd) == ("refused", "budget_exceeded", 0)
+    assert refused.model_name == "first" and refused.latency_ms is None
+    buckets: Buckets = {}
+    assert aggregate_outcomes(None, timezone.now(), buckets) == 2
+    assert sum(b.outcomes for b in buckets.values()) == 2
+    assert sum(b.outcome_errors for b in buckets.values()) == 0
+    assert len(first.requests) == 2
+    # auditors find it with the explorer's outcome filter (and the decisions API's)
+    rows, _ = decisions_page(filters=DecisionFilters(outcome="refused"))
+    assert [str(r.id) for r in rows] == [error["decision_id"]]
 
 
 def test_a_key_over_its_rpm_limit_gets_a_429_from_chat_completions(api: Api, upstreams: Any) -> None:

@@ -115,6 +115,12 @@ def export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         return HttpResponse(
             "invalid filters: " + form.errors.as_text(), status=400, content_type="text/plain"
         )
+    if "after" in request.GET:  # silently exporting every row instead would mislead
+        return HttpResponse(
+            "the export takes filters only: `after` is a page cursor of the explorer; drop it",
+            status=400,
+            content_type="text/plain",
+        )
     rows = decisions_export_rows(form.filters())
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     if fmt == "csv":

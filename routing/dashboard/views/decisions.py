@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
@@ -19,6 +21,7 @@ def explorer(request: HttpRequest) -> HttpResponse:
             request, "dashboard/decisions.html", {"form": form, "rows": [], "active": "decisions"}, status=400
         )
     filters = form.filters() if form.is_bound else DecisionFilters()
+    query = filters.as_query()
     after = form.cleaned_data.get("after", "") if form.is_bound else ""
     try:
         rows, next_cursor = decisions_page(filters=filters, after=after)
@@ -28,7 +31,9 @@ def explorer(request: HttpRequest) -> HttpResponse:
         "form": form,
         "rows": rows,
         "next_cursor": next_cursor,
-        "query": filters.as_query(),
+        "query": query,
+        # the export takes every row the filters match, not this page's position (`after`)
+        "export_query": urlencode(query),
         "first_page": not after,
         "active": "decisions",
     }
