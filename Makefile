@@ -38,7 +38,7 @@ serve: install
 		--worker-class sync --max-requests 20000 --max-requests-jitter 10000 --access-logfile - --timeout 120
 
 worker: install
-	$(VENV)/bin/celery -A scope_site worker --loglevel INFO --concurrency 2
+	$(VENV)/bin/celery -A scope_site.worker worker --loglevel INFO --concurrency 2
 
 beat: install
 	$(VENV)/bin/celery -A scope_site beat --loglevel INFO

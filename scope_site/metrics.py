@@ -70,6 +70,17 @@ UPSTREAM_TTFT_SECONDS = Histogram(
     ["model", "provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+CELERY_TASKS = Counter(
+    "scope_celery_tasks",
+    "Celery tasks finished, by task and final state (SUCCESS, FAILURE, RETRY, ...)",
+    ["task", "state"],
+)
+CELERY_TASK_SECONDS = Histogram(
+    "scope_celery_task_seconds",
+    "Run time of Celery tasks per task",
+    ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)
 SPEND = Counter("scope_spend_usd", "Spend at catalog prices per policy and model", ["policy", "model"])
 TOKENS = Counter("scope_tokens", "Tokens per model and direction (input/output)", ["model", "direction"])
 

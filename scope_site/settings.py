@@ -266,6 +266,9 @@ SCOPE_CIRCUIT_COOLDOWN_S = env_float("SCOPE_CIRCUIT_COOLDOWN_S", 30.0, minimum=0
 SCOPE_CIRCUIT_SNAPSHOT_SECONDS = env_float("SCOPE_CIRCUIT_SNAPSHOT_SECONDS", 1.0, minimum=0.0)
 SCOPE_SIMULATED_SPEEDUP = env_float("SCOPE_SIMULATED_SPEEDUP", 1.0, minimum=0.001)
 SCOPE_METRICS_TOKEN = env_str("SCOPE_METRICS_TOKEN")  # when set, /metrics wants "Authorization: Bearer <it>"
+# a Celery worker started with `-A scope_site.worker` serves its task metrics here (port 0: off)
+SCOPE_WORKER_METRICS_PORT = env_int("SCOPE_WORKER_METRICS_PORT", 9540, minimum=0)
+SCOPE_WORKER_METRICS_ADDR = env_str("SCOPE_WORKER_METRICS_ADDR", "127.0.0.1")
 
 LOGGING = {
     "version": 1,

@@ -58,7 +58,7 @@ def _database_url() -> str:
 
 
 class CeleryWorker:
-    """A `celery -A scope_site worker` subprocess; `output` keeps its log lines."""
+    """A `celery -A scope_site.worker worker` subprocess (as `make worker`); `output` keeps its log lines."""
 
     def __init__(self, env: Mapping[str, str], *, pool: str = "solo", concurrency: int = 1):
         self.name = f"scope-test-{uuid.uuid4().hex[:8]}@%h"
@@ -72,7 +72,7 @@ class CeleryWorker:
     def start(self) -> CeleryWorker:
         self._ready.clear()
         command = [
-            sys.executable, "-m", "celery", "-A", "scope_site", "worker",
+            sys.executable, "-m", "celery", "-A", "scope_site.worker", "worker",
             "--loglevel", "INFO", "--hostname", self.name, "--pool", self.pool,
             "--concurrency", str(self.concurrency),
             "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -155,6 +155,7 @@ def run_celery_worker(env: Mapping[str, str] | None = None, **options: Any) -> I
         "SCOPE_API_KEY_CACHE_SECONDS": "0",
         "SCOPE_CONN_MAX_AGE": "0",  # no idle connection outlives the test (the test DB is dropped)
         "PYTHONUNBUFFERED": "1",
+        "SCOPE_WORKER_METRICS_PORT": "0",  # a test that wants them picks a free port
         **dict(env or {}),
     }
     worker = CeleryWorker(worker_env, **options).start()
