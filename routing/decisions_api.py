@@ -74,7 +74,7 @@ class OutcomeOutSerializer(serializers.Serializer):
     tokens_estimated = serializers.BooleanField()
     latency_ms = serializers.FloatField(allow_null=True)
     ttft_ms = serializers.FloatField(allow_null=True)
-    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=8)
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=8, coerce_to_string=False)
     error_class = serializers.CharField()
     created_at = serializers.DateTimeField()
 

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from routing.models import ApiKey
 from routing.serializers import ErrorSerializer
 from routing.services.limits import period_resets_at, spend_summary
+from scope_site.renderers import api_time
 
 
 class PeriodSerializer(serializers.Serializer):
@@ -45,7 +46,7 @@ class UsageApi(APIView):
                 {
                     "period": item.period,
                     "start": item.period_start.isoformat(),
-                    "resets_at": period_resets_at(item.period, item.period_start).isoformat(),
+                    "resets_at": api_time(period_resets_at(item.period, item.period_start)),
                     "budget_usd": None if item.budget_usd is None else float(item.budget_usd),
                     "spent_usd": float(item.spent_usd),
                     "reserved_usd": float(item.reserved_usd),

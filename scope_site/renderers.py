@@ -9,6 +9,7 @@ keep DRF's format, decimals, lazy strings, numpy values) goes through DRF's own 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -31,3 +32,8 @@ class OrjsonRenderer(JSONRenderer):
         if self.get_indent(accepted_media_type or "", dict(renderer_context or {})):
             return super().render(data, accepted_media_type, renderer_context)  # ?indent: DRF's
         return orjson.dumps(data, default=_FALLBACK.default, option=_OPTIONS)
+
+
+def api_time(value: datetime) -> str:
+    """A time as the API writes it everywhere: UTC, RFC 3339, "Z" (DRF's own format for datetimes)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

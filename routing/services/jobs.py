@@ -39,6 +39,7 @@ from scope_site.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from scope_site.renderers import api_time
 
 logger = logging.getLogger(__name__)
 _MAX_IDEMPOTENCY_KEY = 200
@@ -121,9 +122,9 @@ def job_payload(job: Job) -> dict[str, Any]:
         "id": str(job.id),
         "object": "scope.job",
         "status": job.status,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "created_at": api_time(job.created_at),
+        "started_at": api_time(job.started_at) if job.started_at else None,
+        "finished_at": api_time(job.finished_at) if job.finished_at else None,
         "attempts": job.attempts,
         "decision_id": str(job.decision_id) if job.decision_id else None,
         "idempotency_key": job.idempotency_key or None,

@@ -31,6 +31,7 @@ from django.utils import timezone
 from routing.models import ApiKey, BudgetHold, SpendLedger, SpendPeriod
 from routing.services.counters import CACHE_ERRORS, counter_get, counter_take, warn_degraded
 from scope_site.errors import RateLimited
+from scope_site.renderers import api_time
 
 _WINDOW_S = 60
 _CENT = Decimal("0.01")
@@ -231,7 +232,7 @@ def _budget_exceeded(
         when = f"calls in flight hold {_money(ledger.reserved_usd)}; retry in {retry_after} s"
     else:
         retry_after = max(1, math.ceil((reset - now).total_seconds()))
-        when = f"it resets at {reset.isoformat().replace('+00:00', 'Z')}"
+        when = f"it resets at {api_time(reset)}"
     return RateLimited(
         f"API key {api_key.name!r} would exceed its {word} budget of {_money(budget)}: "
         f"spent {_money(ledger.spent_usd)}, this request needs about {_money(amount)}; {when}.",

@@ -22,6 +22,7 @@ from routing.selectors import model_specs, policy_spec
 from routing.services.decision_log import decision_log_write
 from routing.services.experiments import experiment_policy
 from scope_site.errors import InvalidRequest, NoEligibleModel, NotFound
+from scope_site.renderers import api_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def decision_payload(row: DecisionLog) -> dict[str, Any]:
     """The answer of POST /api/v1/route, built from the logged row (what is answered is what is logged)."""
     return {
         "decision_id": str(row.id),
-        "created_at": row.created_at.isoformat(),
+        "created_at": api_time(row.created_at),
         "model": row.chosen_model,
         "provider": row.chosen_provider,
         "strategy": row.strategy,

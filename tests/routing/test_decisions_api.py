@@ -5,7 +5,7 @@ from typing import Any
 
 from django.test import Client
 
-from feedback.models import Feedback
+from feedback.models import Feedback, Outcome
 from routing.models import DecisionLog
 from tests.conftest import USER_MESSAGE
 from tests.factories import make_api_key
@@ -57,6 +57,12 @@ def test_one_decision_comes_with_its_feedback_and_another_keys_is_404(api: Api, 
     body = get(f"/api/v1/decisions/{decision_id}", api_key).json()
     assert body["decision_id"] == decision_id
     assert body["feedback"][0]["score"] == 0.75 and body["outcomes"] == []
+    Outcome.objects.create(decision_id=decision_id, model_name=body["model"], status="ok", cost_usd="0.00012")
+    body = get(f"/api/v1/decisions/{decision_id}", api_key).json()
+    # money is a number and every time is UTC with "Z", as in the route answer
+    assert body["outcomes"][0]["cost_usd"] == 0.00012
+    stamps = [body["created_at"], body["outcomes"][0]["created_at"], body["feedback"][0]["created_at"]]
+    assert all(s.endswith("Z") for s in stamps), stamps
     _, other_key = make_api_key("nosy-app")
     response = get(f"/api/v1/decisions/{decision_id}", other_key)
     assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_decision"

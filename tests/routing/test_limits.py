@@ -251,6 +251,6 @@ def test_a_key_reads_its_own_limits_and_spend(catalog: Any) -> None:
         0.75,
         0.25,
     )
-    assert day["remaining_usd"] == 1.0 and day["resets_at"].endswith("T00:00:00+00:00")
+    assert day["remaining_usd"] == 1.0 and day["resets_at"].endswith("T00:00:00Z")
     assert (month["budget_usd"], month["remaining_usd"], month["spent_usd"]) == (None, None, 0.75)
     assert Client().get("/api/v1/usage").status_code == 401
