@@ -113,4 +113,12 @@ def test_calibrate_policy_refuses_bad_targets_and_publishes_nothing_it_cannot_re
         stdout=out,
     )
     assert "target not reached: no alpha keeps the mean cost" in out.getvalue()
+    # a share no alpha gives (the top model never wins every prompt of this traffic): refused too
+    with pytest.raises(CommandError, match=r"no alpha gives large a 100% share .* the closest is \d"):
+        call_command("calibrate_policy", "default", "--target-share", "large=1", "--source", "gen")
+    out = StringIO()
+    call_command(
+        "calibrate_policy", "default", "--target-share", "large=1", "--source", "gen", "--dry-run", stdout=out
+    )
+    assert "target not reached: no alpha gives large a 100% share" in out.getvalue()
     assert PolicyVersion.objects.filter(policy__slug="default").count() == before
