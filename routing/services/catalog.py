@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from django.db import transaction
 
-from providers.models import LLMModel
+from providers.models import LLMModel, Provider
 from providers.services import model_upsert, provider_upsert
 from routing.models import RoutingPolicy
 from routing.selectors import catalog_invalidate
@@ -59,6 +59,7 @@ SECTION_LOADERS["experiments"] = experiments_load
 class CatalogResult:
     counts: dict[str, int] = field(default_factory=dict)
     new_policy_versions: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # existing entries left as they are (only_missing)
 
 
 def catalog_parse(path: Path) -> dict[str, Any]:
@@ -90,7 +91,13 @@ def _items(data: Mapping[str, Any], section: str, allowed: set[str], id_key: str
     return [dict(i) for i in items]
 
 
-def catalog_load(*, data: Mapping[str, Any], created_by: str = "load_catalog") -> CatalogResult:
+def catalog_load(
+    *, data: Mapping[str, Any], created_by: str = "load_catalog", only_missing: bool = False
+) -> CatalogResult:
+    """Upsert the file's providers, models and policies (and registered sections) in one transaction.
+
+    only_missing: create what does not exist yet and leave existing providers, models and policies
+    exactly as operators left them (seed_demo); other sections are then not loaded at all."""
     known_sections = {"providers", "models", "policies"} | set(SECTION_LOADERS)
     unknown = set(data) - known_sections
     if unknown:
@@ -99,6 +106,11 @@ def catalog_load(*, data: Mapping[str, Any], created_by: str = "load_catalog") -
     models = _items(data, "models", MODEL_KEYS, "name")
     policies = _items(data, "policies", POLICY_KEYS, "slug")
     result = CatalogResult()
+    if only_missing:
+        providers = _missing(providers, "name", Provider, result)
+        models = _missing(models, "name", LLMModel, result)
+        policies = _missing(policies, "slug", RoutingPolicy, result)
+        data = {}
     with transaction.atomic():
         for item in providers:
             provider_upsert(**item)
@@ -127,6 +139,12 @@ def catalog_load(*, data: Mapping[str, Any], created_by: str = "load_catalog") -
         transaction.on_commit(catalog_invalidate)
     result.counts.update(providers=len(providers), models=len(models), policies=len(policies))
     return result
+
+
+def _missing(items: list[dict[str, Any]], key: str, model: Any, result: CatalogResult) -> list[dict[str, Any]]:
+    existing = set(model.objects.filter(**{f"{key}__in": [i[key] for i in items]}).values_list(key, flat=True))
+    result.kept += [f"{model._meta.verbose_name} {i[key]}" for i in items if i[key] in existing]
+    return [i for i in items if i[key] not in existing]
 
 
 def _current_version(slug: str) -> int | None:

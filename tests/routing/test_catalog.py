@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 
 from providers.models import LLMModel, Provider
 from routing.models import ApiKey, PolicyVersion, RoutingPolicy
+from routing.services.policies import policy_publish
 
 CATALOG = {
     "providers": [
@@ -188,6 +189,25 @@ def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
         load(path)
     with pytest.raises(CommandError, match="cannot read"):
         load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.django_db
+def test_seed_demo_keeps_what_operators_changed_unless_reset() -> None:
+    call_command("seed_demo", stdout=StringIO())
+    policy_publish(slug="default", created_by="operator", strategy="pre_inference", alpha=0.9)
+    LLMModel.objects.filter(name="gpt-4o-mini").update(tier=1)
+    edited = RoutingPolicy.objects.get(slug="default").current.version  # type: ignore[union-attr]
+    out = StringIO()
+    call_command("seed_demo", stdout=out)  # what every `make run` does
+    assert "0 providers, 0 models, 0 policies created" in out.getvalue()
+    assert "already there, left as they are" in out.getvalue()
+    current = RoutingPolicy.objects.get(slug="default").current
+    assert current is not None and (current.version, current.alpha) == (edited, 0.9)
+    assert LLMModel.objects.get(name="gpt-4o-mini").tier == 1
+    call_command("seed_demo", "--reset", stdout=StringIO())
+    current = RoutingPolicy.objects.get(slug="default").current
+    assert current is not None and current.version == edited + 1 and current.strategy == "hybrid"
+    assert LLMModel.objects.get(name="gpt-4o-mini").tier != 1
 
 
 @pytest.mark.django_db
