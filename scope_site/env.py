@@ -59,6 +59,31 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_weights(name: str, default: dict[str, float]) -> dict[str, float]:
+    """`key=number,key=number` (non-negative numbers)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return dict(default)
+    out: dict[str, float] = {}
+    for item in env_list(name, []):
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value) if sep and key.strip() else -1.0
+        except ValueError:
+            number = -1.0
+        if not number >= 0.0:  # also NaN
+            raise ConfigurationError(f"{name}: {item!r} is not key=number (e.g. feedback=3,outcome=1)")
+        out[key.strip()] = number
+    return out
+
+
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise ConfigurationError(f"{name}={value!r} must be one of: {', '.join(sorted(choices))}")
+    return value
+
+
 def env_url(name: str, *, schemes: set[str]) -> str:
     """Return the URL in `name` (or "" when unset), checking its scheme and host."""
     raw = env_str(name)

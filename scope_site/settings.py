@@ -15,11 +15,13 @@ import dj_database_url
 from scope_site.env import (
     ConfigurationError,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
     env_str,
     env_url,
+    env_weights,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -207,9 +209,7 @@ SCOPE_EXTRA_STRATEGIES = env_list("SCOPE_EXTRA_STRATEGIES", [])
 SCOPE_DEFAULT_POLICY = env_str("SCOPE_DEFAULT_POLICY", "default")
 SCOPE_MAX_FALLBACKS = env_int("SCOPE_MAX_FALLBACKS", 3, minimum=0)
 # Store prompts in the decision log ("full") or only their hash and features ("redacted").
-SCOPE_PROMPT_STORAGE = env_str("SCOPE_PROMPT_STORAGE", "full")
-if SCOPE_PROMPT_STORAGE not in {"full", "redacted"}:
-    raise ConfigurationError("SCOPE_PROMPT_STORAGE must be 'full' or 'redacted'")
+SCOPE_PROMPT_STORAGE = env_choice("SCOPE_PROMPT_STORAGE", "full", {"full", "redacted"})
 SCOPE_CATALOG_TTL_SECONDS = env_float("SCOPE_CATALOG_TTL_SECONDS", 2.0, minimum=0.0)
 # How often a process looks up which predictor version is active (routing/predictor/registry.py).
 SCOPE_PREDICTOR_CHECK_SECONDS = env_float("SCOPE_PREDICTOR_CHECK_SECONDS", 2.0, minimum=0.0)
@@ -229,13 +229,9 @@ SCOPE_API_KEY_CACHE_SECONDS = env_float("SCOPE_API_KEY_CACHE_SECONDS", 2.0, mini
 SCOPE_DATA_DIR = Path(env_str("SCOPE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data")))
 # Learning loop (feedback/services/live_data.py, retraining.py, calibration.py; routing/services/pacing.py)
 # Per-source weights of training examples: "feedback=3,outcome=1,eval=1".
-SCOPE_TRAINING_SOURCE_WEIGHTS = {
-    k.strip(): float(v)
-    for k, _, v in (
-        item.partition("=")
-        for item in env_list("SCOPE_TRAINING_SOURCE_WEIGHTS", ["feedback=3", "outcome=1", "eval=1"])
-    )
-}
+SCOPE_TRAINING_SOURCE_WEIGHTS = env_weights(
+    "SCOPE_TRAINING_SOURCE_WEIGHTS", {"feedback": 3.0, "outcome": 1.0, "eval": 1.0}
+)
 SCOPE_RETRAIN_MIN_IMPROVEMENT = env_float("SCOPE_RETRAIN_MIN_IMPROVEMENT", 0.002, minimum=0.0)  # Brier margin
 SCOPE_RETRAIN_HOLDOUT_FRACTION = env_float("SCOPE_RETRAIN_HOLDOUT_FRACTION", 0.2, minimum=0.05)
 SCOPE_RETRAIN_LIVE_DAYS = env_int("SCOPE_RETRAIN_LIVE_DAYS", 90, minimum=1)  # live decisions used
@@ -275,7 +271,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("SCOPE_LOG_LEVEL", "INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("SCOPE_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}),
+    },
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 

@@ -97,7 +97,11 @@ def test_roles_exist_and_auditors_can_only_view() -> None:
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL must start with one of"),
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG='maybe' is not a boolean"),
         ({"SCOPE_CONN_MAX_AGE": "forever"}, "SCOPE_CONN_MAX_AGE='forever' is not an integer"),
-        ({"SCOPE_PROMPT_STORAGE": "sometimes"}, "SCOPE_PROMPT_STORAGE must be"),
+        ({"SCOPE_PROMPT_STORAGE": "sometimes"}, "SCOPE_PROMPT_STORAGE='sometimes' must be one of"),
+        ({"SCOPE_EXTRA_STRATEGIES": "mine=nope.Mod"}, "SCOPE_EXTRA_STRATEGIES: No module named 'nope'"),
+        ({"SCOPE_EXTRA_STRATEGIES": "mine=routing.engine.strategies.Nope"}, "SCOPE_EXTRA_STRATEGIES: "),
+        ({"SCOPE_TRAINING_SOURCE_WEIGHTS": "foo"}, "SCOPE_TRAINING_SOURCE_WEIGHTS: 'foo' is not key=number"),
+        ({"SCOPE_LOG_LEVEL": "LOUD"}, "SCOPE_LOG_LEVEL='LOUD' must be one of"),
     ],
 )
 def test_bad_settings_fail_at_start_with_a_clear_message(
