@@ -1,6 +1,7 @@
 """What-if replay: run an edited (unpublished) policy over the last N logged decisions.
 
-Each decision is re-decided with its logged features and metadata, the current catalog and the
+Each decision is re-decided with its logged features, metadata and the request's own limits
+(alpha, max cost/latency, model list, output budget; recorded in its explanation), the current catalog and the
 active predictor, through the same `decide()` the route path uses; nothing is written. The result
 compares predicted cost, quality and model mix with what was logged (and with the actual outcomes
 and feedback of those decisions, where they exist).
@@ -18,8 +19,8 @@ from django.db.models import Avg, Count, Sum
 
 from feedback.models import Feedback, Outcome
 from providers.decisions import PASSTHROUGH
-from routing.engine.decide import UnknownStrategy, decide
-from routing.engine.types import ModelSpec, PolicySpec, RouteOptions
+from routing.engine.decide import UnknownStrategy, decide, options_from_log
+from routing.engine.types import ModelSpec, PolicySpec
 from routing.features import FeatureLogError, request_features_from_log
 from routing.models import DecisionLog
 from routing.predictor.registry import active_predictor
@@ -103,6 +104,7 @@ def policy_replay(
             "feature_schema",
             "prompt",
             "metadata",
+            "explanation",
             "chosen_model",
             "predicted_cost_usd",
             "predicted_quality",
@@ -124,7 +126,7 @@ def policy_replay(
                 features=features,
                 models=specs,
                 policy=policy,
-                options=RouteOptions(metadata=row["metadata"] or {}),
+                options=options_from_log(row["explanation"], row["metadata"]),
                 predictor=predictor,
                 strategies=known,
                 max_fallbacks=settings.SCOPE_MAX_FALLBACKS,

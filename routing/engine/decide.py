@@ -69,6 +69,37 @@ def _apply_rules(
     return forced, forced_by, alpha, matched
 
 
+def request_limits(options: RouteOptions) -> dict[str, Any]:
+    """The request's own overrides (alpha, limits, model list, output budget), those it set only."""
+    out: dict[str, Any] = {}
+    if options.alpha is not None:
+        out["alpha"] = options.alpha
+    if options.max_cost_usd is not None:
+        out["max_cost_usd"] = options.max_cost_usd
+    if options.max_latency_ms is not None:
+        out["max_latency_ms"] = options.max_latency_ms
+    if options.models:
+        out["models"] = list(options.models)
+    if options.max_output_tokens is not None:
+        out["max_output_tokens"] = options.max_output_tokens
+    return out
+
+
+def options_from_log(
+    explanation: Mapping[str, Any] | None, metadata: Mapping[str, Any] | None
+) -> RouteOptions:
+    """RouteOptions of a logged decision (rows logged before limits were recorded: metadata only)."""
+    request = (explanation or {}).get("request") or {}
+    return RouteOptions(
+        alpha=request.get("alpha"),
+        max_cost_usd=request.get("max_cost_usd"),
+        max_latency_ms=request.get("max_latency_ms"),
+        models=tuple(request.get("models") or ()),
+        metadata=metadata or {},
+        max_output_tokens=request.get("max_output_tokens"),
+    )
+
+
 def decide(
     *,
     features: RequestFeatures,
@@ -161,6 +192,9 @@ def decide(
         "eligible": len(eligible),
         "excluded": len(candidates) - len(eligible),
     }
+    request = request_limits(options)
+    if request:  # what the request itself narrowed, so a replay re-decides it under the same limits
+        explanation["request"] = request
     if chosen is not None and strategy.uses_predictor:
         source = active if chosen.prediction is not None and chosen.prediction.known else _PRIOR
         explanation["contributions"] = source.contributions(features, chosen.model)

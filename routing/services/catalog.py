@@ -141,8 +141,12 @@ def catalog_load(
     return result
 
 
-def _missing(items: list[dict[str, Any]], key: str, model: Any, result: CatalogResult) -> list[dict[str, Any]]:
-    existing = set(model.objects.filter(**{f"{key}__in": [i[key] for i in items]}).values_list(key, flat=True))
+def _missing(
+    items: list[dict[str, Any]], key: str, model: Any, result: CatalogResult
+) -> list[dict[str, Any]]:
+    existing = set(
+        model.objects.filter(**{f"{key}__in": [i[key] for i in items]}).values_list(key, flat=True)
+    )
     result.kept += [f"{model._meta.verbose_name} {i[key]}" for i in items if i[key] in existing]
     return [i for i in items if i[key] not in existing]
 

@@ -10,6 +10,8 @@ from django.core.management.base import CommandError
 from routing.dashboard.replay import policy_replay
 from routing.engine.types import PolicySpec, Rule
 from routing.models import DecisionLog, PolicyVersion, RoutingPolicy
+from routing.services.route import route_decide
+from scope_site.errors import NoEligibleModel
 
 
 def _form(**overrides: Any) -> dict[str, Any]:
@@ -47,6 +49,19 @@ def test_replay_leaves_out_calls_that_named_their_model(decisions: list[Decision
     DecisionLog.objects.filter(pk__in=[d.pk for d in decisions[:3]]).update(strategy="passthrough")
     result = policy_replay(policy=PolicySpec(slug="default", version=99), limit=50, source_policy="default")
     assert result.replayed.decisions == 7  # the policy made 7 of the 10 decisions
+
+
+def test_replay_keeps_each_requests_own_limits(catalog: Any) -> None:
+    ask = [{"role": "user", "content": "Prove that the square root of 2 is irrational"}]
+    only_small = route_decide(messages=ask, api_key=None, models=["small"], alpha=1.0).row
+    with pytest.raises(NoEligibleModel):
+        route_decide(messages=ask, api_key=None, max_cost_usd=1e-12)
+    assert only_small.explanation["request"] == {"alpha": 1.0, "models": ["small"]}
+    result = policy_replay(policy=PolicySpec(slug="default", version=99), limit=50, source_policy="default")
+    # still only "small" for the first, still nothing within $1e-12 for the second
+    assert result.replayed.decisions == 2
+    assert result.replayed.mix == {"small": 1} and result.replayed.no_model == 1
+    assert result.changed == 0
 
 
 def test_replay_with_everything_denied_reports_no_model(decisions: list[DecisionLog]) -> None:
