@@ -20,6 +20,7 @@ from django.db import transaction
 
 from providers.models import Deployment, LLMModel, Provider
 from scope_site.errors import InvalidRequest
+from scope_site.lengths import check_lengths
 
 DEPLOYMENT_KEYS = {
     "model",
@@ -52,7 +53,8 @@ def deployment_upsert(
     tpm_limit: int | None = None,
     enabled: bool = True,
 ) -> Deployment:
-    where = f"deployments[{model}/{name}]"
+    where = f"deployments[{model}/{name[:200]}]"
+    check_lengths(Deployment, where, name=name, upstream_name=upstream_name)
     model_row = LLMModel.objects.filter(name=model).first()
     if model_row is None:
         raise InvalidRequest(f"{where}.model: unknown model {model!r}")

@@ -10,6 +10,7 @@ from django.db import transaction
 
 from providers.models import LLMModel, LoadBalancing, Provider, ProviderKind
 from scope_site.errors import InvalidRequest
+from scope_site.lengths import check_lengths
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -34,6 +35,7 @@ def provider_upsert(
     read_timeout_s: float = 60.0,
     enabled: bool = True,
 ) -> Provider:
+    check_lengths(Provider, f"providers[{name[:100]}]", name=name, base_url=base_url, api_key_env=api_key_env)
     if kind not in ProviderKind.values:
         raise InvalidRequest(f"providers[{name}].kind: must be one of {', '.join(ProviderKind.values)}")
     if kind != ProviderKind.SIMULATED and not base_url:
@@ -69,7 +71,8 @@ def model_upsert(
     load_balancing: str = LoadBalancing.WEIGHTED,
     enabled: bool = True,
 ) -> LLMModel:
-    where = f"models[{name}]"
+    where = f"models[{name[:200]}]"
+    check_lengths(LLMModel, where, name=name, upstream_name=upstream_name)
     provider_row = Provider.objects.filter(name=provider).first()
     if provider_row is None:
         raise InvalidRequest(f"{where}.provider: unknown provider {provider!r}")

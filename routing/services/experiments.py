@@ -22,6 +22,7 @@ from routing.models import Experiment, ExperimentArm, ExperimentStatus, RoutingP
 from routing.selectors import policy_spec
 from routing.services.policies import VERSIONED_FIELDS, policy_publish
 from scope_site.errors import Conflict, InvalidRequest, NotFound
+from scope_site.lengths import check_lengths
 
 EXPERIMENT_KEYS = {"name", "policy", "arms", "status", "description"}
 ARM_KEYS = {"name", "policy", "weight"}
@@ -108,9 +109,9 @@ def _clean_arms(name: str, arms: Any) -> list[dict[str, Any]]:
         weight = arm.get("weight", 50)
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
             raise InvalidRequest(f"{where}.weight: must be a non-negative integer")
-        cleaned.append(
-            {"name": str(arm.get("name") or arm["policy"]), "policy": arm["policy"], "weight": weight}
-        )
+        arm_name = str(arm.get("name") or arm["policy"])
+        check_lengths(ExperimentArm, where, name=arm_name)
+        cleaned.append({"name": arm_name, "policy": arm["policy"], "weight": weight})
     names = [a["name"] for a in cleaned]
     if len(set(names)) != len(names):
         raise InvalidRequest(
@@ -130,6 +131,7 @@ def experiment_upsert(
     description: str = "",
 ) -> Experiment:
     """Create or update an experiment by name; arms are replaced when they differ. Idempotent."""
+    check_lengths(Experiment, f"experiments[{name[:100]}]", name=name)
     cleaned = _clean_arms(name, arms)
     if status is not None and status not in ExperimentStatus.values:
         raise InvalidRequest(

@@ -15,6 +15,7 @@ from routing.engine.strategies import load_strategies
 from routing.models import PolicyVersion, RoutingPolicy
 from routing.selectors import catalog_invalidate
 from scope_site.errors import InvalidRequest
+from scope_site.lengths import check_lengths
 
 RULE_ACTIONS = ("force", "exclude", "set_alpha")
 VERSIONED_FIELDS = (
@@ -132,6 +133,8 @@ def policy_publish(
     known_models: set[str] | None = None,
 ) -> PolicyVersion:
     """Create the policy if new; publish a new version if anything versioned changed; else no-op."""
+    check_lengths(RoutingPolicy, "", slug=slug, name=name)  # load_catalog prefixes policies[<slug>]
+    check_lengths(PolicyVersion, "", strategy=strategy, created_by=created_by, note=note)
     try:
         validate_slug(slug)
     except ValidationError:

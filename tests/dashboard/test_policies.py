@@ -85,6 +85,15 @@ def test_operator_replays_an_edit_then_publishes_it(persona: Any, decisions: lis
     assert current.created_by == "operator" and current.note == "cheaper"
 
 
+def test_a_new_policy_slug_longer_than_its_column_is_refused_not_a_500(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    response = persona("operator").post(f"/policies/{'a' * 200}/publish", _form(), HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "slug: at most 100 characters" in response.content.decode()
+    assert not RoutingPolicy.objects.filter(slug__startswith="aaaa").exists()
+
+
 def test_invalid_rules_are_refused_with_the_reason_and_nothing_published(
     persona: Any, decisions: list[DecisionLog]
 ) -> None:

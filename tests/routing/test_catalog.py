@@ -192,6 +192,30 @@ def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.django_db
+def test_names_longer_than_their_column_are_refused_naming_the_key(tmp_path: Path) -> None:
+    long_model, long_slug = "m" * 201, "p" * 101
+    cases = [
+        (
+            {
+                "models": [
+                    {"name": long_model, "provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+                ]
+            },
+            "models[" + "m" * 200 + "].name: at most 200 characters",
+        ),
+        ({"policies": [{"slug": long_slug}]}, "].slug: at most 100 characters (got 101)"),
+        ({"providers": [{"name": "x" * 101, "kind": "simulated"}]}, ".name: at most 100 characters"),
+    ]
+    for data, message in cases:
+        path = tmp_path / "long.yaml"
+        path.write_text(yaml.safe_dump({"providers": [{"name": "sim", "kind": "simulated"}], **data}))
+        with pytest.raises(CommandError) as raised:
+            load(path)
+        assert message in str(raised.value)
+    assert not LLMModel.objects.filter(name=long_model).exists()
+
+
+@pytest.mark.django_db
 def test_seed_demo_keeps_what_operators_changed_unless_reset() -> None:
     call_command("seed_demo", stdout=StringIO())
     policy_publish(slug="default", created_by="operator", strategy="pre_inference", alpha=0.9)
