@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import uuid
@@ -96,7 +97,12 @@ def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobS
 
 
 def _same_body(job: Job, body: Any) -> Job:
-    if _canonical(job.body) != _canonical(body):
+    stored = job.body
+    if isinstance(stored, dict) and stored.get("redacted") is True:  # an ended job under redacted storage
+        same = stored.get("sha256") == _sha256(body)
+    else:
+        same = _canonical(stored) == _canonical(body)
+    if not same:
         raise Conflict(
             "This Idempotency-Key was already used with a different request body; use a new key.",
             code="idempotency_key_reused",
@@ -107,6 +113,19 @@ def _same_body(job: Job, body: Any) -> Job:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _sha256(body: Any) -> str:
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+def _ended(body: Any) -> dict[str, Any]:
+    """What an ended job keeps of its request: all of it, or under SCOPE_PROMPT_STORAGE=redacted
+    only its hash (the Idempotency-Key check compares against it). A queued or running job needs
+    the whole body to run; the answer stays in `result` for the client to fetch."""
+    if settings.SCOPE_PROMPT_STORAGE != "redacted":
+        return {}
+    return {"body": {"redacted": True, "sha256": _sha256(body)}}
 
 
 def job_get(*, api_key: ApiKey, job_id: uuid.UUID) -> Job:
@@ -169,11 +188,14 @@ def job_claim(*, job_id: uuid.UUID | str, worker: str) -> bool:
 def _fail_if_out_of_attempts(job_id: uuid.UUID | str, now: dt.datetime) -> None:
     """A job whose attempts are used up (last one died mid-run) ends as failed instead of hanging."""
     claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=_stale_before(now))
-    Job.objects.filter(claimable, pk=job_id, attempts__gte=settings.SCOPE_JOB_MAX_ATTEMPTS).update(
-        status=JobStatus.FAILED,
-        finished_at=now,
-        error={"code": "attempts_exhausted", "message": "the job's worker stopped on every attempt"},
-    )
+    exhausted = Job.objects.filter(claimable, pk=job_id, attempts__gte=settings.SCOPE_JOB_MAX_ATTEMPTS)
+    for body in exhausted.values_list("body", flat=True)[:1]:
+        exhausted.update(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            error={"code": "attempts_exhausted", "message": "the job's worker stopped on every attempt"},
+            **_ended(body),
+        )
 
 
 def _store(job_id: uuid.UUID | str, worker: str, **values: Any) -> bool:
@@ -238,6 +260,7 @@ def job_run(*, job_id: uuid.UUID | str, worker: str) -> JobRun:
             error=_error_body(exc),
             finished_at=now,
             decision_id=decision_id,
+            **_ended(job.body),
         )
         return JobRun(claimed=True, status=JobStatus.FAILED)
     body = result.body
@@ -249,6 +272,7 @@ def job_run(*, job_id: uuid.UUID | str, worker: str) -> JobRun:
             finished_at=timezone.now(),
             decision_id=result.decision_id,
             error={"code": "result_too_large", "message": "the answer exceeds SCOPE_JOB_RESULT_MAX_BYTES"},
+            **_ended(job.body),
         )
         return JobRun(claimed=stored, status=JobStatus.FAILED)
     stored = _store(
@@ -259,6 +283,7 @@ def job_run(*, job_id: uuid.UUID | str, worker: str) -> JobRun:
         error=None,
         finished_at=timezone.now(),
         decision_id=result.decision_id,
+        **_ended(job.body),
     )
     if not stored:
         logger.warning(

@@ -90,6 +90,30 @@ def test_an_idempotency_key_reused_with_another_body_is_a_409(api: Api) -> None:
     assert response.json()["error"]["code"] == "idempotency_key_reused"
 
 
+def test_redacted_storage_keeps_only_the_hash_of_an_ended_jobs_request(
+    api: Api, api_key: str, settings: Any
+) -> None:
+    settings.SCOPE_PROMPT_STORAGE = "redacted"
+    secret = {**BODY, "messages": USER_MESSAGE("TOPSECRET-JOB-PROMPT: what is 2 + 2?")}
+    job_id = submit(api, secret, HTTP_IDEMPOTENCY_KEY="r1").json()["id"]
+    assert "TOPSECRET" in str(Job.objects.get(pk=job_id).body)  # queued: the worker needs it
+    assert job_run(job_id=job_id, worker="w1").status == "succeeded"
+    job = Job.objects.get(pk=job_id)
+    assert "TOPSECRET" not in str(job.body) and job.body["redacted"] is True
+    assert get(api_key, job_id).json()["result"]["choices"]  # the answer is still there to fetch
+    # the Idempotency-Key still tells the same request from another one
+    assert submit(api, secret, HTTP_IDEMPOTENCY_KEY="r1").json()["id"] == job_id
+    assert submit(api, BODY, HTTP_IDEMPOTENCY_KEY="r1").status_code == 409
+    # a job that ran out of attempts ends redacted too
+    settings.SCOPE_JOB_MAX_ATTEMPTS = 1
+    stuck = submit(api, secret).json()["id"]
+    assert job_claim(job_id=stuck, worker="dead-worker")
+    Job.objects.filter(pk=stuck).update(started_at=timezone.now() - dt.timedelta(hours=1))
+    job_run(job_id=stuck, worker="late")
+    ended = Job.objects.get(pk=stuck)
+    assert ended.status == "failed" and "TOPSECRET" not in str(ended.body)
+
+
 def test_idempotency_keys_are_per_api_key(api: Api, catalog: Any) -> None:
     _, second_key = make_api_key("second")
     one = submit(api, HTTP_IDEMPOTENCY_KEY="same").json()["id"]
