@@ -194,7 +194,7 @@ def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.django_db
 def test_names_longer_than_their_column_are_refused_naming_the_key(tmp_path: Path) -> None:
     long_model, long_slug = "m" * 201, "p" * 101
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         (
             {
                 "models": [
