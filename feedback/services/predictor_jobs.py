@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.registry import predictor_version_activate, predictor_version_save
+from feedback.services.retraining import champion_unseen
 from feedback.services.training import examples_from_eval_outcomes, predictor_evaluate, predictor_train
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.dataset import load_models
@@ -29,6 +30,9 @@ class JobResult:
     reason: str
     challenger: Mapping[str, Any]
     champion: Mapping[str, Any] | None
+
+
+MIN_COMPARISON_PROMPTS = 10  # fewer held-out prompts unseen by both: compare on all, and say so
 
 
 def challenger_wins(challenger: Mapping[str, Any], champion: Mapping[str, Any]) -> tuple[bool, str]:
@@ -87,6 +91,7 @@ def predictor_train_job(
         )
         champion_row = PredictorVersion.objects.filter(is_active=True).first()
         champion_metrics = None
+        challenger_metrics = trained.metrics  # on the prompts of the comparison, when they differ
         if champion_row is None:
             wins, reason = True, "no active predictor to beat"
         else:
@@ -95,10 +100,26 @@ def predictor_train_job(
             except ArtifactError:  # a champion this code cannot load loses
                 wins, reason = True, f"the active predictor {champion_row.name} cannot be loaded"
             else:
-                champion_metrics = predictor_evaluate(
-                    predictor=champion, examples=trained.holdout, models=list(infos.values())
+                # compare on held-out prompts the active predictor did not train on either
+                unseen = champion_unseen(champion_row, examples)
+                fair = [e for e in trained.holdout if unseen(e)] if unseen is not None else []
+                caveat = ""
+                if unseen is None or len({e.prompt_key for e in fair}) < MIN_COMPARISON_PROMPTS:
+                    fair = trained.holdout
+                    caveat = (
+                        "; the active predictor may have trained on these prompts (its split is unknown "
+                        "or too few prompts are unseen by both), so its scores may be optimistic"
+                    )
+                models = list(infos.values())
+                champion_metrics = predictor_evaluate(predictor=champion, examples=fair, models=models)
+                challenger_metrics = (
+                    trained.metrics
+                    if fair is trained.holdout
+                    else predictor_evaluate(predictor=trained.predictor, examples=fair, models=models)
                 )
-                wins, reason = challenger_wins(trained.metrics, champion_metrics)
+                wins, reason = challenger_wins(challenger_metrics, champion_metrics)
+                prompts = len({e.prompt_key for e in fair})
+                reason += caveat or f" on the {prompts} held-out prompts neither predictor trained on"
         version = predictor_version_save(trained=trained)
         promote = wins or force_activate
         if promote:
@@ -110,7 +131,11 @@ def predictor_train_job(
             progress=1.0,
             progress_message=reason[:200],
             data_counts=trained.counts,
-            metrics={"challenger": trained.metrics, "champion": champion_metrics},
+            metrics={
+                "challenger": trained.metrics,
+                "champion": champion_metrics,
+                "challenger_compared": challenger_metrics,
+            },
             challenger=version,
             champion=champion_row,
             finished_at=timezone.now(),

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -110,6 +110,41 @@ def _held_out(key: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < share
 
 
+def champion_seed_split(
+    lineage: Mapping[str, Any], imported: Sequence[TrainingExample]
+) -> tuple[set[str], str] | None:
+    """The prompt keys a predictor trained by predictor_train held out (its seed and share over the
+    sources it saw), and the rule's description; None when its lineage does not say."""
+    seed, share = lineage.get("seed"), lineage.get("holdout_share")
+    if not isinstance(seed, int) or not isinstance(share, int | float) or share <= 0:
+        return None
+    seen_sources = set(lineage.get("sources") or {})
+    subset = [e for e in imported if e.source.removeprefix("eval:") in seen_sources]
+    _, held = split_examples(subset, seed=seed, holdout_share=float(share))
+    return {
+        e.prompt_key for e in held
+    }, f"champion split (seed {seed}, share {share}) over {sorted(seen_sources)}"
+
+
+def champion_unseen(
+    champion: PredictorVersion, imported: Sequence[TrainingExample]
+) -> Callable[[TrainingExample], bool] | None:
+    """A test for "the champion did not train on this imported example", or None when its lineage
+    does not say how it split its data."""
+    lineage = (champion.metadata or {}).get("lineage", {})
+    seen = set(lineage.get("sources") or {})
+    if lineage.get("holdout_rule") == "sha256":
+        share = lineage.get("comparison_holdout_share")
+        if not isinstance(share, int | float):
+            return None
+        return lambda e: e.source.removeprefix("eval:") not in seen or _held_out(e.prompt_key, float(share))
+    split = champion_seed_split(lineage, imported)
+    if split is None:
+        return None
+    keys = split[0]
+    return lambda e: e.source.removeprefix("eval:") not in seen or e.prompt_key in keys
+
+
 def split_for_comparison(
     data: TrainingData, share: float, champion: PredictorVersion | None
 ) -> tuple[list[TrainingExample], list[TrainingExample], dict[str, Any]]:
@@ -124,13 +159,9 @@ def split_for_comparison(
     rule = "sha256"
     champion_keys: set[str] | None = None
     if champion is not None and lineage.get("holdout_rule") != "sha256":
-        seed, champion_share = lineage.get("seed"), lineage.get("holdout_share")
-        if isinstance(seed, int) and isinstance(champion_share, int | float) and champion_share > 0:
-            seen_sources = set(lineage.get("sources") or {})
-            subset = [e for e in data.imported if e.source.removeprefix("eval:") in seen_sources]
-            _, champion_holdout = split_examples(subset, seed=seed, holdout_share=float(champion_share))
-            champion_keys = {e.prompt_key for e in champion_holdout}
-            rule = f"champion split (seed {seed}, share {champion_share}) over {sorted(seen_sources)}"
+        split = champion_seed_split(lineage, data.imported)
+        if split is not None:
+            champion_keys, rule = split
         else:
             rule = "sha256 (the champion's split is unknown: its scores may be optimistic)"
     rule_share = (
