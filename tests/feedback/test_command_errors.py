@@ -72,3 +72,22 @@ def test_bad_files_and_arguments_are_one_clear_error(
     }
     with pytest.raises(CommandError, match=message):
         call_command(command, *[str(places.get(a, a)) for a in args], stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.mark.django_db
+def test_evaluate_router_writes_its_plot_under_var_not_the_working_folder(
+    tmp_path: Path, settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "tiny-set"
+    data.mkdir()
+    write_outcomes(data / "outcomes.jsonl", 40, seed=3)
+    write_models(data / "models.json")
+    settings.VAR_DIR = tmp_path / "var"  # type: ignore[attr-defined]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = StringIO()
+    call_command("evaluate_router", "--data", str(data), stdout=out)
+    png = tmp_path / "var" / "evaluate_router" / "tiny-set-seed0.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"cost–quality curves: {png}" in out.getvalue()
+    assert not list(work.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
 from feedback.management.progress import percent_bar
@@ -25,14 +26,20 @@ class Command(ScopeCommand):
         )
         parser.add_argument("--seed", type=non_negative_int, default=0)
         parser.add_argument(
-            "--png", type=Path, default=None, help="cost–quality plot (default DIR-name-seedN.png)"
+            "--png",
+            type=Path,
+            default=None,
+            help="cost–quality plot (default $SCOPE_VAR_DIR/evaluate_router/<set>-seed<N>.png)",
         )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         data: Path = opts["data"]
         if not (data / "outcomes.jsonl").exists():
             raise CommandError(f"{data}/outcomes.jsonl does not exist")
-        png = opts["png"] or Path(f"{data.name}-seed{opts['seed']}.png")
+        png = opts["png"]
+        if png is None:  # under var/, not wherever the command was started (often the repository)
+            png = Path(settings.VAR_DIR) / "evaluate_router" / f"{data.name}-seed{opts['seed']}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
         if not png.parent.is_dir():  # say so now, not after the whole run
             raise CommandError(f"--png: folder {png.parent} does not exist")
         records = load_records(data / "outcomes.jsonl")
