@@ -185,8 +185,9 @@ def test_bad_catalogs_fail_with_the_offending_key_and_change_nothing(
 def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("providers: [unclosed")
-    with pytest.raises(CommandError, match="not valid YAML"):
+    with pytest.raises(CommandError, match="not valid YAML") as raised:
         load(path)
+    assert str(raised.value).count(str(path)) == 1  # the file is named once
     with pytest.raises(CommandError, match="cannot read"):
         load(tmp_path / "missing.yaml")
 

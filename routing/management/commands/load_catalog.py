@@ -17,8 +17,9 @@ class Command(ScopeCommand):
         parser.add_argument("file", type=Path)
 
     def handle(self, *args: Any, file: Path, **options: Any) -> None:
+        data = catalog_parse(file)  # its errors name the file already
         try:
-            result = catalog_load(data=catalog_parse(file))
+            result = catalog_load(data=data)
         except InvalidRequest as exc:
             raise CommandError(f"{file}: {exc.message}") from None
         counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
