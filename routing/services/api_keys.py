@@ -7,6 +7,7 @@ from routing.models import ApiKey, RoutingPolicy
 from scope_site.errors import InvalidRequest, NotFound
 
 _MAX_BUDGET_USD = Decimal(10) ** 8  # the column holds 12 digits, 4 of them decimals
+_BUDGET_STEP = Decimal("0.0001")
 
 
 def api_key_create(
@@ -26,6 +27,9 @@ def api_key_create(
         if budget is not None and not (budget.is_finite() and 0 <= budget < _MAX_BUDGET_USD):
             # 0 is a key that may route but not spend
             raise InvalidRequest(f"{field}: must be an amount of USD from 0 to below {_MAX_BUDGET_USD:,}")
+        if budget is not None and budget != budget.quantize(_BUDGET_STEP):
+            # the column keeps 4 decimals: $0.00001 would be stored, and enforced, as $0.0000
+            raise InvalidRequest(f"{field}: at most 4 decimals (steps of $0.0001), got {budget}")
     if rpm_limit is not None and rpm_limit < 1:
         raise InvalidRequest("rpm_limit: must be at least 1 request per minute")
     policy = None

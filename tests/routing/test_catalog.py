@@ -270,6 +270,7 @@ def test_create_api_key_prints_only_the_key() -> None:
         (["app", "--daily-budget-usd", "-5"], "daily_budget_usd: must be an amount of USD"),
         (["app", "--monthly-budget-usd", "nan"], "monthly_budget_usd: must be an amount of USD"),
         (["app", "--daily-budget-usd", "inf"], "daily_budget_usd: must be an amount of USD"),
+        (["app", "--daily-budget-usd", "0.00001"], r"daily_budget_usd: at most 4 decimals .* got 0.00001"),
         (["app", "--rpm", "-1"], "rpm_limit: must be at least 1"),
         (["app", "--rpm", "0"], "rpm_limit: must be at least 1"),
     ],
