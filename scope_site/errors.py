@@ -9,7 +9,7 @@ from typing import Any
 import redis.exceptions
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -148,8 +148,39 @@ def json_error(status_code: int, code: str, message: str) -> JsonResponse:
     return JsonResponse(error_body(code, message), status=status_code)
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+_MACHINE_PATHS = ("/api/", "/v1/", "/metrics", "/healthz")
+
+
+def wants_html(request: HttpRequest) -> bool:
+    """A browser on a dashboard page (not the APIs, whose clients always get JSON)."""
+    if request.path.startswith(_MACHINE_PATHS):
+        return False
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _error_page(request: HttpRequest, status_code: int, title: str, message: str) -> HttpResponse:
+    from django.shortcuts import render
+
+    context = {"title": title, "message": message, "status": status_code}
+    return render(request, "error_page.html", context, status=status_code)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_html(request):
+        return _error_page(request, 404, "Not found", f"There is nothing at {request.path}.")
     return json_error(404, "not_found", f"No such resource: {request.path}")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    reason = str(exception) if exception is not None and str(exception) else "you may not use this page"
+    if request.headers.get("HX-Request") and not request.path.startswith(_MACHINE_PATHS):
+        from django.shortcuts import render  # an HTMX swap: the dashboard's error fragment
+
+        error = {"code": "permission_denied", "message": reason}
+        return render(request, "dashboard/error.html", {"error": error}, status=403)
+    if wants_html(request):
+        return _error_page(request, 403, "Not allowed", f"{reason[:1].upper()}{reason[1:]}.")
+    return json_error(403, "permission_denied", reason)
 
 
 def handler500(request: HttpRequest) -> JsonResponse:

@@ -15,6 +15,7 @@ from routing.usage_api import UsageApi
 from scope_site.health import healthz
 from scope_site.metrics import metrics_view
 
+handler403 = "scope_site.errors.handler403"
 handler404 = "scope_site.errors.handler404"
 handler500 = "scope_site.errors.handler500"
 

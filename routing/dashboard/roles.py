@@ -18,6 +18,8 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django_htmx.http import HttpResponseClientRedirect
 
+from scope_site.errors import handler403
+
 
 class Role(StrEnum):
     OPERATOR = "operator"
@@ -64,7 +66,9 @@ def role_required(allowed: frozenset[Role]) -> Callable[[F], F]:
                 return redirect_to_login(request.get_full_path())
             role = user_role(request.user)
             if role not in allowed:
-                raise PermissionDenied(f"role {role or 'none'!s} may not use this page")
+                # answered here, not raised: Django logs a raised PermissionDenied with a traceback
+                denied = PermissionDenied(f"your role ({role or 'none'!s}) may not use this page")
+                return handler403(request, denied)
             return view(request, *args, **kwargs)
 
         wrapper.scope_roles = allowed  # type: ignore[attr-defined]

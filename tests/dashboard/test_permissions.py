@@ -151,3 +151,20 @@ def test_operator_can_disable_a_model_and_routing_stops_using_it(persona: Any, w
     assert b"Enable" in response.content
     model.refresh_from_db()
     assert model.enabled is False
+
+
+def test_refusals_and_unknown_pages_speak_html_to_browsers_and_json_to_apis(
+    persona: Any, world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    viewer = persona("viewer")
+    with caplog.at_level("WARNING", logger="django.request"):
+        page = viewer.get("/decisions/", HTTP_ACCEPT="text/html")
+    assert page.status_code == 403 and page["Content-Type"].startswith("text/html")
+    assert "your role (viewer) may not use this page" in page.content.decode().lower()
+    assert not any(r.exc_info for r in caplog.records)  # a refusal is not an error: no traceback
+    fragment = viewer.get("/decisions/", HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 403 and b"permission_denied" in fragment.content
+    missing = persona("auditor").get("/policies/nope/", HTTP_ACCEPT="text/html,application/xhtml+xml")
+    assert missing.status_code == 404 and b"There is nothing at /policies/nope/" in missing.content
+    api = viewer.get("/api/v1/nope", HTTP_ACCEPT="text/html")
+    assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
