@@ -66,10 +66,18 @@ def exact_match(answer: str, reference: str) -> bool:
     return got == ref or got.endswith(ref)
 
 
+_JUDGE_ALONE = re.compile(
+    r"\W*(?:(?:score|rating)\s*[:=]?\s*)?\[*\s*(10|[1-9])(?:\s*/\s*10)?\s*\]*\W*", re.IGNORECASE
+)
+_JUDGE_BRACKETS = re.compile(r"\[\[\s*(10|[1-9])\s*\]\]")
+
+
 def judge_score(reply: str) -> float:
-    match = re.search(r"\b(10|[1-9])\b", reply)
+    """The judge's 1–10 rating → (s−1)/9. The reply must be the rating alone ("8", "Score: 8/10")
+    or hold it as [[8]]: a number picked out of free text (an echoed "1 to 10") would be a guess."""
+    match = _JUDGE_ALONE.fullmatch(reply.strip()) or _JUDGE_BRACKETS.search(reply)
     if match is None:
-        raise ValueError(f"the judge's reply has no 1–10 score: {reply[:80]!r}")
+        raise ValueError(f"the judge's reply is not a 1–10 rating: {reply[:80]!r}")
     return (int(match.group(1)) - 1) / 9
 
 

@@ -47,8 +47,11 @@ def test_exact_match_understands_letters_numbers_and_text(
 def test_judge_scores_map_one_to_ten_onto_zero_to_one() -> None:
     assert judge_score("8") == pytest.approx(7 / 9)
     assert judge_score("Score: 10/10") == 1.0
-    with pytest.raises(ValueError):
-        judge_score("excellent")
+    assert judge_score(" rating: [[3]].") == pytest.approx(2 / 9)
+    assert judge_score("The answer is correct but terse. Rating: [[7]]") == pytest.approx(6 / 9)
+    for not_a_rating in ("excellent", "Rate how well … from 1 (useless) to 10", "8 of the 12 steps"):
+        with pytest.raises(ValueError, match="not a 1–10 rating"):
+            judge_score(not_a_rating)
 
 
 @pytest.fixture
