@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from routing.models import (
     ApiKey,
@@ -59,6 +60,11 @@ class RoutingPolicyAdmin(admin.ModelAdmin):
 class PolicyVersionAdmin(ReadOnlyAdmin):
     list_display = ("policy", "version", "strategy", "alpha", "created_at")
     list_filter = ("policy",)
+
+
+# the library's own APIKey model is unused (SCOPE's keys are routing.ApiKey): one "API keys" entry
+if admin.site.is_registered(LibraryAPIKey):
+    admin.site.unregister(LibraryAPIKey)
 
 
 @admin.register(ApiKey)

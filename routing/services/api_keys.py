@@ -45,3 +45,14 @@ def api_key_create(
         rpm_limit=rpm_limit,
     )
     return cast(ApiKey, row), key
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey:
+    """Revoke the key whose public prefix (the part before the ".") is `prefix`; for good."""
+    row = ApiKey.objects.filter(prefix=prefix.split(".", 1)[0].strip()).first()
+    if row is None:
+        raise NotFound(f"No API key with prefix {prefix!r} (list them with `manage.py api_keys`)")
+    if not row.revoked:
+        row.revoked = True
+        row.save(update_fields=["revoked"])
+    return row

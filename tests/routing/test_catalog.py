@@ -9,6 +9,7 @@ import yaml
 from django.core.management import CommandError, call_command
 
 from providers.models import LLMModel, Provider
+from routing.auth import api_key_cache_clear
 from routing.models import ApiKey, PolicyVersion, RoutingPolicy
 from routing.services.policies import policy_publish
 
@@ -279,3 +280,26 @@ def test_create_api_key_refuses_bad_values_with_a_clear_error(args: list[str], m
     with pytest.raises(CommandError, match=message):
         call_command("create_api_key", *args, stdout=StringIO())
     assert not ApiKey.objects.exists()
+
+
+@pytest.mark.django_db
+def test_keys_are_listed_by_prefix_and_revoked_for_good(api: Any) -> None:
+    call_command("seed_demo", stdout=StringIO())
+    out = StringIO()
+    call_command("create_api_key", "billing-app", "--rpm", "60", "--daily-budget-usd", "2.5", stdout=out)
+    key = out.getvalue().strip()
+    prefix = key.split(".")[0]
+    listing = StringIO()
+    call_command("api_keys", stdout=listing)
+    line = next(row for row in listing.getvalue().splitlines() if row.startswith(prefix))
+    assert "active" in line and "$2.5000/day, 60 rpm" in line and line.endswith("billing-app")
+    assert key not in listing.getvalue()  # the key itself is never shown again
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    assert api("/api/v1/route", ask, key=key).status_code == 200
+    said = StringIO()
+    call_command("revoke_api_key", prefix, stdout=said)
+    assert said.getvalue().strip() == f"revoked {prefix} (billing-app)"
+    api_key_cache_clear()  # the process remembers a key row for SCOPE_API_KEY_CACHE_SECONDS
+    assert api("/api/v1/route", ask, key=key).status_code == 401
+    with pytest.raises(CommandError, match="No API key with prefix 'nope'"):
+        call_command("revoke_api_key", "nope")
