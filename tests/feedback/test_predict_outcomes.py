@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from tests.feedback.outcome_files import write_models, write_outcomes
 
@@ -86,3 +86,17 @@ def test_it_predicts_real_data_better_than_the_base_rate(tmp_path: Path) -> None
             err_base += (0.5 - truth[p["id"]][m]) ** 2
             assert got["output_tokens"] is not None  # gsm8k has (estimated) lengths
     assert err_model < err_base
+
+
+def test_a_test_file_with_no_usable_line_is_an_error_not_an_empty_success(tmp_path: Path) -> None:
+    train, wrong = tmp_path / "train.jsonl", tmp_path / "outcomes-format.jsonl"
+    write_outcomes(train, 60, seed=3)
+    write_outcomes(wrong, 5, seed=4, start=1000)  # outcomes format: no "models" list
+    err = StringIO()
+    with pytest.raises(CommandError, match=r"no TEST prompt could be predicted \(5 lines skipped\)"):
+        call_command(
+            "predict_outcomes",
+            "--train", str(train), "--test", str(wrong), "--out", str(tmp_path / "pred.jsonl"),
+            stdout=StringIO(), stderr=err,
+        )  # fmt: skip
+    assert "skipped: a TEST line needs 'models'" in err.getvalue()

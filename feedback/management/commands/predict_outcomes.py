@@ -51,3 +51,8 @@ class Command(ScopeCommand):
             f"trained on {result.train_prompts} prompts × {result.models} models in {result.train_seconds:.1f} s; "
             f"wrote predictions for {result.test_prompts} prompts to {opts['out']}"
         )
+        if result.test_prompts == 0:  # every TEST line skipped: a wrong file, not a result
+            raise CommandError(
+                f"no TEST prompt could be predicted ({len(result.skipped_lines)} lines skipped); a TEST "
+                'line is {"id": ..., "prompt": ..., "models": [...]} (../shared/BENCHMARK.md)'
+            )
