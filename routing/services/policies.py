@@ -82,6 +82,40 @@ def _validate_options(options: Any, known_models: set[str] | None) -> None:
             raise InvalidRequest(f"options.default_model: unknown model {default!r}")
 
 
+def _check_some_model_fits(values: Mapping[str, Any]) -> None:
+    """A policy no catalog model can satisfy would answer every request with 422: refuse it now."""
+    from providers.models import LLMModel
+
+    allowed, denied = set(values["allowed_models"]), set(values["denied_models"])
+    both = sorted(allowed & denied)
+    if both:
+        raise InvalidRequest(f"denied_models: {', '.join(both)} also in allowed_models")
+    rows = list(LLMModel.objects.values_list("name", "capabilities", "tags"))
+    have = {c for _, caps, _ in rows for c in caps or ()}
+    unknown = [c for c in values["required_capabilities"] if c not in have]
+    if unknown:
+        known = ", ".join(sorted(have)) or "none"
+        raise InvalidRequest(
+            f"required_capabilities: no model has {', '.join(unknown)} (models have: {known})"
+        )
+
+    def fits(name: str, caps: list[str], tags: Mapping[str, Any]) -> bool:
+        if (allowed and name not in allowed) or name in denied:
+            return False
+        if any(c not in (caps or ()) for c in values["required_capabilities"]):
+            return False
+        return all(
+            ((tags or {}).get(t) in wanted) if isinstance(wanted, list) else ((tags or {}).get(t) == wanted)
+            for t, wanted in values["required_tags"].items()
+        )
+
+    if rows and not any(fits(*row) for row in rows):
+        raise InvalidRequest(
+            "no model satisfies the allowed/denied models, required capabilities and tags together: "
+            "every request would be refused (422)"
+        )
+
+
 def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str, Any]:
     strategies = load_strategies(settings.SCOPE_EXTRA_STRATEGIES)
     if values["strategy"] not in strategies:
@@ -103,10 +137,14 @@ def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str
             unknown = [m for m in listed if m not in known_models]
             if unknown:
                 raise InvalidRequest(f"{name}: unknown model(s) {', '.join(unknown)}")
-    if not isinstance(values["required_capabilities"], list):
-        raise InvalidRequest("required_capabilities: must be a list")
+    if not isinstance(values["required_capabilities"], list) or not all(
+        isinstance(c, str) for c in values["required_capabilities"]
+    ):
+        raise InvalidRequest("required_capabilities: must be a list of capability names")
     if not isinstance(values["required_tags"], Mapping):
         raise InvalidRequest("required_tags: must be an object")
+    if known_models is not None:  # publishing against a catalog (UI, load_catalog)
+        _check_some_model_fits(values)
     _validate_options(values["options"], known_models)
     values["rules"] = validate_rules(values["rules"], known_models)
     values["alpha"] = float(alpha)

@@ -146,6 +146,10 @@ def test_every_dashboard_url_declares_its_roles() -> None:
 def test_operator_can_disable_a_model_and_routing_stops_using_it(persona: Any, world: dict[str, Any]) -> None:
     client = persona("operator")
     model = world["model"]
+    typo = client.post(f"/providers/models/{model.pk}/enabled", {"enabled": "maybe"}, HTTP_HX_REQUEST="true")
+    assert typo.status_code == 400 and b"enabled: must be 1" in typo.content
+    model.refresh_from_db()
+    assert model.enabled is True
     response = client.post(f"/providers/models/{model.pk}/enabled", {"enabled": "0"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     assert b"Enable" in response.content

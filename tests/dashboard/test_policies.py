@@ -85,6 +85,16 @@ def test_operator_replays_an_edit_then_publishes_it(persona: Any, decisions: lis
     assert current.created_by == "operator" and current.note == "cheaper"
 
 
+def test_asking_for_a_new_policy_with_a_taken_slug_says_it_edits_the_existing_one(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    client = persona("operator")
+    response = client.get("/policies/", {"new": "default"}, follow=True)
+    assert response.status_code == 200 and "already exists: you are editing it" in response.content.decode()
+    fresh = client.get("/policies/", {"new": "brand-new"}, follow=True).content.decode()
+    assert "already exists" not in fresh and "<small>new</small>" in fresh
+
+
 def test_a_new_policy_slug_longer_than_its_column_is_refused_not_a_500(
     persona: Any, decisions: list[DecisionLog]
 ) -> None:

@@ -303,3 +303,22 @@ def test_keys_are_listed_by_prefix_and_revoked_for_good(api: Any) -> None:
     assert api("/api/v1/route", ask, key=key).status_code == 401
     with pytest.raises(CommandError, match="No API key with prefix 'nope'"):
         call_command("revoke_api_key", "nope")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"models": ["big"], "denied_models": ["big"]}, "denied_models: big also in allowed_models"),
+        ({"required_capabilities": ["teleport"]}, r"no model has teleport \(models have: json\)"),
+        ({"models": ["big"], "required_capabilities": ["json"]}, "every request would be refused"),
+        ({"required_tags": {"region": "mars"}}, "no model satisfies"),
+    ],
+)
+def test_a_policy_no_model_can_satisfy_is_refused_at_publish(
+    tmp_path: Path, policy: dict[str, Any], message: str
+) -> None:
+    data = {**CATALOG, "policies": [{"slug": "impossible", **policy}]}
+    with pytest.raises(CommandError, match=message):
+        load(write(tmp_path, data))
+    assert not RoutingPolicy.objects.filter(slug="impossible").exists()

@@ -8,7 +8,7 @@ from routing.dashboard.roles import DASHBOARDS, WRITE, role_required
 from routing.dashboard.selectors import catalog_rows
 from routing.dashboard.services import llm_model_set_enabled
 from routing.dashboard.views.common import error_response, page
-from scope_site.errors import ApplicationError
+from scope_site.errors import ApplicationError, InvalidRequest
 
 
 @require_GET
@@ -20,8 +20,11 @@ def providers(request: HttpRequest) -> HttpResponse:
 @require_POST
 @role_required(WRITE)
 def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
+    wanted = request.POST.get("enabled")
     try:
-        llm_model_set_enabled(model_id=model_id, enabled=request.POST.get("enabled") == "1")
+        if wanted not in ("0", "1"):  # a typo must not disable a model
+            raise InvalidRequest("enabled: must be 1 (enable) or 0 (disable)")
+        llm_model_set_enabled(model_id=model_id, enabled=wanted == "1")
     except ApplicationError as exc:
         return error_response(request, exc)
     if not getattr(request, "htmx", False):
