@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from feedback.models import Feedback, Outcome
 from routing.dashboard.decisions import OUTCOME_CHOICES, DecisionFilters, decisions_page
-from routing.models import ApiKey, DecisionLog
+from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.serializers import ErrorSerializer, RouteOutputSerializer
 from routing.services.route import decision_payload
 from scope_site.errors import NotFound
@@ -59,8 +59,17 @@ class DecisionQuerySerializer(serializers.Serializer):
         return attrs
 
 
+class DecisionOutSerializer(RouteOutputSerializer):
+    kind = serializers.ChoiceField(choices=DecisionKind.choices, help_text="route, chat or job")
+    cache_hit = serializers.BooleanField(help_text="answered from the response cache: no call, no cost")
+
+
+def _decision(row: DecisionLog) -> dict[str, Any]:
+    return {**decision_payload(row), "kind": row.kind, "cache_hit": row.cache_hit}
+
+
 class DecisionPageSerializer(serializers.Serializer):
-    results = RouteOutputSerializer(many=True)
+    results = DecisionOutSerializer(many=True)
     next = serializers.CharField(
         allow_blank=True, help_text="cursor for `after` (URL-encode it); empty on the last page"
     )
@@ -86,7 +95,7 @@ class FeedbackOutSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class DecisionDetailSerializer(RouteOutputSerializer):
+class DecisionDetailSerializer(DecisionOutSerializer):
     outcomes = OutcomeOutSerializer(many=True)
     feedback = FeedbackOutSerializer(many=True)
 
@@ -119,7 +128,7 @@ class DecisionListApi(APIView):
         rows, cursor = decisions_page(
             filters=filters, after=data.get("after", ""), limit=data["limit"], full_rows=True
         )
-        return Response({"results": [decision_payload(row) for row in rows], "next": cursor})
+        return Response({"results": [_decision(row) for row in rows], "next": cursor})
 
 
 class DecisionDetailApi(APIView):
@@ -134,7 +143,7 @@ class DecisionDetailApi(APIView):
         row = DecisionLog.objects.filter(id=decision_id, api_key=api_key).first()
         if row is None:
             raise NotFound(f"No decision {decision_id} for this API key", code="unknown_decision")
-        body: dict[str, Any] = decision_payload(row)
+        body: dict[str, Any] = _decision(row)
         body["outcomes"] = OutcomeOutSerializer(
             Outcome.objects.filter(decision=row).order_by("created_at"), many=True
         ).data

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from feedback.models import Outcome
 from providers.circuit import circuit_record_failure
@@ -43,7 +43,7 @@ def row(response: Any) -> DecisionLog:
     return DecisionLog.objects.get(pk=response["X-Scope-Decision-Id"])
 
 
-def test_a_repeated_request_is_answered_from_the_cache_logged_and_free(api: Api) -> None:
+def test_a_repeated_request_is_answered_from_the_cache_logged_and_free(api: Api, api_key: str) -> None:
     first, second = chat(api), chat(api)
     assert (row(first).cache_hit, row(second).cache_hit) == (False, True)
     a, b = first.json(), second.json()
@@ -52,6 +52,15 @@ def test_a_repeated_request_is_answered_from_the_cache_logged_and_free(api: Api)
     assert b["scope"]["cache"] == "hit" and b["scope"]["cost_usd"] == 0.0
     assert b["scope"]["cached_decision_id"] == first["X-Scope-Decision-Id"]
     assert Outcome.objects.count() == 1  # only the real call has an outcome (and a cost)
+    # an app reading its decisions back, and an auditor on the decision page, can tell the hit
+    detail = Client().get(
+        f"/api/v1/decisions/{second['X-Scope-Decision-Id']}", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    )
+    assert (detail.json()["cache_hit"], detail.json()["kind"], detail.json()["outcomes"]) == (
+        True,
+        "chat",
+        [],
+    )
 
 
 def test_a_cache_hit_reserves_nothing_against_the_budget(api: Api) -> None:
