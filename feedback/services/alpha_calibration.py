@@ -164,13 +164,13 @@ def policy_calibrate(
     return Calibration(chosen, names, len(feats), traffic, predictor.version, version, missed)
 
 
-def describe(point: AlphaPoint, models: list[str]) -> str:
+def describe(point: AlphaPoint, models: list[str], requests: int | None = None) -> str:
     shares = ", ".join(f"{m} {s:.1%}" for m, s in zip(models, point.shares, strict=True) if s > 0)
-    true = (
-        ""
-        if point.mean_true is None or math.isnan(point.mean_true)
-        else f", true score {point.mean_true:.3f}"
-    )
+    true = ""
+    if point.mean_true is not None and not math.isnan(point.mean_true):
+        true = f", true score {point.mean_true:.3f}"
+        if requests is not None and point.true_n < requests:  # a biased subset: say which
+            true += f" (over the {point.true_n} of {requests} requests whose chosen model has an outcome)"
     return (
         f"alpha={point.alpha:.3f}: expected cost ${point.mean_cost:.6f}/request, "
         f"predicted quality {point.mean_quality:.3f}{true}; shares: {shares}"

@@ -22,6 +22,7 @@ class AlphaPoint:
     mean_cost: float
     mean_quality: float  # predicted quality of the chosen models
     mean_true: float | None  # true score of the chosen models, where outcomes are known
+    true_n: int = 0  # requests whose chosen model has a known outcome (mean_true is over these)
 
 
 def choices(
@@ -49,10 +50,11 @@ def sweep(
     out = []
     for alpha in ALPHAS:
         pick = choices(float(alpha), quality, uncertainty, costs, risk_aversion)
-        true = None
+        true, true_n = None, 0
         if truth is not None:
             got = truth[rows, pick]
-            true = float(np.nanmean(got)) if np.isfinite(got).any() else None
+            true_n = int(np.isfinite(got).sum())
+            true = float(np.nanmean(got)) if true_n else None
         out.append(
             AlphaPoint(
                 alpha=float(alpha),
@@ -60,6 +62,7 @@ def sweep(
                 mean_cost=float(costs[rows, pick].mean()),
                 mean_quality=float(quality[rows, pick].mean()),
                 mean_true=true,
+                true_n=true_n,
             )
         )
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from feedback.services.alpha_calibration import describe
 from routing.engine.strategies import StrategyContext, utility_rank
 from routing.engine.types import Candidate, ModelSpec, PolicySpec, Prediction
 from routing.features import extract_prompt_features
@@ -99,3 +100,12 @@ def test_alpha_calibration_hits_a_target_share_and_a_cost_budget() -> None:
     assert chosen.shares[1] == pytest.approx(0.3, abs=0.05)
     budget = choose_for_cost(points, 0.004)
     assert budget.mean_cost <= 0.004
+
+
+def test_the_true_score_says_over_how_many_requests_it_is_known() -> None:
+    q = np.array([[0.2, 0.9], [0.3, 0.8], [0.4, 0.7], [0.1, 0.6]])
+    truth = np.array([[0.0, 1.0], [np.nan, np.nan], [1.0, np.nan], [0.0, 1.0]])  # gaps: models without data
+    best = sweep(q, np.zeros_like(q), np.tile([0.001, 0.01], (4, 1)), risk_aversion=0.0, truth=truth)[-1]
+    assert best.shares[1] == 1.0 and (best.true_n, best.mean_true) == (2, 1.0)
+    said = describe(best, ["cheap", "best"], 4)
+    assert "true score 1.000 (over the 2 of 4 requests whose chosen model has an outcome)" in said

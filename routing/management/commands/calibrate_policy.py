@@ -56,7 +56,7 @@ class Command(ScopeCommand):
             f"replayed {result.traffic} over {len(result.models)} eligible models "
             f"(predictor {result.predictor_version})"
         )
-        self.stdout.write(describe(result.chosen, result.models))
+        self.stdout.write(describe(result.chosen, result.models, result.requests))
         if result.missed:
             self.stdout.write(f"target not reached: {result.missed}")
         if result.version is not None:
