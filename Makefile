@@ -29,7 +29,7 @@ run: install
 	@echo "SCOPE is starting on http://$(HOST):$(PORT)/"
 	@echo "web UI: log in at http://$(HOST):$(PORT)/login/ as operator / $${SCOPE_DEMO_OPERATOR_PASSWORD:-operator-demo} (edits) or auditor / $${SCOPE_DEMO_AUDITOR_PASSWORD:-auditor-demo} (read, export, verify)"
 	@echo "demo API key (shown once): $$($(MANAGE) create_api_key demo-$$(date +%s))"
-	@$(MANAGE) runserver $(HOST):$(PORT)
+	@$(MANAGE) run_embedded $(HOST):$(PORT)
 
 serve: install
 	@$(MANAGE) migrate --noinput -v0
