@@ -28,6 +28,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -36,7 +37,8 @@ from django.core.cache import cache
 from providers.adapters.base import Target
 from providers.circuit import (
     CircuitState,
-    circuit_allow,
+    circuit_enter,
+    circuit_probe_release,
     circuit_record_failure,
     circuit_record_success,
     circuit_states,
@@ -146,6 +148,7 @@ class _Lease:
     tokens: int
     at: float
     counts_tokens: bool
+    probe: bool = False  # this call holds the deployment's half-open probe
 
 
 # What acquire took, by the id of the Target it returned, until the call is released. Bounded:
@@ -260,11 +263,16 @@ def default_target(row: LLMModel) -> Target:
     )
 
 
-def deployment_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
-    """Pick where the next call to `row` goes and take its room; DeploymentsUnavailable if none has any."""
+def deployment_acquire(row: LLMModel, *, estimated_tokens: int, exclude: Collection[str] = ()) -> Target:
+    """Pick where the next call to `row` goes and take its room; DeploymentsUnavailable if none has any.
+
+    `exclude` names deployments the call already tried (and that failed).
+    """
     specs = model_deployments(row.name)
     if not specs:
         return default_target(row)
+    if exclude:
+        specs = tuple(s for s in specs if s.name not in exclude)
     tokens = max(0, int(estimated_tokens))
     states = circuit_states(s.key for s in specs)
     why_not = [f"{s.name}: {states[s.key].reason}" for s in specs if states[s.key].state is CircuitState.OPEN]
@@ -273,11 +281,17 @@ def deployment_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
     try:
         order = _ordered(row.load_balancing, healthy)
         for spec in order:
-            if states[spec.key].state is CircuitState.HALF_OPEN and circuit_allow(spec.key) is not None:
-                why_not.append(f"{spec.name}: circuit half-open, another request is probing")
-                continue
+            probe = False
+            if states[spec.key].state is CircuitState.HALF_OPEN:
+                entry = circuit_enter(spec.key)
+                if entry.blocked is not None:
+                    why_not.append(f"{spec.name}: circuit half-open, another request is probing")
+                    continue
+                probe = entry.probe
             refusal = _take(spec, window, tokens)
             if refusal:
+                if probe:  # no call goes there after all: let the next one probe it
+                    circuit_probe_release(spec.key)
                 why_not.append(refusal)
                 continue
             counter_add(_k(spec.key, "inflight"), 1, ttl_s=_INFLIGHT_TTL_S)
@@ -290,6 +304,7 @@ def deployment_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
                     tokens=tokens,
                     at=time.monotonic(),
                     counts_tokens=spec.tpm_limit is not None,
+                    probe=probe,
                 ),
             )
             return target
@@ -297,13 +312,15 @@ def deployment_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
         warn_degraded("deployment limits and load data", exc)
         if healthy:
             return _target(_weighted_order(healthy)[0], row)
+    why_not.extend(f"{name}: already failed in this call" for name in sorted(exclude))
     raise DeploymentsUnavailable(f"every deployment of {row.name} is unavailable: " + "; ".join(why_not))
 
 
 def deployment_release(target: Target, *, ok: bool, tokens: int, latency_s: float) -> None:
     """The call to `target` ended: free its in-flight slot, true up its tokens, learn its latency.
 
-    Failures are counted separately (`deployment_record_failure`), where the error is known.
+    Failures are counted separately (`deployment_record_failure`, before the release), where the
+    error is known.
 
     Safe to call more than once for one acquire (a retried attempt reuses its target): only the
     first release frees the slot; later ones count their tokens and latency.
@@ -335,6 +352,10 @@ def deployment_release(target: Target, *, ok: bool, tokens: int, latency_s: floa
         warn_degraded("deployment limits and load data", exc)
     if ok:
         circuit_record_success(key)  # also closes a half-open deployment circuit after its probe
+    elif lease is not None and lease.probe:
+        # a failure that counts was recorded before the release (and re-opened the circuit); one
+        # that does not (a bad request, an interrupted call) says nothing about the deployment
+        circuit_probe_release(key)
 
 
 def deployment_record_failure(target: Target, *, error_class: str) -> bool:

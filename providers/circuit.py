@@ -138,21 +138,50 @@ def with_circuit_health(specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
     )
 
 
-def circuit_allow(model: str) -> CircuitStatus | None:
-    """None when a call to `model` may go ahead (claiming the half-open probe if due), else why not."""
+@dataclass(frozen=True, slots=True)
+class CircuitPass:
+    """Whether one call may go ahead. `blocked` says why not; `probe` means this call won the
+    half-open probe and must end it: circuit_record_success, circuit_record_failure, or
+    circuit_probe_release when the call ends without telling whether the upstream is healthy."""
+
+    blocked: CircuitStatus | None = None
+    probe: bool = False
+
+
+def circuit_enter(model: str) -> CircuitPass:
+    """May a call to `model` go ahead (claiming the half-open probe if due)?"""
     status = circuit_status(model)
     if status.state is CircuitState.CLOSED:
-        return None
+        return CircuitPass()
     if status.state is CircuitState.OPEN:
-        return status
+        return CircuitPass(blocked=status)
     try:
         # one probe for all processes: `add` only succeeds for the first caller
         won = cache.add(_key(model, "probe"), now(), timeout=max(int(_cooldown()), 1))
     except Exception:
-        return None
+        return CircuitPass()
     if won:
-        return None
-    return CircuitStatus(CircuitState.HALF_OPEN, reason="circuit half-open: another request is probing")
+        return CircuitPass(probe=True)
+    return CircuitPass(
+        blocked=CircuitStatus(CircuitState.HALF_OPEN, reason="circuit half-open: another request is probing")
+    )
+
+
+def circuit_allow(model: str) -> CircuitStatus | None:
+    """None when a call to `model` may go ahead (claiming the half-open probe if due), else why not."""
+    return circuit_enter(model).blocked
+
+
+def circuit_probe_release(model: str) -> None:
+    """The probe a call held ended without a verdict: the circuit stays half-open, the next call probes.
+
+    Harmless after a verdict (success or failure already dropped the claim, and the circuit is then
+    closed or open, so nobody can have claimed a new probe in between).
+    """
+    try:
+        cache.delete(_key(model, "probe"))
+    except Exception:
+        logger.warning("could not release the circuit probe of %s", model, exc_info=True)
 
 
 def circuit_record_success(model: str) -> None:

@@ -2,6 +2,9 @@
 
 The one layer that retries. For each model in decision order:
   * an open circuit (or a deployment at its limit) skips the model: it counts as a fallback;
+  * a half-open circuit lets one call through as its probe; with deployments, that call tries the
+    model's deployments in turn until one answers (closing the circuit) or none is left (the last
+    failure re-opens it); a probe that ends without a verdict is released for the next call;
   * a transient error with an HTTP status (429, 5xx) is retried on the same model up to
     SCOPE_RETRIES_PER_MODEL times, waiting max(Retry-After, exponential backoff) — unless the wait
     is over SCOPE_RETRY_MAX_WAIT_S or past the SCOPE_EXECUTION_BUDGET_S deadline: then we move on;
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,7 +39,8 @@ from providers.balancing import (
 from providers.chat_request import ParsedChat, chat_body_parse
 from providers.circuit import (
     CircuitState,
-    circuit_allow,
+    circuit_enter,
+    circuit_probe_release,
     circuit_record_failure,
     circuit_record_success,
     circuit_status,
@@ -152,15 +156,15 @@ class ExecutionFailed(ServiceUnavailable):
 # --- hooks -----------------------------------------------------------------------------------
 
 
-def target_acquire(row: LLMModel, *, estimated_tokens: int) -> Target:
-    """Where the next call to `row` goes.
+def target_acquire(row: LLMModel, *, estimated_tokens: int, exclude: Collection[str] = ()) -> Target:
+    """Where the next call to `row` goes (not to the deployments in `exclude`).
 
     HOOK(balancing): providers/balancing.py picks one of the model's healthy deployments under
     its RPM/TPM limits (weighted, least-busy or latency, per model) and raises TargetUnavailable
     when all are at their limit. Without deployments the model's own provider serves it.
     """
     try:
-        return deployment_acquire(row, estimated_tokens=estimated_tokens)
+        return deployment_acquire(row, estimated_tokens=estimated_tokens, exclude=exclude)
     except DeploymentsUnavailable as exc:
         raise TargetUnavailable(exc.reason) from None
 
@@ -271,20 +275,52 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
         if row is None:
             _skip(plan, model, "", "model_removed", "the model left the catalog after the decision")
             continue
-        blocked = circuit_allow(model)
-        if blocked is not None:
-            _skip(plan, model, row.provider.name, "circuit_open", blocked.reason)
+        entry = circuit_enter(model)
+        if entry.blocked is not None:
+            _skip(plan, model, row.provider.name, "circuit_open", entry.blocked.reason)
             continue
         try:
-            target = target_acquire(row, estimated_tokens=plan.input_tokens + (plan.request.max_tokens or 0))
+            answered = _model_attempts(plan, row, call, probing=entry.probe)
+        finally:
+            if entry.probe:
+                # a success closed the circuit and a failure that counts re-opened it; anything else
+                # (a bad request, no deployment left with room, the time budget, an interruption)
+                # ends the probe without a verdict, and the next call probes again
+                circuit_probe_release(model)
+        if answered is not None:
+            return answered
+    raise _give_up(plan, "every model in the decision failed or was unavailable")
+
+
+def _model_attempts(
+    plan: Plan, row: LLMModel, call: Callable[[Target], T], *, probing: bool
+) -> tuple[T, Target, float] | None:
+    """Try one model: its answer, or None to fall back to the next model.
+
+    A failed deployment normally sends the call on to the next model. But while this call holds
+    the model's half-open probe, a deployment failure that does not count against the model (a
+    sibling deployment can still serve) leaves the probe without a verdict, so the model's other
+    deployments are tried first: one answering closes the circuit, the last one failing re-opens it.
+    """
+    model = row.name
+    tried: list[str] = []
+    while True:
+        try:
+            target = target_acquire(
+                row,
+                estimated_tokens=plan.input_tokens + (plan.request.max_tokens or 0),
+                exclude=tried,
+            )
         except TargetUnavailable as exc:
-            _skip(plan, model, row.provider.name, exc.error_class, exc.reason)
-            continue
+            if not tried:  # after a failed deployment its error is what the fallback reports
+                _skip(plan, model, row.provider.name, exc.error_class, exc.reason)
+            return None
         tries = 0
         while True:
             tries += 1
             left = _deadline_left(plan)
             if left <= 0:
+                target_release(target, ok=False, tokens=0, latency_s=0.0)
                 raise _give_up(plan, "the execution time budget (SCOPE_EXECUTION_BUDGET_S) ran out")
             begun = time.monotonic()
             try:
@@ -292,8 +328,8 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
                 result = call(_within(target, left))
             except ProviderError as err:
                 elapsed = time.monotonic() - begun
+                counted = _attempt_failed(plan, target, err, elapsed)
                 target_release(target, ok=False, tokens=0, latency_s=elapsed)
-                _attempt_failed(plan, target, err, elapsed)
                 if err.request_is_bad:
                     raise InvalidRequest(
                         f"{model} refused the request: {err.message}",
@@ -306,9 +342,14 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
                     break
                 time.sleep(wait)
                 continue
+            except BaseException:
+                target_release(target, ok=False, tokens=0, latency_s=time.monotonic() - begun)
+                raise
             circuit_record_success(model)
             return result, target, begun
-    raise _give_up(plan, "every model in the decision failed or was unavailable")
+        if not (probing and target.deployment and not counted):
+            return None
+        tried.append(target.deployment)
 
 
 def _within(target: Target, seconds: float) -> Target:
@@ -321,7 +362,8 @@ def _within(target: Target, seconds: float) -> Target:
     )
 
 
-def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: float) -> None:
+def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: float) -> bool:
+    """Record a failed attempt; returns whether it counted against the model's circuit."""
     plan.attempts.append(
         Attempt(
             model=target.model,
@@ -339,8 +381,10 @@ def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: f
     metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(elapsed_s)
     # HOOK(balancing): a deployment's failure counts against its own circuit; the model's circuit
     # only counts it when no other deployment of the model is left to serve
-    if not err.request_is_bad and deployment_record_failure(target, error_class=err.error_class):
-        circuit_record_failure(target.model, error_class=err.error_class)
+    if err.request_is_bad or not deployment_record_failure(target, error_class=err.error_class):
+        return False
+    circuit_record_failure(target.model, error_class=err.error_class)
+    return True
 
 
 def _give_up(plan: Plan, summary: str) -> ExecutionFailed:

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from django.db import connection
 
-from providers import balancing
+from providers import balancing, circuit
 from providers.balancing import (
     DeploymentsUnavailable,
     deployment_acquire,
@@ -17,7 +17,7 @@ from providers.balancing import (
     deployment_record_failure,
     deployment_release,
 )
-from providers.circuit import circuit_record_failure
+from providers.circuit import CircuitState, circuit_record_failure, circuit_status
 from providers.models import Deployment, LLMModel, Provider
 from routing.services.catalog import catalog_load
 from scope_site.errors import InvalidRequest
@@ -262,3 +262,24 @@ def test_with_the_cache_down_calls_still_go_to_a_deployment(clock: list[float]) 
         for target in targets:
             deployment_release(target, ok=True, tokens=1, latency_s=0.1)
     assert {t.deployment for t in targets} <= {"a", "b"} and len(targets) == 4
+
+
+def test_a_half_open_deployment_at_its_limit_does_not_keep_its_probe(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = [1_000_000.0]
+    monkeypatch.setattr(circuit, "now", lambda: at[0])
+    model = _model(only={"weight": 1, "rpm_limit": 1})
+    deployment_release(deployment_acquire(model, estimated_tokens=1), ok=True, tokens=1, latency_s=0.01)
+    for _ in range(5):
+        circuit_record_failure("llama@only", error_class="server_error")
+    at[0] += 31
+    with pytest.raises(DeploymentsUnavailable, match="at its limit of 1 requests/min"):
+        deployment_acquire(model, estimated_tokens=1)
+    clock[0] += 60  # the next minute: room again, and the probe is still there to take
+    target = deployment_acquire(model, estimated_tokens=1)
+    # a call that ends without a verdict (a bad request) releases the probe for the next call
+    deployment_release(target, ok=False, tokens=0, latency_s=0.01)
+    assert circuit_status("llama@only").state is CircuitState.HALF_OPEN
+    clock[0] += 60
+    assert deployment_acquire(model, estimated_tokens=1).deployment == "only"

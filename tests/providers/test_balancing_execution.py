@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from feedback.models import Outcome
+from providers import circuit
 from providers.circuit import circuit_record_failure, circuit_status
 from providers.deployments import deployment_upsert
 from providers.services import provider_upsert
@@ -127,3 +128,60 @@ def test_a_failing_deployment_does_not_open_the_model_while_a_sibling_serves(
     assert circuit_status("first").state == "closed"
     assert circuit_status("first@home").state == "open"
     assert len(extra.requests) == 4
+
+
+@pytest.fixture
+def half_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`first` and both its deployments (home first, extra second) failed 3 times; the cool-down is over."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(circuit, "now", lambda: clock[0])
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1_000_000)
+    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    for name in ("first@home", "first@extra", "first"):
+        for _ in range(3):
+            circuit_record_failure(name, error_class="server_error")
+    clock[0] += 31
+    assert circuit_status("first").state == "half_open"
+
+
+def test_a_half_open_model_probe_tries_its_other_deployment_and_closes_the_circuit(
+    api: Api, upstreams: Any, half_open: None
+) -> None:
+    first, second, extra = upstreams
+    first.default = Fail(503)
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "first"
+    assert (len(first.requests), len(extra.requests), len(second.requests)) == (1, 1, 0)
+    assert circuit_status("first").state == "closed"
+    assert circuit_status("first@home").state == "open"
+    assert [chat(api)["X-Scope-Model"] for _ in range(2)] == ["first", "first"]
+    assert len(extra.requests) == 3
+
+
+def test_a_half_open_model_whose_deployments_all_fail_opens_again_instead_of_staying_half_open(
+    api: Api, upstreams: Any, half_open: None
+) -> None:
+    first, second, extra = upstreams
+    first.default = extra.default = Fail(503)
+    response = chat(api)
+    assert response["X-Scope-Model"] == "second"
+    assert (len(first.requests), len(extra.requests)) == (1, 1)
+    assert circuit_status("first").state == "open"
+    # open, not half-open with a probe nobody runs: the next decision leaves it out with the reason
+    response = chat(api)
+    assert response["X-Scope-Model"] == "second" and (len(first.requests), len(extra.requests)) == (1, 1)
+    decision = api("/api/v1/route", {"policy": "pair", "messages": HELLO}).json()
+    reason = {c["model"]: c["excluded_reason"] for c in decision["candidates"]}["first"]
+    assert reason.startswith("circuit open")
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_call_probe(
+    api: Api, upstreams: Any, half_open: None
+) -> None:
+    first, second, extra = upstreams
+    first.script(Fail(400))  # the upstream refused the request itself: nothing learnt about its health
+    assert chat(api).status_code == 400
+    assert circuit_status("first").state == "half_open"
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "first"
+    assert circuit_status("first").state == "closed" and len(second.requests) == 0

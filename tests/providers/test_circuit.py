@@ -15,6 +15,8 @@ from providers import circuit
 from providers.circuit import (
     CircuitState,
     circuit_allow,
+    circuit_enter,
+    circuit_probe_release,
     circuit_record_failure,
     circuit_record_success,
     circuit_reset,
@@ -198,3 +200,18 @@ def test_a_circuit_this_process_opens_drops_its_snapshot_at_once(
     assert circuit_states_recent(["small"])["small"].state is CircuitState.OPEN
     circuit_reset("small")
     assert circuit_states_recent(["small"])["small"].state is CircuitState.CLOSED
+
+
+def test_a_probe_released_without_a_verdict_stays_half_open_and_lets_the_next_call_probe(
+    clock: Clock,
+) -> None:
+    for _ in range(3):
+        circuit_record_failure("m", error_class="upstream_error")
+    clock.t += 31
+    entry = circuit_enter("m")
+    assert entry.blocked is None and entry.probe
+    assert circuit_enter("m").blocked is not None
+    circuit_probe_release("m")
+    assert circuit_status("m").state is CircuitState.HALF_OPEN
+    assert circuit_enter("m").probe
+    assert circuit_enter(" closed ") == circuit.CircuitPass()  # a closed circuit: no probe to end
