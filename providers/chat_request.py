@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from providers.adapters.base import ChatRequest
+from routing.capabilities import request_capabilities
 from scope_site.errors import InvalidRequest
 
 AUTO_MODEL = "scope/auto"
@@ -46,6 +47,7 @@ class ParsedChat:
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
     models: tuple[str, ...] = ()
+    required_capabilities: tuple[str, ...] = ()  # what routing must find in a model (tools, vision, json)
 
     @property
     def passthrough(self) -> bool:
@@ -114,6 +116,31 @@ def _messages(raw: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(raw)
 
 
+def _objects(body: Mapping[str, Any], name: str) -> None:
+    """`tools` and (legacy) `functions`: an array of objects, each with its `type` for tools."""
+    value = body.get(name)
+    if value is None:
+        return
+    typed = name == "tools"
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and (not typed or isinstance(item.get("type"), str)) for item in value
+    ):
+        what = "tool objects with a type" if typed else "function objects"
+        raise _fail(name, f"{name} must be an array of {what}", "invalid_type")
+
+
+def _choice_and_format(body: Mapping[str, Any]) -> None:
+    for name in ("tool_choice", "function_call"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str | dict):
+            raise _fail(name, f"{name} must be a string or an object", "invalid_type")
+    response_format = body.get("response_format")
+    if response_format is not None and not (
+        isinstance(response_format, dict) and isinstance(response_format.get("type"), str)
+    ):
+        raise _fail("response_format", "response_format must be an object with a type", "invalid_type")
+
+
 def _scope_options(raw: Any) -> dict[str, Any]:
     """SCOPE's own knobs, sent as `scope: {...}` (the openai client's `extra_body`)."""
     if raw is None:
@@ -178,11 +205,16 @@ def chat_body_parse(body: Any) -> ParsedChat:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise _fail("metadata", "metadata must be an object")
+    _objects(body, "tools")
+    _objects(body, "functions")
+    _choice_and_format(body)
     params = {name: body[name] for name in FORWARDED if body.get(name) is not None}
+    messages = _messages(body.get("messages"))
     return ParsedChat(
         model=model,
         policy=policy,
-        request=ChatRequest(messages=_messages(body.get("messages")), params=params, max_tokens=max_tokens),
+        request=ChatRequest(messages=messages, params=params, max_tokens=max_tokens),
+        required_capabilities=request_capabilities(messages=messages, options=body),
         stream=bool(stream),
         include_usage=include_usage,
         user=user,

@@ -133,6 +133,7 @@ def chat_decide(
             user=parsed.user,
             metadata=parsed.routing_metadata(),
             max_output_tokens=parsed.request.max_tokens,
+            required_capabilities=parsed.required_capabilities,
             kind=kind,
             catalog=catalog,
             cache_probe=cache_probe,  # HOOK(response cache)

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from providers.circuit import with_circuit_health
+from routing.capabilities import request_capabilities
 from routing.models import ApiKey
 from routing.route_input import route_input_validate
 from routing.selectors import model_specs
@@ -53,6 +54,7 @@ class RouteApi(APIView):
             models=data.get("models", ()),
             user=data.get("user", ""),
             metadata=data.get("metadata"),
+            required_capabilities=request_capabilities(messages=data["messages"], options={}),
             catalog=with_circuit_health(model_specs()),  # open circuits: excluded, with the reason
         )
         row = result.row

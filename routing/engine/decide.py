@@ -19,7 +19,11 @@ class UnknownStrategy(LookupError):
 
 
 def _constraint_reason(
-    model: ModelSpec, policy: PolicySpec, options: RouteOptions, tokens_needed: int
+    model: ModelSpec,
+    policy: PolicySpec,
+    options: RouteOptions,
+    tokens_needed: int,
+    capabilities_needed: Sequence[str],
 ) -> str:
     if not model.enabled:
         return "model disabled"
@@ -31,7 +35,7 @@ def _constraint_reason(
         return f"denied by policy {policy.slug!r}"
     if options.models and model.name not in options.models:
         return "not in the request's models"
-    missing = [cap for cap in policy.required_capabilities if cap not in model.capabilities]
+    missing = [cap for cap in capabilities_needed if cap not in model.capabilities]
     if missing:
         return f"missing capability: {', '.join(missing)}"
     for tag, wanted in policy.required_tags.items():
@@ -82,6 +86,8 @@ def request_limits(options: RouteOptions) -> dict[str, Any]:
         out["models"] = list(options.models)
     if options.max_output_tokens is not None:
         out["max_output_tokens"] = options.max_output_tokens
+    if options.required_capabilities:  # what the request needs (tools, vision, json)
+        out["required_capabilities"] = list(options.required_capabilities)
     return out
 
 
@@ -97,6 +103,7 @@ def options_from_log(
         models=tuple(request.get("models") or ()),
         metadata=metadata or {},
         max_output_tokens=request.get("max_output_tokens"),
+        required_capabilities=tuple(request.get("required_capabilities") or ()),
     )
 
 
@@ -115,9 +122,10 @@ def decide(
         raise UnknownStrategy(f"policy {policy.slug!r} uses unknown strategy {policy.strategy!r}")
     notes: list[str] = []
     tokens_needed = features.input_tokens + (options.max_output_tokens or 0)
+    capabilities_needed = _capabilities_needed(models, policy, options, notes)
     candidates = [Candidate(model=m) for m in models]
     for c in candidates:
-        excluded_because = _constraint_reason(c.model, policy, options, tokens_needed)
+        excluded_because = _constraint_reason(c.model, policy, options, tokens_needed, capabilities_needed)
         if excluded_because:
             c.exclude(excluded_because)
 
@@ -207,6 +215,25 @@ def decide(
         predictor_version=active.version if strategy.uses_predictor else "none",
         explanation=explanation,
     )
+
+
+def _capabilities_needed(
+    models: Sequence[ModelSpec], policy: PolicySpec, options: RouteOptions, notes: list[str]
+) -> tuple[str, ...]:
+    """The policy's required capabilities plus the request's own, where the catalog uses the name."""
+    declared = frozenset().union(*(m.capabilities for m in models))
+    wanted = [c for c in options.required_capabilities if c not in policy.required_capabilities]
+    if wanted:
+        used = [c for c in wanted if c in declared]
+        unknown = [c for c in wanted if c not in declared]
+        if used:
+            notes.append(f"the request needs: {', '.join(used)}")
+        if unknown:
+            notes.append(
+                f"the request uses {', '.join(unknown)}, which no catalog model declares: not a constraint"
+            )
+        wanted = used
+    return (*policy.required_capabilities, *wanted)
 
 
 def _tightest(a: float | None, b: float | None) -> float | None:

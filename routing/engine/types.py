@@ -62,6 +62,8 @@ class RouteOptions:
     models: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
     max_output_tokens: int | None = None
+    # what the request itself needs (routing.capabilities), counted for capabilities the catalog uses
+    required_capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ def route_decide(
     user: str = "",
     metadata: Mapping[str, Any] | None = None,
     max_output_tokens: int | None = None,
+    required_capabilities: Sequence[str] = (),
     kind: str = DecisionKind.ROUTE,
     catalog: Sequence[ModelSpec] | None = None,
     cache_probe: Callable[[Decision, PolicySpec], bool] | None = None,
@@ -75,6 +76,7 @@ def route_decide(
 
     `cache_probe` (routing.response_cache) looks the decided request up in the response cache
     before the row is written, so the row says whether the answer will come from the cache.
+    `required_capabilities` are what the request needs (routing.capabilities.request_capabilities).
     """
     metadata = dict(metadata or {})
     features = extract_features(messages, metadata)
@@ -101,6 +103,7 @@ def route_decide(
             models=tuple(models),
             metadata=metadata,
             max_output_tokens=max_output_tokens,
+            required_capabilities=tuple(required_capabilities),
         ),
         predictor=active_predictor(),
         strategies=strategies(),

@@ -165,3 +165,15 @@ def test_create_user_reads_the_password_from_the_environment(
         call_command("create_user", "bob", "--role", "operator")
     with pytest.raises(CommandError):
         call_command("create_user", "carol", "--role", "admin")
+
+
+def test_replay_keeps_what_each_logged_request_needed(decisions: list[DecisionLog]) -> None:
+    needy = decisions[:4]
+    for row in needy:
+        DecisionLog.objects.filter(pk=row.pk).update(
+            explanation={**row.explanation, "request": {"required_capabilities": ["vision"]}}
+        )
+    result = policy_replay(
+        policy=PolicySpec(slug="default", version=99, alpha=0.0), limit=50, source_policy="default"
+    )
+    assert result.replayed.mix.get("large", 0) >= 4  # the only vision model, whatever the alpha

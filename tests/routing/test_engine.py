@@ -237,3 +237,17 @@ def test_conditions_evaluate_safely(cond: dict[str, Any], expected: bool) -> Non
 def test_malformed_conditions_are_rejected(cond: dict[str, Any]) -> None:
     with pytest.raises(ConditionError):
         validate_condition(cond)
+
+
+def test_what_the_request_needs_excludes_models_without_it_where_the_catalog_declares_it() -> None:
+    policy = PolicySpec(slug="p", version=1, strategy="pre_inference", alpha=0.0)
+    decision = run(policy, RouteOptions(required_capabilities=("json", "tools")))
+    reasons = {c.model.name: c.excluded_reason for c in decision.candidates}
+    # no catalog model declares `tools`: it is noted, not a constraint that would exclude them all
+    assert decision.model.name == "mid"
+    assert reasons == {"tiny": "missing capability: json", "mid": "", "frontier": ""}
+    assert "the request needs: json" in decision.explanation["notes"]
+    assert any("tools, which no catalog model declares" in n for n in decision.explanation["notes"])
+    assert decision.explanation["request"] == {"required_capabilities": ["json", "tools"]}
+    vision = run(policy, RouteOptions(required_capabilities=("vision",)))
+    assert vision.model.name == "frontier" and vision.fallbacks == ()

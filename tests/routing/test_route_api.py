@@ -193,3 +193,17 @@ def test_forty_concurrent_requests_get_forty_answers_and_forty_rows() -> None:
     assert statuses == [200] * 40
     assert DecisionLog.objects.count() == 40
     assert DecisionLog.objects.values("user").distinct().count() == 40
+
+
+def test_an_image_in_the_messages_routes_to_a_vision_model(api: Api) -> None:
+    make_policy("cheap", strategy="hybrid", alpha=0.0)
+    image = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}
+    body = {
+        "policy": "cheap",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}],
+    }
+    response = api(ROUTE, body)
+    assert response.status_code == 200, response.content
+    assert response.json()["model"] == "large"
+    reasons = {c["model"]: c["excluded_reason"] for c in response.json()["candidates"]}
+    assert reasons["small"] == "missing capability: vision"
