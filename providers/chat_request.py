@@ -8,6 +8,7 @@ from typing import Any
 
 from providers.adapters.base import ChatRequest
 from routing.capabilities import request_capabilities
+from routing.field_names import unknown_fields, unknown_fields_message
 from scope_site.errors import InvalidRequest
 
 AUTO_MODEL = "scope/auto"
@@ -32,6 +33,7 @@ FORWARDED = (
     "reasoning_effort",
 )
 _MAX_MESSAGES = 2000
+SCOPE_OPTIONS = ("alpha", "max_cost_usd", "max_latency_ms", "models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,9 @@ def _scope_options(raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise _fail("scope", "scope must be an object")
+    unknown = unknown_fields(raw, SCOPE_OPTIONS)
+    if unknown:  # SCOPE's own object: a misspelt limit must not be silently ignored
+        raise _fail(f"scope.{unknown[0]}", unknown_fields_message(unknown, SCOPE_OPTIONS, where="scope"))
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise _fail("scope.models", "scope.models must be an array of model names")

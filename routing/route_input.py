@@ -22,6 +22,7 @@ _ROLES = frozenset(MESSAGE_ROLES)
 _CONTENT_ROLES = frozenset({"user", "system", "developer"})
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+\Z")
 _FLOAT_LIMITS = {"alpha": (0.0, 1.0), "max_cost_usd": (0.0, None), "max_latency_ms": (0.0, None)}
+_KNOWN = frozenset(RouteInputSerializer().fields)  # any other key: the serializer refuses it
 
 
 def route_input_validate(data: Any) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def _message(value: Any) -> dict[str, Any] | None:
 
 def _canonical(data: Any) -> dict[str, Any] | None:
     """The validated body when `data` is valid and already canonical, else None (use the serializer)."""
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not _KNOWN.issuperset(data):
         return None
     raw_messages = data.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:

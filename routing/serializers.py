@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from routing.field_names import unknown_fields, unknown_fields_message
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -44,7 +48,21 @@ def validate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-class RouteInputSerializer(serializers.Serializer):
+class StrictSerializer(serializers.Serializer):
+    """An input whose unknown keys are a 400 naming them and the known ones (OpenAPI:
+    additionalProperties false, routing.schema), so a misspelt limit is never silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = unknown_fields(data, self.fields)
+            if unknown:
+                raise serializers.ValidationError(
+                    {api_settings.NON_FIELD_ERRORS_KEY: [unknown_fields_message(unknown, list(self.fields))]}
+                )
+        return super().to_internal_value(data)
+
+
+class RouteInputSerializer(StrictSerializer):
     messages = MessageSerializer(many=True, allow_empty=False)
     policy = serializers.SlugField(required=False, max_length=100)
     alpha = NumberField(required=False, min_value=0.0, max_value=1.0)

@@ -55,7 +55,6 @@ CANONICAL = [
     {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url"}]}],
         "alpha": 1,
-        "unknown_key": "ignored",
         "models": [],
     },
     {
@@ -96,6 +95,8 @@ NOT_CANONICAL: list[Any] = [
     {"messages": [{"role": "user", "content": "x"}], "user": "nul\x00char"},
     {"messages": [{"role": "user", "content": "x"}], "user": "\ud800"},
     {"messages": [{"role": "user", "content": "x"}], "metadata": []},
+    {"messages": [{"role": "user", "content": "x"}], "unknown_key": "refused"},
+    {"messages": [{"role": "user", "content": "x"}], "max_cost": 0.01, "aplha": 0.5},
 ]
 
 
@@ -137,7 +138,16 @@ bodies = st.fixed_dictionaries(
     {"messages": messages | values},
     optional={
         key: values
-        for key in ("policy", "alpha", "max_cost_usd", "max_latency_ms", "models", "user", "metadata")
+        for key in (
+            "policy",
+            "alpha",
+            "max_cost_usd",
+            "max_latency_ms",
+            "models",
+            "user",
+            "metadata",
+            "aplha",
+        )
     },
 )
 

@@ -208,6 +208,7 @@ def test_provider_calls_run_outside_any_transaction(
         ({"model": "scope/auto", "messages": HELLO, "n": 3}, "n"),
         ({"model": "scope/auto", "messages": HELLO, "stream": "yes"}, "stream"),
         ({"model": "scope/auto", "messages": HELLO, "scope": {"alpha": 2}}, "alpha"),
+        ({"model": "scope/auto", "messages": HELLO, "scope": {"bogus": 1}}, "scope.bogus"),
         ([1, 2], ""),
     ],
 )
@@ -217,6 +218,30 @@ def test_bad_input_gets_an_openai_shaped_400(api: Api, body: Any, param: str) ->
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert error["param"] == (param or None)
+
+
+def test_a_misspelt_scope_option_is_refused_naming_it_and_the_known_ones(api: Api) -> None:
+    body = {"model": "scope/auto", "messages": HELLO, "scope": {"max_cost": 0.001}}
+    response = api("/v1/chat/completions", body)
+    assert response.status_code == 400, response.content
+    message = response.json()["error"]["message"]
+    assert "'max_cost' (did you mean 'max_cost_usd'?)" in message
+    assert "known fields: alpha, max_cost_usd, max_latency_ms, models" in message
+    assert not DecisionLog.objects.exists()
+
+
+def test_openai_fields_scope_does_not_use_are_still_accepted(api: Api) -> None:
+    body = {
+        "model": "scope/auto",
+        "messages": HELLO,
+        "scope": {"alpha": 0.5, "max_cost_usd": 1, "max_latency_ms": 9000, "models": []},
+        "store": False,
+        "modalities": ["text"],
+        "service_tier": "auto",
+        "prediction": None,
+        "web_search_options": {},
+    }
+    assert api("/v1/chat/completions", body).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,22 @@ def test_an_image_in_the_messages_routes_to_a_vision_model(api: Api) -> None:
     assert response.json()["model"] == "large"
     reasons = {c["model"]: c["excluded_reason"] for c in response.json()["candidates"]}
     assert reasons["small"] == "missing capability: vision"
+
+
+@pytest.mark.parametrize(("field", "known"), [("max_cost", "max_cost_usd"), ("aplha", "alpha")])
+def test_a_misspelt_field_is_a_400_naming_it_and_the_known_ones(api: Api, field: str, known: str) -> None:
+    response = api(ROUTE, {"messages": USER_MESSAGE("hi"), field: 0.0001})
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert f"unknown field {field!r} (did you mean {known!r}?)" in error["message"]
+    assert (
+        "known fields: messages, policy, alpha, max_cost_usd, max_latency_ms, models, user, metadata"
+        in (error["message"])
+    )
+    assert not DecisionLog.objects.exists()
+
+
+def test_the_schema_says_the_route_body_takes_no_other_fields(client: Client) -> None:
+    schema = client.get("/api/schema/?format=json").json()
+    assert schema["components"]["schemas"]["RouteInputRequest"]["additionalProperties"] is False
