@@ -24,10 +24,13 @@ from typing import Any
 
 from scope_site import writer_process  # a module of its own: its state outlives a config reload
 
-_default_dir = (
-    Path(os.environ.get("SCOPE_VAR_DIR", Path(__file__).resolve().parent.parent / "var")) / "prometheus"
-)
+_var_dir = Path(os.environ.get("SCOPE_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+_default_dir = _var_dir / "prometheus"
 multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_dir))
+# gunicorn's control socket (gunicornc) per var dir, not one per user (~/.gunicorn/gunicorn.ctl):
+# two SCOPE servers on one host, e.g. a benchmark beside a dev server, must not share it
+(_var_dir / "run").mkdir(parents=True, exist_ok=True)
+control_socket = str(_var_dir / "run" / "gunicorn.ctl")
 
 
 def on_starting(server: Any) -> None:
