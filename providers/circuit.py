@@ -157,7 +157,10 @@ def circuit_enter(model: str) -> CircuitPass:
         return CircuitPass(blocked=status)
     try:
         # one probe for all processes: `add` only succeeds for the first caller
-        won = cache.add(_key(model, "probe"), now(), timeout=max(int(_cooldown()), 1))
+        # held as long as a call may run (the execution budget), so a slow probe's release can never
+        # drop a later probe's claim; a probe whose process died blocks the model that long at most
+        hold = max(int(_cooldown()), int(settings.SCOPE_EXECUTION_BUDGET_S), 1)
+        won = cache.add(_key(model, "probe"), now(), timeout=hold)
     except Exception:
         return CircuitPass()
     if won:

@@ -215,3 +215,25 @@ def test_a_probe_released_without_a_verdict_stays_half_open_and_lets_the_next_ca
     assert circuit_status("m").state is CircuitState.HALF_OPEN
     assert circuit_enter("m").probe
     assert circuit_enter(" closed ") == circuit.CircuitPass()  # a closed circuit: no probe to end
+
+
+def test_a_probe_claim_outlasts_the_longest_call(
+    clock: Clock, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.SCOPE_CIRCUIT_COOLDOWN_S = 30
+    settings.SCOPE_EXECUTION_BUDGET_S = 90
+    for _ in range(3):
+        circuit_record_failure("m", error_class="server_error")
+    clock.t += 31
+    claims: list[float] = []
+    real_add = circuit.cache.add
+
+    def add(key: str, value: Any, timeout: float) -> bool:
+        claims.append(timeout)
+        return bool(real_add(key, value, timeout=timeout))
+
+    monkeypatch.setattr(circuit.cache, "add", add)
+    assert circuit_enter("m").probe
+    # a probe may run as long as any call (90 s): its claim must not lapse at the 30 s cool-down,
+    # or a second probe could start and the first one's release would drop the second's claim
+    assert claims == [90]
