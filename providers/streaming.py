@@ -17,6 +17,7 @@ from typing import Any
 
 from providers.adapters import adapter_for
 from providers.adapters.base import StreamEvent, Target, Usage
+from providers.balancing import deployment_record_failure
 from providers.chat_request import chat_body_parse
 from providers.circuit import circuit_record_failure
 from providers.execution import Plan, chat_plan, count_tokens, plan_fail, plan_finish, run_attempts
@@ -138,4 +139,7 @@ def _relay(
 def _stream_failed(target: Target, err: ProviderError, begun: float) -> None:
     metrics.UPSTREAM_CALLS.labels(target.model, target.provider, err.error_class).inc()
     metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(time.monotonic() - begun)
-    circuit_record_failure(target.model, error_class=err.error_class)
+    # as for a failed attempt: the deployment's circuit counts it; the model's only when no healthy
+    # sibling deployment is left to serve it
+    if deployment_record_failure(target, error_class=err.error_class):
+        circuit_record_failure(target.model, error_class=err.error_class)

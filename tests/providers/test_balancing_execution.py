@@ -19,7 +19,7 @@ from routing.models import SpendLedger
 from routing.services.rollup import Buckets, aggregate_outcomes
 from tests.factories import make_api_key, make_policy
 from tests.providers.conftest import UPSTREAM_KEY_ENV, upstream_model
-from tests.upstreams import Fail, FakeUpstream, Reply
+from tests.upstreams import Fail, FakeUpstream, Reply, Stream
 
 Api = Callable[..., Any]
 HELLO = [{"role": "user", "content": "Say hello to the test suite"}]
@@ -128,6 +128,20 @@ def test_a_failing_deployment_does_not_open_the_model_while_a_sibling_serves(
     assert circuit_status("first").state == "closed"
     assert circuit_status("first@home").state == "open"
     assert len(extra.requests) == 4
+
+
+def test_streams_cut_midway_count_against_their_deployment_not_the_model(api: Api, upstreams: Any) -> None:
+    first, _, _ = upstreams
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    first.default = Stream(cut_after=1)
+    for _ in range(3):
+        response = chat(api, stream=True)
+        assert response["X-Scope-Model"] == "first"
+        b"".join(response.streaming_content)  # the answer breaks off after its first chunk
+    # like failed attempts: home's circuit opened, the model's did not (its sibling can serve)
+    assert circuit_status("first@home").state == "open"
+    assert circuit_status("first").state == "closed"
 
 
 @pytest.fixture
