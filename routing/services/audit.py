@@ -13,7 +13,7 @@ that does not match.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -167,11 +167,46 @@ def _row_failure(values: dict[str, Any]) -> AuditFailure | None:
                 f"its content (recomputed {expected[:12]}…): the row was changed after it was written"
             ),
         )
+    unhashed = _unhashed_mismatch(values)
+    if unhashed:
+        return AuditFailure(kind="row", ref=str(values["id"]), message=f"decision {values['id']}: {unhashed}")
     return None
 
 
+# quality and cost are rounded in the candidates (Candidate.as_dict): 4 and 8 decimals
+_PREDICTED = (("predicted_quality", "quality", 5e-5), ("predicted_cost_usd", "cost_usd", 5e-9))
+
+
+def _unhashed_mismatch(values: Mapping[str, Any]) -> str:
+    """Columns the row hash covers only through another field must agree with it: the prompt with
+    prompt_sha256, the predicted cost and quality columns with the chosen candidate's predictions."""
+    prompt = values["prompt"]
+    if prompt and hashlib.sha256(prompt.encode()).hexdigest() != values["prompt_sha256"]:
+        return "its prompt does not match the prompt_sha256 the row hash covers: the prompt was changed"
+    chosen = next(
+        (
+            c
+            for c in values["candidates"] or ()
+            if c.get("model") == values["chosen_model"] and c.get("rank") == 1
+        ),
+        None,
+    )
+    logged = (chosen or {}).get("predictions") or {}
+    for column, key, tolerance in _PREDICTED:
+        stored, hashed = values[column], logged.get(key)
+        if stored is None and hashed is None:
+            continue
+        if stored is None or hashed is None or abs(float(stored) - float(hashed)) > tolerance:
+            return (
+                f"its {column} ({stored}) differs from the chosen candidate's {key} ({hashed}) that the "
+                "row hash covers: the column was changed"
+            )
+    return ""
+
+
 def _rows(queryset: Any) -> Iterator[dict[str, Any]]:
-    return queryset.order_by("created_at", "id").values(*HASHED_FIELDS, "row_hash").iterator(chunk_size=2000)
+    unhashed = ("row_hash", "prompt", "predicted_quality", "predicted_cost_usd")
+    return queryset.order_by("created_at", "id").values(*HASHED_FIELDS, *unhashed).iterator(chunk_size=2000)
 
 
 def audit_verify_checkpoint(

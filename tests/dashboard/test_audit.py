@@ -52,15 +52,43 @@ def test_a_row_changed_by_raw_sql_is_named(decisions: list[DecisionLog]) -> None
     assert report.rows_checked == 5  # the rows before it in the chain were fine
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "said"),
+    [
+        (
+            "prompt",
+            "Prove that the square root of 3 is irrational",
+            "its prompt does not match the prompt_sha256",
+        ),
+        (
+            "predicted_cost_usd",
+            99.0,
+            "its predicted_cost_usd (99.0) differs from the chosen candidate's cost_usd",
+        ),
+        ("predicted_quality", 0.01, "its predicted_quality (0.01) differs"),
+    ],
+)
+def test_columns_the_hash_covers_indirectly_are_checked_too(
+    decisions: list[DecisionLog], column: str, value: Any, said: str
+) -> None:
+    audit_seal(now=LATER, batch_rows=4)
+    assert audit_verify().ok  # every untouched row agrees (prompts, costs and qualities as logged)
+    victim = DecisionLog.objects.order_by("created_at", "id")[7]
+    _sql(f"UPDATE routing_decisionlog SET {column} = %s WHERE id = %s", [value, _db_id(victim)])
+    report = audit_verify()
+    assert report.failure is not None and report.failure.ref == str(victim.id)
+    assert said in report.failure.message
+
+
 def test_a_row_rewritten_with_a_matching_hash_breaks_its_checkpoint(decisions: list[DecisionLog]) -> None:
     audit_seal(now=LATER, batch_rows=4)
     victim = DecisionLog.objects.order_by("created_at", "id")[1]
     values = DecisionLog.objects.filter(id=victim.id).values(*HASHED_FIELDS).get()
-    values["chosen_model"] = "large"
+    values["user"] = "mallory"
     forged = decision_row_hash(values)
     _sql(
-        "UPDATE routing_decisionlog SET chosen_model = %s, row_hash = %s WHERE id = %s",
-        ["large", forged, _db_id(victim)],
+        'UPDATE routing_decisionlog SET "user" = %s, row_hash = %s WHERE id = %s',
+        ["mallory", forged, _db_id(victim)],
     )
     report = audit_verify()
     assert report.failure is not None
@@ -143,8 +171,9 @@ def test_audit_verify_command_fails_naming_the_row(decisions: list[DecisionLog])
     call_command("audit_verify", stdout=out)
     assert "chain intact: 10 rows" in out.getvalue()
     _sql('UPDATE routing_decisionlog SET "user" = %s WHERE id = %s', ["mallory", _db_id(decisions[4])])
-    with pytest.raises(CommandError, match=str(decisions[4].id)):
+    with pytest.raises(CommandError, match=str(decisions[4].id)) as raised:
         call_command("audit_verify")
+    assert str(raised.value).count(str(decisions[4].id)) == 1  # named once
 
 
 def test_a_row_committed_late_with_an_older_time_is_sealed_by_the_next_run(
@@ -164,3 +193,30 @@ def test_a_row_committed_late_with_an_older_time_is_sealed_by_the_next_run(
     late.refresh_from_db()
     assert late.checkpoint_id == sealed[0].pk
     assert audit_verify().ok
+
+
+def test_every_kind_of_decision_verifies(api: Any, settings: Any) -> None:
+    """Route, chat through a policy, a named model (passthrough), a cache hit, no eligible model,
+    a budget refusal and a job: each row's indirect columns agree with what its hash covers."""
+    from decimal import Decimal
+
+    from routing.services.jobs import job_run
+    from tests.factories import make_api_key, make_policy
+
+    settings.SCOPE_SIMULATED_SPEEDUP = 1000.0
+    make_policy("cached", strategy="hybrid", alpha=0.5, options={"cache": {"ttl_s": 300}})
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    assert api("/api/v1/route", {"messages": ask}).status_code == 200
+    assert api("/api/v1/route", {"messages": ask, "max_cost_usd": 1e-12}).status_code == 422
+    for model in ("scope/auto", "small", "scope/cached", "scope/cached"):
+        assert api("/v1/chat/completions", {"model": model, "messages": ask}).status_code == 200
+    _, broke = make_api_key("broke", daily_budget_usd=Decimal(0))
+    assert api("/v1/chat/completions", {"model": "scope/auto", "messages": ask}, key=broke).status_code == 429
+    job = api("/api/v1/jobs", {"model": "scope/auto", "messages": ask}).json()
+    job_run(job_id=job["id"], worker="w")
+    assert DecisionLog.objects.filter(cache_hit=True).exists()
+    assert set(DecisionLog.objects.values_list("kind", flat=True)) == {"route", "chat", "job"}
+    audit_seal(now=LATER)
+    report = audit_verify()
+    assert report.ok, report.failure
+    assert report.rows_checked == DecisionLog.objects.count() >= 8
