@@ -24,6 +24,8 @@ from routing.predictor.trees import ForestEvaluator, TreeModelError
 ARTIFACT_FORMAT = "scope-predictor/1"
 _TEXT = ("vocab", "idf", "components")
 _HEADS = ("coef", "intercept")
+# the character vocabulary and heads: absent from artifacts trained before them (word-only heads)
+_OPTIONAL = {"text": ("char_vocab", "char_idf"), "heads": ("char_coef",)}
 _ANCHOR = ("coarse", "fine", "coarse_sum", "coarse_n", "fine_sum", "fine_n", "fine_tok_sum", "fine_tok_n")
 
 
@@ -57,6 +59,10 @@ def pack(predictor: ScopePredictor, *, metadata: dict[str, Any] | None = None) -
             zf.writestr(f"anchors/{name}.npy", _npy(getattr(predictor.anchors, name)))
         for name in _HEADS:
             zf.writestr(f"heads/{name}.npy", _npy(getattr(predictor.heads, name)))
+        for group, optional in _OPTIONAL.items():
+            owner = predictor.projection if group == "text" else predictor.heads
+            for name in optional:
+                zf.writestr(f"{group}/{name}.npy", _npy(getattr(owner, name)))
         for i, raw in enumerate(predictor.boosters):
             zf.writestr(f"boosters/{i}.ubj", raw)
     return buf.getvalue()
@@ -91,11 +97,23 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
                 n: np.load(io.BytesIO(zf.read(f"anchors/{n}.npy")), allow_pickle=False) for n in _ANCHOR
             }
             heads = {n: np.load(io.BytesIO(zf.read(f"heads/{n}.npy")), allow_pickle=False) for n in _HEADS}
+            members = set(zf.namelist())
+            for group, optional in _OPTIONAL.items():
+                into = text if group == "text" else heads
+                for n in optional:
+                    if f"{group}/{n}.npy" in members:
+                        into[n] = np.load(io.BytesIO(zf.read(f"{group}/{n}.npy")), allow_pickle=False)
             roles = list(meta["roles"])
             boosters = [zf.read(f"boosters/{i}.ubj") for i in range(len(roles))]
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"artifact is corrupt: {exc}") from None
-    projection = TextProjection(vocab=text["vocab"], idf=text["idf"], components=text["components"])
+    projection = TextProjection(
+        vocab=text["vocab"],
+        idf=text["idf"],
+        components=text["components"],
+        char_vocab=text.get("char_vocab", np.zeros(0, dtype=np.int64)),
+        char_idf=text.get("char_idf", np.zeros(0, dtype=np.float32)),
+    )
     names = list(design_names(projection.dim))
     if meta.get("feature_names") != names:
         raise ArtifactError("artifact feature names do not match this code's design features")
@@ -104,6 +122,11 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
         raise ArtifactError("artifact anchor tables do not match its model list")
     if heads["coef"].shape != (len(projection.vocab), len(heads["intercept"])):
         raise ArtifactError("artifact text heads do not match its vocabulary")
+    char_coef = heads.get("char_coef", np.zeros(0, dtype=np.float32))
+    if projection.char_idf.shape != projection.char_vocab.shape or (
+        char_coef.size and char_coef.shape != (len(projection.char_vocab), len(heads["intercept"]))
+    ):
+        raise ArtifactError("artifact character heads do not match its character vocabulary")
     ensembles = []
     for raw_booster in boosters:
         try:
@@ -120,7 +143,7 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
         version=version,
         projection=projection,
         anchors=AnchorTable(models, *(anchors[n] for n in _ANCHOR)),
-        heads=TextHeads(coef=heads["coef"], intercept=heads["intercept"]),
+        heads=TextHeads(coef=heads["coef"], intercept=heads["intercept"], char_coef=char_coef),
         evaluator=ForestEvaluator(ensembles),
         roles=roles,
         boosters=boosters,

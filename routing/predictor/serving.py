@@ -134,7 +134,7 @@ class ServingPlan:
         emb = np.empty((1, self.dim), dtype=np.float32)
         emb[0] = p.projection.project(cols, w)
         head = np.empty(self.n_known)
-        head[: self.n_heads] = w @ p.heads.coef[cols] + p.heads.intercept if len(cols) else p.heads.intercept
+        head[: self.n_heads] = p.heads.value(cols, w, *p.projection.char_weights(features))
         head[self.n_heads :] = np.nan
 
         k = self.n_known

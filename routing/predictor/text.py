@@ -1,13 +1,16 @@
 """Text projection: hashed n-gram counts → TF-IDF → a fitted low-rank projection (cosine space).
 
 Fitted at training (scipy/scikit-learn), applied at serving with numpy alone: the artifact holds
-the kept bucket ids, their IDF weights and the projection matrix as plain arrays.
+the kept bucket ids, their IDF weights and the projection matrix as plain arrays. The projection
+also keeps a vocabulary of hashed character 2-4-grams with their IDF weights: the per-model ridge
+text heads read the word TF-IDF vector and the character TF-IDF vector side by side (the
+projection itself uses the words only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,11 +18,36 @@ import numpy as np
 from routing.features import RequestFeatures
 
 
+def _no_ids() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _no_weights() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+def sparse_weights(
+    vocab: np.ndarray, idf: np.ndarray, ids: Sequence[int] | np.ndarray, counts: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vocabulary columns, L2-normalised sublinear TF-IDF weights) of one bag of hashed buckets."""
+    if not len(ids) or not len(vocab):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    ids_a = np.asarray(ids, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(vocab, ids_a), len(vocab) - 1)
+    hit = vocab[pos] == ids_a
+    cols = pos[hit]
+    w = (1.0 + np.log(np.asarray(counts, dtype=np.float32)[hit])) * idf[cols]
+    norm = float(np.sqrt((w * w).sum()))
+    return cols, (w / norm if norm > 0 else w)
+
+
 @dataclass(frozen=True)
 class TextProjection:
     vocab: np.ndarray  # int64 sorted hashed-bucket ids kept at fit time
     idf: np.ndarray  # float32 [V]
     components: np.ndarray  # float32 [V, k]
+    char_vocab: np.ndarray = field(default_factory=_no_ids)  # int64 sorted character buckets [C]
+    char_idf: np.ndarray = field(default_factory=_no_weights)  # float32 [C]
 
     @property
     def dim(self) -> int:
@@ -27,15 +55,11 @@ class TextProjection:
 
     def weights(self, ids: Sequence[int], counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(vocabulary columns, L2-normalised sublinear TF-IDF weights) of one text."""
-        if not ids or not len(self.vocab):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ids_a = np.asarray(ids, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.vocab, ids_a), len(self.vocab) - 1)
-        hit = self.vocab[pos] == ids_a
-        cols = pos[hit]
-        w = (1.0 + np.log(np.asarray(counts, dtype=np.float32)[hit])) * self.idf[cols]
-        norm = float(np.sqrt((w * w).sum()))
-        return cols, (w / norm if norm > 0 else w)
+        return sparse_weights(self.vocab, self.idf, ids, counts)
+
+    def char_weights(self, f: RequestFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """The same over the character vocabulary (empty without one)."""
+        return sparse_weights(self.char_vocab, self.char_idf, *_bag(f, True))
 
     def transform_one(self, ids: Sequence[int], counts: Sequence[int]) -> np.ndarray:
         return self.project(*self.weights(ids, counts))
@@ -57,25 +81,45 @@ class TextProjection:
 
 @dataclass(frozen=True)
 class TextHeads:
-    """Per-model ridge regressions of score on the TF-IDF vector (columns follow the anchor models)."""
+    """Per-model ridge regressions of score on the TF-IDF vector (columns follow the anchor models).
+
+    Their input is the word TF-IDF vector beside the character TF-IDF vector, each L2-normalised;
+    `char_coef` rows follow the projection's `char_vocab` (empty: a word-only predictor).
+    """
 
     coef: np.ndarray  # float32 [V, M]
     intercept: np.ndarray  # float32 [M]
+    char_coef: np.ndarray = field(default_factory=_no_weights)  # float32 [C, M]
+
+    def value(self, cols: np.ndarray, w: np.ndarray, ccols: np.ndarray, cw: np.ndarray) -> np.ndarray:
+        """Every head for one request, from its word (cols, w) and character (ccols, cw) weights."""
+        out = w @ self.coef[cols] + self.intercept if len(cols) else self.intercept
+        if len(ccols) and len(self.char_coef):
+            out = out + cw @ self.char_coef[ccols]
+        return out
 
     def predict(self, projection: TextProjection, features: Sequence[RequestFeatures]) -> np.ndarray:
         out = np.empty((len(features), len(self.intercept)), dtype=np.float64)
         for i, f in enumerate(features):
-            cols, w = projection.weights(f.ngram_ids, f.ngram_counts)
-            out[i] = w @ self.coef[cols] + self.intercept if len(cols) else self.intercept
+            out[i] = self.value(*projection.weights(f.ngram_ids, f.ngram_counts), *projection.char_weights(f))
         return out
 
 
 def fit_heads(
-    matrix: Any, scores: np.ndarray, folds: np.ndarray, n_folds: int, alpha: float = 1.0
+    matrix: Any,
+    scores: np.ndarray,
+    folds: np.ndarray,
+    n_folds: int,
+    alpha: float | Sequence[float] = 1.0,
 ) -> tuple[np.ndarray, TextHeads]:
-    """(out-of-fold predictions [P, M], heads fitted on every prompt) for score matrix [P, M] (NaN = none)."""
+    """(out-of-fold predictions [P, M], heads fitted on every prompt) for score matrix [P, M] (NaN = none).
+
+    Given several penalties `alpha`, each group of models keeps the one with the lowest out-of-fold
+    squared error (the folds serve both: the choice and the out-of-fold predictions).
+    """
     from sklearn.linear_model import Ridge
 
+    alphas = [float(alpha)] if isinstance(alpha, int | float) else [float(a) for a in alpha]
     p, m = scores.shape
     oof = np.full((p, m), np.nan)
     coef = np.zeros((matrix.shape[1], m), dtype=np.float32)
@@ -93,33 +137,54 @@ def fit_heads(
             oof[:, cols] = fill
             continue
         y = scores[:, cols]
-        for f in range(n_folds):
-            fit_rows = rows & (folds != f)
-            target = folds == f
-            if fit_rows.sum() < 5 or not target.any():
-                continue
-            model = Ridge(alpha=alpha).fit(matrix[fit_rows], y[fit_rows])
-            oof[np.ix_(target, cols)] = np.asarray(model.predict(matrix[target])).reshape(-1, len(cols))
-        model = Ridge(alpha=alpha).fit(matrix[rows], y[rows])
+        best: tuple[float, float, np.ndarray] | None = None
+        for a in alphas:
+            pred = np.full((p, len(cols)), np.nan)
+            for f in range(n_folds):
+                fit_rows = rows & (folds != f)
+                target = folds == f
+                if fit_rows.sum() < 5 or not target.any():
+                    continue
+                model = Ridge(alpha=a).fit(matrix[fit_rows], y[fit_rows])
+                pred[target] = np.asarray(model.predict(matrix[target])).reshape(-1, len(cols))
+            scored = rows & ~np.isnan(pred[:, 0])
+            err = float(np.mean((pred[scored] - y[scored]) ** 2)) if scored.any() else 0.0
+            if best is None or err < best[0]:
+                best = (err, a, pred)
+        assert best is not None
+        oof[:, cols] = best[2]
+        model = Ridge(alpha=best[1]).fit(matrix[rows], y[rows])
         coef[:, cols] = np.asarray(model.coef_, dtype=np.float32).reshape(len(cols), -1).T
         intercept[cols] = np.asarray(model.intercept_, dtype=np.float32).reshape(-1)
     return oof, TextHeads(coef=coef, intercept=intercept)
 
 
-def tfidf_matrix(features: Sequence[RequestFeatures], vocab: np.ndarray, idf: np.ndarray) -> Any:
-    """Sparse L2-normalised TF-IDF rows over `vocab` (scipy CSR); used for fitting and the kNN baseline."""
+def _bag(f: RequestFeatures, chars: bool) -> tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]:
+    """A request's (bucket ids, counts): its word n-grams, or with `chars` its character n-grams."""
+    if chars:
+        return np.frombuffer(f.char_ids, dtype="<u4"), np.frombuffer(f.char_counts, dtype="<u2")
+    return f.ngram_ids, f.ngram_counts
+
+
+def tfidf_matrix(
+    features: Sequence[RequestFeatures], vocab: np.ndarray, idf: np.ndarray, *, chars: bool = False
+) -> Any:
+    """Sparse L2-normalised TF-IDF rows over `vocab` (scipy CSR); used for fitting and the kNN baseline.
+
+    Of the word n-grams, or with `chars` of the character n-grams."""
     from scipy import sparse
 
     indptr = [0]
     indices: list[np.ndarray] = []
     data: list[np.ndarray] = []
     for f in features:
-        ids_a = np.asarray(f.ngram_ids, dtype=np.int64)
+        ids, counts = _bag(f, chars)
+        ids_a = np.asarray(ids, dtype=np.int64)
         if len(ids_a) and len(vocab):
             pos = np.minimum(np.searchsorted(vocab, ids_a), len(vocab) - 1)
             hit = vocab[pos] == ids_a
             cols = pos[hit]
-            w = (1.0 + np.log(np.asarray(f.ngram_counts, dtype=np.float64)[hit])) * idf[cols]
+            w = (1.0 + np.log(np.asarray(counts, dtype=np.float64)[hit])) * idf[cols]
             n = np.sqrt((w * w).sum())
             if n > 0:
                 w = w / n
@@ -140,12 +205,16 @@ def tfidf_matrix(features: Sequence[RequestFeatures], vocab: np.ndarray, idf: np
 
 
 def fit_vocabulary(
-    features: Sequence[RequestFeatures], *, min_df: int = 2, max_vocab: int = 60_000
+    features: Sequence[RequestFeatures], *, min_df: int = 2, max_vocab: int = 60_000, chars: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Buckets seen in ≥ min_df prompts (the most frequent max_vocab), with smoothed IDF weights."""
+    """Buckets seen in ≥ min_df prompts (the most frequent max_vocab), with smoothed IDF weights.
+
+    Of the word n-grams, or with `chars` of the character n-grams."""
     n = len(features)
     all_ids = (
-        np.concatenate([np.asarray(f.ngram_ids, dtype=np.int64) for f in features]) if n else np.zeros(0, int)
+        np.concatenate([np.asarray(_bag(f, chars)[0], dtype=np.int64) for f in features])
+        if n
+        else np.zeros(0, int)
     )
     ids, df = np.unique(all_ids, return_counts=True)
     keep = df >= min(min_df, max(1, n // 2))
@@ -158,7 +227,10 @@ def fit_vocabulary(
     return ids, idf
 
 
-def fit_projection(features: Sequence[RequestFeatures], *, dim: int, seed: int) -> TextProjection:
+def fit_projection(
+    features: Sequence[RequestFeatures], *, dim: int, seed: int, char_vocab: int = 0
+) -> TextProjection:
+    """The word projection; with `char_vocab` > 0 also a character vocabulary of at most that many buckets."""
     from sklearn.decomposition import TruncatedSVD
 
     vocab, idf = fit_vocabulary(features)
@@ -170,4 +242,14 @@ def fit_projection(features: Sequence[RequestFeatures], *, dim: int, seed: int) 
         svd = TruncatedSVD(n_components=k, random_state=seed, n_iter=5)
         svd.fit(matrix)
         components = svd.components_.T.astype(np.float32)
-    return TextProjection(vocab=vocab, idf=idf, components=np.ascontiguousarray(components))
+    if char_vocab > 0:
+        cvocab, cidf = fit_vocabulary(features, max_vocab=char_vocab, chars=True)
+    else:
+        cvocab, cidf = _no_ids(), _no_weights()
+    return TextProjection(
+        vocab=vocab,
+        idf=idf,
+        components=np.ascontiguousarray(components),
+        char_vocab=cvocab,
+        char_idf=cidf,
+    )

@@ -15,8 +15,10 @@ from routing.features import (
     FEATURE_NAMES,
     NGRAM_BUCKETS,
     NGRAM_MAX_WORDS,
+    char_ngrams,
     extract_features,
     hashed_ngrams,
+    text_char_ngrams,
 )
 
 PIECES = [
@@ -87,3 +89,41 @@ def test_a_word_in_two_signal_lists_counts_for_the_first_only() -> None:
     for word in frozenset().union(*lists):
         _, signals = _reference_words(word)
         assert [word in signal for signal in fw.SIGNAL_WORDS] == [s == 1 for s in signals], word
+
+
+def _reference_char_ngrams(lowered: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A loop per n-gram over Python ints: the polynomial hash, the salt and the final mix of char_ngrams."""
+    mask = 0xFFFFFFFF
+    salts = {2: 0x85EBCA6B, 3: 0xC2B2AE35, 4: 0x27D4EB2F}
+    s = "".join("0" if c in "0123456789" else c for c in " ".join(lowered.split())[:4096])
+    found: dict[int, int] = {}
+    for k in (2, 3, 4):
+        for i in range(len(s) - k + 1):
+            h = ord(s[i])
+            for ch in s[i + 1 : i + k]:
+                h = ((h * 0x9E3779B1) & mask) ^ ord(ch)
+            bucket = (k - 2) * 65536 + ((((h ^ salts[k]) * 0x2C1B3C6D) & mask) >> 16)
+            found[bucket] = found.get(bucket, 0) + 1
+    ids = tuple(sorted(found))
+    return ids, tuple(found[i] for i in ids)
+
+
+def _decoded(packed: tuple[bytes, bytes]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    ids, counts = packed
+    return (
+        tuple(np.frombuffer(ids, dtype="<u4").tolist()),
+        tuple(np.frombuffer(counts, dtype="<u2").tolist()),
+    )
+
+
+def test_character_ngrams_equal_a_plain_reference_on_random_text() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 60)))
+        assert _decoded(char_ngrams(text.lower())) == _reference_char_ngrams(text.lower()), text
+    assert char_ngrams("") == (b"", b"") and char_ngrams(" a ") == (b"", b"")
+    f = extract_features([{"role": "user", "content": "Explain  THIS\nloop"}])
+    assert (f.char_ids, f.char_counts) == text_char_ngrams(f.text)
+    assert _decoded((f.char_ids, f.char_counts)) == _reference_char_ngrams(f.text.lower())
+    long_text = "x" * 10_000
+    assert sum(_decoded(char_ngrams(long_text))[1]) == 3 * 4096 - 6

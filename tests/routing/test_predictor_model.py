@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -68,6 +69,59 @@ def test_the_artifact_round_trips_to_identical_predictions(trained: FitResult) -
     with zipfile.ZipFile(io.BytesIO(raw)) as zf:
         assert all(not n.endswith(".pkl") for n in zf.namelist())
         assert any(n.endswith(".ubj") for n in zf.namelist())
+
+
+def test_the_text_heads_read_character_ngrams_and_the_artifact_keeps_them(trained: FitResult) -> None:
+    p = trained.predictor
+    assert len(p.projection.char_vocab) and p.heads.char_coef.shape == (
+        len(p.projection.char_vocab),
+        len(p.heads.intercept),
+    )
+    raw = pack(p)
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        assert {"text/char_vocab.npy", "text/char_idf.npy", "heads/char_coef.npy"} <= set(zf.namelist())
+    loaded = unpack(raw, version="v-chars")
+    np.testing.assert_array_equal(loaded.projection.char_vocab, p.projection.char_vocab)
+    np.testing.assert_array_equal(loaded.heads.char_coef, p.heads.char_coef)
+    # the character block moves the heads: the same request without its character n-grams differs
+    _, feats = data.examples(5, seed=4)
+    with_chars = p.heads.predict(p.projection, [f for _, f in feats])
+    without = p.heads.predict(
+        p.projection, [dataclasses.replace(f, char_ids=b"", char_counts=b"") for _, f in feats]
+    )
+    assert not np.allclose(with_chars, without)
+
+
+def test_an_artifact_from_before_the_character_heads_still_loads_with_word_heads_only(
+    trained: FitResult,
+) -> None:
+    src = zipfile.ZipFile(io.BytesIO(pack(trained.predictor)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            if name not in {"text/char_vocab.npy", "text/char_idf.npy", "heads/char_coef.npy"}:
+                dst.writestr(name, src.read(name))
+    loaded = unpack(buf.getvalue(), version="v-old")
+    assert not len(loaded.projection.char_vocab) and not len(loaded.heads.char_coef)
+    _, feats = data.examples(5, seed=5)
+    batch = loaded.predict_batch([f for _, f in feats], data.infos())
+    assert np.isfinite(batch.quality).all()
+
+
+def test_it_refuses_character_heads_that_do_not_match_the_character_vocabulary(trained: FitResult) -> None:
+    src = zipfile.ZipFile(io.BytesIO(pack(trained.predictor)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            body = src.read(name)
+            if name == "heads/char_coef.npy":
+                arr = np.load(io.BytesIO(body), allow_pickle=False)
+                out = io.BytesIO()
+                np.save(out, arr[:-1], allow_pickle=False)
+                body = out.getvalue()
+            dst.writestr(name, body)
+    with pytest.raises(ArtifactError, match="character heads"):
+        unpack(buf.getvalue(), version="x")
 
 
 def _rewrite_meta(raw: bytes, **changes: object) -> bytes:
