@@ -214,6 +214,8 @@ def _retry_wait(exc: BaseException, attempts: int) -> float:
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, RateLimited) and exc.code == "budget_too_small":
+        return False  # the request alone exceeds the whole budget: retrying cannot help
     return isinstance(exc, RateLimited | ServiceUnavailable) or not isinstance(exc, ApplicationError)
 
 

@@ -226,6 +226,13 @@ def _budget_exceeded(
 ) -> RateLimited:
     word = "daily" if period == SpendPeriod.DAY else "monthly"
     reset = _period_end(period, ledger.period_start)
+    if amount > budget:  # no wait makes it fit: say so (an async job then fails instead of retrying)
+        return RateLimited(
+            f"API key {api_key.name!r}: this request needs about {_money(amount)}, more than its whole "
+            f"{word} budget of {_money(budget)}; it cannot run under this budget.",
+            retry_after=max(1, math.ceil((reset - now).total_seconds())),
+            code="budget_too_small",
+        )
     if ledger.spent_usd + amount <= budget and ledger.reserved_usd > 0:
         # It would fit once calls in flight settle (they often cost less than reserved).
         retry_after = int(settings.SCOPE_BUDGET_INFLIGHT_RETRY_S)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from feedback.models import Outcome
 from providers.models import LLMModel
-from routing.models import DecisionLog, Job
+from routing.models import DecisionLog, Job, SpendLedger
 from routing.services.jobs import job_claim, job_run, jobs_requeue_stale
 from tests.conftest import USER_MESSAGE, requires_postgres
 from tests.factories import make_api_key
@@ -189,13 +189,31 @@ def test_a_domain_error_fails_the_job_at_once(api: Api) -> None:
 def test_a_budget_refusal_is_retried_after_its_retry_after(catalog: Any) -> None:
     from decimal import Decimal
 
-    key, plain = make_api_key("broke", daily_budget_usd=Decimal("0"))
+    key, plain = make_api_key("spent", daily_budget_usd=Decimal("1"))
+    SpendLedger.objects.create(
+        api_key=key, period="day", period_start=timezone.now().date(), spent_usd=Decimal("1")
+    )
     response = Client().post(
         "/api/v1/jobs", BODY, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {plain}"
     )
     run = job_run(job_id=response.json()["id"], worker="w")
     assert run.status == "queued" and run.retry_in_s is not None and 60 < run.retry_in_s <= 600
     assert (Job.objects.get(pk=response.json()["id"]).error or {})["code"] == "budget_exceeded"
+
+
+def test_a_job_that_needs_more_than_the_whole_budget_fails_at_once(catalog: Any) -> None:
+    from decimal import Decimal
+
+    _, plain = make_api_key("broke", daily_budget_usd=Decimal("0"))
+    response = Client().post(
+        "/api/v1/jobs", BODY, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {plain}"
+    )
+    assert job_run(job_id=response.json()["id"], worker="w").status == "failed"
+    job = Job.objects.get(pk=response.json()["id"])
+    assert (job.error or {})["code"] == "budget_too_small" and "cannot run under this budget" in job.error[
+        "message"
+    ]
+    assert job.decision_id is not None  # the refused decision, with its "refused" outcome
 
 
 def test_the_sweep_requeues_lost_and_stale_jobs(api: Api) -> None:
