@@ -210,9 +210,8 @@ def test_a_job_that_needs_more_than_the_whole_budget_fails_at_once(catalog: Any)
     )
     assert job_run(job_id=response.json()["id"], worker="w").status == "failed"
     job = Job.objects.get(pk=response.json()["id"])
-    assert (job.error or {})["code"] == "budget_too_small" and "cannot run under this budget" in job.error[
-        "message"
-    ]
+    error = job.error or {}
+    assert error["code"] == "budget_too_small" and "cannot run under this budget" in error["message"]
     assert job.decision_id is not None  # the refused decision, with its "refused" outcome
 
 
