@@ -305,11 +305,21 @@ def _execute(run: TrainingRun) -> None:
 def _verdict(
     metrics: dict[str, Any], champion_version: PredictorVersion | None, champion: ScopePredictor | None
 ) -> tuple[bool, str]:
+    held_out = int(metrics["challenger"].get("examples") or 0)
+    challenger_brier = metrics["challenger"].get("brier")
     if champion_version is None:
-        return True, "promoted: no champion was active"
+        constant = metrics["challenger"].get("brier_constant")
+        versus = (
+            f" (held-out Brier {challenger_brier:.4f}; the best constant guess scores {constant:.4f})"
+            if challenger_brier is not None and constant is not None
+            else ""
+        )
+        return True, f"promoted: no champion was active{versus}, {held_out} held-out examples"
     if champion is None:
         return True, f"promoted: champion {champion_version.name} cannot be loaded"
-    challenger_brier = metrics["challenger"].get("brier")
+    minimum = int(settings.SCOPE_RETRAIN_MIN_HELDOUT)
+    if held_out < minimum:  # replacing a serving predictor needs more evidence than a handful of prompts
+        return False, f"not promoted: {held_out} held-out examples, fewer than the {minimum} a verdict needs"
     champion_brier = metrics["champion"].get("brier")
     if challenger_brier is None or champion_brier is None:
         return False, "not promoted: no held-out data to compare champion and challenger on"

@@ -136,7 +136,12 @@ def predictor_evaluate(
     batch = predictor.predict_batch(feats, [infos.get(n) or ModelInfo(n) for n in names])
     q = np.asarray([batch.quality[keys[e.prompt_key], col[e.model]] for e in examples])
     y = np.asarray([e.score for e in examples])
-    out: dict[str, Any] = {"examples": len(examples), "brier": metrics.brier(q, y)}
+    out: dict[str, Any] = {
+        "examples": len(examples),
+        "brier": metrics.brier(q, y),
+        # the best constant guess (the held-out mean score): a predictor must do better to be worth serving
+        "brier_constant": metrics.brier(np.full_like(y, float(y.mean()), dtype=float), y),
+    }
     if metrics.is_binary(y):
         out["auc"] = metrics.auc(q, y)
     tok_pairs = [

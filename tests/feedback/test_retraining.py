@@ -158,3 +158,16 @@ def test_the_held_out_set_is_the_champions_own_held_out_when_its_split_is_known(
     _, champion_holdout = split_examples(raw, seed=3, holdout_share=0.25)
     assert {e.prompt_key for e in holdout} == {e.prompt_key for e in champion_holdout}
     assert counts["holdout_rule"].startswith("champion split")
+
+
+def test_a_champion_is_not_replaced_on_a_handful_of_held_out_examples(catalog: Any, settings: Any) -> None:
+    make_eval_data()
+    first = _run()
+    assert first.status == TrainingRunStatus.PROMOTED
+    held_out = first.metrics["challenger"]["examples"]
+    assert f"{held_out} held-out examples" in first.progress_message
+    assert "the best constant guess scores" in first.progress_message  # how good "promoted" was
+    settings.SCOPE_RETRAIN_MIN_HELDOUT = held_out + 1
+    second = _run(margin=-1.0)  # it would win on any score: the sample size alone refuses it
+    assert second.status == TrainingRunStatus.REJECTED
+    assert f"fewer than the {held_out + 1} a verdict needs" in second.progress_message
