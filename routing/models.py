@@ -366,6 +366,9 @@ class DecisionRollup(models.Model):
     # from outcomes (bucketed by Outcome.created_at)
     outcomes = models.PositiveBigIntegerField(default=0)
     outcome_errors = models.PositiveBigIntegerField(default=0)
+    # upstream calls to this model (every attempt of every outcome, fallbacks included) and failures
+    calls = models.PositiveBigIntegerField(default=0)
+    call_errors = models.PositiveBigIntegerField(default=0)
     outcome_cost_usd = models.FloatField(default=0.0)
     latency_hist = models.JSONField(default=list)
     # from feedback (bucketed by Feedback.created_at, attributed to the decision's model)

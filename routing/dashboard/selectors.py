@@ -24,12 +24,12 @@ class ModelRow:
     circuit: str
     circuit_reason: str
     requests_24h: int
-    outcomes_24h: int
+    calls_24h: int  # upstream calls, fallback attempts included
     errors_24h: int
 
     @property
     def error_rate(self) -> float | None:
-        return self.errors_24h / self.outcomes_24h if self.outcomes_24h else None
+        return self.errors_24h / self.calls_24h if self.calls_24h else None
 
 
 def _circuits(names: list[str]) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def catalog_rows() -> list[ModelRow]:
         r["model"]: r
         for r in DecisionRollup.objects.filter(hour__gte=since)
         .values("model")
-        .annotate(requests=Sum("requests"), outcomes=Sum("outcomes"), errors=Sum("outcome_errors"))
+        .annotate(requests=Sum("requests"), calls=Sum("calls"), errors=Sum("call_errors"))
     }
     circuits = _circuits([m.name for m in models])
     rows = []
@@ -63,7 +63,7 @@ def catalog_rows() -> list[ModelRow]:
                 circuit=str(getattr(status, "state", "unknown")) if status is not None else "unknown",
                 circuit_reason=str(getattr(status, "reason", "")) if status is not None else "",
                 requests_24h=int(h.get("requests") or 0),
-                outcomes_24h=int(h.get("outcomes") or 0),
+                calls_24h=int(h.get("calls") or 0),
                 errors_24h=int(h.get("errors") or 0),
             )
         )

@@ -91,6 +91,8 @@ class Bucket:
     outcomes: int = 0
     outcome_errors: int = 0
     outcome_cost_usd: float = 0.0
+    calls: int = 0
+    call_errors: int = 0
     latency_hist: list[int] = field(default_factory=list)
     feedback_n: int = 0
     feedback_sum: float = 0.0
@@ -124,6 +126,8 @@ class Bucket:
             "outcomes",
             "outcome_errors",
             "outcome_cost_usd",
+            "calls",
+            "call_errors",
             "feedback_n",
             "feedback_sum",
         ):
@@ -214,13 +218,21 @@ def aggregate_outcomes(start: datetime | None, end: datetime, into: Buckets) -> 
     if start is not None:
         qs = qs.filter(created_at__gt=start)
     n = 0
-    for created_at, model, status, cost, latency in qs.values_list(
-        "created_at", "model_name", "status", "cost_usd", "latency_ms"
+    for created_at, model, status, cost, latency, attempts in qs.values_list(
+        "created_at", "model_name", "status", "cost_usd", "latency_ms", "attempts"
     ).iterator(chunk_size=5000):
-        b = into.setdefault((_hour(created_at), model), Bucket())
+        hour = _hour(created_at)
+        b = into.setdefault((hour, model), Bucket())
         b.outcomes += 1
         b.outcome_errors += status == Outcome.Status.ERROR
         b.outcome_cost_usd += float(cost or 0)
+        # every upstream call counts for the model it went to: a fallback's failed attempts too
+        for attempt in attempts or ():
+            called = attempt.get("model") if isinstance(attempt, dict) else None
+            if called:
+                c = into.setdefault((hour, called), Bucket())
+                c.calls += 1
+                c.call_errors += attempt.get("result") == "error"
         if latency is not None:
             hist_add(b.latency_hist, ())
             b.latency_hist[latency_bucket(latency)] += 1

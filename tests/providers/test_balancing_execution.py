@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,8 +16,9 @@ from providers.circuit import circuit_record_failure, circuit_status
 from providers.deployments import deployment_upsert
 from providers.services import provider_upsert
 from routing.dashboard.decisions import DecisionFilters, decisions_page
+from routing.dashboard.selectors import catalog_rows
 from routing.models import SpendLedger
-from routing.services.rollup import Buckets, aggregate_outcomes
+from routing.services.rollup import Buckets, aggregate_outcomes, rollup_catch_up
 from tests.factories import make_api_key, make_policy
 from tests.providers.conftest import UPSTREAM_KEY_ENV, upstream_model
 from tests.upstreams import Fail, FakeUpstream, Reply, Stream
@@ -107,6 +109,31 @@ def test_a_key_over_its_daily_budget_gets_a_429_and_spend_is_recorded(api: Api, 
     # auditors find it with the explorer's outcome filter (and the decisions API's)
     rows, _ = decisions_page(filters=DecisionFilters(outcome="refused"))
     assert [str(r.id) for r in rows] == [error["decision_id"]]
+
+
+def test_a_failed_attempt_counts_as_an_error_call_of_its_own_model(api: Api, upstreams: Any) -> None:
+    first, _, _ = upstreams
+    first.default = Fail(503)
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    buckets: Buckets = {}
+    aggregate_outcomes(None, timezone.now(), buckets)
+    by_model = {model: b for (_, model), b in buckets.items()}
+    # the outcome is second's, but the call that failed was first's: the providers page says so
+    tries = len(first.requests)  # the same model is retried once on a 503 before falling back
+    assert (by_model["first"].calls, by_model["first"].call_errors, by_model["first"].outcomes) == (
+        tries,
+        tries,
+        0,
+    )
+    assert (by_model["second"].calls, by_model["second"].call_errors, by_model["second"].outcomes) == (
+        1,
+        0,
+        1,
+    )
+    rollup_catch_up(now=timezone.now() + timedelta(minutes=5))
+    rows = {r.model.name: r for r in catalog_rows()}
+    assert rows["first"].error_rate == 1.0 and rows["second"].error_rate == 0.0
 
 
 def test_a_key_over_its_rpm_limit_gets_a_429_from_chat_completions(api: Api, upstreams: Any) -> None:
