@@ -12,6 +12,7 @@ from routing.dashboard.decisions import OUTCOME_CHOICES, DecisionFilters
 from routing.dashboard.replay import MAX_REPLAY
 from routing.engine.conditions import ConditionError, validate_condition
 from routing.engine.types import PolicySpec, Rule
+from routing.field_names import unknown_fields, unknown_fields_message
 from routing.models import PolicyVersion
 from routing.services.policies import validate_rules
 from routing.services.route import strategies
@@ -171,6 +172,13 @@ class ExplorerForm(forms.Form):
         required=False, choices=[(c, c or "any") for c in OUTCOME_CHOICES[:-1]] + [("none", "no outcome")]
     )
     after = forms.CharField(required=False, max_length=120, widget=forms.HiddenInput)
+
+    def clean(self) -> dict[str, Any]:
+        # a misspelt filter (?modle=…) would otherwise list, or export, every decision
+        unknown = unknown_fields(self.data, self.fields)
+        if unknown:
+            raise forms.ValidationError(unknown_fields_message(unknown, list(self.fields)))
+        return super().clean() or {}
 
     def filters(self) -> DecisionFilters:
         data = self.cleaned_data

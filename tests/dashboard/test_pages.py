@@ -116,6 +116,9 @@ def test_export_links_carry_the_filters_not_the_page_and_export_refuses_a_cursor
     assert links and all(parse_qs(unescape(q)) == {"model": [model]} for q in links)
     response = client.get("/decisions/export.csv", {"model": model, "after": "bogus"})
     assert response.status_code == 400 and b"page cursor" in response.content
+    typo = client.get("/decisions/export.csv", {"modle": model})  # would export every decision
+    assert typo.status_code == 400 and b"unknown field 'modle' (did you mean 'model'?)" in typo.content
+    assert client.get("/decisions/", {"modle": model}).status_code == 400
 
 
 def test_export_neutralises_spreadsheet_formulas_and_knows_only_its_formats(

@@ -76,6 +76,15 @@ def test_it_rejects_a_bad_score_with_400(
     assert Feedback.objects.count() == 0
 
 
+def test_a_misspelt_field_is_a_400_naming_it_not_silently_dropped(
+    api: Callable[..., Any], decision_id: str
+) -> None:
+    response = api("/api/v1/feedback", {"decision_id": decision_id, "score": 0.5, "commment": "x"})
+    assert response.status_code == 400
+    assert "unknown field 'commment' (did you mean 'comment'?)" in response.json()["error"]["message"]
+    assert Feedback.objects.count() == 0
+
+
 def test_it_rejects_a_malformed_decision_id_and_a_non_json_body(api: Callable[..., Any]) -> None:
     assert api("/api/v1/feedback", {"decision_id": "nope", "score": 1}).status_code == 400
     assert api("/api/v1/feedback", {"decision_id": 123, "score": 1}).status_code == 400  # not a UUID's text

@@ -112,9 +112,12 @@ def export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         raise Http404(f"no export format {fmt!r} (csv or jsonl)")
     form = ExplorerForm(request.GET)
     if not form.is_valid():
-        return HttpResponse(
-            "invalid filters: " + form.errors.as_text(), status=400, content_type="text/plain"
-        )
+        said = [
+            (f"{field}: " if field != "__all__" else "") + error["message"]
+            for field, errors in form.errors.get_json_data().items()
+            for error in errors
+        ]  # plain text: as_text() would HTML-escape the quotes
+        return HttpResponse("invalid filters: " + "; ".join(said), status=400, content_type="text/plain")
     if "after" in request.GET:  # silently exporting every row instead would mislead
         return HttpResponse(
             "the export takes filters only: `after` is a page cursor of the explorer; drop it",
