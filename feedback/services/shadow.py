@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from feedback.models import Feedback, PredictorVersion
+from routing.engine.decide import with_prior_for_unknown
 from routing.engine.types import Decision, ModelSpec
 from routing.features import RequestFeatures
 from routing.models import DecisionLog
@@ -93,7 +94,8 @@ def shadow_explanation(
     if not models:
         return None
     try:
-        predictions = predictor.predict(features, models)
+        # as live routing does: models the shadow has no data for get the tier prior, not its 0.5
+        predictions = with_prior_for_unknown(features, models, predictor.predict(features, models))
     except Exception:  # noqa: BLE001 - never let the shadow fail a live request
         log.exception("shadow prediction failed")
         return None

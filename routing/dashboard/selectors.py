@@ -259,6 +259,15 @@ class PredictorPage:
     calibration_source: str
     importance: list[tuple[str, float]]
     runs: list[TrainingRun]
+    shadow: PredictorVersion | None = None  # the version scoring live traffic beside the active one
+
+    @property
+    def shadow_summary(self) -> dict[str, Any]:
+        return (
+            dict(((self.shadow.metadata or {}).get("shadow") or {}).get("summary") or {})
+            if self.shadow
+            else {}
+        )
 
 
 def predictor_page(*, version_name: str = "") -> PredictorPage:
@@ -275,4 +284,5 @@ def predictor_page(*, version_name: str = "") -> PredictorPage:
         calibration_source="held-out evaluation" if stored else "live feedback on this version's decisions",
         importance=_importance(shown) if shown else [],
         runs=list(TrainingRun.objects.order_by("-created_at")[:10]),
+        shadow=PredictorVersion.objects.defer("artifact").filter(metadata__shadow__isnull=False).first(),
     )

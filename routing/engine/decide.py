@@ -8,7 +8,15 @@ from typing import Any
 from routing.engine.conditions import evaluate
 from routing.engine.prior import PriorPredictor
 from routing.engine.strategies import Strategy, StrategyContext
-from routing.engine.types import Candidate, Decision, ModelSpec, PolicySpec, Predictor, RouteOptions
+from routing.engine.types import (
+    Candidate,
+    Decision,
+    ModelSpec,
+    PolicySpec,
+    Prediction,
+    Predictor,
+    RouteOptions,
+)
 from routing.features import RequestFeatures
 
 _PRIOR = PriorPredictor()
@@ -71,6 +79,18 @@ def _apply_rules(
         elif rule.action == "force" and forced is None:
             forced, forced_by = rule.model, rule.name
     return forced, forced_by, alpha, matched
+
+
+def with_prior_for_unknown(
+    features: RequestFeatures, models: Sequence[ModelSpec], predictions: Sequence[Prediction]
+) -> list[Prediction]:
+    """A trained predictor's predictions, with the tier prior's for the models it has no data for."""
+    out = list(predictions)
+    gaps = [i for i, p in enumerate(out) if not p.known]
+    if gaps:
+        for i, p in zip(gaps, _PRIOR.predict(features, [models[i] for i in gaps]), strict=True):
+            out[i] = p
+    return out
 
 
 def request_limits(options: RouteOptions) -> dict[str, Any]:
@@ -147,12 +167,7 @@ def decide(
     if predictor is None:
         notes.append("no trained predictor is active: predictions come from each model's tier prior")
     else:  # models the predictor has no data for: the tier prior, in one call
-        gaps = [i for i, p in enumerate(predictions) if not p.known]
-        if gaps:
-            fills = _PRIOR.predict(features, [candidates[i].model for i in gaps])
-            predictions = list(predictions)
-            for i, p in zip(gaps, fills, strict=True):
-                predictions[i] = p
+        predictions = with_prior_for_unknown(features, [c.model for c in candidates], predictions)
     for c, p in zip(candidates, predictions, strict=True):
         c.prediction = p
         c.cost_usd = c.model.cost_usd(features.input_tokens, p.output_tokens)

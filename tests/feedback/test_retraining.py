@@ -3,12 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.template.loader import render_to_string
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.feedback import feedback_record
 from feedback.services.live_data import training_data
 from feedback.services.retraining import retraining_execute, retraining_request
-from feedback.services.shadow import shadow_reset, shadow_summary
+from feedback.services.shadow import shadow_reset, shadow_summary, shadow_summary_refresh
+from routing.dashboard.selectors import predictor_page
 from routing.features import extract_prompt_features
 from routing.models import ApiKey
 from routing.predictor.artifact import unpack
@@ -109,6 +111,13 @@ def test_a_challenger_that_is_not_better_by_the_margin_is_kept_as_shadow_and_com
     summary = shadow_summary(version_id=rejected.challenger.pk)
     assert summary["decisions_scored"] == 1 and summary["with_feedback"] == 1
     assert summary["champion_brier"] is not None and summary["shadow_brier"] is not None
+    # the periodic task stores it where the predictor page shows it
+    shadow_summary_refresh()
+    page = predictor_page()
+    assert page.shadow is not None and page.shadow.name == rejected.challenger.name
+    assert page.shadow_summary["with_feedback"] == 1
+    html = render_to_string("dashboard/predictor.html", {"data": page})
+    assert f"Shadow: {rejected.challenger.name}" in html and "with feedback" in html
 
 
 def test_a_run_without_any_data_fails_with_the_reason(catalog: Any) -> None:

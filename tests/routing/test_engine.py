@@ -5,9 +5,10 @@ from typing import Any
 import pytest
 
 from routing.engine.conditions import ConditionError, evaluate, validate_condition
-from routing.engine.decide import UnknownStrategy, decide
+from routing.engine.decide import UnknownStrategy, decide, with_prior_for_unknown
+from routing.engine.prior import PriorPredictor
 from routing.engine.strategies import load_strategies
-from routing.engine.types import ModelSpec, PolicySpec, RouteOptions, Rule
+from routing.engine.types import ModelSpec, PolicySpec, Prediction, RouteOptions, Rule
 from routing.features import extract_features
 
 STRATEGIES = load_strategies(["longest-name=tests.routing.custom_strategy.LongestNameStrategy"])
@@ -251,3 +252,12 @@ def test_what_the_request_needs_excludes_models_without_it_where_the_catalog_dec
     assert decision.explanation["request"] == {"required_capabilities": ["json", "tools"]}
     vision = run(policy, RouteOptions(required_capabilities=("vision",)))
     assert vision.model.name == "frontier" and vision.fallbacks == ()
+
+
+def test_models_a_predictor_has_no_data_for_get_the_tier_prior() -> None:
+    untrained = Prediction(quality=0.5, uncertainty=0.5, output_tokens=100.0, latency_ms=1000.0, known=False)
+    trained = Prediction(quality=0.9, uncertainty=0.1, output_tokens=80.0, latency_ms=500.0)
+    filled = with_prior_for_unknown(FEATURES, CATALOG[:2], [trained, untrained])
+    assert filled[0] is trained  # what the predictor knows stays
+    prior = PriorPredictor().predict(FEATURES, [CATALOG[1]])[0]
+    assert filled[1] == prior and filled[1] != untrained  # the live path's and the shadow's prior
