@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from providers.chat_request import ParsedChat
 from providers.circuit import with_circuit_health
@@ -38,6 +38,7 @@ class ChatDecision:
     specs: Mapping[str, ModelSpec]
     input_tokens: int
     predicted_cost_usd: float
+    costs: Mapping[str, float] = field(default_factory=dict)  # predicted cost per model of `order`
 
 
 def _model_not_found(name: str) -> NotFound:
@@ -109,6 +110,7 @@ def _passthrough(
         specs={spec.name: spec},
         input_tokens=features.input_tokens,
         predicted_cost_usd=candidate.cost_usd,
+        costs={spec.name: candidate.cost_usd},
     )
 
 
@@ -149,6 +151,7 @@ def chat_decide(
             specs={c.model.name: c.model for c in decision.candidates},
             input_tokens=result.features.input_tokens,
             predicted_cost_usd=chosen.cost_usd if chosen else 0.0,
+            costs={c.model.name: c.cost_usd for c in decision.candidates if c.eligible},
         )
     metrics.decision_observed(
         kind=kind,

@@ -53,7 +53,13 @@ from routing.engine.types import ModelSpec
 from routing.features import estimate_tokens, message_text
 from routing.models import ApiKey, DecisionKind
 from routing.response_cache import ResponseCacheProbe, request_fingerprint
-from routing.services.limits import BudgetReservation, budget_reserve, budget_settle, rpm_admit
+from routing.services.limits import (
+    BudgetReservation,
+    budget_raise,
+    budget_reserve,
+    budget_settle,
+    rpm_admit,
+)
 from scope_site import metrics
 from scope_site.errors import ApplicationError, InvalidRequest, RateLimited, ServiceUnavailable
 
@@ -119,6 +125,7 @@ class Plan:
     rows: Mapping[str, LLMModel]
     input_tokens: int
     reservation: BudgetReservation | None = None
+    costs: Mapping[str, float] = field(default_factory=dict)  # predicted cost per model (budget top-ups)
     cache: ResponseCacheProbe | None = None  # the response cache's view of this request (not for streams)
     started: float = field(default_factory=time.monotonic)
     attempts: list[Attempt] = field(default_factory=list)
@@ -206,6 +213,7 @@ def chat_plan(*, api_key: ApiKey | None, parsed: ParsedChat, kind: str = Decisio
         specs=decided.specs,
         rows=rows,
         input_tokens=decided.input_tokens,
+        costs=decided.costs,
         cache=probe,
     )
     if api_key is not None and (probe is None or probe.hit is None):  # a cache hit costs nothing
@@ -268,12 +276,29 @@ def _skip(plan: Plan, model: str, provider: str, error_class: str, message: str)
     metrics.FALLBACKS.labels(plan.policy_slug, model, error_class).inc()
 
 
+def _reserve_for(plan: Plan, model: str) -> str:
+    """A fallback predicted to cost more than what admission reserved raises the reservation first
+    (HOOK(limits)): "" when it fits the key's budget, else why not (the fallback is skipped)."""
+    cost = plan.costs.get(model)
+    if plan.reservation is None or cost is None:
+        return ""
+    try:
+        plan.reservation = budget_raise(reservation=plan.reservation, predicted_cost_usd=cost)
+    except RateLimited as exc:
+        return exc.message
+    return ""
+
+
 def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, float]:
     """Call `call(target)` down the decision's order; returns (result, target, start of the good attempt)."""
     for model in plan.order:
         row = plan.rows.get(model)
         if row is None:
             _skip(plan, model, "", "model_removed", "the model left the catalog after the decision")
+            continue
+        over_budget = _reserve_for(plan, model)
+        if over_budget:
+            _skip(plan, model, row.provider.name, "budget_exceeded", over_budget)
             continue
         entry = circuit_enter(model)
         if entry.blocked is not None:

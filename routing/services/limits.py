@@ -215,6 +215,43 @@ def budget_reserve(*, api_key: ApiKey, predicted_cost_usd: float) -> BudgetReser
     return BudgetReservation(hold_id=hold.id, api_key_id=api_key.pk, amount_usd=amount)
 
 
+def budget_raise(*, reservation: BudgetReservation, predicted_cost_usd: float) -> BudgetReservation:
+    """Raise an unsettled reservation to a pricier fallback's predicted cost, under the same row
+    locks as admission, or raise RateLimited when the key's budget cannot take the difference."""
+    amount = _usd(predicted_cost_usd)
+    if amount <= reservation.amount_usd:
+        return reservation
+    now = timezone.now()
+    refusal: RateLimited | None = None
+    with transaction.atomic():
+        first = BudgetHold.objects.select_related("api_key").filter(pk=reservation.hold_id).first()
+        if first is None or first.settled_at is not None:
+            return reservation
+        api_key = first.api_key
+        ledgers = _locked_ledgers(api_key, first.day, first.month)  # lock order: ledgers, then the hold
+        hold = BudgetHold.objects.select_for_update().filter(pk=first.pk, settled_at=None).first()
+        if hold is None:
+            return reservation
+        extra = amount - hold.amount_usd
+        for period in (SpendPeriod.DAY, SpendPeriod.MONTH):
+            budget = _budget(api_key, period)
+            ledger = ledgers[period]
+            if budget is not None and ledger.spent_usd + ledger.reserved_usd + extra > budget:
+                refusal = _budget_exceeded(api_key, period, budget, ledger, amount, now)
+                break
+        else:
+            hold.amount_usd = amount
+            hold.save(update_fields=["amount_usd"])
+            for ledger in ledgers.values():
+                ledger.reserved_usd += extra
+                ledger.save(update_fields=["reserved_usd", "updated_at"])
+    if refusal is not None:
+        raise refusal
+    return BudgetReservation(
+        hold_id=reservation.hold_id, api_key_id=reservation.api_key_id, amount_usd=amount
+    )
+
+
 def _money(amount: Decimal) -> str:
     """Cents when that is exact enough, else every significant digit ($0.50, $0.0002)."""
     cents = amount.quantize(_CENT)

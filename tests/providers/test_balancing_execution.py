@@ -226,3 +226,27 @@ def test_a_probe_that_ends_without_a_verdict_lets_the_next_call_probe(
     response = chat(api)
     assert response.status_code == 200 and response["X-Scope-Model"] == "first"
     assert circuit_status("first").state == "closed" and len(second.requests) == 0
+
+
+def test_a_pricier_fallback_must_fit_the_budget_before_it_is_called(api: Api) -> None:
+    with FakeUpstream() as cheap_up, FakeUpstream() as pricey_up:
+        upstream_model("cheap", cheap_up, tier=5, price="1")
+        upstream_model("pricey", pricey_up, tier=3, price="1000")
+        make_policy("budgeted", strategy="hybrid", alpha=0.5, allowed_models=["cheap", "pricey"])
+        cheap_up.default = Fail(503)
+        _, key = make_api_key("thrifty", daily_budget_usd=Decimal("0.01"))
+        body = {"model": "scope/budgeted", "messages": HELLO}
+        response = api("/v1/chat/completions", body, key=key)
+        # admission reserved cheap's few micro-dollars; pricey's ~$0.1 would overshoot the $0.01
+        assert response.status_code == 503 and not pricey_up.requests
+        attempts = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"]).attempts
+        skipped = [a for a in attempts if a["model"] == "pricey"]
+        assert skipped and skipped[0]["error_class"] == "budget_exceeded"
+        day = SpendLedger.objects.get(api_key__name="thrifty", period="day")
+        assert (day.spent_usd, day.reserved_usd) == (Decimal(0), Decimal(0))  # nothing billed, all released
+        # with room in the budget the same fallback is called, its reservation raised first
+        _, rich = make_api_key("rich", daily_budget_usd=Decimal("10"))
+        answered = api("/v1/chat/completions", body, key=rich)
+        assert answered.status_code == 200 and answered["X-Scope-Model"] == "pricey"
+        day = SpendLedger.objects.get(api_key__name="rich", period="day")
+        assert day.reserved_usd == 0 and day.spent_usd > Decimal("0.000001")
