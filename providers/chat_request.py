@@ -155,6 +155,10 @@ def _scope_options(raw: Any) -> dict[str, Any]:
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise _fail("scope.models", "scope.models must be an array of model names")
+    if "models" in raw and not models:  # an empty list must not read as "no restriction"
+        raise _fail(
+            "scope.models", "scope.models must name at least one model (leave it out to allow every model)"
+        )
     return {
         "alpha": _number(raw, "alpha", 0.0, 1.0),
         "max_cost_usd": _number(raw, "max_cost_usd", 0.0),

@@ -101,7 +101,7 @@ def _canonical(data: Any) -> dict[str, Any] | None:
             out[name] = float(number)
     if "models" in data:
         models = data["models"]
-        if not isinstance(models, list) or len(models) > 500:
+        if not isinstance(models, list) or not models or len(models) > 500:
             return None
         if not all(_plain_text(m, 200, blank=False) for m in models):
             return None

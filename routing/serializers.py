@@ -9,6 +9,7 @@ from rest_framework.settings import api_settings
 from routing.field_names import unknown_fields, unknown_fields_message
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MODELS_EMPTY = "must name at least one model (leave it out to allow every model)"
 
 
 class NumberField(serializers.FloatField):
@@ -68,8 +69,13 @@ class RouteInputSerializer(StrictSerializer):
     alpha = NumberField(required=False, min_value=0.0, max_value=1.0)
     max_cost_usd = NumberField(required=False, min_value=0.0)
     max_latency_ms = NumberField(required=False, min_value=0.0)
+    # leave `models` out for no restriction: an empty list is refused, not read as "every model"
     models = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, max_length=500
+        child=serializers.CharField(max_length=200),
+        required=False,
+        min_length=1,
+        max_length=500,
+        error_messages={"min_length": MODELS_EMPTY},
     )
     user = serializers.CharField(required=False, max_length=200, allow_blank=True)
     metadata = serializers.DictField(required=False)

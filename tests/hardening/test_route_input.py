@@ -55,7 +55,7 @@ CANONICAL = [
     {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url"}]}],
         "alpha": 1,
-        "models": [],
+        "models": ["a"],
     },
     {
         "messages": [
@@ -89,6 +89,7 @@ NOT_CANONICAL: list[Any] = [
     {"messages": [{"role": "user", "content": "x"}], "policy": "not a slug"},
     {"messages": [{"role": "user", "content": "x"}], "policy": " default"},
     {"messages": [{"role": "user", "content": "x"}], "models": "a"},
+    {"messages": [{"role": "user", "content": "x"}], "models": []},
     {"messages": [{"role": "user", "content": "x"}], "models": [1, 2]},
     {"messages": [{"role": "user", "content": "x"}], "models": ["x" * 201]},
     {"messages": [{"role": "user", "content": "x"}], "user": "  bob "},

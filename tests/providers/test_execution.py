@@ -209,6 +209,7 @@ def test_provider_calls_run_outside_any_transaction(
         ({"model": "scope/auto", "messages": HELLO, "stream": "yes"}, "stream"),
         ({"model": "scope/auto", "messages": HELLO, "scope": {"alpha": 2}}, "alpha"),
         ({"model": "scope/auto", "messages": HELLO, "scope": {"bogus": 1}}, "scope.bogus"),
+        ({"model": "scope/auto", "messages": HELLO, "scope": {"models": []}}, "scope.models"),
         ([1, 2], ""),
     ],
 )
@@ -234,7 +235,7 @@ def test_openai_fields_scope_does_not_use_are_still_accepted(api: Api) -> None:
     body = {
         "model": "scope/auto",
         "messages": HELLO,
-        "scope": {"alpha": 0.5, "max_cost_usd": 1, "max_latency_ms": 9000, "models": []},
+        "scope": {"alpha": 0.5, "max_cost_usd": 1, "max_latency_ms": 9000},
         "store": False,
         "modalities": ["text"],
         "service_tier": "auto",

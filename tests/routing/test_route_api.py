@@ -100,6 +100,7 @@ def test_when_nothing_is_eligible_it_answers_422_and_still_logs_the_decision(api
         ({"messages": [{"role": "user", "content": "x"}], "max_cost_usd": -1}, 400, "invalid_request"),
         ({"messages": [{"role": "user", "content": "x"}], "models": "small"}, 400, "invalid_request"),
         ({"messages": [{"role": "user", "content": "x"}], "models": ["nope"]}, 400, "unknown_model"),
+        ({"messages": [{"role": "user", "content": "x"}], "models": []}, 400, "invalid_request"),
         ({"messages": [{"role": "user", "content": "x"}], "metadata": [1]}, 400, "invalid_request"),
         ({"messages": [{"role": "user", "content": "x"}], "policy": "no-such-policy"}, 404, "unknown_policy"),
         ([1, 2, 3], 400, "invalid_request"),
@@ -226,3 +227,12 @@ def test_a_misspelt_field_is_a_400_naming_it_and_the_known_ones(api: Api, field:
 def test_the_schema_says_the_route_body_takes_no_other_fields(client: Client) -> None:
     schema = client.get("/api/schema/?format=json").json()
     assert schema["components"]["schemas"]["RouteInputRequest"]["additionalProperties"] is False
+
+
+def test_an_empty_models_list_is_refused_not_read_as_every_model(api: Api, client: Client) -> None:
+    response = api(ROUTE, {"messages": USER_MESSAGE("hi"), "models": []})
+    assert response.status_code == 400, response.content
+    assert "models: must name at least one model" in response.json()["error"]["message"]
+    assert not DecisionLog.objects.exists()
+    schema = client.get("/api/schema/?format=json").json()
+    assert schema["components"]["schemas"]["RouteInputRequest"]["properties"]["models"]["minItems"] == 1
