@@ -214,6 +214,15 @@ def chat_body_parse(body: Any) -> ParsedChat:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise _fail("metadata", "metadata must be an object")
+    scope = _scope_options(body.get("scope"))
+    given = next((name for name in SCOPE_OPTIONS if scope.get(name) not in (None, ())), None)
+    if policy is None and given is not None:
+        # a concrete model is passed through without routing: limits it would ignore are refused
+        raise _fail(
+            f"scope.{given}",
+            f"scope.{given} is a routing option: it applies to scope/auto and scope/<policy> models, "
+            f"not to the concrete model {model!r}; leave out `scope` or route with scope/<policy>",
+        )
     _objects(body, "tools")
     _objects(body, "functions")
     _choice_and_format(body)
@@ -228,5 +237,5 @@ def chat_body_parse(body: Any) -> ParsedChat:
         include_usage=include_usage,
         user=user,
         metadata=metadata,
-        **_scope_options(body.get("scope")),
+        **scope,
     )

@@ -168,6 +168,27 @@ def test_a_concrete_model_is_passed_through_and_logged(api: Api, two_upstreams: 
     assert first.requests == []
 
 
+@pytest.mark.parametrize(
+    ("scope", "param"),
+    [
+        ({"models": ["first"], "max_cost_usd": 0}, "scope.max_cost_usd"),
+        ({"models": ["first"]}, "scope.models"),
+        ({"alpha": 1}, "scope.alpha"),
+    ],
+)
+def test_routing_options_with_a_concrete_model_are_a_400_naming_the_option(
+    api: Api, two_upstreams: Any, scope: dict[str, Any], param: str
+) -> None:
+    first, second = two_upstreams
+    response = chat(api, model="second", scope=scope)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert "scope/<policy>" in error["message"] and "'second'" in error["message"]
+    assert first.requests == second.requests == [] and not DecisionLog.objects.exists()
+    assert chat(api, model="second", scope={}).status_code == 200
+
+
 def test_simulated_catalog_answers_and_says_so(api: Api) -> None:
     response = chat(api, model="scope/auto")
     assert response.status_code == 200, response.content
