@@ -198,6 +198,10 @@ def chat_body_parse(body: Any) -> ParsedChat:
     n = body.get("n")
     if n is not None and n != 1:
         raise _fail("n", "SCOPE returns one choice per request: n must be 1")
+    # max_completion_tokens (OpenAI's current name) wins when both are sent
+    max_tokens_param = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     _number(body, "temperature", 0.0, 2.0)
     _number(body, "top_p", 0.0, 1.0)
@@ -231,7 +235,9 @@ def chat_body_parse(body: Any) -> ParsedChat:
     return ParsedChat(
         model=model,
         policy=policy,
-        request=ChatRequest(messages=messages, params=params, max_tokens=max_tokens),
+        request=ChatRequest(
+            messages=messages, params=params, max_tokens=max_tokens, max_tokens_param=max_tokens_param
+        ),
         required_capabilities=request_capabilities(messages=messages, options=body),
         stream=bool(stream),
         include_usage=include_usage,

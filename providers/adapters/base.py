@@ -47,6 +47,9 @@ class ChatRequest:
     messages: tuple[Mapping[str, Any], ...]
     params: Mapping[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None
+    # the field the client set it in: OpenAI's reasoning models refuse `max_tokens`, so an
+    # OpenAI-compatible upstream gets the one the client used
+    max_tokens_param: str = "max_tokens"
 
     @property
     def temperature(self) -> float | None:

@@ -30,7 +30,7 @@ def _payload(target: Target, request: ChatRequest, *, stream: bool) -> dict[str,
         "messages": list(request.messages),
     }
     if request.max_tokens is not None:
-        payload["max_tokens"] = request.max_tokens
+        payload[request.max_tokens_param] = request.max_tokens
     if stream:
         payload["stream"] = True
         # ask for the usage chunk so outcomes carry real token counts

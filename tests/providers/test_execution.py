@@ -189,6 +189,32 @@ def test_routing_options_with_a_concrete_model_are_a_400_naming_the_option(
     assert chat(api, model="second", scope={}).status_code == 200
 
 
+@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_output_token_limit_reaches_the_upstream_in_the_field_the_client_used(
+    api: Api, two_upstreams: Any, field: str, stream: bool
+) -> None:
+    first, _ = two_upstreams
+    limit: dict[str, Any] = {field: 64}
+    response = chat(api, stream=stream, **limit)
+    assert response.status_code == 200, response.content
+    if stream:
+        b"".join(response.streaming_content)
+    sent = first.requests[0].body
+    other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+    assert sent[field] == 64 and other not in sent
+
+
+@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
+def test_either_output_token_limit_counts_against_the_context_window(
+    api: Api, two_upstreams: Any, field: str
+) -> None:
+    limit: dict[str, Any] = {field: 40_000}  # both models have a 32k context window
+    response = chat(api, **limit)
+    assert response.status_code == 422, response.content
+    assert all(not up.requests for up in two_upstreams)
+
+
 def test_simulated_catalog_answers_and_says_so(api: Api) -> None:
     response = chat(api, model="scope/auto")
     assert response.status_code == 200, response.content
