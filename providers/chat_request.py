@@ -118,24 +118,35 @@ def _messages(raw: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(raw)
 
 
-def _objects(body: Mapping[str, Any], name: str) -> None:
-    """`tools` and (legacy) `functions`: an array of objects, each with its `type` for tools."""
-    value = body.get(name)
+def _tools(body: Mapping[str, Any]) -> None:
+    """`tools`: an array of objects, each with its `type`."""
+    value = body.get("tools")
     if value is None:
         return
-    typed = name == "tools"
     if not isinstance(value, list) or not all(
-        isinstance(item, dict) and (not typed or isinstance(item.get("type"), str)) for item in value
+        isinstance(item, dict) and isinstance(item.get("type"), str) for item in value
     ):
-        what = "tool objects with a type" if typed else "function objects"
-        raise _fail(name, f"{name} must be an array of {what}", "invalid_type")
+        raise _fail("tools", "tools must be an array of tool objects with a type", "invalid_type")
+
+
+def _legacy_functions(body: Mapping[str, Any]) -> None:
+    """OpenAI's deprecated `functions` / `function_call` are refused, never dropped: no adapter
+    forwards them (Anthropic has no such field, and which provider answers is routing's choice),
+    and an answer given as if no functions existed would look like a model that chose not to call."""
+    for name, instead in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(name) is not None:
+            raise _fail(
+                name,
+                f"{name} (OpenAI's deprecated function calling) is not supported: send `{instead}` "
+                f"instead (e.g. tools: [{{'type': 'function', 'function': {{...}}}}])",
+                "unsupported_parameter",
+            )
 
 
 def _choice_and_format(body: Mapping[str, Any]) -> None:
-    for name in ("tool_choice", "function_call"):
-        value = body.get(name)
-        if value is not None and not isinstance(value, str | dict):
-            raise _fail(name, f"{name} must be a string or an object", "invalid_type")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and not isinstance(tool_choice, str | dict):
+        raise _fail("tool_choice", "tool_choice must be a string or an object", "invalid_type")
     response_format = body.get("response_format")
     if response_format is not None and not (
         isinstance(response_format, dict) and isinstance(response_format.get("type"), str)
@@ -227,8 +238,8 @@ def chat_body_parse(body: Any) -> ParsedChat:
             f"scope.{given} is a routing option: it applies to scope/auto and scope/<policy> models, "
             f"not to the concrete model {model!r}; leave out `scope` or route with scope/<policy>",
         )
-    _objects(body, "tools")
-    _objects(body, "functions")
+    _legacy_functions(body)
+    _tools(body)
     _choice_and_format(body)
     params = {name: body[name] for name in FORWARDED if body.get(name) is not None}
     messages = _messages(body.get("messages"))

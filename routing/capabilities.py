@@ -36,7 +36,7 @@ def request_capabilities(
     """The capabilities a request needs: `options` are the OpenAI chat body's other fields."""
     needs: list[str] = []
     tool_choice = options.get("tool_choice")
-    if options.get("tools") or options.get("functions") or tool_choice not in (None, "none"):
+    if options.get("tools") or tool_choice not in (None, "none"):
         needs.append(TOOLS)
     if _has_image(messages):
         needs.append(VISION)

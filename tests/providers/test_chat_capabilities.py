@@ -52,7 +52,6 @@ def test_a_request_with_tools_is_routed_only_to_models_with_the_tools_capability
     extras: list[dict[str, Any]] = [
         {"tools": [WEATHER]},
         {"tools": [WEATHER], "tool_choice": "auto"},
-        {"functions": [{}]},
     ]
     for extra in extras:
         response = cheap(**extra)
@@ -94,4 +93,23 @@ def test_malformed_tools_and_formats_are_a_400(cheap: Api, field: str, value: An
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == field
+    assert not DecisionLog.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "instead"),
+    [
+        ("functions", [{"name": "weather", "parameters": {"type": "object", "properties": {}}}], "tools"),
+        ("function_call", "auto", "tool_choice"),
+        ("function_call", {"name": "weather"}, "tool_choice"),
+    ],
+)
+def test_legacy_function_calling_is_refused_naming_the_field_and_what_to_send(
+    cheap: Api, field: str, value: Any, instead: str
+) -> None:
+    response = cheap(**{field: value})
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["param"] == field and error["code"] == "unsupported_parameter"
+    assert f"send `{instead}` instead" in error["message"]
     assert not DecisionLog.objects.exists()
