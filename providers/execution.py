@@ -359,7 +359,8 @@ def _model_attempts(
                     raise InvalidRequest(
                         f"{model} refused the request: {err.message}",
                         code="upstream_rejected_request",
-                        extra={"decision_id": plan.decision_id},
+                        # the upstream's `param` names the field at fault (OpenAI's error shape)
+                        extra={"decision_id": plan.decision_id, "param": err.param},
                     ) from None
                 wait = _retry_wait(plan, err, tries)
                 if wait is None or circuit_status(model).state is not CircuitState.CLOSED:

@@ -36,6 +36,7 @@ class ProviderError(Exception):
         error_class: str,
         status: int | None = None,
         retry_after: float | None = None,
+        param: str | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -43,6 +44,7 @@ class ProviderError(Exception):
         self.error_class = error_class
         self.status = status
         self.retry_after = retry_after
+        self.param = param  # the request field at fault, when the upstream (or adapter) named one
 
     @property
     def request_is_bad(self) -> bool:
@@ -69,24 +71,27 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _error_message(response: requests.Response) -> str:
-    """The upstream's own error message (OpenAI and Anthropic both use {"error": {"message"}})."""
+def _error_detail(response: requests.Response) -> tuple[str, str | None]:
+    """The upstream's own error message and `param` (OpenAI and Anthropic both use
+    {"error": {"message"}}; OpenAI adds the offending field as `param`)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:_MAX_ERROR_EXCERPT]
+        return response.text[:_MAX_ERROR_EXCERPT], None
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:_MAX_ERROR_EXCERPT]
+            param = err.get("param")
+            return str(err["message"])[:_MAX_ERROR_EXCERPT], param[:200] if isinstance(param, str) else None
         if isinstance(err, str):
-            return err[:_MAX_ERROR_EXCERPT]
-    return json.dumps(body)[:_MAX_ERROR_EXCERPT]
+            return err[:_MAX_ERROR_EXCERPT], None
+    return json.dumps(body)[:_MAX_ERROR_EXCERPT], None
 
 
 def error_from_status(response: requests.Response) -> ProviderError:
     status = response.status_code
-    message = f"upstream answered HTTP {status}: {_error_message(response)}"
+    detail, param = _error_detail(response)
+    message = f"upstream answered HTTP {status}: {detail}"
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
         return ProviderError(
@@ -94,7 +99,7 @@ def error_from_status(response: requests.Response) -> ProviderError:
         )
     if status in PERMANENT_STATUSES:
         error_class = {401: "auth", 403: "auth", 404: "not_found"}.get(status, "bad_request")
-        return ProviderError(message, permanent=True, error_class=error_class, status=status)
+        return ProviderError(message, permanent=True, error_class=error_class, status=status, param=param)
     # 408, 409, 425, 5xx and anything unexpected: the upstream may well answer next time
     return ProviderError(
         message, permanent=False, error_class="upstream_error", status=status, retry_after=retry_after

@@ -50,6 +50,7 @@ class Fail:
     status: int = 500
     message: str = "injected failure"
     retry_after: str | None = None
+    param: str | None = None  # OpenAI's error `param` (the request field at fault)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 time.sleep(action.seconds)
                 action = Reply()
             if isinstance(action, Fail):
-                payload = json.dumps({"error": {"message": action.message, "type": "injected"}}).encode()
+                error = {"message": action.message, "type": "injected", "param": action.param}
+                payload = json.dumps({"error": error}).encode()
                 self.send_response(action.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

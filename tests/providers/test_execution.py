@@ -126,14 +126,24 @@ def test_a_request_the_upstream_rejects_as_bad_is_a_400_and_not_retried_anywhere
     api: Api, two_upstreams: Any
 ) -> None:
     first, second = two_upstreams
-    first.script(Fail(400, message="max_tokens is too large"))
+    first.script(Fail(400, message="max_tokens is too large", param="max_tokens"))
     response = chat(api)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "upstream_rejected_request"
-    assert "max_tokens is too large" in error["message"]
+    assert "max_tokens is too large" in error["message"] and error["param"] == "max_tokens"
     assert len(first.requests) == 1 and second.requests == []
     assert outcome_for(response).status == "error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_400_keeps_its_param_and_message(api: Api, two_upstreams: Any, stream: bool) -> None:
+    first, _ = two_upstreams
+    first.script(Fail(400, message="messages[0] is not valid", param="messages"))
+    response = chat(api, stream=stream)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["param"] == "messages" and "messages[0] is not valid" in error["message"]
 
 
 def test_when_every_model_fails_the_answer_is_a_503_with_the_decision(api: Api, two_upstreams: Any) -> None:
