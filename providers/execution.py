@@ -11,7 +11,10 @@ The one layer that retries. For each model in decision order:
   * timeouts and connection errors move straight to the next model (waiting again rarely helps);
   * a permanent provider error (401/403/404: key, model id or URL wrong) moves to the next model,
     never retried; a request the upstream refused as bad (400/413/422) ends the call with a 400,
-    since no other model would take it either.
+    since no other model would take it either;
+  * a request an adapter cannot express for its provider (an unsupported tool type) moves to the
+    next model without counting against any circuit; when every model tried refused it so, the
+    request is the problem: a 400 naming the field, not a 503.
 No database transaction is open while any provider is called. Every call ends in exactly one
 Outcome row linked to its decision.
 """
@@ -87,6 +90,7 @@ class Attempt:
     latency_ms: float | None = None
     retry_after_s: float | None = None
     deployment: str = ""
+    param: str = ""  # the request field the error names, if any
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,7 @@ class Attempt:
                 "message": self.message or None,
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
                 "retry_after_s": self.retry_after_s,
+                "param": self.param or None,
             }.items()
             if v is not None
         }
@@ -314,6 +319,14 @@ def run_attempts(plan: Plan, call: Callable[[Target], T]) -> tuple[T, Target, fl
                 circuit_probe_release(model)
         if answered is not None:
             return answered
+    refused = [a for a in plan.attempts if a.result != "ok"]
+    if refused and all(a.error_class == "unsupported" for a in refused):
+        # no model failed: none can express the request, so retrying later would not help
+        raise InvalidRequest(
+            "No model in the decision can serve this request: "
+            + "; ".join(f"{a.model}: {a.message}" for a in refused),
+            extra={"decision_id": plan.decision_id, "param": refused[0].param or None},
+        )
     raise _give_up(plan, "every model in the decision failed or was unavailable")
 
 
@@ -401,13 +414,18 @@ def _attempt_failed(plan: Plan, target: Target, err: ProviderError, elapsed_s: f
             message=err.message[:300],
             latency_ms=elapsed_s * 1000,
             retry_after_s=err.retry_after,
+            param=err.param or "",
         )
     )
     metrics.UPSTREAM_CALLS.labels(target.model, target.provider, err.error_class).inc()
     metrics.UPSTREAM_SECONDS.labels(target.model, target.provider).observe(elapsed_s)
     # HOOK(balancing): a deployment's failure counts against its own circuit; the model's circuit
     # only counts it when no other deployment of the model is left to serve
-    if err.request_is_bad or not deployment_record_failure(target, error_class=err.error_class):
+    if (
+        err.request_is_bad
+        or err.unsupported  # the request, not the upstream: no circuit counts it
+        or not deployment_record_failure(target, error_class=err.error_class)
+    ):
         return False
     circuit_record_failure(target.model, error_class=err.error_class)
     return True

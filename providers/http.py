@@ -51,6 +51,12 @@ class ProviderError(Exception):
         """The caller's request itself was refused (400/413/422): no other model will take it either."""
         return self.permanent and self.status is not None and self.status not in PROVIDER_CONFIG_STATUSES
 
+    @property
+    def unsupported(self) -> bool:
+        """The adapter cannot express the request for its provider (e.g. a tool type it does not
+        map): says nothing about the upstream's health, but another provider kind may serve it."""
+        return self.error_class == "unsupported"
+
     def __repr__(self) -> str:
         return f"ProviderError({self.error_class}, status={self.status}, permanent={self.permanent})"
 

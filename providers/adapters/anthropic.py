@@ -8,8 +8,8 @@ Tools both ways: OpenAI `tools` / `tool_choice` / `parallel_tool_calls` → Anth
 `tool_use` blocks and `role: tool` messages → `tool_result` blocks (first in their user turn, as
 Anthropic requires); answers' `tool_use` blocks → `tool_calls` with finish_reason `tool_calls`,
 streamed as OpenAI tool-call deltas (`index`, then `id`/`name`, then argument fragments).
-Not mapped: tool types other than `function` (refused as unsupported, so another model can take
-the request).
+Not mapped: tool types other than `function` (refused as unsupported, naming `tools[i].type`: another
+model in the decision can take the request, and when none can the client gets a 400).
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
             kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
             raise ProviderError(
-                f"tools[{i}]: the anthropic adapter maps function tools only, not {kind!r}",
+                f"tools[{i}].type {kind!r} is not supported by anthropic models (only 'function' tools)",
                 permanent=True,
                 error_class="unsupported",
+                param=f"tools[{i}].type",
             )
         function = tool.get("function")
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):

@@ -265,6 +265,7 @@ def test_a_non_function_tool_is_unsupported_so_another_model_can_take_it(
     with pytest.raises(ProviderError) as err:
         adapter_for("anthropic").complete(target(anthropic_upstream), custom)
     assert err.value.error_class == "unsupported" and err.value.permanent and not err.value.request_is_bad
+    assert err.value.param == "tools[0].type"
 
 
 # --- end to end: the official openai client → SCOPE → the fake Anthropic upstream ---------------

@@ -344,6 +344,42 @@ def test_an_anthropic_model_answers_in_openai_shape(api: Api, anthropic_upstream
     )
 
 
+CODE_INTERPRETER = [{"type": "code_interpreter"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_type_the_anthropic_model_cannot_take_is_a_400_naming_it(
+    api: Api, anthropic_upstream: FakeUpstream, stream: bool
+) -> None:
+    upstream_model("claude-test", anthropic_upstream)
+    for _ in range(4):  # more than SCOPE_CIRCUIT_FAILURES: the model's circuit must not count them
+        response = chat(api, model="claude-test", tools=CODE_INTERPRETER, stream=stream)
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+        assert error["param"] == "tools[0].type" and "'code_interpreter'" in error["message"]
+        assert outcome_for(response).status == "error"
+    assert anthropic_upstream.requests == []
+    assert chat(api, model="claude-test").status_code == 200
+
+
+def test_a_tool_type_one_model_cannot_take_falls_back_to_a_model_that_can(
+    api: Api, anthropic_upstream: FakeUpstream
+) -> None:
+    from providers.models import LLMModel
+
+    with FakeUpstream() as gpt:
+        upstream_model("claude-test", anthropic_upstream, tier=5)
+        upstream_model("gpt-test", gpt, tier=3)
+        LLMModel.objects.filter(name__in=["claude-test", "gpt-test"]).update(capabilities=["tools"])
+        make_policy("mixed", strategy="hybrid", alpha=0.5, allowed_models=["claude-test", "gpt-test"])
+        response = chat(api, model="scope/mixed", tools=CODE_INTERPRETER)
+        assert response.status_code == 200, response.content
+        assert response["X-Scope-Model"] == "gpt-test"
+        assert response["X-Scope-Fallbacks"] == "claude-test (unsupported)"
+        assert gpt.requests[0].body["tools"] == CODE_INTERPRETER
+
+
 def test_an_anthropic_stream_is_relayed_as_chat_chunks(api: Api, anthropic_upstream: FakeUpstream) -> None:
     upstream_model("claude-test", anthropic_upstream)
     anthropic_upstream.script(Stream(pieces=("Bon", "jour")))
