@@ -68,10 +68,15 @@ def completion_body(
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": message, "finish_reason": completion.finish_reason, "logprobs": None}
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": completion.finish_reason,
+                "logprobs": completion.logprobs,
+            }
         ],
         "usage": usage_body(tokens),
-        "system_fingerprint": SIMULATED_FINGERPRINT if simulated else None,
+        "system_fingerprint": SIMULATED_FINGERPRINT if simulated else completion.system_fingerprint,
         "scope": scope_block(
             plan,
             fallbacks=fallbacks,
@@ -94,16 +99,18 @@ def chunk(
     finish_reason: str | None = None,
     usage: TokenCount | None = None,
     simulated: bool = False,
+    logprobs: Any = None,
+    system_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": completion_id(decision_id),
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "system_fingerprint": SIMULATED_FINGERPRINT if simulated else None,
+        "system_fingerprint": SIMULATED_FINGERPRINT if simulated else system_fingerprint,
         "choices": []
         if usage is not None
-        else [{"index": 0, "delta": dict(delta or {}), "finish_reason": finish_reason, "logprobs": None}],
+        else [{"index": 0, "delta": dict(delta or {}), "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     if usage is not None:
         body["usage"] = usage_body(usage)

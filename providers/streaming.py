@@ -88,6 +88,8 @@ def _relay(
     try:
         try:
             for event in events:
+                if event.system_fingerprint:  # the upstream's, on every chunk relayed after it
+                    frame["system_fingerprint"] = event.system_fingerprint
                 if event.usage is not None:
                     usage = event.usage
                 if event.text:
@@ -95,9 +97,16 @@ def _relay(
                         ttft = time.monotonic() - begun
                         metrics.UPSTREAM_TTFT_SECONDS.labels(target.model, target.provider).observe(ttft)
                     text.append(event.text)
-                if event.delta or event.finish_reason:
+                if event.delta or event.finish_reason or event.logprobs:
                     finished = finished or event.finish_reason is not None
-                    yield sse(chunk(**frame, delta=event.delta, finish_reason=event.finish_reason))
+                    yield sse(
+                        chunk(
+                            **frame,
+                            delta=event.delta,
+                            finish_reason=event.finish_reason,
+                            logprobs=event.logprobs,
+                        )
+                    )
         except ProviderError as err:
             status, error_class = "partial", err.error_class
             _stream_failed(target, err, begun)

@@ -6,6 +6,8 @@
         up.requests                                     # what SCOPE sent (path, headers, json)
 
 Each request takes the next scripted action; when the script is empty, `default` answers.
+The openai style answers `logprobs: true` requests with per-token logprobs (`token_logprobs`),
+whole or per chunk, and sends `system_fingerprint` when the action has one.
 Actions: Reply (JSON answer or, for stream requests, a clean stream), Fail (status + headers),
 Hang (no answer for a while: timeouts), Stream (delays between chunks, cut midway, stall).
 The anthropic style can answer with tool calls (`Reply(tool_uses=(ToolUse(...),))`, streamed as
@@ -43,6 +45,7 @@ class Reply:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     tool_uses: tuple[ToolUse, ...] = ()  # anthropic style only; stop_reason becomes "tool_use"
+    system_fingerprint: str | None = None  # openai style only
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Stream:
     stall_seconds: float = 2.0
     usage: bool = True
     tool_uses: tuple[ToolUse, ...] = ()  # anthropic style only: streamed after the text
+    system_fingerprint: str | None = None  # openai style only: on every chunk
 
 
 Action = Reply | Fail | Hang | Stream
@@ -171,6 +175,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                         pieces=_split(action.text) if action.text else (),
                         usage=action.usage,
                         tool_uses=action.tool_uses,
+                        system_fingerprint=action.system_fingerprint,
                     )
                 )
                 self._stream(stream, body)
@@ -201,7 +206,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                     "message_start",
                 )
             else:
-                self._event(_chunk(body, {"role": "assistant", "content": ""}))
+                self._event(_chunk(body, stream, {"role": "assistant", "content": ""}))
             if anthropic and stream.pieces:
                 self._event(
                     {
@@ -229,7 +234,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                         "content_block_delta",
                     )
                 else:
-                    self._event(_chunk(body, {"content": piece}))
+                    self._event(_chunk(body, stream, {"content": piece}))
             if anthropic:
                 if stream.pieces:
                     self._event({"type": "content_block_stop", "index": 0}, "content_block_stop")
@@ -243,7 +248,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 )
                 self._event({"type": "message_stop"}, "message_stop")
                 return
-            self._event(_chunk(body, {}, finish_reason="stop"))
+            self._event(_chunk(body, stream, {}, finish_reason="stop"))
             if stream.usage and (body.get("stream_options") or {}).get("include_usage"):
                 self._event(
                     {
@@ -292,13 +297,39 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(w if i == len(words) - 1 else w + " " for i, w in enumerate(words))
 
 
-def _chunk(body: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {
+def token_logprobs(text: str, body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's choices[].logprobs for `text` (one token per word), with top_logprobs if asked."""
+    top = body.get("top_logprobs") or 0
+    content = [
+        {
+            "token": token,
+            "logprob": -0.25,
+            "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": f"{token}{i}", "logprob": -0.25 * (i + 1), "bytes": None} for i in range(top)
+            ],
+        }
+        for token in _split(text)
+        if token
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _chunk(
+    body: dict[str, Any], stream: Stream, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    if body.get("logprobs") and delta.get("content"):
+        choice["logprobs"] = token_logprobs(delta["content"], body)
+    chunk = {
         "id": "up-1",
         "object": "chat.completion.chunk",
         "model": body.get("model"),
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [choice],
     }
+    if stream.system_fingerprint:
+        chunk["system_fingerprint"] = stream.system_fingerprint
+    return chunk
 
 
 def _answer(style: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
@@ -319,14 +350,21 @@ def _answer(style: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
             answer["usage"] = {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens}
         return answer
     assert not reply.tool_uses, "tool calls are scripted for the anthropic style only"
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": reply.text},
+        "finish_reason": "stop",
+    }
+    if body.get("logprobs"):
+        choice["logprobs"] = token_logprobs(reply.text, body)
     answer = {
         "id": "up-1",
         "object": "chat.completion",
         "model": body.get("model"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
-        ],
+        "choices": [choice],
     }
+    if reply.system_fingerprint:
+        answer["system_fingerprint"] = reply.system_fingerprint
     if reply.usage:
         answer["usage"] = {
             "prompt_tokens": reply.prompt_tokens,

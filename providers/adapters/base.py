@@ -71,6 +71,8 @@ class Completion:
     finish_reason: str
     usage: Usage | None
     simulated: bool = False
+    logprobs: Any = None  # choices[0].logprobs as the upstream sent it (OpenAI-compatible only)
+    system_fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,8 @@ class StreamEvent:
     delta: Mapping[str, Any] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: Usage | None = None
+    logprobs: Any = None  # the chunk's choices[0].logprobs (OpenAI-compatible only)
+    system_fingerprint: str | None = None
 
     @property
     def text(self) -> str:

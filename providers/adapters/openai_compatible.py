@@ -38,6 +38,11 @@ def _payload(target: Target, request: ChatRequest, *, stream: bool) -> dict[str,
     return payload
 
 
+def _fingerprint(body: dict[str, Any]) -> str | None:
+    value = body.get("system_fingerprint")
+    return value if isinstance(value, str) else None
+
+
 class OpenAICompatibleAdapter:
     kind = "openai_compatible"
     simulated = False
@@ -62,6 +67,8 @@ class OpenAICompatibleAdapter:
             message=choices[0]["message"],
             finish_reason=str(choices[0].get("finish_reason") or "stop"),
             usage=usage_from(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+            logprobs=choices[0].get("logprobs"),
+            system_fingerprint=_fingerprint(body),
         )
 
     def stream(self, target: Target, request: ChatRequest) -> Iterator[StreamEvent]:
@@ -100,6 +107,8 @@ class OpenAICompatibleAdapter:
                 delta=delta,
                 finish_reason=choice.get("finish_reason"),
                 usage=usage_from(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+                logprobs=choice.get("logprobs"),
+                system_fingerprint=_fingerprint(chunk),
             )
         raise ProviderError(
             "upstream closed the stream before [DONE]", permanent=False, error_class="stream_cut"

@@ -15,7 +15,7 @@ from feedback.models import Outcome
 from routing.models import DecisionLog
 from tests.factories import make_policy
 from tests.providers.conftest import upstream_model
-from tests.upstreams import Fail, FakeUpstream, Stream
+from tests.upstreams import Fail, FakeUpstream, Reply, Stream
 
 HELLO: Any = [{"role": "user", "content": "Write one friendly sentence about routers."}]
 
@@ -178,3 +178,53 @@ def test_client_errors_arrive_as_openai_exceptions(client: openai.OpenAI, live_s
     stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-not-a-scope-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="scope/auto", messages=HELLO)
+
+
+def test_logprobs_and_the_fingerprint_of_an_openai_compatible_upstream_reach_the_client(
+    client: openai.OpenAI, openai_upstream: FakeUpstream
+) -> None:
+    upstream_model("gpt-test", openai_upstream)
+    openai_upstream.default = Reply("Hello there friend", system_fingerprint="fp_up_1")
+    completion = client.chat.completions.create(
+        model="gpt-test", messages=HELLO, logprobs=True, top_logprobs=2
+    )
+    sent = openai_upstream.requests[0].body
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    assert completion.system_fingerprint == "fp_up_1"
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [t.token for t in logprobs.content] == ["Hello ", "there ", "friend"]
+    assert all(len(t.top_logprobs) == 2 for t in logprobs.content)
+
+
+def test_streamed_logprobs_and_fingerprint_are_relayed_chunk_by_chunk(
+    client: openai.OpenAI, openai_upstream: FakeUpstream
+) -> None:
+    upstream_model("gpt-test", openai_upstream)
+    openai_upstream.default = Reply("Hello there friend", system_fingerprint="fp_up_1")
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-test",
+        messages=HELLO,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(raw.parse())
+    tokens = [
+        t.token
+        for c in chunks
+        if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content
+        for t in c.choices[0].logprobs.content
+    ]
+    assert tokens == ["Hello ", "there ", "friend"]
+    assert {c.system_fingerprint for c in chunks} == {"fp_up_1"}
+    wait_for_outcome(raw.headers["x-scope-decision-id"])
+
+
+def test_an_anthropic_answer_has_no_logprobs_or_fingerprint(
+    client: openai.OpenAI, anthropic_upstream: FakeUpstream
+) -> None:
+    upstream_model("claude-test", anthropic_upstream)
+    completion = client.chat.completions.create(model="claude-test", messages=HELLO, logprobs=True)
+    assert completion.choices[0].logprobs is None and completion.system_fingerprint is None
