@@ -229,7 +229,21 @@ _CHAR_FINAL = np.uint32(0x2C1B3C6D)
 _DIGITS = str.maketrans("123456789", "000000000")
 
 
-def char_ngrams(lowered: str) -> tuple[bytes, bytes]:
+# routing.char_kernel installs the same computation in C (checked byte-identical first)
+_char_kernel: Callable[[bytes], tuple[bytes, bytes]] | None = None  # UTF-32-LE text → packed
+_UNSET: Any = object()
+
+
+def use_char_kernel(kernel: Callable[[bytes], tuple[bytes, bytes]] | None) -> None:
+    global _char_kernel
+    _char_kernel = kernel
+
+
+def char_kernel_in_use() -> bool:
+    return _char_kernel is not None
+
+
+def char_ngrams(lowered: str, *, kernel: Any = _UNSET) -> tuple[bytes, bytes]:
     """(bucket ids, counts) of the character 2-4-grams of `lowered`, packed as in RequestFeatures.
 
     Stable across processes: a k-gram's hash is the polynomial (multiply by _CHAR_MIX, xor the next
@@ -240,7 +254,11 @@ def char_ngrams(lowered: str) -> tuple[bytes, bytes]:
     s = " ".join(lowered.split())[:CHAR_MAX_CHARS].translate(_DIGITS)
     if len(s) < 2:
         return b"", b""
-    cp = np.frombuffer(s.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    data = s.encode("utf-32-le", "surrogatepass")
+    compiled = _char_kernel if kernel is _UNSET else kernel
+    if compiled is not None:
+        return compiled(data)
+    cp = np.frombuffer(data, dtype=np.uint32)
     ids, counts = [], []
     h = cp
     for k, salt in zip((2, 3, 4), _CHAR_SALT, strict=True):

@@ -164,7 +164,7 @@ def probe_rows(evaluator: ForestEvaluator, n: int = 256, seed: int = 0) -> np.nd
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with open(path, "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -194,7 +194,7 @@ def compile_forest(evaluator: ForestEvaluator, cache_dir: Path) -> CompiledFores
     path = _library(cache_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.with_suffix(".lock")):
+        with locked(path.with_suffix(".lock")):
             if not path.exists():
                 _build(path)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -204,13 +204,18 @@ def compile_forest(evaluator: ForestEvaluator, cache_dir: Path) -> CompiledFores
 
 
 def _build(path: Path) -> None:
+    build_library(path, KERNEL_SOURCE)
+
+
+def build_library(path: Path, code: str) -> None:
+    """Compile C `code` into the shared library `path` (atomically); OSError when it cannot."""
     cc = _compiler()
     if cc is None:
         raise OSError("no C compiler (cc/gcc) on PATH")
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        source = Path(tmp) / "forest.c"
-        source.write_text(KERNEL_SOURCE, encoding="ascii")
-        built = Path(tmp) / "forest.so"
+        source = Path(tmp) / "kernel.c"
+        source.write_text(code, encoding="ascii")
+        built = Path(tmp) / "kernel.so"
         done = subprocess.run(
             [cc, *CFLAGS, "-o", str(built), str(source), "-lm"],
             capture_output=True,

@@ -30,6 +30,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.cache import cache
 
+from routing.char_kernel import char_kernel_ensure, char_kernel_install
 from routing.engine.types import Predictor
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.compiled import compile_forest, load_cached
@@ -155,6 +156,7 @@ def predictor_precompile(predictor: ScopePredictor) -> bool:
     cache_dir = _forest_dir()
     if cache_dir is None:
         return False
+    char_kernel_install(cache_dir)  # the request features' character n-grams, compiled the same way
     try:
         compiled = compile_forest(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - activation must not fail for a speed-up; processes retry on load
@@ -169,6 +171,7 @@ def _accelerate(predictor: ScopePredictor) -> None:
     cache_dir = _forest_dir()
     if cache_dir is None:
         return
+    char_kernel_ensure(cache_dir)
     try:
         compiled = load_cached(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - compiled trees are a speed-up; numpy serves without them
