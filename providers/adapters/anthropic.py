@@ -8,6 +8,8 @@ Tools both ways: OpenAI `tools` / `tool_choice` / `parallel_tool_calls` → Anth
 `tool_use` blocks and `role: tool` messages → `tool_result` blocks (first in their user turn, as
 Anthropic requires); answers' `tool_use` blocks → `tool_calls` with finish_reason `tool_calls`,
 streamed as OpenAI tool-call deltas (`index`, then `id`/`name`, then argument fragments).
+`response_format` json_object / json_schema → an instruction appended to `system` (Anthropic has
+no JSON mode; the schema is quoted, not enforced).
 Not mapped: tool types other than `function` (refused as unsupported, naming `tools[i].type`: another
 model in the decision can take the request, and when none can the client gets a 400).
 """
@@ -207,9 +209,12 @@ def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> d
         "messages": messages,
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
     }
+    params = request.params
+    json_mode = _json_instruction(params.get("response_format"))
+    if json_mode:  # Anthropic has no response_format: the instruction goes in the system prompt
+        system.append(json_mode)
     if system:
         body["system"] = "\n\n".join(s for s in system if s)
-    params = request.params
     if params.get("tools"):
         body["tools"] = _tools(params["tools"])
         choice = _tool_choice(params.get("tool_choice"), parallel=params.get("parallel_tool_calls"))
@@ -227,6 +232,21 @@ def to_messages_body(target: Target, request: ChatRequest, *, stream: bool) -> d
     if stream:
         body["stream"] = True
     return body
+
+
+def _json_instruction(response_format: Any) -> str:
+    """OpenAI's JSON modes as an instruction ("" for text or none): Anthropic follows it, unenforced."""
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "json_object":
+        return "Answer with one JSON object and nothing else: no prose, no code fences."
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        return (
+            "Answer with one JSON object and nothing else (no prose, no code fences) that conforms to "
+            f"this JSON Schema: {json.dumps(schema, sort_keys=True)}"
+        )
+    return ""
 
 
 def from_message_content(content: list[Any]) -> dict[str, Any]:

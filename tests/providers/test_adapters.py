@@ -123,6 +123,23 @@ def test_anthropic_adapter_maps_system_prompt_options_and_usage(anthropic_upstre
     assert sent.body["max_tokens"] > 0  # required by Anthropic
 
 
+def test_anthropic_gets_openai_json_modes_as_a_system_instruction(anthropic_upstream: FakeUpstream) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    for response_format, said in (
+        ({"type": "json_object"}, "Answer with one JSON object and nothing else"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+            '"city": {"type": "string"}',
+        ),
+    ):
+        anthropic_upstream.script(Reply('{"city": "Paris"}'))
+        request = ChatRequest(messages=REQUEST.messages, params={"response_format": response_format})
+        adapter_for("anthropic").complete(target(anthropic_upstream), request)
+        system = anthropic_upstream.requests[-1].body["system"]
+        assert system.startswith("Be brief.\n\n") and said in system
+        assert "response_format" not in anthropic_upstream.requests[-1].body
+
+
 def test_anthropic_stream_events_become_chat_deltas_with_usage(anthropic_upstream: FakeUpstream) -> None:
     anthropic_upstream.script(Stream(pieces=("Hel", "lo")))
     events = list(adapter_for("anthropic").stream(target(anthropic_upstream), REQUEST))
