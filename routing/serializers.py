@@ -13,12 +13,30 @@ MODELS_EMPTY = "must name at least one model (leave it out to allow every model)
 
 
 class NumberField(serializers.FloatField):
-    """A FloatField that refuses true/false: JSON booleans are not numbers (DRF would take true as 1.0)."""
+    """A FloatField that takes only JSON numbers: DRF would take true as 1.0 and "0.5" as 0.5."""
 
     def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool):
+        if isinstance(data, bool | str):
             self.fail("invalid")
         return float(super().to_internal_value(data))
+
+
+class TextField(serializers.CharField):
+    """A CharField that takes only JSON strings: DRF would turn 5 into "5"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class SlugTextField(serializers.SlugField):
+    """A SlugField that takes only JSON strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
 
 
 class UUIDTextField(serializers.UUIDField):
@@ -65,19 +83,19 @@ class StrictSerializer(serializers.Serializer):
 
 class RouteInputSerializer(StrictSerializer):
     messages = MessageSerializer(many=True, allow_empty=False)
-    policy = serializers.SlugField(required=False, max_length=100)
+    policy = SlugTextField(required=False, max_length=100)
     alpha = NumberField(required=False, min_value=0.0, max_value=1.0)
     max_cost_usd = NumberField(required=False, min_value=0.0)
     max_latency_ms = NumberField(required=False, min_value=0.0)
     # leave `models` out for no restriction: an empty list is refused, not read as "every model"
     models = serializers.ListField(
-        child=serializers.CharField(max_length=200),
+        child=TextField(max_length=200),
         required=False,
         min_length=1,
         max_length=500,
         error_messages={"min_length": MODELS_EMPTY},
     )
-    user = serializers.CharField(required=False, max_length=200, allow_blank=True)
+    user = TextField(required=False, max_length=200, allow_blank=True)
     metadata = serializers.DictField(required=False)
 
     def validate_messages(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:

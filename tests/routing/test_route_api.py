@@ -236,3 +236,20 @@ def test_an_empty_models_list_is_refused_not_read_as_every_model(api: Api, clien
     assert not DecisionLog.objects.exists()
     schema = client.get("/api/schema/?format=json").json()
     assert schema["components"]["schemas"]["RouteInputRequest"]["properties"]["models"]["minItems"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"alpha": "0.5"}, "alpha"),
+        ({"user": 5}, "user"),
+        ({"models": [5]}, "models"),
+        ({"policy": 7}, "policy"),
+    ],
+)
+def test_values_of_the_wrong_json_type_are_refused_not_coerced(
+    api: Any, extra: dict[str, Any], field: str
+) -> None:
+    response = api("/api/v1/route", {"messages": [{"role": "user", "content": "hi"}], **extra})
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["message"]
