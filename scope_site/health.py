@@ -42,10 +42,27 @@ def _check_decision_writer() -> dict[str, object] | None:
     return {"ok": True}
 
 
+def _check_default_policy() -> dict[str, object]:
+    """SCOPE_DEFAULT_POLICY names a policy: else every request without one (scope/auto) is a 404."""
+    from routing.models import RoutingPolicy
+
+    slug = settings.SCOPE_DEFAULT_POLICY
+    if RoutingPolicy.objects.filter(slug=slug, current__isnull=False).exists():
+        return {"ok": True, "slug": slug}
+    return {
+        "ok": False,
+        "degraded": True,
+        "error": f"SCOPE_DEFAULT_POLICY names {slug!r}, which has no published version: "
+        "requests that name no policy get a 404 (load_catalog or seed_demo creates it)",
+    }
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     database = _check_database()
     checks = {"database": database, "cache": _check_cache()}
+    if database["ok"]:
+        checks["default_policy"] = _check_default_policy()
     writer = _check_decision_writer()
     if writer is not None:
         checks["decision_writer"] = writer

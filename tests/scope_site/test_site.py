@@ -14,6 +14,8 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.test import Client
 
+from tests.factories import make_policy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,12 +32,15 @@ def run_manage(*args: str, env: dict[str, str], timeout: int = 120) -> subproces
 
 
 @pytest.mark.django_db
-def test_healthz_checks_the_database_and_cache() -> None:
-    response = Client().get("/healthz")
-    assert response.status_code == 200
-    body = response.json()
+def test_healthz_checks_the_database_cache_and_default_policy(settings: Any) -> None:
+    response = Client().get("/healthz")  # an empty catalog: no default policy yet
+    assert response.status_code == 200 and response.json()["status"] == "degraded"
+    assert "SCOPE_DEFAULT_POLICY names 'default'" in response.json()["checks"]["default_policy"]["error"]
+    make_policy("default")
+    body = Client().get("/healthz").json()
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"] is True and body["checks"]["cache"]["ok"] is True
+    assert body["checks"]["default_policy"] == {"ok": True, "slug": "default"}
 
 
 @pytest.mark.django_db
@@ -44,6 +49,7 @@ def test_healthz_says_degraded_when_the_decision_writer_is_gone_and_ok_when_it_l
 ) -> None:
     import socket
 
+    make_policy("default")
     path = str(tmp_path / "writer.sock")
     settings.SCOPE_DECISION_WRITER_SOCKET = path
     body = Client().get("/healthz").json()
