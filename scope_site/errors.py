@@ -165,10 +165,19 @@ def _error_page(request: HttpRequest, status_code: int, title: str, message: str
     return render(request, "error_page.html", context, status=status_code)
 
 
+def error_for_path(request: HttpRequest, status_code: int, code: str, message: str) -> JsonResponse:
+    """SCOPE's JSON error, or OpenAI's error shape on the OpenAI-compatible paths (/v1/…)."""
+    if request.path.startswith("/v1/"):
+        from providers.openai_format import error_body  # the chat API's own shape
+
+        return JsonResponse(error_body(status=status_code, message=message, code=code), status=status_code)
+    return json_error(status_code, code, message)
+
+
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if wants_html(request):
         return _error_page(request, 404, "Not found", f"There is nothing at {request.path}.")
-    return json_error(404, "not_found", f"No such resource: {request.path}")
+    return error_for_path(request, 404, "not_found", f"No such resource: {request.path}")
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

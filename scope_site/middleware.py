@@ -3,9 +3,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 
-from scope_site.errors import json_error
+from scope_site.errors import error_for_path
 
 
 class BodySizeLimitMiddleware:
@@ -32,9 +32,4 @@ class BodySizeLimitMiddleware:
 
 
 def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
-    """SCOPE's JSON error, or OpenAI's error shape on the OpenAI-compatible paths (/v1/…)."""
-    if request.path.startswith("/v1/"):
-        from providers.openai_format import error_body  # the chat API's own shape
-
-        return JsonResponse(error_body(status=status, message=message, code=code), status=status)
-    return json_error(status, code, message)
+    return error_for_path(request, status, code, message)

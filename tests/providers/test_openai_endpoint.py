@@ -178,6 +178,12 @@ def test_client_errors_arrive_as_openai_exceptions(client: openai.OpenAI, live_s
     stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-not-a-scope-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="scope/auto", messages=HELLO)
+    # an endpoint SCOPE does not serve answers in OpenAI's shape too, so the client can read it
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="scope/auto", input="hi")
+    body = missing.value.body
+    assert isinstance(body, dict) and body.get("type") == "not_found_error", body
+    assert "No such resource: /v1/embeddings" in str(body.get("message"))
 
 
 def test_logprobs_and_the_fingerprint_of_an_openai_compatible_upstream_reach_the_client(
