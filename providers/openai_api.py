@@ -11,7 +11,7 @@ from typing import Any
 
 from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -108,6 +108,32 @@ def _api_key(request: Request) -> ApiKey | None:
     return request.auth if isinstance(request.auth, ApiKey) else None
 
 
+class ScopeOptionsDoc(serializers.Serializer):
+    alpha = serializers.FloatField(
+        required=False, min_value=0.0, max_value=1.0, help_text="quality/cost trade-off"
+    )
+    max_cost_usd = serializers.FloatField(required=False, min_value=0.0)
+    max_latency_ms = serializers.FloatField(required=False, min_value=0.0)
+    models = serializers.ListField(child=serializers.CharField(), required=False, min_length=1)
+
+
+class ChatCompletionsRequestDoc(serializers.Serializer):
+    """The documented part of the body (OpenAI's chat-completions request; its other fields are
+    accepted too). `scope` takes SCOPE's routing options, only with a `scope/…` model."""
+
+    model = serializers.CharField(help_text="scope/auto, scope/<policy-slug> or a concrete model name")
+    messages = serializers.ListField(child=serializers.DictField(), min_length=1)
+    stream = serializers.BooleanField(required=False)
+    max_tokens = serializers.IntegerField(required=False, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, min_value=1)
+    temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
+    tools = serializers.ListField(child=serializers.DictField(), required=False)
+    tool_choice = serializers.JSONField(required=False)
+    response_format = serializers.DictField(required=False)
+    user = serializers.CharField(required=False)
+    scope = ScopeOptionsDoc(required=False)
+
+
 class OpenAIApiView(APIView):
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return openai_exception_handler
@@ -118,7 +144,7 @@ class ChatCompletionsApi(OpenAIApiView):
 
     @extend_schema(
         operation_id="chat_completions",
-        request=dict,
+        request=ChatCompletionsRequestDoc,
         responses={
             200: OpenApiResponse(description="OpenAI chat.completion, or an SSE stream of chunks"),
             **_ERRORS,
