@@ -89,6 +89,9 @@ class Outcome(models.Model):
     tokens_estimated = models.BooleanField(default=False)
     latency_ms = models.FloatField(null=True, blank=True)
     ttft_ms = models.FloatField(null=True, blank=True)
+    # what the client waited for the call: every attempt, retry and fallback (latency_ms is the
+    # answering attempt's own time, what the latency predictor learns per model)
+    total_ms = models.FloatField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     error_class = models.CharField(max_length=100, blank=True)
     attempts = models.JSONField(default=list)

@@ -498,6 +498,7 @@ def plan_finish(
         ttft_ms=None if ttft_s is None else ttft_s * 1000,
         error_class=error_class,
         attempts=[a.as_dict() for a in plan.attempts],
+        total_ms=(time.monotonic() - plan.started) * 1000,
     )
     metrics.REQUESTS.labels(endpoint, plan.policy_slug, model_name, status).inc()
     if target is not None and status != "error":

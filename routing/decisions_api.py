@@ -83,6 +83,7 @@ class OutcomeOutSerializer(serializers.Serializer):
     tokens_estimated = serializers.BooleanField()
     latency_ms = serializers.FloatField(allow_null=True)
     ttft_ms = serializers.FloatField(allow_null=True)
+    total_ms = serializers.FloatField(allow_null=True, help_text="the whole call: every attempt and fallback")
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=8, coerce_to_string=False)
     error_class = serializers.CharField()
     created_at = serializers.DateTimeField()

@@ -42,6 +42,7 @@ def outcome_record(
     ttft_ms: float | None = None,
     error_class: str = "",
     attempts: Sequence[Mapping[str, Any]] = (),
+    total_ms: float | None = None,
 ) -> Outcome:
     """Write the outcome of one decision. Failed or refused calls cost nothing; partial ones what streamed."""
     if status not in Outcome.Status.values:
@@ -57,6 +58,7 @@ def outcome_record(
         tokens_estimated=tokens.estimated,
         latency_ms=None if latency_ms is None else round(latency_ms, 3),
         ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
+        total_ms=None if total_ms is None else round(total_ms, 3),
         cost_usd=cost,
         error_class=error_class[:100],
         attempts=[dict(a) for a in attempts],

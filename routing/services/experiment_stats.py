@@ -68,9 +68,10 @@ def _collect(name: str) -> dict[str, dict[str, list[float]]]:
     outcomes = (
         Outcome.objects.filter(decision__experiment=name)
         .exclude(status=Outcome.Status.REFUSED)
-        .values_list("decision_id", "decision__arm", "status", "latency_ms", "cost_usd")
+        .values_list("decision_id", "decision__arm", "status", "latency_ms", "cost_usd", "total_ms")
     )
-    for decision_id, arm, status, latency_ms, cost_usd in outcomes:
+    for decision_id, arm, status, attempt_ms, cost_usd, total_ms in outcomes:
+        latency_ms = total_ms if total_ms is not None else attempt_ms  # what users waited, fallbacks included
         cost = float(cost_usd)
         data[arm]["error"].append(1.0 if status == Outcome.Status.ERROR else 0.0)
         if latency_ms is not None and status != Outcome.Status.ERROR:

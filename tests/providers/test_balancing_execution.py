@@ -131,6 +131,11 @@ def test_a_failed_attempt_counts_as_an_error_call_of_its_own_model(api: Api, ups
         0,
         1,
     )
+    # the outcome's latency is the answering call's; its total is what the client waited for all of them
+    outcome = Outcome.objects.get(decision_id=response["X-Scope-Decision-Id"])
+    spent = sum(a["latency_ms"] or 0 for a in outcome.attempts if a.get("latency_ms") is not None)
+    assert outcome.total_ms is not None and outcome.latency_ms is not None
+    assert outcome.total_ms >= spent >= outcome.latency_ms and outcome.total_ms > outcome.latency_ms
     rollup_catch_up(now=timezone.now() + timedelta(minutes=5))
     rows = {r.model.name: r for r in catalog_rows()}
     assert rows["first"].error_rate == 1.0 and rows["second"].error_rate == 0.0
