@@ -376,7 +376,14 @@ def _model_attempts(
                         extra={"decision_id": plan.decision_id, "param": err.param},
                     ) from None
                 wait = _retry_wait(plan, err, tries)
-                if wait is None or circuit_status(model).state is not CircuitState.CLOSED:
+                # no retry into an open circuit: the model's, or this deployment's (the failure may
+                # just have opened it)
+                where = f"{model}@{target.deployment}" if target.deployment else model
+                if (
+                    wait is None
+                    or circuit_status(model).state is not CircuitState.CLOSED
+                    or circuit_status(where).state is not CircuitState.CLOSED
+                ):
                     metrics.FALLBACKS.labels(plan.policy_slug, model, err.error_class).inc()
                     break
                 time.sleep(wait)

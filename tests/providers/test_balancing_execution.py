@@ -162,6 +162,20 @@ def test_a_failing_deployment_does_not_open_the_model_while_a_sibling_serves(
     assert len(extra.requests) == 4
 
 
+def test_a_retry_does_not_go_back_to_a_deployment_its_failure_just_opened(
+    api: Api, upstreams: Any, settings: Any
+) -> None:
+    first, second, _ = upstreams
+    settings.SCOPE_CIRCUIT_FAILURES = 1  # one failure opens a circuit
+    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    first.default = Fail(503)
+    response = chat(api)
+    assert response.status_code == 200 and response["X-Scope-Model"] == "second"
+    assert len(first.requests) == 1  # a 503 is retried once, but not into home's now open circuit
+    assert circuit_status("first@home").state == "open"
+
+
 def test_streams_cut_midway_count_against_their_deployment_not_the_model(api: Api, upstreams: Any) -> None:
     first, _, _ = upstreams
     deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
