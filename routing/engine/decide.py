@@ -46,12 +46,20 @@ def _constraint_reason(
     missing = [cap for cap in capabilities_needed if cap not in model.capabilities]
     if missing:
         return f"missing capability: {', '.join(missing)}"
-    for tag, wanted in policy.required_tags.items():
-        have = model.tags.get(tag)
-        if (have not in wanted) if isinstance(wanted, list) else (have != wanted):
-            return f"tag {tag}={have!r} does not match required {wanted!r}"
+    mismatch = tag_mismatch(model.tags, policy.required_tags)
+    if mismatch:
+        return mismatch
     if model.context_window < tokens_needed:
         return f"context window {model.context_window} < {tokens_needed} tokens needed"
+    return ""
+
+
+def tag_mismatch(tags: Mapping[str, Any], required: Mapping[str, Any]) -> str:
+    """Why `tags` fail a policy's required tags (a value, or a list of allowed values); "" if they pass."""
+    for tag, wanted in required.items():
+        have = tags.get(tag)
+        if (have not in wanted) if isinstance(wanted, list) else (have != wanted):
+            return f"tag {tag}={have!r} does not match required {wanted!r}"
     return ""
 
 
@@ -236,9 +244,9 @@ def _capabilities_needed(
     models: Sequence[ModelSpec], policy: PolicySpec, options: RouteOptions, notes: list[str]
 ) -> tuple[str, ...]:
     """The policy's required capabilities plus the request's own, where the catalog uses the name."""
-    declared = frozenset().union(*(m.capabilities for m in models))
     wanted = [c for c in options.required_capabilities if c not in policy.required_capabilities]
-    if wanted:
+    if wanted:  # most requests need nothing: no catalog scan for them
+        declared = frozenset().union(*(m.capabilities for m in models))
         used = [c for c in wanted if c in declared]
         unknown = [c for c in wanted if c not in declared]
         if used:

@@ -11,6 +11,7 @@ from django.core.validators import validate_slug
 from django.db import transaction
 
 from routing.engine.conditions import ConditionError, validate_condition
+from routing.engine.decide import tag_mismatch
 from routing.engine.strategies import load_strategies
 from routing.models import PolicyVersion, RoutingPolicy
 from routing.selectors import catalog_invalidate
@@ -104,10 +105,7 @@ def _check_some_model_fits(values: Mapping[str, Any]) -> None:
             return False
         if any(c not in (caps or ()) for c in values["required_capabilities"]):
             return False
-        return all(
-            ((tags or {}).get(t) in wanted) if isinstance(wanted, list) else ((tags or {}).get(t) == wanted)
-            for t, wanted in values["required_tags"].items()
-        )
+        return not tag_mismatch(tags or {}, values["required_tags"])  # the rule routing applies
 
     if rows and not any(fits(*row) for row in rows):
         raise InvalidRequest(
