@@ -20,16 +20,12 @@ class BodySizeLimitMiddleware:
         try:
             length = int(raw)
         except ValueError:
-            return _error(request, 400, "invalid_request", "Content-Length is not a number")
+            return error_for_path(request, 400, "invalid_request", "Content-Length is not a number")
         if length > self.limit:
-            return _error(
+            return error_for_path(
                 request,
                 413,
                 "payload_too_large",
                 f"Request body is {length} bytes; the limit is {self.limit} bytes",
             )
         return self.get_response(request)
-
-
-def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
-    return error_for_path(request, status, code, message)
