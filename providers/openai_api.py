@@ -118,19 +118,41 @@ class ScopeOptionsDoc(serializers.Serializer):
 
 
 class ChatCompletionsRequestDoc(serializers.Serializer):
-    """The documented part of the body (OpenAI's chat-completions request; its other fields are
-    accepted too). `scope` takes SCOPE's routing options, only with a `scope/…` model."""
+    """OpenAI's chat-completions request as SCOPE reads it (providers/chat_request.py). The OpenAI
+    options are forwarded to the model that answers; `scope` takes SCOPE's routing options, only
+    with a `scope/…` model. Fields OpenAI has added since are passed over, not refused."""
 
     model = serializers.CharField(help_text="scope/auto, scope/<policy-slug> or a concrete model name")
     messages = serializers.ListField(child=serializers.DictField(), min_length=1)
     stream = serializers.BooleanField(required=False)
+    stream_options = serializers.DictField(
+        required=False, help_text='{"include_usage": true} adds a last chunk with the usage'
+    )
+    n = serializers.IntegerField(required=False, min_value=1, max_value=1, help_text="one choice per request")
     max_tokens = serializers.IntegerField(required=False, min_value=1)
-    max_completion_tokens = serializers.IntegerField(required=False, min_value=1)
+    max_completion_tokens = serializers.IntegerField(
+        required=False, min_value=1, help_text="OpenAI's current name for max_tokens; wins when both are sent"
+    )
     temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
+    top_p = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    stop = serializers.JSONField(required=False, help_text="a string or an array of strings")
+    presence_penalty = serializers.FloatField(required=False, min_value=-2.0, max_value=2.0)
+    frequency_penalty = serializers.FloatField(required=False, min_value=-2.0, max_value=2.0)
+    seed = serializers.IntegerField(required=False)
+    logit_bias = serializers.DictField(child=serializers.IntegerField(), required=False)
+    logprobs = serializers.BooleanField(required=False)
+    top_logprobs = serializers.IntegerField(required=False, min_value=0, max_value=20)
     tools = serializers.ListField(child=serializers.DictField(), required=False)
-    tool_choice = serializers.JSONField(required=False)
-    response_format = serializers.DictField(required=False)
-    user = serializers.CharField(required=False)
+    tool_choice = serializers.JSONField(required=False, help_text='"auto", "none", "required" or an object')
+    parallel_tool_calls = serializers.BooleanField(required=False)
+    response_format = serializers.DictField(
+        required=False, help_text='{"type": "json_object"} or {"type": "json_schema", …}'
+    )
+    reasoning_effort = serializers.CharField(required=False, help_text="forwarded to reasoning models")
+    user = serializers.CharField(required=False, max_length=200)
+    metadata = serializers.DictField(
+        required=False, help_text="kept in the decision log; routing rules can match on it"
+    )
     scope = ScopeOptionsDoc(required=False)
 
 
