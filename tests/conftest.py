@@ -23,6 +23,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.SCOPE_CIRCUIT_SNAPSHOT_SECONDS = 0  # a circuit a test opens is seen by the next route
 
 
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: None, live_server: Any) -> Any:
+    """pytest-django's live server, stopped before the test database is dropped (it tore the
+    database down first, while the server's threads could still hold connections to it)."""
+    return live_server
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
     catalog_invalidate()

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import openai
 import pytest
 
 from providers.models import LLMModel
@@ -25,6 +26,17 @@ def _fast_execution(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.SCOPE_CIRCUIT_WINDOW_S = 60.0
     settings.SCOPE_CIRCUIT_COOLDOWN_S = 30.0
     monkeypatch.setenv(UPSTREAM_KEY_ENV, "sk-upstream-test-secret")
+
+
+@pytest.fixture
+def openai_client(live_server: Any, api_key: str) -> Iterator[openai.OpenAI]:
+    """The official client against SCOPE's live server, closed after the test: a kept-alive
+    connection would keep its server thread, and that thread's database connection, open until
+    the test database is dropped."""
+    with openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=api_key, max_retries=0, timeout=10
+    ) as client:
+        yield client
 
 
 @pytest.fixture

@@ -278,11 +278,6 @@ def claude(catalog: Any) -> Iterator[FakeUpstream]:
         yield upstream
 
 
-@pytest.fixture
-def client(live_server: Any, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key, max_retries=0, timeout=10)
-
-
 def wait_for_outcome(model: str) -> Outcome:
     """Stream outcomes are written when the server finishes the stream, just after the client's last byte."""
     deadline = time.monotonic() + 3.0
@@ -294,7 +289,7 @@ def wait_for_outcome(model: str) -> Outcome:
 
 
 def test_the_openai_client_gets_tool_calls_from_an_anthropic_model_and_sends_results_back(
-    client: openai.OpenAI, claude: FakeUpstream
+    openai_client: openai.OpenAI, claude: FakeUpstream
 ) -> None:
     claude.script(
         Reply("", tool_uses=(ToolUse("get_weather", {"city": "Paris"}, id="toolu_p"),)),
@@ -302,7 +297,7 @@ def test_the_openai_client_gets_tool_calls_from_an_anthropic_model_and_sends_res
     )
     messages: Any = ASK
     tools: Any = [WEATHER]
-    first = client.chat.completions.create(model="claude-tools", messages=messages, tools=tools)
+    first = openai_client.chat.completions.create(model="claude-tools", messages=messages, tools=tools)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert choice.message.tool_calls is not None
@@ -317,7 +312,7 @@ def test_the_openai_client_gets_tool_calls_from_an_anthropic_model_and_sends_res
         choice.message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "18C"},
     ]
-    second = client.chat.completions.create(model="claude-tools", messages=history, tools=tools)
+    second = openai_client.chat.completions.create(model="claude-tools", messages=history, tools=tools)
     assert second.choices[0].message.content == "It is 18C in Paris."
     assert claude.requests[1].body["messages"][-1]["content"] == [
         {"type": "tool_result", "tool_use_id": "toolu_p", "content": "18C"}
@@ -325,12 +320,14 @@ def test_the_openai_client_gets_tool_calls_from_an_anthropic_model_and_sends_res
 
 
 def test_the_openai_client_assembles_streamed_tool_calls_from_an_anthropic_model(
-    client: openai.OpenAI, claude: FakeUpstream
+    openai_client: openai.OpenAI, claude: FakeUpstream
 ) -> None:
     claude.script(Stream(pieces=(), tool_uses=(ToolUse("get_weather", {"city": "Oslo"}, id="toolu_o"),)))
     messages: Any = ASK
     tools: Any = [WEATHER]
-    with client.chat.completions.stream(model="claude-tools", messages=messages, tools=tools) as stream:
+    with openai_client.chat.completions.stream(
+        model="claude-tools", messages=messages, tools=tools
+    ) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()

@@ -20,11 +20,6 @@ from tests.upstreams import Fail, FakeUpstream, Reply, Stream
 HELLO: Any = [{"role": "user", "content": "Write one friendly sentence about routers."}]
 
 
-@pytest.fixture
-def client(live_server: Any, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key, max_retries=0, timeout=10)
-
-
 def wait_for_outcome(decision_id: str, timeout: float = 3.0) -> Outcome:
     """Stream outcomes are written when the server finishes the stream, just after the client's last byte."""
     deadline = time.monotonic() + timeout
@@ -37,8 +32,8 @@ def wait_for_outcome(decision_id: str, timeout: float = 3.0) -> Outcome:
         time.sleep(0.02)
 
 
-def test_plain_answer_from_the_simulated_catalog(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="scope/auto", messages=HELLO)
+def test_plain_answer_from_the_simulated_catalog(openai_client: openai.OpenAI) -> None:
+    raw = openai_client.chat.completions.with_raw_response.create(model="scope/auto", messages=HELLO)
     completion = raw.parse()
     assert completion.choices[0].message.content and completion.choices[0].finish_reason in {"stop", "length"}
     assert (
@@ -51,8 +46,8 @@ def test_plain_answer_from_the_simulated_catalog(client: openai.OpenAI) -> None:
     assert row.kind == "chat" and row.chosen_model == completion.model
 
 
-def test_streamed_answer_with_a_final_usage_chunk(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
+def test_streamed_answer_with_a_final_usage_chunk(openai_client: openai.OpenAI) -> None:
+    raw = openai_client.chat.completions.with_raw_response.create(
         model="scope/default", messages=HELLO, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(raw.parse())
@@ -77,9 +72,9 @@ def broken_first(catalog: Any) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_failing_provider_first_in_line_answers_from_the_next_model(
-    client: openai.OpenAI, broken_first: None, stream: bool
+    openai_client: openai.OpenAI, broken_first: None, stream: bool
 ) -> None:
-    raw = client.chat.completions.with_raw_response.create(
+    raw = openai_client.chat.completions.with_raw_response.create(
         model="scope/demo-fallback", messages=HELLO, stream=stream
     )
     assert raw.headers["x-scope-model"] == "steady"
@@ -101,12 +96,12 @@ def streaming_upstream(catalog: Any) -> Iterator[FakeUpstream]:
 
 
 def test_a_stream_failing_before_its_first_chunk_falls_back(
-    client: openai.OpenAI, streaming_upstream: FakeUpstream
+    openai_client: openai.OpenAI, streaming_upstream: FakeUpstream
 ) -> None:
     upstream_model("backup", None, tier=3)
     make_policy("stream-pair", strategy="hybrid", alpha=0.5, allowed_models=["streamer", "backup"])
     streaming_upstream.script(Fail(500), Fail(500))
-    raw = client.chat.completions.with_raw_response.create(
+    raw = openai_client.chat.completions.with_raw_response.create(
         model="scope/stream-pair", messages=HELLO, stream=True
     )
     assert raw.headers["x-scope-model"] == "backup" and raw.headers["x-scope-fallbacks"].startswith(
@@ -138,11 +133,13 @@ def test_a_stream_cut_midway_ends_with_an_error_and_no_done(
 
 
 def test_the_openai_client_raises_on_a_cut_stream(
-    client: openai.OpenAI, streaming_upstream: FakeUpstream
+    openai_client: openai.OpenAI, streaming_upstream: FakeUpstream
 ) -> None:
     streaming_upstream.script(Stream(pieces=("a", "b", "c"), cut_after=1))
     received = []
-    raw = client.chat.completions.with_raw_response.create(model="streamer", messages=HELLO, stream=True)
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model="streamer", messages=HELLO, stream=True
+    )
     with pytest.raises(openai.APIError):
         for chunk in raw.parse():
             received.append(chunk)
@@ -150,9 +147,13 @@ def test_the_openai_client_raises_on_a_cut_stream(
     assert wait_for_outcome(raw.headers["x-scope-decision-id"]).status == "partial"
 
 
-def test_a_slow_stream_is_relayed_whole(client: openai.OpenAI, streaming_upstream: FakeUpstream) -> None:
+def test_a_slow_stream_is_relayed_whole(
+    openai_client: openai.OpenAI, streaming_upstream: FakeUpstream
+) -> None:
     streaming_upstream.script(Stream(pieces=("slow ", "but ", "steady"), delay=0.1, first_delay=0.15))
-    raw = client.chat.completions.with_raw_response.create(model="streamer", messages=HELLO, stream=True)
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model="streamer", messages=HELLO, stream=True
+    )
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == "slow but steady"
     outcome = wait_for_outcome(raw.headers["x-scope-decision-id"])
@@ -160,38 +161,44 @@ def test_a_slow_stream_is_relayed_whole(client: openai.OpenAI, streaming_upstrea
     assert outcome.latency_ms is not None and outcome.latency_ms >= 350
 
 
-def test_models_lists_auto_policies_and_concrete_models(client: openai.OpenAI, broken_first: None) -> None:
-    ids = [m.id for m in client.models.list()]
+def test_models_lists_auto_policies_and_concrete_models(
+    openai_client: openai.OpenAI, broken_first: None
+) -> None:
+    ids = [m.id for m in openai_client.models.list()]
     assert ids[0] == "scope/auto"
     assert {"scope/default", "scope/demo-fallback", "small", "medium", "large", "steady"} <= set(ids)
-    assert client.models.retrieve("scope/auto").owned_by == "scope"
+    assert openai_client.models.retrieve("scope/auto").owned_by == "scope"
     with pytest.raises(openai.NotFoundError):
-        client.models.retrieve("nope")
+        openai_client.models.retrieve("nope")
 
 
-def test_client_errors_arrive_as_openai_exceptions(client: openai.OpenAI, live_server: Any) -> None:
+def test_client_errors_arrive_as_openai_exceptions(openai_client: openai.OpenAI, live_server: Any) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="scope/auto", messages=[])
+        openai_client.chat.completions.create(model="scope/auto", messages=[])
     assert bad.value.status_code == 400 and bad.value.param == "messages"  # type: ignore[attr-defined]
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="no-such-model", messages=HELLO)
-    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk-not-a-scope-key", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+        openai_client.chat.completions.create(model="no-such-model", messages=HELLO)
+    with (
+        openai.OpenAI(
+            base_url=f"{live_server.url}/v1", api_key="sk-not-a-scope-key", max_retries=0
+        ) as stranger,
+        pytest.raises(openai.AuthenticationError),
+    ):
         stranger.chat.completions.create(model="scope/auto", messages=HELLO)
     # an endpoint SCOPE does not serve answers in OpenAI's shape too, so the client can read it
     with pytest.raises(openai.NotFoundError) as missing:
-        client.embeddings.create(model="scope/auto", input="hi")
+        openai_client.embeddings.create(model="scope/auto", input="hi")
     body = missing.value.body
     assert isinstance(body, dict) and body.get("type") == "not_found_error", body
     assert "No such resource: /v1/embeddings" in str(body.get("message"))
 
 
 def test_logprobs_and_the_fingerprint_of_an_openai_compatible_upstream_reach_the_client(
-    client: openai.OpenAI, openai_upstream: FakeUpstream
+    openai_client: openai.OpenAI, openai_upstream: FakeUpstream
 ) -> None:
     upstream_model("gpt-test", openai_upstream)
     openai_upstream.default = Reply("Hello there friend", system_fingerprint="fp_up_1")
-    completion = client.chat.completions.create(
+    completion = openai_client.chat.completions.create(
         model="gpt-test", messages=HELLO, logprobs=True, top_logprobs=2
     )
     sent = openai_upstream.requests[0].body
@@ -204,11 +211,11 @@ def test_logprobs_and_the_fingerprint_of_an_openai_compatible_upstream_reach_the
 
 
 def test_streamed_logprobs_and_fingerprint_are_relayed_chunk_by_chunk(
-    client: openai.OpenAI, openai_upstream: FakeUpstream
+    openai_client: openai.OpenAI, openai_upstream: FakeUpstream
 ) -> None:
     upstream_model("gpt-test", openai_upstream)
     openai_upstream.default = Reply("Hello there friend", system_fingerprint="fp_up_1")
-    raw = client.chat.completions.with_raw_response.create(
+    raw = openai_client.chat.completions.with_raw_response.create(
         model="gpt-test",
         messages=HELLO,
         logprobs=True,
@@ -229,8 +236,8 @@ def test_streamed_logprobs_and_fingerprint_are_relayed_chunk_by_chunk(
 
 
 def test_an_anthropic_answer_has_no_logprobs_or_fingerprint(
-    client: openai.OpenAI, anthropic_upstream: FakeUpstream
+    openai_client: openai.OpenAI, anthropic_upstream: FakeUpstream
 ) -> None:
     upstream_model("claude-test", anthropic_upstream)
-    completion = client.chat.completions.create(model="claude-test", messages=HELLO, logprobs=True)
+    completion = openai_client.chat.completions.create(model="claude-test", messages=HELLO, logprobs=True)
     assert completion.choices[0].logprobs is None and completion.system_fingerprint is None
