@@ -136,27 +136,55 @@ def fit_heads(
             intercept[cols] = fill
             oof[:, cols] = fill
             continue
-        y = scores[:, cols]
+        # many models on many prompts: fit the heads of the score matrix's leading components, not
+        # one per model (a ridge fit is linear in its targets, so with every component it is exact)
+        basis = score_basis(scores[rows][:, cols], max(LATENT_MIN, HEAD_TARGET_BUDGET // int(rows.sum())))
+        y = scores[:, cols] if basis is None else (scores[:, cols] - basis[0]) @ basis[1].T
         best: tuple[float, float, np.ndarray] | None = None
         for a in alphas:
-            pred = np.full((p, len(cols)), np.nan)
+            pred = np.full((p, y.shape[1]), np.nan)
             for f in range(n_folds):
                 fit_rows = rows & (folds != f)
                 target = folds == f
                 if fit_rows.sum() < 5 or not target.any():
                     continue
                 model = Ridge(alpha=a).fit(matrix[fit_rows], y[fit_rows])
-                pred[target] = np.asarray(model.predict(matrix[target])).reshape(-1, len(cols))
+                pred[target] = np.asarray(model.predict(matrix[target])).reshape(-1, y.shape[1])
             scored = rows & ~np.isnan(pred[:, 0])
             err = float(np.mean((pred[scored] - y[scored]) ** 2)) if scored.any() else 0.0
             if best is None or err < best[0]:
                 best = (err, a, pred)
         assert best is not None
-        oof[:, cols] = best[2]
         model = Ridge(alpha=best[1]).fit(matrix[rows], y[rows])
-        coef[:, cols] = np.asarray(model.coef_, dtype=np.float32).reshape(len(cols), -1).T
-        intercept[cols] = np.asarray(model.intercept_, dtype=np.float32).reshape(-1)
+        group_coef = np.asarray(model.coef_, dtype=np.float64).reshape(y.shape[1], -1).T  # [V, targets]
+        group_intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(-1)
+        pred = best[2]
+        if basis is not None:  # back from components to models
+            center, components = basis
+            pred = pred @ components + center
+            group_coef = group_coef @ components
+            group_intercept = group_intercept @ components + center
+        oof[:, cols] = pred
+        coef[:, cols] = group_coef.astype(np.float32)
+        intercept[cols] = group_intercept.astype(np.float32)
     return oof, TextHeads(coef=coef, intercept=intercept)
+
+
+# Above this many (prompt, model) scores in one group, the heads are fitted on the score matrix's
+# leading components: one ridge solve per component instead of per model. 15,000 prompts × 56
+# models took over 16 minutes in per-model solves (the 10-minute predict_outcomes budget).
+HEAD_TARGET_BUDGET = 120_000
+LATENT_MIN = 4
+
+
+def score_basis(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(column means [c], top-k right singular vectors [k, c]) of a score matrix [n, c] with more
+    than k columns, else None (fit every column)."""
+    if y.shape[1] <= k:
+        return None
+    center = y.mean(axis=0)
+    _, _, vt = np.linalg.svd(y - center, full_matrices=False)
+    return center, vt[:k]
 
 
 def _bag(f: RequestFeatures, chars: bool) -> tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]:

@@ -1,0 +1,63 @@
+"""The ridge text heads: per model while that is cheap, on the score matrix's components at scale."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from routing.predictor import text
+from routing.predictor.text import fit_heads, score_basis
+
+
+def _problem(n: int = 400, v: int = 300, m: int = 12, seed: int = 0) -> tuple[Any, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = sparse.random(n, v, density=0.05, random_state=seed, format="csr")
+    skill = rng.normal(size=(v, 3))
+    loadings = rng.normal(size=(3, m))
+    scores = 1 / (1 + np.exp(-(x @ skill @ loadings + rng.normal(scale=0.3, size=(n, m)))))
+    folds = rng.integers(0, 3, size=n)
+    return x, scores, folds
+
+
+def test_a_small_group_is_fitted_model_by_model() -> None:
+    x, scores, _ = _problem(m=3)
+    assert score_basis(scores, 4) is None  # 3 models, 4 components allowed: every model its own head
+
+
+def test_at_scale_the_heads_are_the_per_model_heads_projected_on_the_leading_components(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, scores, folds = _problem()
+    oof_exact, exact = fit_heads(x, scores, folds, 3, alpha=1.0)
+    # 400 prompts and a budget of 1,600 scores: 4 components for 12 models
+    monkeypatch.setattr(text, "HEAD_TARGET_BUDGET", 1_600)
+    oof_latent, latent = fit_heads(x, scores, folds, 3, alpha=1.0)
+
+    basis = score_basis(scores, 4)
+    assert basis is not None
+    projector = basis[1].T @ basis[1]  # [m, m], onto the 4 leading components
+    # a ridge fit is linear in its targets: fitting the components equals projecting the per-model fit
+    scale = np.abs(exact.coef).max()
+    np.testing.assert_allclose(latent.coef, exact.coef @ projector, atol=2e-3 * scale)
+    np.testing.assert_allclose(oof_latent, (oof_exact - basis[0]) @ projector + basis[0], atol=2e-3)
+    # and it keeps most of what the per-model heads predict out of fold
+    def r2(pred: np.ndarray) -> float:
+        return 1 - float(((pred - scores) ** 2).sum() / ((scores - scores.mean(0)) ** 2).sum())
+
+    assert r2(oof_latent) > 0.9 * r2(oof_exact) > 0
+
+
+def test_with_every_component_the_heads_equal_the_per_model_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, scores, folds = _problem(m=5)
+    oof_exact, exact = fit_heads(x, scores, folds, 3, alpha=[1.0, 3.0])
+    center, components = score_basis(scores, 4) or (None, None)
+    assert components is not None and components.shape == (4, 5)
+    full = np.linalg.svd(scores - scores.mean(0), full_matrices=False)[2]
+    monkeypatch.setattr(text, "score_basis", lambda y, k: (y.mean(axis=0), full))
+    oof_full, heads_full = fit_heads(x, scores, folds, 3, alpha=[1.0, 3.0])
+    np.testing.assert_allclose(heads_full.coef, exact.coef, atol=2e-3 * np.abs(exact.coef).max())
+    np.testing.assert_allclose(heads_full.intercept, exact.intercept, atol=2e-3)
+    np.testing.assert_allclose(oof_full, oof_exact, atol=2e-3)
