@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from django.db.models import Avg, Count, Q, StdDev, Sum
+from django.db.models import Avg, Count, OuterRef, Q, StdDev, Subquery, Sum
 from django.utils import timezone
 
 from feedback.models import Feedback, Outcome, PredictorVersion, TrainingRun
@@ -94,9 +94,13 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
         .values("arm")
         .annotate(n=Count("id"), cost=Avg("predicted_cost_usd"), quality=Avg("predicted_quality"))
     }
+    # every rating is kept, but only the latest per decision counts (as in the scheduled analysis
+    # and in training): a client that re-rates a decision must not weigh it twice
+    latest = Feedback.objects.filter(decision=OuterRef("decision")).order_by("-created_at", "-id")
     feedback = {
         r["decision__arm"]: r
         for r in Feedback.objects.filter(decision__experiment=experiment.name)
+        .filter(pk=Subquery(latest.values("pk")[:1]))
         .values("decision__arm")
         .annotate(n=Count("id"), mean=Avg("score"), std=StdDev("score", sample=True))
     }

@@ -14,6 +14,7 @@ from django.test import Client
 from feedback.models import Outcome
 from feedback.services.feedback import feedback_record
 from feedback.services.outcomes import TokenCount, outcome_record
+from routing.dashboard.selectors import experiment_stats as dashboard_experiment_stats
 from routing.models import ApiKey, Experiment
 from routing.services.experiment_stats import experiment_stats_refresh
 from routing.services.experiments import experiment_upsert
@@ -156,3 +157,24 @@ def test_the_polled_partial_and_the_stop_response_carry_the_analysis(
     assert stopped.status_code == 200
     fragment = html.unescape(stopped.content.decode())
     assert "cheap better on quality" in fragment and f'id="experiment-{experiment.pk}-quality"' in fragment
+
+
+def test_the_live_arm_table_counts_only_the_latest_rating_of_each_decision(
+    persona: Callable[[str], Client], experiment: Experiment
+) -> None:
+    key, _ = make_api_key("re-rating-app")
+    rows = [
+        route_decide(messages=USER_MESSAGE(f"Question {i}"), api_key=key, user=f"u{i}").row for i in range(12)
+    ]
+    for row in rows:
+        feedback_record(decision_id=row.id, api_key=key, score=0.0)
+        feedback_record(decision_id=row.id, api_key=key, score=1.0)  # the client changed its mind
+    experiment_stats_refresh(experiment_id=experiment.pk)
+
+    live = {a.name: a for a in dashboard_experiment_stats(experiment)}
+    stored = Experiment.objects.get(pk=experiment.pk).stats["arms"]
+    for arm in ("default", "cheap"):
+        rated = sum(1 for r in rows if r.arm == arm)
+        assert live[arm].feedback_n == rated == stored[arm]["feedback_score"]["n"]
+        if rated:
+            assert live[arm].feedback == 1.0 == stored[arm]["feedback_score"]["mean"]
