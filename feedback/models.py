@@ -152,6 +152,9 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # last sign of life of the process running it (each progress write): a running run that has
+    # been silent for SCOPE_RETRAIN_STALE_AFTER_S lost its worker and no longer blocks a new one
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -235,6 +235,8 @@ SCOPE_TRAINING_SOURCE_WEIGHTS = env_weights(
 SCOPE_RETRAIN_MIN_IMPROVEMENT = env_float("SCOPE_RETRAIN_MIN_IMPROVEMENT", 0.002, minimum=0.0)  # Brier margin
 SCOPE_RETRAIN_HOLDOUT_FRACTION = env_float("SCOPE_RETRAIN_HOLDOUT_FRACTION", 0.2, minimum=0.05)
 SCOPE_RETRAIN_MIN_HELDOUT = env_int("SCOPE_RETRAIN_MIN_HELDOUT", 20, minimum=1)  # examples a verdict needs
+# a running training run silent this long (no progress write) lost its worker: a new run may start
+SCOPE_RETRAIN_STALE_AFTER_S = env_int("SCOPE_RETRAIN_STALE_AFTER_S", 900, minimum=10)
 SCOPE_RETRAIN_LIVE_DAYS = env_int("SCOPE_RETRAIN_LIVE_DAYS", 90, minimum=1)  # live decisions used
 SCOPE_EXPLORATION_CAP = env_float("SCOPE_EXPLORATION_CAP", 0.1, minimum=0.0)  # new models: share of requests
 SCOPE_EXPLORATION_MIN_OUTCOMES = env_int("SCOPE_EXPLORATION_MIN_OUTCOMES", 50, minimum=1)

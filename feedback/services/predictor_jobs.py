@@ -62,6 +62,7 @@ def predictor_train_job(
         trigger="command",
         params={"source": source, "seed": seed, "force_activate": force_activate},
         started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
     )
     try:
         examples, catalog = examples_from_eval_outcomes(source=source or None)
@@ -73,7 +74,7 @@ def predictor_train_job(
 
         def report(fraction: float, message: str) -> None:
             TrainingRun.objects.filter(pk=run.pk).update(
-                progress=fraction * 0.9, progress_message=message[:200]
+                progress=fraction * 0.9, progress_message=message[:200], heartbeat_at=timezone.now()
             )
             if progress:
                 progress(fraction, message)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -62,12 +62,41 @@ def retraining_request(
     with transaction.atomic():
         # lock open runs: two schedulers firing together must not queue two runs
         existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
-        if existing is not None:
+        if existing is not None and not _abandon_if_stale(existing):
             return existing
         run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
         transaction.on_commit(lambda: _enqueue(run.pk))
     run.refresh_from_db()  # embedded (eager Celery): the run finished when the commit enqueued it
     return run
+
+
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=int(settings.SCOPE_RETRAIN_STALE_AFTER_S))
+
+
+def _abandon_if_stale(run: TrainingRun) -> bool:
+    """True when the locked open `run` no longer stands in the way of a new one.
+
+    A running run whose process stopped writing progress (worker killed, host restarted, a
+    command interrupted) would otherwise stay "running" for ever and every later request would
+    return it: it is marked failed. A run still queued after the same time (its message was lost,
+    e.g. the broker was down) is enqueued again and kept: a duplicate message is claimed once.
+    """
+    stale = _stale_before()
+    if run.status == TrainingRunStatus.QUEUED:
+        if run.created_at < stale:
+            transaction.on_commit(lambda: _enqueue(run.pk))
+        return False
+    if (run.heartbeat_at or run.started_at or run.created_at) >= stale:
+        return False
+    seconds = int(settings.SCOPE_RETRAIN_STALE_AFTER_S)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRunStatus.FAILED,
+        error=f"abandoned: no progress for over {seconds} s (the process running it was lost)",
+        progress_message="failed: the process running it was lost",
+        finished_at=timezone.now(),
+    )
+    return True
 
 
 def _enqueue(run_id: int) -> None:
@@ -77,10 +106,12 @@ def _enqueue(run_id: int) -> None:
 
 
 def _claim(run_id: int) -> bool:
+    now = timezone.now()
     return (
         TrainingRun.objects.filter(pk=run_id, status=TrainingRunStatus.QUEUED).update(
             status=TrainingRunStatus.RUNNING,
-            started_at=timezone.now(),
+            started_at=now,
+            heartbeat_at=now,
             progress=0.01,
             progress_message="starting",
         )
@@ -101,7 +132,7 @@ class _Progress:
         self.last = now
         value = self.start + (self.end - self.start) * max(0.0, min(1.0, fraction))
         TrainingRun.objects.filter(pk=self.run_id).update(
-            progress=round(value, 4), progress_message=message[:200]
+            progress=round(value, 4), progress_message=message[:200], heartbeat_at=timezone.now()
         )
 
 

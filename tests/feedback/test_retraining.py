@@ -180,3 +180,59 @@ def test_a_champion_is_not_replaced_on_a_handful_of_held_out_examples(catalog: A
     second = _run(margin=-1.0)  # it would win on any score: the sample size alone refuses it
     assert second.status == TrainingRunStatus.REJECTED
     assert f"fewer than the {held_out + 1} a verdict needs" in second.progress_message
+
+
+def test_a_running_run_whose_worker_was_lost_stops_blocking_retraining(catalog: Any, settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.SCOPE_RETRAIN_STALE_AFTER_S = 900
+    make_eval_data(10)
+    lost = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    # the worker claimed it, wrote some progress, then was killed (SIGKILL, host restart)
+    TrainingRun.objects.filter(pk=lost.pk).update(
+        status=TrainingRunStatus.RUNNING,
+        started_at=timezone.now() - timedelta(seconds=1000),
+        heartbeat_at=timezone.now() - timedelta(seconds=899),
+        progress=0.25,
+    )
+    assert retraining_request(trigger="test").pk == lost.pk  # still within the stale time: it may be alive
+
+    TrainingRun.objects.filter(pk=lost.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=901))
+    fresh = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    assert fresh.pk != lost.pk and fresh.status == TrainingRunStatus.QUEUED
+    lost.refresh_from_db()
+    assert lost.status == TrainingRunStatus.FAILED and lost.finished_at is not None
+    assert "no progress for over 900 s" in lost.error
+
+    assert retraining_execute(run_id=lost.pk).status == TrainingRunStatus.FAILED  # its redelivery: no-op
+    done = retraining_execute(run_id=fresh.pk)
+    assert done is not None and done.status == TrainingRunStatus.PROMOTED
+
+
+def test_progress_writes_are_the_runs_heartbeat(catalog: Any) -> None:
+    make_eval_data(10)
+    run = _run()
+    assert run.heartbeat_at is not None and run.heartbeat_at >= run.started_at
+
+
+def test_a_run_still_queued_after_the_stale_time_is_enqueued_again(
+    catalog: Any, settings: Any, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from scope_site.celery import app
+
+    settings.SCOPE_RETRAIN_STALE_AFTER_S = 900
+    make_eval_data(10)
+    queued = retraining_request(trigger="test", params={"fit": FAST_FIT})  # its message never arrived
+    TrainingRun.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(seconds=901))
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = retraining_request(trigger="test")
+    assert again.pk == queued.pk and callbacks
+    again.refresh_from_db()
+    assert again.status == TrainingRunStatus.PROMOTED and TrainingRun.objects.count() == 1
