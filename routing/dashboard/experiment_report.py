@@ -302,13 +302,20 @@ def _split(raw: Any) -> SplitCheck | None:
     if not isinstance(raw, Mapping) or _number(raw.get("p_value")) is None:
         return None
     p = float(raw["p_value"])
+    # older analyses tested requests; newer ones the assignment units (users, else API keys)
+    units = _number(raw.get("units")) if raw.get("over") == "units" else None
+    what = "requests" if units is None else "users (or API keys)"
+    over = "" if units is None else f" over {int(units):,} users/keys"
     if p < SRM_ALPHA:
         return SplitCheck(
             ok=False,
-            text=f"Sample-ratio mismatch (χ² {p_text(p)}): requests are not split as the weights say. "
-            "Check the assignment before trusting these results.",
+            text=f"Sample-ratio mismatch (χ²{over + ',' if over else ''} {p_text(p)}): {what} are not split as the weights "
+            "say. Check the assignment before trusting these results.",
         )
-    return SplitCheck(ok=True, text=f"Requests are split as the weights say (χ² test, {p_text(p)}).")
+    return SplitCheck(
+        ok=True,
+        text=f"{what[0].upper()}{what[1:]} are split as the weights say (χ² test{over}, {p_text(p)}).",
+    )
 
 
 def experiment_report(stats: Mapping[str, Any] | None, *, chart_prefix: str) -> ExperimentReport | None:

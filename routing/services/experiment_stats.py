@@ -19,6 +19,7 @@ from scipy import stats as sps
 
 from feedback.models import Feedback, Outcome
 from routing.models import DecisionLog, Experiment, ExperimentStatus
+from routing.services.experiments import assignment_unit
 from routing.stats import (
     json_safe,
     mann_whitney,
@@ -55,12 +56,15 @@ def _watermark(name: str) -> dict[str, Any]:
     }
 
 
-def _collect(name: str) -> dict[str, dict[str, list[float]]]:
+def _collect(name: str) -> tuple[dict[str, dict[str, list[float]]], dict[str, set[str]]]:
+    """Per arm: the metric series, and the assignment units (users, else API keys) it served."""
     data: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for arm, predicted in DecisionLog.objects.filter(experiment=name).values_list(
-        "arm", "predicted_cost_usd"
+    units: dict[str, set[str]] = defaultdict(set)
+    for arm, predicted, user, api_key_id in DecisionLog.objects.filter(experiment=name).values_list(
+        "arm", "predicted_cost_usd", "user", "api_key_id"
     ):
         data[arm]["requests"].append(1.0)
+        units[arm].add(assignment_unit(user=user, api_key_id=api_key_id))
         if predicted is not None:
             data[arm]["predicted_cost"].append(float(predicted))
     cost_by_decision: dict[Any, float] = defaultdict(float)
@@ -90,14 +94,15 @@ def _collect(name: str) -> dict[str, dict[str, list[float]]]:
         if decision_id not in seen:  # the latest feedback per decision counts
             seen.add(decision_id)
             data[arm]["feedback"].append(float(score))
-    return data
+    return data, units
 
 
-def _arm_summary(values: dict[str, list[float]], total: int) -> dict[str, Any]:
+def _arm_summary(values: dict[str, list[float]], total: int, units: int) -> dict[str, Any]:
     requests = len(values.get("requests", []))
     errors = values.get("error", [])
     return {
         "requests": requests,
+        "units": units,
         "share": proportion(requests, total),
         "spend_usd": round(sum(values.get("cost", [])), 8),
         "cost_per_request_usd": mean_interval(values.get("cost", [])),
@@ -139,11 +144,15 @@ def _with_needed(test: dict[str, Any] | None, needed: Any) -> dict[str, Any] | N
 
 def experiment_stats_compute(experiment: Experiment) -> dict[str, Any]:
     arms = list(experiment.arms.select_related("policy").order_by("name"))
-    data = _collect(experiment.name)
+    data, units = _collect(experiment.name)
     total = sum(len(data[a.name].get("requests", [])) for a in arms)
     control = next((a for a in arms if a.policy_id == experiment.policy_id), arms[0] if arms else None)
     summaries = {
-        a.name: {"policy": a.policy.slug, "weight": a.weight, **_arm_summary(data[a.name], total)}
+        a.name: {
+            "policy": a.policy.slug,
+            "weight": a.weight,
+            **_arm_summary(data[a.name], total, len(units[a.name])),
+        }
         for a in arms
     }
     comparisons = [
@@ -151,16 +160,20 @@ def experiment_stats_compute(experiment: Experiment) -> dict[str, Any]:
         for a in arms
         if control is not None and a.name != control.name
     ]
-    # sample-ratio mismatch: are requests split as the weights say? (a low p-value means a bug)
+    # sample-ratio mismatch: are the assignment units split as the weights say? (a low p-value
+    # means a bug). Units, not requests: each user (else API key) is one draw, and all its requests
+    # follow it, so one busy user would make a sound split of requests look broken.
     split_check = None
     weights = [a.weight for a in arms]
-    if total > 0 and len(arms) >= 2 and sum(weights) > 0:
-        observed = [summaries[a.name]["requests"] for a in arms]
-        expected = [total * w / sum(weights) for w in weights]
+    observed = [summaries[a.name]["units"] for a in arms]
+    if sum(observed) > 0 and len(arms) >= 2 and sum(weights) > 0:
+        expected = [sum(observed) * w / sum(weights) for w in weights]
         kept = [(o, e) for o, e in zip(observed, expected, strict=True) if e > 0]
         chi = sps.chisquare([o for o, _ in kept], [e for _, e in kept])
         split_check = {
             "test": "chi_square_srm",
+            "over": "units",
+            "units": sum(observed),
             "statistic": float(chi.statistic),
             "p_value": float(chi.pvalue),
         }

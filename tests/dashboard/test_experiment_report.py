@@ -133,3 +133,18 @@ def test_a_sample_ratio_mismatch_is_flagged() -> None:
 def test_no_analysis_yet_is_none() -> None:
     assert experiment_report({}, chart_prefix="x") is None
     assert experiment_report(None, chart_prefix="x") is None
+
+
+def test_the_split_check_says_it_counted_users() -> None:
+    check = {"test": "chi_square_srm", "over": "units", "units": 1234, "statistic": 0.2, "p_value": 0.65}
+    report = experiment_report(stats(split_check=check), chart_prefix="x")
+    assert report is not None and report.split is not None and report.split.ok
+    assert (
+        report.split.text
+        == "Users (or API keys) are split as the weights say (χ² test over 1,234 users/keys, p=0.65)."
+    )
+    bad = experiment_report(stats(split_check={**check, "p_value": 1e-5}), chart_prefix="x")
+    assert bad is not None and bad.split is not None and not bad.split.ok
+    assert bad.split.text.startswith(
+        "Sample-ratio mismatch (χ² over 1,234 users/keys, p<0.001): users (or API keys)"
+    )

@@ -128,7 +128,7 @@ def test_a_small_difference_says_how_many_more_samples_it_needs(
     assert float(verdict.group(1)) == pytest.approx(quality_test["p_value"], rel=0.05)
     more = int(verdict.group(2).replace(",", ""))
     assert more == pytest.approx(quality_test["needed_per_arm"] - have, rel=0.05)
-    assert "Requests are split as the weights say" in body
+    assert "Users (or API keys) are split as the weights say (χ² test over 30 users/keys" in body
 
 
 def test_before_the_first_analysis_the_page_says_so(

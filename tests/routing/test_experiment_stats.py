@@ -135,3 +135,31 @@ def test_intervals_stay_within_the_values_a_metric_can_take() -> None:
     none, every = wilson_interval(0, 7), wilson_interval(7, 7)
     assert none is not None and none[0] == 0.0 and none[1] == pytest.approx(0.354, abs=0.01)
     assert every is not None and every[1] == 1.0
+
+
+def test_the_split_check_counts_users_not_requests(experiment: Any) -> None:
+    """Assignment is per user: a busy user's requests all land in one arm and say nothing about the split."""
+    key, _ = make_api_key("busy-app")
+    by_arm = _traffic(key, 40)
+    for i in range(200):  # one heavy user (a batch job) sends most of the traffic
+        route_decide(messages=USER_MESSAGE(f"Batch item {i}"), api_key=key, user="batch-job")
+    stats = experiment_stats_refresh(experiment_id=experiment.pk).stats
+    arms = stats["arms"]
+    assert arms["default"]["units"] + arms["cheap"]["units"] == 41
+    heavy = max(arms.values(), key=lambda a: a["requests"])
+    assert heavy["requests"] >= 200  # 240 requests split about 220 / 20: not what the weights say…
+    check = stats["split_check"]
+    assert check["over"] == "units" and check["units"] == 41
+    assert check["p_value"] > 0.01  # …yet 41 users split as the weights say: no false alarm
+    assert {len(by_arm["default"]), len(by_arm["cheap"])} != {0}
+
+
+def test_the_split_check_still_catches_a_broken_assignment(experiment: Any) -> None:
+    key, _ = make_api_key("skewed-app")
+    _traffic(key, 60)
+    # a bug sends every newcomer to the control arm
+    from routing.models import DecisionLog
+
+    DecisionLog.objects.filter(experiment="alpha-test").update(arm="default")
+    stats = experiment_stats_refresh(experiment_id=experiment.pk).stats
+    assert stats["split_check"]["units"] == 60 and stats["split_check"]["p_value"] < 0.001

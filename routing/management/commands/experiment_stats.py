@@ -48,9 +48,9 @@ class Command(BaseCommand):
                 tests = {k: round(t["p_value"], 4) for k, t in comparison["tests"].items() if t}
                 self.stdout.write(f"  {comparison['arm']} vs {comparison['against']}: p-values {tests}")
             if stats["split_check"]:
-                self.stdout.write(
-                    f"  split check (chi-square vs weights): p={stats['split_check']['p_value']:.3f}"
-                )
+                check = stats["split_check"]
+                units = f" of {check['units']} users/keys" if check.get("over") == "units" else ""
+                self.stdout.write(f"  split check (chi-square{units} vs weights): p={check['p_value']:.3f}")
 
 
 def _ci(interval: list[float] | None) -> str:
