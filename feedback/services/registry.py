@@ -68,6 +68,12 @@ def predictor_version_activate(*, version_id: int) -> PredictorVersion:
         PredictorVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=timezone.now())
         transaction.on_commit(lambda: announce_active(version.pk))
     version.refresh_from_db()
+    if "shadow" in (version.metadata or {}):
+        # the shadow promoted to champion stops shadowing: it would only score every request twice
+        from feedback.services.shadow import shadow_stop
+
+        shadow_stop()
+        version.refresh_from_db()
     return version
 
 

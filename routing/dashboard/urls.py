@@ -24,6 +24,7 @@ urlpatterns = [
     path("predictor/", predictor.predictor, name="predictor"),
     path("predictor/retrain", predictor.retrain, name="retrain"),
     path("predictor/runs/<int:run_id>/", predictor.training_run, name="training-run"),
+    path("predictor/versions/<int:version_id>/activate", predictor.activate, name="predictor-activate"),
     path("decisions/", decisions.explorer, name="decisions"),
     path("decisions/export.<str:fmt>", audit.export, name="export"),
     path("decisions/<str:decision_id>/", decisions.decision, name="decision"),

@@ -60,6 +60,7 @@ def views(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], frozenset[R
         ("post", f"/experiments/{w['experiment'].pk}/promote", {"arm": "b"}, WRITE),
         ("post", f"/experiments/{w['experiment'].pk}/stop", {}, WRITE),
         ("post", "/predictor/retrain", {}, WRITE),
+        ("post", "/predictor/versions/999999/activate", {}, WRITE),
         ("post", "/audit/seal", {}, WRITE),
     ]
 
@@ -102,7 +103,7 @@ def test_auditor_is_refused_every_write_and_nothing_changes(persona: Any, world:
     client = persona("auditor")
     before = _state()
     writes = [v for v in views(world) if v[3] == WRITE]
-    assert len(writes) == 6
+    assert len(writes) == 7
     for _, url, data, _ in writes:
         assert client.post(url, data).status_code == 403, url
         assert client.post(url, data, HTTP_HX_REQUEST="true").status_code == 403, url

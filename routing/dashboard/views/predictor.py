@@ -5,9 +5,12 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from feedback.models import TrainingRun
+from feedback.services.registry import predictor_version_activate
 from routing.dashboard.roles import DASHBOARDS, WRITE, role_required
 from routing.dashboard.selectors import predictor_page
 from routing.dashboard.views.common import error_response, page
@@ -46,6 +49,18 @@ def retrain(request: HttpRequest) -> HttpResponse:
     if not getattr(request, "htmx", False):
         return redirect("dashboard:predictor")
     return page(request, "dashboard/predictor.html#run", {"run": run})
+
+
+@require_POST
+@role_required(WRITE)
+def activate(request: HttpRequest, version_id: int) -> HttpResponse:
+    """Make a stored version the active predictor: promote the shadow, or roll back."""
+    try:
+        version = predictor_version_activate(version_id=version_id)
+    except ApplicationError as exc:
+        return error_response(request, exc)
+    target = f"{reverse('dashboard:predictor')}?version={version.name}"
+    return HttpResponseClientRedirect(target) if getattr(request, "htmx", False) else redirect(target)
 
 
 @require_GET
