@@ -20,15 +20,18 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from feedback.models import CalibrationStatus, EvalOutcome, EvalPrompt, ModelCalibration, Outcome
 from feedback.services.exploration import exploration_invalidate
 from providers.models import LLMModel
+from routing.models import DecisionLog
 from scope_site.errors import ApplicationError, InvalidRequest, NotFound
 
 ANCHOR_SOURCE = "anchors"
+CALIBRATION_SCOPE = "calibration"  # metadata.scope of the decisions its anchor and judge calls log
 JUDGE_PROMPT = (
     "Rate how well the answer below responds to the question, from 1 (useless or wrong) to 10 "
     "(fully correct and helpful). Reply with the number only.\n\nQuestion:\n{prompt}\n\nAnswer:\n{answer}"
@@ -134,7 +137,7 @@ def execution_ask(model: str, prompt: str) -> tuple[str, int, float | None]:
         body={
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
-            "metadata": {"scope": "calibration"},
+            "metadata": {"scope": CALIBRATION_SCOPE},
         },
     )
     choice = result.body["choices"][0]["message"].get("content") or ""
@@ -278,6 +281,8 @@ def _store(
                 "details": {
                     "failures": failures[:50],
                     "tasks": sorted({a.task for a, *_ in scored if a.task})[:100],
+                    # live outcomes count from here: a re-calibrated model starts exploring afresh
+                    "exploring_since": timezone.now().isoformat(),
                 },
                 "graduated_at": None,
             },
@@ -287,6 +292,21 @@ def _store(
     return calibration
 
 
+def calibration_live_outcomes(calibration: ModelCalibration) -> QuerySet[Outcome]:
+    """The model's successful outcomes on live traffic since it started exploring: not the anchor
+    calls of its own calibration (or a judge's), which also go through the execution service and
+    would otherwise graduate it before it served a single real request."""
+    since = parse_datetime(str((calibration.details or {}).get("exploring_since") or ""))
+    since = since or calibration.created_at
+    # (a positive lookup: excluding on a JSON key would also drop decisions without metadata.scope)
+    calibration_calls = DecisionLog.objects.filter(
+        chosen_model=calibration.model_name, created_at__gte=since, metadata__scope=CALIBRATION_SCOPE
+    ).values("pk")
+    return Outcome.objects.filter(
+        model_name=calibration.model_name, status=Outcome.Status.OK, created_at__gte=since
+    ).exclude(decision__in=calibration_calls)
+
+
 def calibration_graduate() -> list[str]:
     """Lift the cap of exploring models whose successful live outcomes reached their minimum."""
     graduated = []
@@ -294,7 +314,7 @@ def calibration_graduate() -> list[str]:
         for calibration in ModelCalibration.objects.select_for_update().filter(
             status=CalibrationStatus.EXPLORING
         ):
-            live = Outcome.objects.filter(model_name=calibration.model_name, status=Outcome.Status.OK).count()
+            live = calibration_live_outcomes(calibration).count()
             calibration.live_outcomes = live
             if live >= calibration.min_live_outcomes:
                 calibration.status = CalibrationStatus.GRADUATED

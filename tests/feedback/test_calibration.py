@@ -157,3 +157,41 @@ def test_an_exploring_model_is_a_candidate_only_in_its_capped_share_of_requests(
     assert calibration_graduate() == ["large"]
     assert calibration_graduate() == []  # running it again changes nothing
     assert not {s.name: s.unavailable_reason for s in exploration_gate(model_specs(), draw=0.99)}["large"]
+
+
+def test_the_anchor_calls_of_a_calibration_do_not_count_as_live_outcomes(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(
+        "\n".join(json.dumps({"id": f"a{i}", "prompt": f"What is {i} + {i}?", "reference": str(2 * i)})
+                  for i in range(3))
+    )  # fmt: skip
+    upstream.script(Reply("0"), Reply("2"), Reply("5"))
+    call_command("calibrate_model", "newbie", "--anchors-file", str(anchors), "--min-outcomes", "3",
+                 stdout=StringIO())  # fmt: skip
+    assert Outcome.objects.filter(model_name="newbie", status="ok").count() == 3  # the anchor calls
+    # they are no live traffic: the model keeps exploring until real requests reach it
+    assert calibration_graduate() == []
+    calibration = ModelCalibration.objects.get(model_name="newbie")
+    assert calibration.status == CalibrationStatus.EXPLORING and calibration.live_outcomes == 0
+
+    decision = route_decide(messages=USER_MESSAGE("Hello"), api_key=None, models=["newbie"]).row
+    for _ in range(3):
+        outcome_record(decision_id=decision.pk, model=None, model_name="newbie", status="ok",
+                       tokens=TokenCount(5, 5, False), latency_ms=10.0)  # fmt: skip
+    assert calibration_graduate() == ["newbie"]
+
+
+def test_a_recalibrated_model_counts_live_outcomes_from_its_new_start(catalog: Any, tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.jsonl"
+    path.write_text(json.dumps({"id": "p", "prompt": "Q", "outcomes": {"large": {"score": 1}}}))
+    decision = route_decide(messages=USER_MESSAGE("Hello"), api_key=None, models=["large"]).row
+    for _ in range(3):  # served long before: a changed deployment is calibrated again now
+        outcome_record(decision_id=decision.pk, model=None, model_name="large", status="ok",
+                       tokens=TokenCount(5, 5, False), latency_ms=10.0)  # fmt: skip
+    call_command(
+        "calibrate_model", "large", "--from-file", str(path), "--min-outcomes", "3", stdout=StringIO()
+    )
+    assert calibration_graduate() == []
+    assert ModelCalibration.objects.get(model_name="large").status == CalibrationStatus.EXPLORING
