@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from django.db.models import Avg, Count, OuterRef, Q, StdDev, Subquery, Sum
+from django.db.models import Avg, Count, OuterRef, Q, QuerySet, StdDev, Subquery, Sum
 from django.utils import timezone
 
 from feedback.models import Feedback, Outcome, PredictorVersion, TrainingRun
@@ -70,6 +70,13 @@ def catalog_rows() -> list[ModelRow]:
     return rows
 
 
+def latest_feedback() -> QuerySet[Feedback]:
+    """Each decision's latest rating. Every rating is kept, but only the latest per decision counts
+    (as in the scheduled analysis and in training): a re-rated decision must not weigh twice."""
+    newest = Feedback.objects.filter(decision=OuterRef("decision")).order_by("-created_at", "-id")
+    return Feedback.objects.filter(pk=Subquery(newest.values("pk")[:1]))  # the feedback_latest index
+
+
 @dataclass(frozen=True, slots=True)
 class ArmStats:
     name: str
@@ -94,13 +101,10 @@ def experiment_stats(experiment: Experiment) -> list[ArmStats]:
         .values("arm")
         .annotate(n=Count("id"), cost=Avg("predicted_cost_usd"), quality=Avg("predicted_quality"))
     }
-    # every rating is kept, but only the latest per decision counts (as in the scheduled analysis
-    # and in training): a client that re-rates a decision must not weigh it twice
-    latest = Feedback.objects.filter(decision=OuterRef("decision")).order_by("-created_at", "-id")
     feedback = {
         r["decision__arm"]: r
-        for r in Feedback.objects.filter(decision__experiment=experiment.name)
-        .filter(pk=Subquery(latest.values("pk")[:1]))
+        for r in latest_feedback()
+        .filter(decision__experiment=experiment.name)
         .values("decision__arm")
         .annotate(n=Count("id"), mean=Avg("score"), std=StdDev("score", sample=True))
     }
@@ -213,11 +217,11 @@ def _artifact_importance(name: str) -> tuple[tuple[str, float], ...]:
 
 
 def live_calibration(version: str, *, limit: int = 20_000, bins: int = 10) -> list[dict[str, float]]:
-    """Predicted quality of the chosen model vs. the feedback it got, for the latest `limit` ratings."""
+    """Predicted quality of the chosen model vs. the feedback it got (its latest rating), for the
+    latest `limit` rated decisions."""
     pairs = (
-        Feedback.objects.filter(
-            decision__predictor_version=version, decision__predicted_quality__isnull=False
-        )
+        latest_feedback()
+        .filter(decision__predictor_version=version, decision__predicted_quality__isnull=False)
         .order_by("-id")
         .values_list("decision__predicted_quality", "score")[:limit]
     )

@@ -72,3 +72,26 @@ def test_the_activate_button_is_for_operators_only(
 def test_an_unknown_version_is_a_404(persona: Callable[[str], Client], catalog: Any) -> None:
     response = persona("operator").post("/predictor/versions/424242/activate")
     assert response.status_code == 404
+
+
+def test_the_live_calibration_plot_uses_each_decisions_latest_rating(
+    champion_and_shadow: tuple[PredictorVersion, PredictorVersion], django_capture_on_commit_callbacks: Any
+) -> None:
+    from feedback.services.feedback import feedback_record
+    from routing.dashboard.selectors import live_calibration
+    from routing.predictor.registry import announce_active
+    from routing.services.route import route_decide
+    from tests.conftest import USER_MESSAGE
+    from tests.factories import make_api_key
+
+    champion, _ = champion_and_shadow
+    announce_active(champion.pk)
+    key, _ = make_api_key("rating-app")
+    for i in range(10):
+        row = route_decide(messages=USER_MESSAGE(f"Question {i}"), api_key=key).row
+        assert row.predictor_version == champion.name
+        feedback_record(decision_id=row.id, api_key=key, score=0.0)
+        feedback_record(decision_id=row.id, api_key=key, score=1.0)  # re-rated: this one counts
+    bins = live_calibration(champion.name)
+    assert sum(b["count"] for b in bins) == 10
+    assert all(b["observed"] == 1.0 for b in bins)
