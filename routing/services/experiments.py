@@ -137,6 +137,15 @@ def experiment_upsert(
         raise InvalidRequest(
             f"experiments[{name}].status: must be one of {', '.join(ExperimentStatus.values)}"
         )
+    if (
+        status == ExperimentStatus.PROMOTED
+        and not Experiment.objects.filter(name=name, status=status).exists()
+    ):
+        # promoting picks a winner and publishes its settings: a bare status would do neither
+        raise InvalidRequest(
+            f"experiments[{name}].status: an experiment is promoted by choosing its winning arm "
+            "(Promote on the experiments page), not by setting its status"
+        )
     slugs = {policy} | {a["policy"] for a in cleaned}
     policies = {p.slug: p for p in RoutingPolicy.objects.filter(slug__in=slugs)}
     missing = sorted(slugs - set(policies))
@@ -164,6 +173,7 @@ def experiment_upsert(
                 experiment.description = description
                 changed = True
             if status is not None and experiment.status != status:
+                _check_status_change(experiment, status)
                 experiment.status = status
                 experiment.ended_at = None if status == ExperimentStatus.RUNNING else timezone.now()
                 changed = True
@@ -179,6 +189,18 @@ def experiment_upsert(
             )
         transaction.on_commit(experiments_invalidate)
     return experiment
+
+
+def _check_status_change(experiment: Experiment, status: str) -> None:
+    """A stopped experiment may run again (its statistics continue); a promoted one is final: its
+    winner's settings were published to the split policy, so re-running it would compare that
+    policy with itself under the old arm names (and still show the old winner)."""
+    if experiment.status == ExperimentStatus.PROMOTED:
+        raise InvalidRequest(
+            f"experiments[{experiment.name}].status: the experiment ended with arm "
+            f"{experiment.winner!r} promoted and cannot be {status} again; declare a new "
+            "experiment (another name), or drop 'status' / set it to promoted in the catalog"
+        )
 
 
 def experiments_load(items: list[Mapping[str, Any]]) -> int:

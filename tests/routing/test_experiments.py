@@ -175,3 +175,44 @@ def test_operators_stop_an_experiment_and_refresh_its_stats_from_the_admin(
     admin_client.post(url, {"action": "stop_experiments", "_selected_action": [experiment.pk]})
     experiment.refresh_from_db()
     assert experiment.status == ExperimentStatus.STOPPED
+
+
+@pytest.mark.django_db
+def test_a_promoted_experiment_is_final_even_when_the_catalog_says_running(two_policies: None) -> None:
+    data = {"experiments": [{"name": "alpha-test", "policy": "default", "status": "running", "arms": ARMS}]}
+    catalog_load(data=data)
+    experiment = Experiment.objects.get()
+    experiment_promote(experiment_id=experiment.pk, arm="cheap")
+    # the next deploy loads the same catalog file
+    with pytest.raises(InvalidRequest, match="promoted and cannot be running again"):
+        catalog_load(data=data)
+    experiment.refresh_from_db()
+    assert (experiment.status, experiment.winner) == (ExperimentStatus.PROMOTED, "cheap")
+    assert experiment.ended_at is not None
+    assert experiment_assign(policy_slug="default", unit="user:u1") is None
+    # the catalog may say what happened, or say nothing about the status
+    data["experiments"][0]["status"] = "promoted"
+    catalog_load(data=data)
+    del data["experiments"][0]["status"]
+    catalog_load(data=data)
+    assert Experiment.objects.get().status == ExperimentStatus.PROMOTED
+
+
+@pytest.mark.django_db
+def test_a_stopped_experiment_may_run_again_from_the_catalog(two_policies: None) -> None:
+    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment_stop(experiment_id=experiment.pk)
+    experiment_upsert(name="alpha-test", policy="default", arms=ARMS, status="running")
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.RUNNING and experiment.ended_at is None
+
+
+@pytest.mark.django_db
+def test_the_catalog_cannot_mark_an_experiment_promoted_without_a_winner(two_policies: None) -> None:
+    experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    with pytest.raises(InvalidRequest, match="choosing its winning arm"):
+        experiment_upsert(name="alpha-test", policy="default", arms=ARMS, status="promoted")
+    with pytest.raises(InvalidRequest, match="choosing its winning arm"):
+        experiment_upsert(name="beta-test", policy="cheap", arms=ARMS, status="promoted")
+    assert Experiment.objects.get().status == ExperimentStatus.RUNNING
+    assert RoutingPolicy.objects.get(slug="default").current.version == 1  # type: ignore[union-attr]
