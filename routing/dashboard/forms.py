@@ -66,6 +66,8 @@ class PolicyForm(forms.Form):
     )
     options = JSONText(kind=dict)
     note = forms.CharField(required=False, max_length=300)
+    # the version the editor started from: publishing refuses when another one went live meanwhile
+    base_version = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
     replay_limit = forms.IntegerField(min_value=1, max_value=MAX_REPLAY, initial=500, label="Replay the last")
     replay_scope = forms.ChoiceField(
         choices=[("policy", "decisions of this policy"), ("all", "decisions of every policy")],
@@ -97,6 +99,7 @@ class PolicyForm(forms.Form):
             "required_tags": version.required_tags,
             "rules": version.rules,
             "options": version.options,
+            "base_version": version.version,
             "replay_limit": 500,
             "replay_scope": "policy",
         }

@@ -15,7 +15,7 @@ from routing.engine.decide import tag_mismatch
 from routing.engine.strategies import load_strategies
 from routing.models import PolicyVersion, RoutingPolicy
 from routing.selectors import catalog_invalidate
-from scope_site.errors import InvalidRequest
+from scope_site.errors import Conflict, InvalidRequest
 from scope_site.lengths import check_lengths
 
 RULE_ACTIONS = ("force", "exclude", "set_alpha")
@@ -167,8 +167,13 @@ def policy_publish(
     created_by: str = "",
     note: str = "",
     known_models: set[str] | None = None,
+    expected_version: int | None = None,
 ) -> PolicyVersion:
-    """Create the policy if new; publish a new version if anything versioned changed; else no-op."""
+    """Create the policy if new; publish a new version if anything versioned changed; else no-op.
+
+    `expected_version` is the version an editor started from: when another version went live
+    meanwhile (the pacing controller, a promoted experiment, another operator), publishing would
+    silently undo it, so it is a Conflict instead."""
     check_lengths(RoutingPolicy, "", slug=slug, name=name)  # load_catalog prefixes policies[<slug>]
     check_lengths(PolicyVersion, "", strategy=strategy, created_by=created_by, note=note)
     try:
@@ -201,6 +206,15 @@ def policy_publish(
             policy.description = description or policy.description
             policy.save(update_fields=["name", "description"])
         current = policy.current
+        live = current.version if current is not None else 0
+        if expected_version is not None and live != expected_version:
+            assert current is not None  # a live version newer than the editor's base exists
+            by = f" by {current.created_by}" if current.created_by else ""
+            why = f" ({current.note})" if current.note else ""
+            raise Conflict(
+                f"policy {slug!r} changed while you edited it: v{live} was published{by}{why} after "
+                f"the v{expected_version} you started from. Reload to edit the live version."
+            )
         if current is not None and all(getattr(current, f) == values[f] for f in VERSIONED_FIELDS):
             return current
         version = PolicyVersion.objects.create(

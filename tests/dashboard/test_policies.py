@@ -177,3 +177,35 @@ def test_replay_keeps_what_each_logged_request_needed(decisions: list[DecisionLo
         policy=PolicySpec(slug="default", version=99, alpha=0.0), limit=50, source_policy="default"
     )
     assert result.replayed.mix.get("large", 0) >= 4  # the only vision model, whatever the alpha
+
+
+def test_publishing_from_a_stale_editor_does_not_undo_a_version_published_meanwhile(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    from routing.services.policies import policy_publish
+
+    operator = persona("operator")
+    page = operator.get("/policies/default/").content.decode()
+    base = RoutingPolicy.objects.get(slug="default").current
+    assert base is not None
+    assert f'name="base_version" value="{base.version}"' in page  # the editor remembers where it started
+    # while the operator edits, the pacing controller lowers α (the worker publishes a new version)
+    paced = policy_publish(
+        slug="default", strategy="hybrid", alpha=0.2, created_by="pacing", note="lowered α"
+    )
+    response = operator.post(
+        "/policies/default/publish", _form(alpha="0.9", base_version=str(base.version), publish="1")
+    )
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert f"v{paced.version} was published by pacing (lowered α) after the v{base.version}" in body
+    current = RoutingPolicy.objects.get(slug="default").current
+    assert current is not None and current.pk == paced.pk and current.alpha == 0.2
+
+    # from the live version the edit goes through
+    response = operator.post(
+        "/policies/default/publish", _form(alpha="0.9", base_version=str(paced.version), publish="1")
+    )
+    assert response.status_code == 302
+    current = RoutingPolicy.objects.get(slug="default").current
+    assert current is not None and current.version == paced.version + 1 and current.alpha == 0.9

@@ -70,6 +70,7 @@ def policy_publish_view(request: HttpRequest, slug: str) -> HttpResponse:
                 created_by=request.user.get_username(),
                 note=form.cleaned_data.get("note") or "",
                 known_models=set(models),
+                expected_version=form.cleaned_data.get("base_version"),
                 **form.policy_values(),
             )
         except ApplicationError as exc:
