@@ -74,6 +74,13 @@ def _stale_before() -> datetime:
     return timezone.now() - timedelta(seconds=int(settings.SCOPE_RETRAIN_STALE_AFTER_S))
 
 
+def training_run_is_lost(run: TrainingRun) -> bool:
+    """A running run whose process has written no progress for SCOPE_RETRAIN_STALE_AFTER_S."""
+    return run.status == TrainingRunStatus.RUNNING and (
+        (run.heartbeat_at or run.started_at or run.created_at) < _stale_before()
+    )
+
+
 def _abandon_if_stale(run: TrainingRun) -> bool:
     """True when the locked open `run` no longer stands in the way of a new one.
 
@@ -82,12 +89,11 @@ def _abandon_if_stale(run: TrainingRun) -> bool:
     return it: it is marked failed. A run still queued after the same time (its message was lost,
     e.g. the broker was down) is enqueued again and kept: a duplicate message is claimed once.
     """
-    stale = _stale_before()
     if run.status == TrainingRunStatus.QUEUED:
-        if run.created_at < stale:
+        if run.created_at < _stale_before():
             transaction.on_commit(lambda: _enqueue(run.pk))
         return False
-    if (run.heartbeat_at or run.started_at or run.created_at) >= stale:
+    if not training_run_is_lost(run):
         return False
     seconds = int(settings.SCOPE_RETRAIN_STALE_AFTER_S)
     TrainingRun.objects.filter(pk=run.pk).update(

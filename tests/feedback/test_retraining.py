@@ -236,3 +236,58 @@ def test_a_run_still_queued_after_the_stale_time_is_enqueued_again(
     assert again.pk == queued.pk and callbacks
     again.refresh_from_db()
     assert again.status == TrainingRunStatus.PROMOTED and TrainingRun.objects.count() == 1
+
+
+def test_the_retrain_command_follows_a_run_a_worker_already_has_to_its_end(
+    catalog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from feedback.management.commands import retrain
+
+    busy = TrainingRun.objects.create(
+        status=TrainingRunStatus.RUNNING, trigger="schedule", started_at=timezone.now(),
+        heartbeat_at=timezone.now(), progress=0.5, progress_message="quality model 1/3",
+    )  # fmt: skip
+
+    def worker_finishes(seconds: float) -> None:  # the clock: the worker ends the run meanwhile
+        TrainingRun.objects.filter(pk=busy.pk).update(
+            status=TrainingRunStatus.REJECTED, progress=1.0, metrics={"decision": "not promoted: …"}
+        )
+
+    monkeypatch.setattr(retrain, "sleep", worker_finishes)
+    out, err = StringIO(), StringIO()
+    call_command("retrain", "--margin", "0.5", stdout=out, stderr=err)
+    assert f"training run {busy.pk} (schedule) was already running" in err.getvalue()
+    assert "the options given here were not used" in err.getvalue()
+    assert f"training run {busy.pk}: rejected" in out.getvalue() and "not promoted" in out.getvalue()
+    assert TrainingRun.objects.count() == 1
+
+
+def test_the_retrain_command_stops_waiting_for_a_run_whose_worker_was_lost(
+    catalog: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.core.management import CommandError, call_command
+    from django.utils import timezone
+
+    from feedback.management.commands import retrain
+
+    settings.SCOPE_RETRAIN_STALE_AFTER_S = 900
+    busy = TrainingRun.objects.create(
+        status=TrainingRunStatus.RUNNING,
+        trigger="manual",
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+
+    def time_passes(seconds: float) -> None:
+        TrainingRun.objects.filter(pk=busy.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=901))
+
+    monkeypatch.setattr(retrain, "sleep", time_passes)
+    with pytest.raises(CommandError, match="stopped making progress"):
+        call_command("retrain")

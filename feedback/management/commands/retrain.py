@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 import json
+from time import sleep
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from feedback.services.retraining import retraining_execute, retraining_request
+from feedback.management.progress import percent_bar
+from feedback.services.retraining import (
+    OPEN,
+    retraining_execute,
+    retraining_request,
+    training_run_is_lost,
+)
 from scope_site.commands import ScopeCommand, non_negative_int
 from scope_site.errors import ApplicationError
 
@@ -40,7 +47,23 @@ class Command(ScopeCommand):
             run = retraining_request(trigger="command", params=params)
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
+        if run.trigger != "command" or run.params != params:
+            self.stderr.write(
+                f"training run {run.pk} ({run.trigger}) was already {run.status}: following it instead; "
+                "the options given here were not used"
+            )
         run = retraining_execute(run_id=run.pk) or run  # a no-op if a worker already took it
+        if run.status in OPEN:  # a worker took it first (or it was already open): follow it to the end
+            with percent_bar(f"training run {run.pk}") as progress:
+                while run.status in OPEN:
+                    if training_run_is_lost(run):
+                        raise CommandError(
+                            f"training run {run.pk} stopped making progress (its worker was lost); "
+                            "run the command again to start a new one"
+                        )
+                    progress(run.progress, run.progress_message)
+                    sleep(1.0)
+                    run.refresh_from_db()
         metrics = run.metrics or {}
         self.stdout.write(f"training run {run.pk}: {run.status}")
         self.stdout.write(f"data: {json.dumps(run.data_counts, sort_keys=True)}")
