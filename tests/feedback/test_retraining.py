@@ -206,7 +206,8 @@ def test_a_running_run_whose_worker_was_lost_stops_blocking_retraining(catalog: 
     assert lost.status == TrainingRunStatus.FAILED and lost.finished_at is not None
     assert "no progress for over 900 s" in lost.error
 
-    assert retraining_execute(run_id=lost.pk).status == TrainingRunStatus.FAILED  # its redelivery: no-op
+    redelivered = retraining_execute(run_id=lost.pk)  # its message delivered again: a no-op
+    assert redelivered is not None and redelivered.status == TrainingRunStatus.FAILED
     done = retraining_execute(run_id=fresh.pk)
     assert done is not None and done.status == TrainingRunStatus.PROMOTED
 
@@ -214,7 +215,8 @@ def test_a_running_run_whose_worker_was_lost_stops_blocking_retraining(catalog: 
 def test_progress_writes_are_the_runs_heartbeat(catalog: Any) -> None:
     make_eval_data(10)
     run = _run()
-    assert run.heartbeat_at is not None and run.heartbeat_at >= run.started_at
+    assert run.heartbeat_at is not None and run.started_at is not None
+    assert run.heartbeat_at >= run.started_at
 
 
 def test_a_run_still_queued_after_the_stale_time_is_enqueued_again(
