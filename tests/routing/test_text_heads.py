@@ -43,6 +43,7 @@ def test_at_scale_the_heads_are_the_per_model_heads_projected_on_the_leading_com
     scale = np.abs(exact.coef).max()
     np.testing.assert_allclose(latent.coef, exact.coef @ projector, atol=2e-3 * scale)
     np.testing.assert_allclose(oof_latent, (oof_exact - basis[0]) @ projector + basis[0], atol=2e-3)
+
     # and it keeps most of what the per-model heads predict out of fold
     def r2(pred: np.ndarray) -> float:
         return 1 - float(((pred - scores) ** 2).sum() / ((scores - scores.mean(0)) ** 2).sum())
@@ -61,3 +62,43 @@ def test_with_every_component_the_heads_equal_the_per_model_heads(monkeypatch: p
     np.testing.assert_allclose(heads_full.coef, exact.coef, atol=2e-3 * np.abs(exact.coef).max())
     np.testing.assert_allclose(heads_full.intercept, exact.intercept, atol=2e-3)
     np.testing.assert_allclose(oof_full, oof_exact, atol=2e-3)
+
+
+def test_each_booster_trains_on_at_most_the_row_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import xgboost as xgb
+
+    from routing.predictor.fit import fit_predictor
+    from tests.routing import predictor_data as data
+
+    train, _ = data.examples(120, seed=1)  # 120 prompts × 4 models: 480 rows
+    rows: list[int] = []
+    real = xgb.DMatrix
+
+    def recording(matrix: Any, *args: Any, **kwargs: Any) -> Any:
+        rows.append(len(matrix))
+        return real(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(xgb, "DMatrix", recording)
+    fit_predictor(train, data.infos(), seed=0, params=data.FAST)
+    assert max(rows) > 200  # uncapped, the quality boosters see every row
+    rows.clear()
+    fit_predictor(train, data.infos(), seed=0, params=dataclasses.replace(data.FAST, max_booster_rows=200))
+    assert rows and max(rows) <= 200
+
+
+@pytest.mark.parametrize("alpha", [0.3, 3.0, 30.0])
+def test_the_block_solve_reaches_sklearns_ridge_for_every_target(alpha: float) -> None:
+    from sklearn.linear_model import Ridge
+
+    from routing.predictor.text import ridge_block
+
+    x, scores, _ = _problem(n=300, v=500, m=6)
+    reference = Ridge(alpha=alpha, tol=1e-8).fit(x, scores)
+    coef, intercept, dual = ridge_block(x, scores, alpha, tol=1e-8)
+    np.testing.assert_allclose(coef, reference.coef_.T, atol=1e-6)
+    np.testing.assert_allclose(intercept, reference.intercept_, atol=1e-6)
+    # warm-started from another penalty's solution, it ends at the same place
+    warm, _, _ = ridge_block(x, scores, alpha, start=ridge_block(x, scores, alpha * 3)[2], tol=1e-8)
+    np.testing.assert_allclose(warm, coef, atol=1e-6)
