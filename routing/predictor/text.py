@@ -124,12 +124,9 @@ def fit_heads(
     oof = np.full((p, m), np.nan)
     coef = np.zeros((matrix.shape[1], m), dtype=np.float32)
     intercept = np.zeros(m, dtype=np.float32)
+    scores, groups = head_groups(scores)
     known = ~np.isnan(scores)
-    # models scored on the same prompts are fitted together (one multi-target solve)
-    groups: dict[bytes, list[int]] = {}
-    for j in range(m):
-        groups.setdefault(np.packbits(known[:, j]).tobytes(), []).append(j)
-    for cols in groups.values():
+    for cols in groups:
         rows = known[:, cols[0]]
         if rows.sum() < 10:
             fill = np.nanmean(scores[:, cols], axis=0) if rows.any() else np.full(len(cols), 0.5)
@@ -177,6 +174,33 @@ def fit_heads(
         intercept[cols] = group_intercept.astype(np.float32)
     return oof, TextHeads(coef=coef, intercept=intercept)
 
+
+def head_groups(scores: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+    """(the scores the heads fit, groups of model columns fitted together).
+
+    Models scored on the same prompts are fitted together (one multi-target solve). When that
+    leaves more scores to fit than HEAD_TARGET_BUDGET, the models scored on at least
+    DENSE_COVERAGE of the prompts form one group, their few missing scores filled with the model's
+    mean (fitting only): real data sets miss a handful of answers per model, which made every
+    model a group of its own, one solve per model, however many there were.
+    """
+    known = ~np.isnan(scores)
+    by_pattern: dict[bytes, list[int]] = {}
+    for j in range(scores.shape[1]):
+        by_pattern.setdefault(np.packbits(known[:, j]).tobytes(), []).append(j)
+    groups = list(by_pattern.values())
+    work = sum(int(known[:, cols[0]].sum()) * len(cols) for cols in groups)
+    dense = [j for j in range(scores.shape[1]) if known[:, j].mean() >= DENSE_COVERAGE]
+    if work <= HEAD_TARGET_BUDGET or len(dense) < 2:
+        return scores, groups
+    filled = scores.copy()
+    for j in dense:
+        filled[~known[:, j], j] = np.nanmean(scores[:, j])
+    rest = [[j for j in cols if j not in dense] for cols in groups]
+    return filled, [dense, *[cols for cols in rest if cols]]
+
+
+DENSE_COVERAGE = 0.9
 
 # Above this many (prompt, model) scores in one group, the heads are fitted on the score matrix's
 # leading components: one ridge solve per component instead of per model. 15,000 prompts × 56

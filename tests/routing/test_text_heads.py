@@ -102,3 +102,24 @@ def test_the_block_solve_reaches_sklearns_ridge_for_every_target(alpha: float) -
     # warm-started from another penalty's solution, it ends at the same place
     warm, _, _ = ridge_block(x, scores, alpha, start=ridge_block(x, scores, alpha * 3)[2], tol=1e-8)
     np.testing.assert_allclose(warm, coef, atol=1e-6)
+
+
+def test_models_missing_a_few_answers_are_fitted_as_one_group_at_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from routing.predictor.text import head_groups
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((200, 6))
+    for j in range(4):  # models 0-3 miss a different handful of answers; 4 and 5 answered a third
+        scores[rng.choice(200, 5, replace=False), j] = np.nan
+    scores[67:, 4:] = np.nan
+    same, groups = head_groups(scores)
+    assert same is scores and sorted(map(sorted, groups)) == [[0], [1], [2], [3], [4, 5]]  # within budget
+    monkeypatch.setattr(text, "HEAD_TARGET_BUDGET", 500)
+    filled, groups = head_groups(scores)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2, 3], [4, 5]]
+    assert not np.isnan(filled[:, :4]).any() and np.isnan(filled[67:, 4:]).all()
+    gap = np.isnan(scores[:, 0])
+    np.testing.assert_allclose(filled[gap, 0], np.nanmean(scores[:, 0]))  # the model's mean, for fitting only
+    np.testing.assert_array_equal(filled[~gap, 0], scores[~gap, 0])
