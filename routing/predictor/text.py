@@ -111,11 +111,18 @@ def fit_heads(
     folds: np.ndarray,
     n_folds: int,
     alpha: float | Sequence[float] = 1.0,
+    nb_beta: float = 0.0,
 ) -> tuple[np.ndarray, TextHeads]:
     """(out-of-fold predictions [P, M], heads fitted on every prompt) for score matrix [P, M] (NaN = none).
 
     Given several penalties `alpha`, each group of models keeps the one with the lowest out-of-fold
     squared error (the folds serve both: the choice and the out-of-fold predictions).
+
+    With `nb_beta` > 0 (and a group fitted model by model), each model's head is an NBSVM-style ridge:
+    every input column is scaled by |its naive-Bayes log-count ratio for that model|^nb_beta (from the
+    fitting rows alone, so out of fold within the folds), which lowers the penalty on n-grams that
+    separate the model's right answers from its wrong ones. The scale is folded into the stored
+    coefficients, so serving is unchanged; each model then keeps its own penalty.
     """
     from sklearn.linear_model import Ridge
 
@@ -126,6 +133,7 @@ def fit_heads(
     intercept = np.zeros(m, dtype=np.float32)
     scores, groups = head_groups(scores)
     known = ~np.isnan(scores)
+    presence = None  # the input's nonzero pattern (for the naive-Bayes ratios), made on first use
     for cols in groups:
         rows = known[:, cols[0]]
         if rows.sum() < 10:
@@ -136,6 +144,15 @@ def fit_heads(
         # many models on many prompts: fit the heads of the score matrix's leading components, not
         # one per model (a ridge fit is linear in its targets, so with every component it is exact)
         basis = score_basis(scores[rows][:, cols], max(LATENT_MIN, HEAD_TARGET_BUDGET // int(rows.sum())))
+        if basis is None and nb_beta > 0:
+            if presence is None:
+                presence = matrix.copy()
+                presence.data[:] = 1.0
+            for j in cols:
+                oof[:, j], coef[:, j], intercept[j] = _nb_ridge(
+                    matrix, presence, scores[:, j], rows, folds, n_folds, alphas, nb_beta
+                )
+            continue
         y = scores[:, cols] if basis is None else (scores[:, cols] - basis[0]) @ basis[1].T
         best: tuple[float, float, np.ndarray] | None = None
         starts: dict[int, np.ndarray] = {}
@@ -201,6 +218,61 @@ def head_groups(scores: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
 
 
 DENSE_COVERAGE = 0.9
+
+
+def nb_scale(presence: Any, y: np.ndarray, beta: float) -> np.ndarray:
+    """Per input column, |naive-Bayes log-count ratio of y|^beta, normalised to mean 1 before the power.
+
+    `presence` [n, V] marks the n-grams each prompt contains; y [n] in [0, 1] counts as soft labels
+    (a score of 0.7 adds 0.7 to the column's "right" count and 0.3 to its "wrong" count), each
+    count smoothed by 1.
+    """
+    right = 1.0 + np.asarray(presence.T @ y).ravel()
+    wrong = 1.0 + np.asarray(presence.T @ (1.0 - y)).ravel()
+    ratio = np.abs(np.log(right / right.sum()) - np.log(wrong / wrong.sum()))
+    return (ratio / max(float(ratio.mean()), 1e-12)) ** beta
+
+
+def _nb_ridge(
+    matrix: Any,
+    presence: Any,
+    scores: np.ndarray,
+    rows: np.ndarray,
+    folds: np.ndarray,
+    n_folds: int,
+    alphas: Sequence[float],
+    beta: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One model's (out-of-fold predictions [P], coef [V] on the unscaled input, intercept): a ridge on
+    the input scaled by nb_scale, the scale recomputed from each fold's fitting rows."""
+    from scipy import sparse
+    from sklearn.linear_model import Ridge
+
+    p = len(scores)
+    y = np.where(rows, scores, 0.0)
+    scaled: dict[int, Any] = {}
+    best: tuple[float, float, np.ndarray] | None = None
+    for a in alphas:
+        pred = np.full(p, np.nan)
+        for f in range(n_folds):
+            fit_rows = rows & (folds != f)
+            target = folds == f
+            if fit_rows.sum() < 5 or not target.any():
+                continue
+            if f not in scaled:
+                scaled[f] = matrix @ sparse.diags(nb_scale(presence[fit_rows], y[fit_rows], beta))
+            model = Ridge(alpha=a).fit(scaled[f][fit_rows], y[fit_rows])
+            pred[target] = np.asarray(model.predict(scaled[f][target])).reshape(-1)
+        scored = rows & ~np.isnan(pred)
+        err = float(np.mean((pred[scored] - y[scored]) ** 2)) if scored.any() else 0.0
+        if best is None or err < best[0]:
+            best = (err, a, pred)
+    assert best is not None
+    scale = nb_scale(presence[rows], y[rows], beta)
+    model = Ridge(alpha=best[1]).fit(matrix[rows] @ sparse.diags(scale), y[rows])
+    coef = (np.asarray(model.coef_, dtype=np.float64).reshape(-1) * scale).astype(np.float32)
+    return best[2], coef, float(np.asarray(model.intercept_).reshape(-1)[0])
+
 
 # Above this many (prompt, model) scores in one group, the heads are fitted on the score matrix's
 # leading components: one ridge solve per component instead of per model. 15,000 prompts × 56

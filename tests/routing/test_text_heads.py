@@ -123,3 +123,23 @@ def test_models_missing_a_few_answers_are_fitted_as_one_group_at_scale(
     gap = np.isnan(scores[:, 0])
     np.testing.assert_allclose(filled[gap, 0], np.nanmean(scores[:, 0]))  # the model's mean, for fitting only
     np.testing.assert_array_equal(filled[~gap, 0], scores[~gap, 0])
+
+
+def test_nb_scaled_heads_store_coefficients_on_the_unscaled_input() -> None:
+    from sklearn.linear_model import Ridge
+
+    x, scores, folds = _problem(m=3)
+    oof, heads = fit_heads(x, scores, folds, 3, alpha=[1.0], nb_beta=0.5)
+    presence = x.copy()
+    presence.data[:] = 1.0
+    for j in range(3):
+        scale = text.nb_scale(presence, scores[:, j], 0.5)
+        direct = Ridge(alpha=1.0).fit(x @ sparse.diags(scale), scores[:, j]).predict(x @ sparse.diags(scale))
+        served = x @ heads.coef[:, j].astype(np.float64) + heads.intercept[j]
+        np.testing.assert_allclose(served, direct, atol=1e-4)
+    # out of fold it still predicts the scores (the toy problem is learnable)
+    assert np.corrcoef(oof.ravel(), scores.ravel())[0, 1] > 0.3
+    # nb_beta = 0 is the plain ridge
+    plain_oof, plain = fit_heads(x, scores, folds, 3, alpha=[1.0])
+    zero_oof, zero = fit_heads(x, scores, folds, 3, alpha=[1.0], nb_beta=0.0)
+    np.testing.assert_array_equal(zero.coef, plain.coef)
