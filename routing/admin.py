@@ -96,17 +96,40 @@ class JobAdmin(ReadOnlyAdmin):
 
 
 class ExperimentArmInline(admin.TabularInline):
+    """Arms as they run: a weight changed mid-experiment would mix two splits in one analysis."""
+
     model = ExperimentArm
     extra = 0
+    can_delete = False
+    readonly_fields = ("name", "policy", "weight")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
+    """Experiments are created by the catalog, stopped here or in the UI, promoted in the UI: the
+    state changes go through the services' rules (a promoted experiment is final, one running
+    experiment per policy), so the admin cannot edit them directly."""
+
     list_display = ("name", "policy", "status", "winner", "stats_updated_at")
     list_filter = ("status",)
     inlines = [ExperimentArmInline]
-    readonly_fields = ("stats", "stats_updated_at")
+    readonly_fields = (
+        "name",
+        "policy",
+        "status",
+        "winner",
+        "created_at",
+        "ended_at",
+        "stats",
+        "stats_updated_at",
+    )
     actions = ["stop_experiments", "refresh_statistics"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
     @admin.action(description="Stop the selected experiments (traffic returns to their policy)")
     def stop_experiments(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:

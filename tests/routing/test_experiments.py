@@ -216,3 +216,27 @@ def test_the_catalog_cannot_mark_an_experiment_promoted_without_a_winner(two_pol
         experiment_upsert(name="beta-test", policy="cheap", arms=ARMS, status="promoted")
     assert Experiment.objects.get().status == ExperimentStatus.RUNNING
     assert RoutingPolicy.objects.get(slug="default").current.version == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_the_admin_cannot_change_an_experiments_state_or_arms(two_policies: None, admin_client: Any) -> None:
+    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    change = f"/admin/routing/experiment/{experiment.pk}/change/"
+    page = admin_client.get(change).content.decode()
+    assert 'name="status"' not in page and 'name="winner"' not in page and 'name="arms-0-weight"' not in page
+    response = admin_client.post(
+        change,
+        {
+            "status": "promoted",
+            "winner": "cheap",
+            "description": "noted",
+            "arms-TOTAL_FORMS": "2",
+            "arms-INITIAL_FORMS": "2",
+            "arms-MIN_NUM_FORMS": "0",
+            "arms-MAX_NUM_FORMS": "1000",
+        },
+    )
+    assert response.status_code in {200, 302}
+    experiment.refresh_from_db()
+    assert (experiment.status, experiment.winner) == (ExperimentStatus.RUNNING, "")
+    assert admin_client.get("/admin/routing/experiment/add/").status_code == 403
