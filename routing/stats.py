@@ -6,7 +6,9 @@ Which interval fits which metric:
 - a quantile (latency p50/p95): the distribution-free order-statistic interval from the
   binomial distribution of the number of samples below the true quantile.
 Between two arms: Welch's t-test for means (unequal variances), Mann–Whitney U as its rank-based
-check, and a two-proportion z-test for rates. While a difference is not significant, the sample
+check, and a two-proportion z-test for rates. An experiment assigns users (else API keys), not
+requests: when a unit sent several requests, means and rates are compared by the cluster-robust
+Welch test and the rank test runs over one value per unit. While a difference is not significant, the sample
 size per arm that would detect the observed difference (two-sided α = 0.05, power 0.8) says how
 much longer to wait.
 """
@@ -173,6 +175,79 @@ def needed_per_arm_proportions(count_a: int, n_a: int, count_b: int, n_b: int) -
         p_a * (1 - p_a) + p_b * (1 - p_b)
     )
     return math.ceil(root**2 / (p_b - p_a) ** 2)
+
+
+def _per_unit(values: Sequence[float], units: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, count) of the values of each unit."""
+    _, index = np.unique(np.asarray(units, dtype=object).astype(str), return_inverse=True)
+    return np.bincount(index, weights=np.asarray(values, dtype=float)), np.bincount(index).astype(float)
+
+
+def _clustered_mean(values: Sequence[float], units: Sequence[str]) -> tuple[float, float, int]:
+    """(mean over samples, the jackknife variance of that mean over units, units).
+
+    Leaving out one unit at a time measures how much the mean leans on each unit: a user who sent
+    most of an arm's requests moves it a lot, and the variance says so (the delta method's would
+    not, with one dominant unit). With one sample per unit it is s²/n, as Welch's test uses."""
+    sums, counts = _per_unit(values, units)
+    total, n = float(sums.sum()), float(counts.sum())
+    k = len(sums)
+    if k < 2:
+        return total / n, math.nan, k
+    without = (total - sums) / (n - counts)  # the mean with each unit left out
+    variance = (k - 1) / k * float(((without - without.mean()) ** 2).sum())
+    return total / n, variance, k
+
+
+def clustered(units: Sequence[str]) -> bool:
+    """Some unit contributed more than one sample."""
+    return len(set(units)) < len(units)
+
+
+def clustered_welch_t(
+    a: Sequence[float], units_a: Sequence[str], b: Sequence[float], units_b: Sequence[str]
+) -> dict[str, Any] | None:
+    """Welch's t-test for per-sample means whose samples come in clusters: an experiment assigns
+    each user (else API key) to one arm, so a busy user's requests are not independent draws and
+    the plain test is over-confident. Each arm's mean is sum/count over its samples, its variance the
+    jackknife over units (cluster-robust), the degrees of freedom Welch–Satterthwaite's over units.
+    With one sample per unit this is Welch's t-test exactly."""
+    if not clustered(units_a) and not clustered(units_b):
+        return welch_t_test(a, b)
+    if len(set(units_a)) < 2 or len(set(units_b)) < 2:
+        return None
+    mean_a, var_a, k_a = _clustered_mean(a, units_a)
+    mean_b, var_b, k_b = _clustered_mean(b, units_b)
+    out: dict[str, Any] = {
+        "test": "welch_t_clustered",
+        "units": [k_a, k_b],
+        "difference": mean_b - mean_a,
+        # variance of the difference over what independent samples would give: how many times more
+        # samples the clustering costs
+        "design_effect": _design_effect(a, b, var_a + var_b),
+    }
+    if var_a + var_b == 0.0:
+        out.update(statistic=0.0 if mean_a == mean_b else None, p_value=1.0 if mean_a == mean_b else 0.0)
+        return out
+    t = (mean_b - mean_a) / math.sqrt(var_a + var_b)
+    dof = (var_a + var_b) ** 2 / (var_a**2 / (k_a - 1) + var_b**2 / (k_b - 1))
+    out.update(statistic=float(t), p_value=float(2 * _sps().t.sf(abs(t), dof)))
+    return out
+
+
+def _design_effect(a: Sequence[float], b: Sequence[float], clustered_variance: float) -> float | None:
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    naive = float(xa.var(ddof=1)) / xa.size + float(xb.var(ddof=1)) / xb.size
+    return clustered_variance / naive if naive > 0 else None
+
+
+def unit_values(values: Sequence[float], units: Sequence[str], how: str = "mean") -> list[float]:
+    """One value per unit (its mean or median): the independent samples a rank test needs."""
+    by_unit: dict[str, list[float]] = {}
+    for value, unit in zip(values, units, strict=True):
+        by_unit.setdefault(unit, []).append(float(value))
+    pick = np.median if how == "median" else np.mean
+    return [float(pick(v)) for v in by_unit.values()]
 
 
 def significant(test: dict[str, Any] | None, alpha: float = 0.05) -> bool:

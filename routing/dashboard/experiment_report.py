@@ -19,6 +19,7 @@ ALPHA = 0.05
 SRM_ALPHA = 0.01  # a sample-ratio check this unlikely means the assignment is broken, not chance
 TEST_NAMES = {
     "welch_t": "Welch t-test",
+    "welch_t_clustered": "Welch t-test over users (cluster-robust)",
     "mann_whitney_u": "Mann–Whitney U",
     "two_proportion_z": "two-proportion z-test",
 }

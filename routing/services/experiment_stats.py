@@ -7,6 +7,7 @@ statistics (their `watermark`).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,8 @@ from feedback.models import Feedback, Outcome
 from routing.models import DecisionLog, Experiment, ExperimentStatus
 from routing.services.experiments import assignment_unit
 from routing.stats import (
+    clustered,
+    clustered_welch_t,
     json_safe,
     mann_whitney,
     mean_interval,
@@ -30,7 +33,7 @@ from routing.stats import (
     quantile_interval,
     significant,
     two_proportion_z,
-    welch_t_test,
+    unit_values,
 )
 from scope_site.errors import NotFound
 
@@ -56,44 +59,63 @@ def _watermark(name: str) -> dict[str, Any]:
     }
 
 
-def _collect(name: str) -> tuple[dict[str, dict[str, list[float]]], dict[str, set[str]]]:
-    """Per arm: the metric series, and the assignment units (users, else API keys) it served."""
-    data: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    units: dict[str, set[str]] = defaultdict(set)
+Series = dict[str, dict[str, list[float]]]  # arm → metric → samples
+Units = dict[str, dict[str, list[str]]]  # arm → metric → the assignment unit of each sample
+
+
+def _collect(name: str) -> tuple[Series, Units]:
+    """Per arm and metric: the samples, and the assignment unit (user, else API key) of each."""
+    data: Series = defaultdict(lambda: defaultdict(list))
+    units: Units = defaultdict(lambda: defaultdict(list))
+
+    def add(arm: str, series: str, value: float, unit: str) -> None:
+        data[arm][series].append(value)
+        units[arm][series].append(unit)
+
     for arm, predicted, user, api_key_id in DecisionLog.objects.filter(experiment=name).values_list(
         "arm", "predicted_cost_usd", "user", "api_key_id"
     ):
-        data[arm]["requests"].append(1.0)
-        units[arm].add(assignment_unit(user=user, api_key_id=api_key_id))
+        unit = assignment_unit(user=user, api_key_id=api_key_id)
+        add(arm, "requests", 1.0, unit)
         if predicted is not None:
-            data[arm]["predicted_cost"].append(float(predicted))
+            add(arm, "predicted_cost", float(predicted), unit)
     cost_by_decision: dict[Any, float] = defaultdict(float)
-    arm_of: dict[Any, str] = {}
+    of_decision: dict[Any, tuple[str, str]] = {}
     outcomes = (
         Outcome.objects.filter(decision__experiment=name)
         .exclude(status=Outcome.Status.REFUSED)
-        .values_list("decision_id", "decision__arm", "status", "latency_ms", "cost_usd", "total_ms")
+        .values_list(
+            "decision_id",
+            "decision__arm",
+            "decision__user",
+            "decision__api_key_id",
+            "status",
+            "latency_ms",
+            "cost_usd",
+            "total_ms",
+        )
     )
-    for decision_id, arm, status, attempt_ms, cost_usd, total_ms in outcomes:
+    for decision_id, arm, user, api_key_id, status, attempt_ms, cost_usd, total_ms in outcomes:
+        unit = assignment_unit(user=user, api_key_id=api_key_id)
         latency_ms = total_ms if total_ms is not None else attempt_ms  # what users waited, fallbacks included
-        cost = float(cost_usd)
-        data[arm]["error"].append(1.0 if status == Outcome.Status.ERROR else 0.0)
+        add(arm, "error", 1.0 if status == Outcome.Status.ERROR else 0.0, unit)
         if latency_ms is not None and status != Outcome.Status.ERROR:
-            data[arm]["latency"].append(float(latency_ms))
-        cost_by_decision[decision_id] += cost
-        arm_of[decision_id] = arm
+            add(arm, "latency", float(latency_ms), unit)
+        cost_by_decision[decision_id] += float(cost_usd)
+        of_decision[decision_id] = (arm, unit)
     for decision_id, cost in cost_by_decision.items():
-        data[arm_of[decision_id]]["cost"].append(cost)
+        arm, unit = of_decision[decision_id]
+        add(arm, "cost", cost, unit)
     seen: set[Any] = set()
     latest = (
         Feedback.objects.filter(decision__experiment=name)
         .order_by("decision_id", "-created_at", "-id")
-        .values_list("decision_id", "decision__arm", "score")
+        .values_list("decision_id", "decision__arm", "decision__user", "decision__api_key_id", "score")
     )
-    for decision_id, arm, score in latest:
+    for decision_id, arm, user, api_key_id, score in latest:
         if decision_id not in seen:  # the latest feedback per decision counts
             seen.add(decision_id)
-            data[arm]["feedback"].append(float(score))
+            add(arm, "feedback", float(score), assignment_unit(user=user, api_key_id=api_key_id))
     return data, units
 
 
@@ -115,25 +137,48 @@ def _arm_summary(values: dict[str, list[float]], total: int, units: int) -> dict
     }
 
 
-# compared metric → (collected series, test); each test also says how many samples per arm would
-# detect the observed difference (means: from the spread; the error rate: from the proportions)
+# compared metric → (collected series, test, one value per unit for a rank test when clustered);
+# each test also says how many samples per arm would detect the observed difference (means: from
+# the spread; the error rate: from the proportions), times the design effect when clustered
 _MEAN_TESTS = {
-    "feedback_score": ("feedback", welch_t_test),
-    "feedback_score_ranks": ("feedback", mann_whitney),
-    "cost_per_request_usd": ("cost", welch_t_test),
-    "latency_ms": ("latency", mann_whitney),
+    "feedback_score": ("feedback", "welch"),
+    "feedback_score_ranks": ("feedback", "mean"),
+    "cost_per_request_usd": ("cost", "welch"),
+    "latency_ms": ("latency", "median"),
 }
 
 
-def _compare(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
+def _compare(a: dict[str, list[float]], b: dict[str, list[float]], ua: Any, ub: Any) -> dict[str, Any]:
     tests: dict[str, Any] = {}
-    for name, (series, test_of) in _MEAN_TESTS.items():
-        xs, ys = a.get(series, []), b.get(series, [])
-        tests[name] = _with_needed(test_of(xs, ys), needed_per_arm_means(xs, ys))
+    for name, (series, kind) in _MEAN_TESTS.items():
+        xs, ys, us, vs = a.get(series, []), b.get(series, []), ua.get(series, []), ub.get(series, [])
+        grouped = clustered(us) or clustered(vs)
+        if kind == "welch":
+            test = clustered_welch_t(xs, us, ys, vs)
+        elif grouped:  # the rank test needs independent samples: one value per unit
+            test = mann_whitney(unit_values(xs, us, kind), unit_values(ys, vs, kind))
+            if test is not None:
+                test["over"] = "units"
+        else:
+            test = mann_whitney(xs, ys)
+        tests[name] = _with_needed(test, _needed(needed_per_arm_means(xs, ys), test))
     errors_a, errors_b = a.get("error", []), b.get("error", [])
+    units_a, units_b = ua.get("error", []), ub.get("error", [])
     counts = (int(sum(errors_a)), len(errors_a), int(sum(errors_b)), len(errors_b))
-    tests["error_rate"] = _with_needed(two_proportion_z(*counts), needed_per_arm_proportions(*counts))
+    if clustered(units_a) or clustered(units_b):
+        error_test = clustered_welch_t(errors_a, units_a, errors_b, units_b)
+    else:
+        error_test = two_proportion_z(*counts)
+    tests["error_rate"] = _with_needed(error_test, _needed(needed_per_arm_proportions(*counts), error_test))
     return {"tests": tests, "significant": sorted(k for k, t in tests.items() if significant(t))}
+
+
+def _needed(independent: int | None, test: dict[str, Any] | None) -> int | None:
+    """Samples per arm to detect the difference, inflated by the test's design effect (clustering)."""
+    effect = (test or {}).get("design_effect")
+    if independent is None or not isinstance(effect, float) or effect <= 1.0:
+        return independent
+    return math.ceil(independent * effect)
 
 
 def _with_needed(test: dict[str, Any] | None, needed: Any) -> dict[str, Any] | None:
@@ -151,12 +196,16 @@ def experiment_stats_compute(experiment: Experiment) -> dict[str, Any]:
         a.name: {
             "policy": a.policy.slug,
             "weight": a.weight,
-            **_arm_summary(data[a.name], total, len(units[a.name])),
+            **_arm_summary(data[a.name], total, len(set(units[a.name]["requests"]))),
         }
         for a in arms
     }
     comparisons = [
-        {"arm": a.name, "against": control.name, **_compare(data[control.name], data[a.name])}
+        {
+            "arm": a.name,
+            "against": control.name,
+            **_compare(data[control.name], data[a.name], units[control.name], units[a.name]),
+        }
         for a in arms
         if control is not None and a.name != control.name
     ]

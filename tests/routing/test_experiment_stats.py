@@ -163,3 +163,47 @@ def test_the_split_check_still_catches_a_broken_assignment(experiment: Any) -> N
     DecisionLog.objects.filter(experiment="alpha-test").update(arm="default")
     stats = experiment_stats_refresh(experiment_id=experiment.pk).stats
     assert stats["split_check"]["units"] == 60 and stats["split_check"]["p_value"] < 0.001
+
+
+def test_the_clustered_test_is_welchs_when_every_unit_sent_one_sample() -> None:
+    from routing.stats import _clustered_mean, clustered_welch_t, welch_t_test
+
+    a, b = [0.1, 0.4, 0.35, 0.8, 0.5], [0.6, 0.9, 0.7, 0.65, 0.95, 0.8]
+    mean, variance, k = _clustered_mean(a, [f"u{i}" for i in range(5)])
+    assert k == 5 and math.isclose(mean, sum(a) / 5)
+    assert math.isclose(variance, float(__import__("numpy").var(a, ddof=1)) / 5)  # s²/n
+    distinct = clustered_welch_t(a, [f"a{i}" for i in range(5)], b, [f"b{i}" for i in range(6)])
+    assert distinct == welch_t_test(a, b)
+
+
+def test_one_busy_user_does_not_make_a_difference_significant() -> None:
+    """Arm b's users score like arm a's, but one of them sent 200 requests, all rated high."""
+    from routing.stats import clustered_welch_t, welch_t_test
+
+    rng = __import__("numpy").random.default_rng(0)
+    a = list(rng.uniform(0.3, 0.8, 40))
+    units_a = [f"a{i}" for i in range(40)]
+    b = list(rng.uniform(0.3, 0.8, 39)) + [0.9] * 200
+    units_b = [f"b{i}" for i in range(39)] + ["busy"] * 200
+    plain = welch_t_test(a, b)
+    robust = clustered_welch_t(a, units_a, b, units_b)
+    assert plain is not None and plain["p_value"] < 1e-6  # 240 "independent" samples: looks certain
+    assert robust is not None and robust["test"] == "welch_t_clustered" and robust["units"] == [40, 40]
+    assert robust["p_value"] > 0.01 and robust["design_effect"] > 5
+
+
+def test_experiment_tests_count_users_not_requests(experiment: Any) -> None:
+    key, _ = make_api_key("busy-app")
+    ids: dict[str, list[str]] = {}
+    for i in range(40):  # each user sends 5 requests: all land in the user's arm
+        for j in range(5):
+            row = route_decide(messages=USER_MESSAGE(f"Q{i}.{j} on indexes"), api_key=key, user=f"u{i}").row
+            ids.setdefault(row.arm, []).append(str(row.id))
+    for decision_ids in ids.values():
+        for n, decision_id in enumerate(decision_ids):
+            feedback_record(decision_id=decision_id, api_key=key, score=[0.2, 0.5, 0.9][n % 3])
+    stats = experiment_stats_refresh(experiment_id=experiment.pk).stats
+    tests = stats["comparisons"][0]["tests"]
+    assert tests["feedback_score"]["test"] == "welch_t_clustered"
+    assert sum(tests["feedback_score"]["units"]) == 40
+    assert tests["feedback_score_ranks"]["over"] == "units"
