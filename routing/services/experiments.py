@@ -256,7 +256,14 @@ def experiment_promote(*, experiment_id: int, arm: str, promoted_by: str = "") -
         if winner is None:
             raise NotFound(f"experiment {experiment.name!r} has no arm {arm!r}", code="unknown_arm")
         source = winner.policy.current
-        if winner.policy_id != experiment.policy_id and source is not None:
+        if winner.policy_id != experiment.policy_id:
+            if source is None:
+                # its requests were served by the split policy (an unpublished arm policy cannot
+                # route): promoting it would end the experiment with nothing published
+                raise Conflict(
+                    f"arm {arm!r} uses policy {winner.policy.slug!r}, which has no published version: "
+                    "there are no settings to promote (publish the policy first, or stop the experiment)"
+                )
             policy_publish(
                 slug=experiment.policy.slug,
                 created_by=promoted_by or "experiment",

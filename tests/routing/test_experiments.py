@@ -240,3 +240,15 @@ def test_the_admin_cannot_change_an_experiments_state_or_arms(two_policies: None
     experiment.refresh_from_db()
     assert (experiment.status, experiment.winner) == (ExperimentStatus.RUNNING, "")
     assert admin_client.get("/admin/routing/experiment/add/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_an_arm_whose_policy_was_never_published_cannot_be_promoted(two_policies: None) -> None:
+    RoutingPolicy.objects.create(slug="draft", name="draft")
+    experiment = experiment_upsert(
+        name="draft-test", policy="default", arms=[{"policy": "default"}, {"policy": "draft"}]
+    )
+    with pytest.raises(Conflict, match="no published version"):
+        experiment_promote(experiment_id=experiment.pk, arm="draft")
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.RUNNING and experiment.winner == ""
