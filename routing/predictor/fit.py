@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,21 @@ def fit_predictor(
     import xgboost as xgb
 
     params = params or FitParams()
-    progress = progress or _noop
+    said = progress or _noop
+    stage: list[Any] = [0.0, ""]  # what was said last: per-round reports keep its fraction and message
+
+    def step(fraction: float, message: str) -> None:
+        stage[:] = [fraction, message]
+        said(fraction, message)
+
+    class Rounds(xgb.callback.TrainingCallback):
+        """Says how far a booster is every round: a long fit stays visibly alive (the retraining
+        run's heartbeat) instead of silent for minutes."""
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            said(float(stage[0]), f"{stage[1]}, round {epoch + 1}")
+            return False
+
     started = time.perf_counter()
     if not examples:
         raise ValueError("no training examples")
@@ -139,13 +154,13 @@ def fit_predictor(
         if ex.output_tokens is not None and ex.output_tokens >= 0:
             log_tokens[i, j] = math.log1p(ex.output_tokens)
 
-    progress(0.05, f"text projection over {n_p} prompts")
+    step(0.05, f"text projection over {n_p} prompts")
     projection = fit_projection(prompt_features, dim=params.text_dim, seed=seed, char_vocab=params.char_vocab)
     emb = projection.transform(prompt_features)
     coarse = fit_centroids(emb, params.coarse_centroids, seed)
     fine = fit_centroids(emb, params.fine_centroids, seed + 1)
 
-    progress(0.2, "out-of-fold anchor statistics and text heads")
+    step(0.2, "out-of-fold anchor statistics and text heads")
     rng = np.random.default_rng(seed)
     n_folds = max(2, params.folds)
     fold = rng.integers(0, n_folds, size=n_p)
@@ -165,7 +180,13 @@ def fit_predictor(
         chars = tfidf_matrix(prompt_features, projection.char_vocab, projection.char_idf, chars=True)
         matrix = sparse.hstack([matrix, chars], format="csr")
     oof_heads, heads = fit_heads(
-        matrix, scores, fold, n_folds, alpha=params.head_alphas, nb_beta=params.head_nb_beta
+        matrix,
+        scores,
+        fold,
+        n_folds,
+        alpha=params.head_alphas,
+        nb_beta=params.head_nb_beta,
+        progress=lambda done: said(round(0.2 + 0.1 * done, 4), f"text heads {done:.0%}"),
     )
     if len(projection.char_vocab):
         heads = TextHeads(
@@ -244,6 +265,7 @@ def fit_predictor(
             evals=evals,
             early_stopping_rounds=30 if evals else None,
             verbose_eval=False,
+            callbacks=[Rounds()],
         )
         if evals:
             booster = booster[: booster.best_iteration + 1]
@@ -251,7 +273,7 @@ def fit_predictor(
 
     everything = np.ones(len(examples), dtype=bool)
     for member in range(params.ensemble):
-        progress(0.3 + 0.5 * member / params.ensemble, f"quality model {member + 1}/{params.ensemble}")
+        step(0.3 + 0.5 * member / params.ensemble, f"quality model {member + 1}/{params.ensemble}")
         b = train("reg:logistic", everything, y_q, member, params.quality_max_depth)
         boosters.append(bytes(b.save_raw("ubj")))
         roles.append("quality")
@@ -269,19 +291,19 @@ def fit_predictor(
             ("relative", "reg:squarederror", y_q - prompt_mean, 300),
         ):
             for member in range(params.ensemble):
-                progress(0.8, f"{role} model {member + 1}/{params.ensemble}")
+                step(0.8, f"{role} model {member + 1}/{params.ensemble}")
                 b = train(objective, shared, target[shared], first + member, params.quality_max_depth)
                 boosters.append(bytes(b.save_raw("ubj")))
                 roles.append(role)
     tok = np.asarray([ex.output_tokens is not None and ex.output_tokens >= 0 for ex in examples])
     if tok.sum() >= params.min_token_rows:
-        progress(0.85, "output length model")
+        step(0.85, "output length model")
         y_t = np.log1p(np.asarray([ex.output_tokens for ex in examples], dtype=object)[tok].astype(float))
         boosters.append(bytes(train("reg:squarederror", tok, y_t, 100).save_raw("ubj")))
         roles.append("tokens")
     lat = np.asarray([ex.latency_ms is not None and ex.latency_ms >= 0 for ex in examples])
     if lat.sum() >= params.min_latency_rows:
-        progress(0.92, "latency model")
+        step(0.92, "latency model")
         y_l = np.log1p(np.asarray([ex.latency_ms for ex in examples], dtype=object)[lat].astype(float))
         boosters.append(bytes(train("reg:squarederror", lat, y_l, 200).save_raw("ubj")))
         roles.append("latency")
@@ -298,7 +320,7 @@ def fit_predictor(
         boosters=boosters,
         metadata={"decomposed_share": round(decomposed_share, 6)} if "relative" in roles else {},
     )
-    progress(1.0, "trained")
+    step(1.0, "trained")
     counts = {
         "examples": len(examples),
         "prompts": n_p,

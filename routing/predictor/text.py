@@ -9,7 +9,7 @@ projection itself uses the words only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,7 @@ def fit_heads(
     n_folds: int,
     alpha: float | Sequence[float] = 1.0,
     nb_beta: float = 0.0,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[np.ndarray, TextHeads]:
     """(out-of-fold predictions [P, M], heads fitted on every prompt) for score matrix [P, M] (NaN = none).
 
@@ -134,12 +135,21 @@ def fit_heads(
     scores, groups = head_groups(scores)
     known = ~np.isnan(scores)
     presence = None  # the input's nonzero pattern (for the naive-Bayes ratios), made on first use
+    fitted = 0
+
+    def fitted_more(models: int) -> None:  # the share of models whose heads are fitted
+        nonlocal fitted
+        fitted += models
+        if progress is not None:
+            progress(fitted / m)
+
     for cols in groups:
         rows = known[:, cols[0]]
         if rows.sum() < 10:
             fill = np.nanmean(scores[:, cols], axis=0) if rows.any() else np.full(len(cols), 0.5)
             intercept[cols] = fill
             oof[:, cols] = fill
+            fitted_more(len(cols))
             continue
         # many models on many prompts: fit the heads of the score matrix's leading components, not
         # one per model (a ridge fit is linear in its targets, so with every component it is exact)
@@ -152,6 +162,7 @@ def fit_heads(
                 oof[:, j], coef[:, j], intercept[j] = _nb_ridge(
                     matrix, presence, scores[:, j], rows, folds, n_folds, alphas, nb_beta
                 )
+                fitted_more(1)
             continue
         y = scores[:, cols] if basis is None else (scores[:, cols] - basis[0]) @ basis[1].T
         best: tuple[float, float, np.ndarray] | None = None
@@ -189,6 +200,7 @@ def fit_heads(
         oof[:, cols] = pred
         coef[:, cols] = group_coef.astype(np.float32)
         intercept[cols] = group_intercept.astype(np.float32)
+        fitted_more(len(cols))
     return oof, TextHeads(coef=coef, intercept=intercept)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -143,3 +144,18 @@ def test_nb_scaled_heads_store_coefficients_on_the_unscaled_input() -> None:
     plain_oof, plain = fit_heads(x, scores, folds, 3, alpha=[1.0])
     zero_oof, zero = fit_heads(x, scores, folds, 3, alpha=[1.0], nb_beta=0.0)
     np.testing.assert_array_equal(zero.coef, plain.coef)
+
+
+def test_training_says_how_far_it_is_inside_the_heads_and_every_booster_round() -> None:
+    from routing.predictor.fit import fit_predictor
+    from tests.routing import predictor_data as data
+
+    said: list[tuple[float, str]] = []
+    train, _ = data.examples(120, seed=1)
+    fit_predictor(train, data.infos(), seed=0, params=data.FAST, progress=lambda f, m: said.append((f, m)))
+    heads = [f for f, m in said if m.startswith("text heads")]
+    assert heads and math.isclose(heads[-1], 0.3) and heads == sorted(heads)  # 0.2 → 0.3, one per model
+    rounds = [m for _, m in said if m.startswith("quality model 1/2, round ")]
+    assert len(rounds) > 10 and rounds[0].endswith("round 1")
+    fractions = [f for f, _ in said]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
