@@ -208,7 +208,11 @@ def policy_publish(
         current = policy.current
         live = current.version if current is not None else 0
         if expected_version is not None and live != expected_version:
-            assert current is not None  # a live version newer than the editor's base exists
+            if current is None or live < expected_version:  # not a version this policy ever had
+                raise Conflict(
+                    f"policy {slug!r} has no v{expected_version} to edit from (its live version is "
+                    f"v{live}). Reload to edit the live version."
+                )
             by = f" by {current.created_by}" if current.created_by else ""
             why = f" ({current.note})" if current.note else ""
             raise Conflict(

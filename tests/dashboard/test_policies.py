@@ -209,3 +209,19 @@ def test_publishing_from_a_stale_editor_does_not_undo_a_version_published_meanwh
     assert response.status_code == 302
     current = RoutingPolicy.objects.get(slug="default").current
     assert current is not None and current.version == paced.version + 1 and current.alpha == 0.9
+
+
+def test_an_editor_base_version_the_policy_never_had_is_a_400_not_a_500(
+    persona: Any, decisions: list[DecisionLog]
+) -> None:
+    operator = persona("operator")
+    live = RoutingPolicy.objects.get(slug="default").current
+    assert live is not None
+    response = operator.post(
+        "/policies/default/publish", _form(alpha="0.9", base_version=str(live.version + 5), publish="1")
+    )
+    assert response.status_code == 400
+    assert f"has no v{live.version + 5} to edit from" in response.content.decode()
+    response = operator.post("/policies/brand-new/publish", _form(alpha="0.9", base_version="3", publish="1"))
+    assert response.status_code == 400 and "has no v3 to edit from" in response.content.decode()
+    assert not RoutingPolicy.objects.filter(slug="brand-new", current__isnull=False).exists()
