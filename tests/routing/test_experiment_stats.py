@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from feedback.models import Outcome
 from feedback.services.feedback import feedback_record
@@ -207,3 +209,10 @@ def test_experiment_tests_count_users_not_requests(experiment: Any) -> None:
     assert tests["feedback_score"]["test"] == "welch_t_clustered"
     assert sum(tests["feedback_score"]["units"]) == 40
     assert tests["feedback_score_ranks"]["over"] == "units"
+
+
+def test_the_command_prints_an_experiment_without_traffic_yet(experiment: Any) -> None:
+    out = io.StringIO()
+    call_command("experiment_stats", "alpha-test", stdout=out)
+    assert "alpha-test: 0 requests (control default)" in out.getvalue()
+    assert "share – [–]" in out.getvalue()

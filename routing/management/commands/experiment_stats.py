@@ -41,7 +41,7 @@ class Command(BaseCommand):
                     else "no feedback"
                 )
                 self.stdout.write(
-                    f"  {arm:<20} share {s['share']['rate']:.3f} {_ci(s['share']['ci95'])}  "
+                    f"  {arm:<20} share {_rate(s['share']['rate'])} {_ci(s['share']['ci95'])}  "
                     f"feedback {fb_text}  predicted $/req {_mean(s['predicted_cost_per_request_usd'])}"
                 )
             for comparison in stats["comparisons"]:
@@ -55,6 +55,10 @@ class Command(BaseCommand):
 
 def _ci(interval: list[float] | None) -> str:
     return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "[–]"
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "–"  # None until the experiment has traffic
 
 
 def _mean(value: dict[str, Any]) -> str:
