@@ -233,12 +233,14 @@ SCOPE_TRAINING_SOURCE_WEIGHTS = env_weights(
     "SCOPE_TRAINING_SOURCE_WEIGHTS", {"feedback": 3.0, "outcome": 1.0, "eval": 1.0}
 )
 SCOPE_RETRAIN_MIN_IMPROVEMENT = env_float("SCOPE_RETRAIN_MIN_IMPROVEMENT", 0.002, minimum=0.0)  # Brier margin
-SCOPE_RETRAIN_HOLDOUT_FRACTION = env_float("SCOPE_RETRAIN_HOLDOUT_FRACTION", 0.2, minimum=0.05)
+SCOPE_RETRAIN_HOLDOUT_FRACTION = env_float("SCOPE_RETRAIN_HOLDOUT_FRACTION", 0.2, minimum=0.05, maximum=0.95)
 SCOPE_RETRAIN_MIN_HELDOUT = env_int("SCOPE_RETRAIN_MIN_HELDOUT", 20, minimum=1)  # examples a verdict needs
 # a running training run silent this long (no progress write) lost its worker: a new run may start
 SCOPE_RETRAIN_STALE_AFTER_S = env_int("SCOPE_RETRAIN_STALE_AFTER_S", 900, minimum=10)
 SCOPE_RETRAIN_LIVE_DAYS = env_int("SCOPE_RETRAIN_LIVE_DAYS", 90, minimum=1)  # live decisions used
-SCOPE_EXPLORATION_CAP = env_float("SCOPE_EXPLORATION_CAP", 0.1, minimum=0.0)  # new models: share of requests
+SCOPE_EXPLORATION_CAP = env_float(
+    "SCOPE_EXPLORATION_CAP", 0.1, minimum=0.0, maximum=1.0
+)  # new models: share of requests
 SCOPE_EXPLORATION_MIN_OUTCOMES = env_int("SCOPE_EXPLORATION_MIN_OUTCOMES", 50, minimum=1)
 SCOPE_JUDGE_MODEL = env_str("SCOPE_JUDGE_MODEL")  # calibrate_model scores free-form answers with it
 SCOPE_PACING_LOOKBACK_SECONDS = env_int("SCOPE_PACING_LOOKBACK_SECONDS", 3600, minimum=60)
@@ -266,7 +268,7 @@ SCOPE_CIRCUIT_SNAPSHOT_SECONDS = env_float("SCOPE_CIRCUIT_SNAPSHOT_SECONDS", 1.0
 SCOPE_SIMULATED_SPEEDUP = env_float("SCOPE_SIMULATED_SPEEDUP", 1.0, minimum=0.001)
 SCOPE_METRICS_TOKEN = env_str("SCOPE_METRICS_TOKEN")  # when set, /metrics wants "Authorization: Bearer <it>"
 # a Celery worker started with `-A scope_site.worker` serves its task metrics here (port 0: off)
-SCOPE_WORKER_METRICS_PORT = env_int("SCOPE_WORKER_METRICS_PORT", 9540, minimum=0)
+SCOPE_WORKER_METRICS_PORT = env_int("SCOPE_WORKER_METRICS_PORT", 9540, minimum=0, maximum=65535)
 SCOPE_WORKER_METRICS_ADDR = env_str("SCOPE_WORKER_METRICS_ADDR", "127.0.0.1")
 
 LOGGING = {

@@ -108,6 +108,11 @@ def test_roles_exist_and_auditors_can_only_view() -> None:
         ({"SCOPE_EXTRA_STRATEGIES": "mine=routing.engine.strategies.Nope"}, "SCOPE_EXTRA_STRATEGIES: "),
         ({"SCOPE_TRAINING_SOURCE_WEIGHTS": "foo"}, "SCOPE_TRAINING_SOURCE_WEIGHTS: 'foo' is not key=number"),
         ({"SCOPE_LOG_LEVEL": "LOUD"}, "SCOPE_LOG_LEVEL='LOUD' must be one of"),
+        ({"SCOPE_GROUP_COMMIT_DELAY_MS": "inf"}, "SCOPE_GROUP_COMMIT_DELAY_MS='inf' is not a finite number"),
+        (
+            {"SCOPE_RETRAIN_HOLDOUT_FRACTION": "1.5"},
+            "SCOPE_RETRAIN_HOLDOUT_FRACTION=1.5 must be at most 0.95",
+        ),
     ],
 )
 def test_bad_settings_fail_at_start_with_a_clear_message(
