@@ -24,7 +24,7 @@ from typing import Any
 
 from scope_site import writer_process  # a module of its own: its state outlives a config reload
 
-_var_dir = Path(os.environ.get("SCOPE_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+_var_dir = Path(os.environ.get("SCOPE_VAR_DIR", "").strip() or Path(__file__).resolve().parent.parent / "var")
 _default_dir = _var_dir / "prometheus"
 multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_dir))
 # gunicorn's control socket (gunicornc) per var dir, not one per user (~/.gunicorn/gunicorn.ctl):
