@@ -29,9 +29,18 @@ VAR_DIR = Path(env_str("SCOPE_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("SCOPE_PRODUCTION", False):
+if env_bool("SCOPE_PRODUCTION", False):
+    # production must not quietly fall back to debug pages, no HTTPS protections or a guessable key
+    if DEBUG:
+        raise ConfigurationError("DJANGO_DEBUG must be false when SCOPE_PRODUCTION is true")
+    if not SECRET_KEY:
         raise ConfigurationError("DJANGO_SECRET_KEY must be set when SCOPE_PRODUCTION is true")
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:  # Django's own check --deploy threshold
+        raise ConfigurationError(
+            "DJANGO_SECRET_KEY must be at least 50 characters with at least 5 different ones when "
+            "SCOPE_PRODUCTION is true (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+if not SECRET_KEY:
     SECRET_KEY = "scope-embedded-insecure-key-change-me-" + "x" * 24
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
@@ -174,7 +183,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 # SCOPE_PRODUCTION turns the HTTPS protections on by default (each can still be switched off), so
 # `manage.py check --deploy` is clean with production settings.
-PRODUCTION = env_bool("SCOPE_PRODUCTION", False) and not DEBUG
+PRODUCTION = env_bool("SCOPE_PRODUCTION", False)  # never with DEBUG: refused above
 SECURE_SSL_REDIRECT = env_bool("SCOPE_SSL_REDIRECT", PRODUCTION)
 SESSION_COOKIE_SECURE = env_bool("SCOPE_SECURE_COOKIES", PRODUCTION)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

@@ -321,6 +321,28 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
     assert "DJANGO_SECRET_KEY" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"DJANGO_SECRET_KEY": "change-me"}, "DJANGO_SECRET_KEY must be at least 50 characters"),
+        ({"DJANGO_SECRET_KEY": "x" * 60}, "DJANGO_SECRET_KEY must be at least 50 characters"),
+        ({"DJANGO_DEBUG": "true"}, "DJANGO_DEBUG must be false when SCOPE_PRODUCTION is true"),
+    ],
+)
+def test_production_refuses_to_start_with_a_weak_key_or_debug_on(extra: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**production_env(), **extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def test_the_benchmark_noop_endpoint_is_not_mounted_by_default(api: Any, settings: Any) -> None:
     assert settings.SCOPE_ENABLE_NOOP_ENDPOINT is False
     assert api("/api/v1/noop", {"messages": USER_MESSAGE("hi")}).status_code == 404
