@@ -157,6 +157,7 @@ def calibration_run(
 ) -> ModelCalibration:
     """Run the model on each anchor, score the answers, store them and open exploration."""
     row = _routable(model)
+    _check_exploration(cap, min_live_outcomes)  # before any anchor is paid for
     anchors = list(anchors)
     if not anchors:
         raise InvalidRequest(
@@ -201,6 +202,7 @@ def calibration_import(
 ) -> ModelCalibration:
     """The model's outcomes from an outcomes.jsonl file (BENCHMARK.md format) stand for the anchor run."""
     row = _routable(model)
+    _check_exploration(cap, min_live_outcomes)
     source = path.parent.name or path.stem
     scored: list[tuple[Anchor, float, int, float | None]] = []
     with path.open() as handle:
@@ -240,6 +242,13 @@ def _routable(model: str) -> LLMModel:
     return row
 
 
+def _check_exploration(cap: float | None, min_live_outcomes: int | None) -> None:
+    if cap is not None and not 0.0 <= cap <= 1.0:  # also NaN
+        raise InvalidRequest("the exploration cap must be in [0, 1]")
+    if min_live_outcomes is not None and min_live_outcomes < 1:
+        raise InvalidRequest("the live outcomes before the cap is lifted must be at least 1")
+
+
 def _store(
     model: str,
     scored: list[tuple[Anchor, float, int, float | None]],
@@ -249,9 +258,8 @@ def _store(
     min_live_outcomes: int | None,
     failures: list[str],
 ) -> ModelCalibration:
+    _check_exploration(cap, min_live_outcomes)
     cap = settings.SCOPE_EXPLORATION_CAP if cap is None else cap
-    if not 0.0 <= cap <= 1.0:
-        raise InvalidRequest("the exploration cap must be in [0, 1]")
     with transaction.atomic():
         for anchor, score, tokens, latency in scored:
             prompt, _ = EvalPrompt.objects.get_or_create(
@@ -277,7 +285,8 @@ def _store(
                 "anchor_score": mean,
                 "scoring": scoring[:200],
                 "exploration_cap": cap,
-                "min_live_outcomes": min_live_outcomes or settings.SCOPE_EXPLORATION_MIN_OUTCOMES,
+                "min_live_outcomes": min_live_outcomes
+                or settings.SCOPE_EXPLORATION_MIN_OUTCOMES,  # checked >= 1
                 "details": {
                     "failures": failures[:50],
                     "tasks": sorted({a.task for a, *_ in scored if a.task})[:100],

@@ -118,6 +118,25 @@ def test_calibrate_model_refuses_anchors_without_references_when_no_judge_is_set
         call_command("calibrate_model", "nope", "--anchors-file", str(anchors))
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--min-outcomes", "-3"], "must be at least 1"),
+        (["--min-outcomes", "0"], "must be at least 1"),
+        (["--cap", "nan"], "cap must be in"),
+        (["--cap", "1.5"], "cap must be in"),
+    ],
+)
+def test_calibrate_model_refuses_bad_exploration_limits_before_calling_the_model(
+    upstream: FakeUpstream, tmp_path: Path, option: list[str], message: str
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(json.dumps({"id": "math", "prompt": "What is 6 * 7?", "reference": "42"}))
+    with pytest.raises(CommandError, match=message):
+        call_command("calibrate_model", "newbie", "--anchors-file", str(anchors), *option)
+    assert upstream.requests == [] and not ModelCalibration.objects.exists()
+
+
 def test_calibrate_model_can_import_the_models_outcomes_from_a_file(catalog: Any, tmp_path: Path) -> None:
     path = tmp_path / "outcomes.jsonl"
     path.write_text(
