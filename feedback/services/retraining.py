@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
+from feedback.models import EvalPrompt, PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.live_data import TrainingData, training_data
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.shadow import shadow_start
@@ -54,11 +54,7 @@ def retraining_request(
     params = dict(params or {})
     if requested_by:
         params["requested_by"] = requested_by
-    unknown = set(params) - PARAM_KEYS
-    if unknown:
-        from scope_site.errors import InvalidRequest
-
-        raise InvalidRequest(f"unknown retraining parameter(s): {', '.join(sorted(unknown))}")
+    _check_params(params)
     with transaction.atomic():
         # lock open runs: two schedulers firing together must not queue two runs
         existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
@@ -103,6 +99,35 @@ def _abandon_if_stale(run: TrainingRun) -> bool:
         finished_at=timezone.now(),
     )
     return True
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    """Refuse what would fail the run later (NaN in the JSON column was an IntegrityError) or turn
+    it upside down (a negative weight unlearns its examples)."""
+    from scope_site.errors import InvalidRequest
+
+    unknown = set(params) - PARAM_KEYS
+    if unknown:
+        raise InvalidRequest(f"unknown retraining parameter(s): {', '.join(sorted(unknown))}")
+    margin = params.get("margin", 0.0)  # negative is allowed: promote unless worse by more than that
+    if not (_number(margin) and math.isfinite(margin)):
+        raise InvalidRequest(f"margin must be a finite number (a Brier improvement), got {margin!r}")
+    weights = params.get("weights")
+    if weights is not None and not (
+        isinstance(weights, Mapping) and all(_non_negative(v) for v in weights.values())
+    ):
+        raise InvalidRequest(f"weights must map sources to numbers >= 0, got {weights!r}")
+    source = params.get("eval_source")
+    if source and not EvalPrompt.objects.filter(source=source).exists():
+        raise InvalidRequest(f"no imported outcomes for source {source!r} (import_outcomes --source)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _non_negative(value: Any) -> bool:
+    return _number(value) and math.isfinite(value) and value >= 0
 
 
 def _enqueue(run_id: int) -> None:

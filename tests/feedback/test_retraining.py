@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.template.loader import render_to_string
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
@@ -293,3 +295,20 @@ def test_the_retrain_command_stops_waiting_for_a_run_whose_worker_was_lost(
     monkeypatch.setattr(retrain, "sleep", time_passes)
     with pytest.raises(CommandError, match="stopped making progress"):
         call_command("retrain")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--margin", "nan"], "margin must be a finite number"),
+        (["--margin", "inf"], "margin must be a finite number"),
+        (["--weights", '{"feedback": -1}'], "weights must map sources to numbers >= 0"),
+        (["--eval-source", "nope"], "no imported outcomes for source 'nope'"),
+    ],
+)
+def test_retrain_refuses_parameters_that_would_fail_or_invert_the_run(
+    options: list[str], message: str
+) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("retrain", *options, stdout=StringIO())
+    assert not TrainingRun.objects.exists()
