@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlparse
 
 from django.db import transaction
 
@@ -20,9 +22,43 @@ def _decimal(value: Any, where: str) -> Decimal:
         result = Decimal(str(value))
     except InvalidOperation:
         raise InvalidRequest(f"{where}: must be a number (got {value!r})") from None
+    if not result.is_finite():  # .inf / .nan in YAML: the decimal column would refuse it with a traceback
+        raise InvalidRequest(f"{where}: must be a finite number (got {value!r})")
     if result < 0:
         raise InvalidRequest(f"{where}: must not be negative")
     return result
+
+
+def _seconds(value: Any, where: str) -> float:
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise InvalidRequest(f"{where}: must be a positive number of seconds (got {value!r})")
+    return float(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# the simulated adapter's knobs (providers/adapters/simulated.py); a misspelt one would be ignored
+SIM_PROFILE_SHARES = {"failure_rate", "cut_rate", "quality"}
+SIM_PROFILE_KEYS = SIM_PROFILE_SHARES | {"latency_ms", "tokens_per_s", "fail_status"}
+
+
+def _check_sim_profile(profile: Any, where: str) -> None:
+    if not isinstance(profile, Mapping):
+        raise InvalidRequest(f"{where}: must be an object")
+    unknown = sorted(set(profile) - SIM_PROFILE_KEYS)
+    if unknown:
+        known = ", ".join(sorted(SIM_PROFILE_KEYS))
+        raise InvalidRequest(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {known})")
+    for key, value in profile.items():
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise InvalidRequest(f"{where}.{key}: must be a non-negative number (got {value!r})")
+        if key in SIM_PROFILE_SHARES and value > 1:
+            raise InvalidRequest(f"{where}.{key}: must be from 0 to 1 (got {value!r})")
+    status = profile.get("fail_status")
+    if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+        raise InvalidRequest(f"{where}.fail_status: must be an HTTP error status from 400 to 599")
 
 
 def provider_upsert(
@@ -40,6 +76,14 @@ def provider_upsert(
         raise InvalidRequest(f"providers[{name}].kind: must be one of {', '.join(ProviderKind.values)}")
     if kind != ProviderKind.SIMULATED and not base_url:
         raise InvalidRequest(f"providers[{name}].base_url: required for kind {kind}")
+    if base_url:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise InvalidRequest(
+                f"providers[{name}].base_url: must be an http:// or https:// URL with a host (got {base_url!r})"
+            )
+    connect_timeout_s = _seconds(connect_timeout_s, f"providers[{name}].connect_timeout_s")
+    read_timeout_s = _seconds(read_timeout_s, f"providers[{name}].read_timeout_s")
     if api_key_env and not api_key_env.replace("_", "").isalnum():
         raise InvalidRequest(f"providers[{name}].api_key_env: must be an environment variable name")
     provider, _ = Provider.objects.update_or_create(
@@ -48,8 +92,8 @@ def provider_upsert(
             "kind": kind,
             "base_url": base_url,
             "api_key_env": api_key_env,
-            "connect_timeout_s": float(connect_timeout_s),
-            "read_timeout_s": float(read_timeout_s),
+            "connect_timeout_s": connect_timeout_s,
+            "read_timeout_s": read_timeout_s,
             "enabled": bool(enabled),
         },
     )
@@ -86,6 +130,8 @@ def model_upsert(
         raise InvalidRequest(f"{where}.capabilities: must be a list of strings")
     if tags is not None and not isinstance(tags, Mapping):
         raise InvalidRequest(f"{where}.tags: must be an object")
+    if sim_profile is not None:
+        _check_sim_profile(sim_profile, f"{where}.sim_profile")
     with transaction.atomic():
         model, _ = LLMModel.objects.update_or_create(
             name=name,

@@ -165,6 +165,42 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
             lambda c: c["policies"][0].update(options={"default_model": "nope"}),
             "policies[cheap-first].options.default_model: unknown model 'nope'",
         ),
+        (
+            lambda c: c["models"][0].update(input_usd_per_mtok=float("inf")),
+            "models[llama-3.1-8b].input_usd_per_mtok: must be a finite number",
+        ),
+        (
+            lambda c: c["models"][0].update(output_usd_per_mtok=float("nan")),
+            "models[llama-3.1-8b].output_usd_per_mtok: must be a finite number",
+        ),
+        (
+            lambda c: c["providers"][0].update(base_url="ftp://127.0.0.1/v1"),
+            "providers[local-vllm].base_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            lambda c: c["providers"][0].update(base_url="not a url"),
+            "providers[local-vllm].base_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            lambda c: c["providers"][0].update(read_timeout_s=-1),
+            "providers[local-vllm].read_timeout_s: must be a positive number of seconds",
+        ),
+        (
+            lambda c: c["providers"][0].update(connect_timeout_s="soon"),
+            "providers[local-vllm].connect_timeout_s: must be a positive number of seconds",
+        ),
+        (
+            lambda c: c["models"][0].update(sim_profile={"failrate": 1.0}),
+            "models[llama-3.1-8b].sim_profile: unknown key(s) failrate",
+        ),
+        (
+            lambda c: c["models"][0].update(sim_profile={"failure_rate": 2}),
+            "models[llama-3.1-8b].sim_profile.failure_rate: must be from 0 to 1",
+        ),
+        (
+            lambda c: c["models"][0].update(sim_profile={"failure_rate": 1, "fail_status": 200}),
+            "models[llama-3.1-8b].sim_profile.fail_status: must be an HTTP error status",
+        ),
     ],
 )
 def test_bad_catalogs_fail_with_the_offending_key_and_change_nothing(
