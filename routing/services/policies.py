@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,6 +115,19 @@ def _check_some_model_fits(values: Mapping[str, Any]) -> None:
         )
 
 
+def _check_finite(value: Any, where: str) -> None:
+    """The versioned fields are stored (and hashed) as JSON, which has no NaN or Infinity: a YAML
+    .nan in a rule's value failed the insert with an IntegrityError instead of naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{where}: must be a finite number (got {value})")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}[{index}]")
+
+
 def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str, Any]:
     strategies = load_strategies(settings.SCOPE_EXTRA_STRATEGIES)
     if values["strategy"] not in strategies:
@@ -125,8 +139,12 @@ def _validate(values: dict[str, Any], known_models: set[str] | None) -> dict[str
         raise InvalidRequest("alpha: must be a number in [0, 1]")
     for limit in ("max_cost_usd", "max_latency_ms"):
         value = values[limit]
-        if value is not None and (not isinstance(value, int | float) or value < 0):
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf
+        ):
             raise InvalidRequest(f"{limit}: must be a non-negative number")
+    for field in ("required_tags", "rules", "options"):
+        _check_finite(values[field], field)
     for name in ("allowed_models", "denied_models"):
         listed = values[name]
         if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):

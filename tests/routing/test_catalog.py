@@ -189,6 +189,15 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
             lambda c: c["providers"][0].update(connect_timeout_s="soon"),
             "providers[local-vllm].connect_timeout_s: must be a positive number of seconds",
         ),
+        (lambda c: c["policies"][0].update(max_cost_usd=float("nan")), "policies[cheap-first].max_cost_usd"),
+        (
+            lambda c: c["policies"][0].update(max_latency_ms=float("inf")),
+            "policies[cheap-first].max_latency_ms",
+        ),
+        (
+            lambda c: c["policies"][0]["rules"][0]["when"].update(value=float("nan")),
+            "policies[cheap-first].rules[0].when.value: must be a finite number",
+        ),
         (
             lambda c: c["models"][0].update(sim_profile={"failrate": 1.0}),
             "models[llama-3.1-8b].sim_profile: unknown key(s) failrate",
