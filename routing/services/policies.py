@@ -115,6 +115,16 @@ def _check_some_model_fits(values: Mapping[str, Any]) -> None:
         )
 
 
+# Copy lists and objects, but leave any other value as it came for _validate to refuse by name:
+# list("gpt-4o") made six unknown one-letter models, dict(["eu"]) the tag {"e": "u"}.
+def _list_or_as_is(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def _dict_or_as_is(value: Any) -> Any:
+    return {} if value is None else dict(value) if isinstance(value, Mapping) else value
+
+
 def _check_finite(value: Any, where: str) -> None:
     """The versioned fields are stored (and hashed) as JSON, which has no NaN or Infinity: a YAML
     .nan in a rule's value failed the insert with an IntegrityError instead of naming the key."""
@@ -206,12 +216,12 @@ def policy_publish(
             "alpha": alpha,
             "max_cost_usd": max_cost_usd,
             "max_latency_ms": max_latency_ms,
-            "allowed_models": list(allowed_models),
-            "denied_models": list(denied_models),
-            "required_capabilities": list(required_capabilities),
-            "required_tags": dict(required_tags or {}),
-            "rules": list(rules),
-            "options": dict(options or {}),
+            "allowed_models": _list_or_as_is(allowed_models),
+            "denied_models": _list_or_as_is(denied_models),
+            "required_capabilities": _list_or_as_is(required_capabilities),
+            "required_tags": _dict_or_as_is(required_tags),
+            "rules": _list_or_as_is(rules),
+            "options": _dict_or_as_is(options),
         },
         known_models,
     )

@@ -199,6 +199,27 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
             "policies[cheap-first].rules[0].when.value: must be a finite number",
         ),
         (
+            lambda c: c["policies"][0].update(models="llama-3.1-8b"),
+            "policies[cheap-first].allowed_models: must be a list of model names",
+        ),
+        (
+            lambda c: c["policies"][0].update(required_tags=["region"]),
+            "policies[cheap-first].required_tags: must be an object",
+        ),
+        (
+            lambda c: c["policies"][0].update(required_tags=["eu"]),
+            "policies[cheap-first].required_tags: must be an object",
+        ),
+        (
+            lambda c: c["policies"][0].update(required_capabilities="json"),
+            "policies[cheap-first].required_capabilities: must be a list of capability names",
+        ),
+        (
+            lambda c: c["policies"][0].update(options=["cache"]),
+            "policies[cheap-first].options: must be an object",
+        ),
+        (lambda c: c["policies"][0].update(options=5), "policies[cheap-first].options: must be an object"),
+        (
             lambda c: c["models"][0].update(sim_profile={"failrate": 1.0}),
             "models[llama-3.1-8b].sim_profile: unknown key(s) failrate",
         ),
