@@ -29,6 +29,12 @@ def _decimal(value: Any, where: str) -> Decimal:
     return result
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):  # bool("false") is True: a JSON catalog's "false" enabled the row
+        raise InvalidRequest(f"{where}: must be true or false (got {value!r})")
+    return value
+
+
 def _seconds(value: Any, where: str) -> float:
     if not _is_number(value) or not 0 < value < math.inf:
         raise InvalidRequest(f"{where}: must be a positive number of seconds (got {value!r})")
@@ -94,7 +100,7 @@ def provider_upsert(
             "api_key_env": api_key_env,
             "connect_timeout_s": connect_timeout_s,
             "read_timeout_s": read_timeout_s,
-            "enabled": bool(enabled),
+            "enabled": _flag(enabled, f"providers[{name}].enabled"),
         },
     )
     return provider
@@ -146,7 +152,7 @@ def model_upsert(
                 "upstream_name": upstream_name,
                 "sim_profile": dict(sim_profile or {}),
                 "load_balancing": load_balancing,
-                "enabled": bool(enabled),
+                "enabled": _flag(enabled, f"{where}.enabled"),
             },
         )
     return model

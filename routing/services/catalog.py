@@ -85,6 +85,8 @@ def _items(data: Mapping[str, Any], section: str, allowed: set[str], id_key: str
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not item.get(id_key):
             raise InvalidRequest(f"{section}[{index}]: must be a mapping with {id_key!r}")
+        if not isinstance(item[id_key], str):  # `name: 5` was a TypeError traceback further on
+            raise InvalidRequest(f"{section}[{index}].{id_key}: must be a string (got {item[id_key]!r})")
         unknown = set(item) - allowed
         if unknown:
             raise InvalidRequest(f"{section}[{item[id_key]}]: unknown key(s) {', '.join(sorted(unknown))}")

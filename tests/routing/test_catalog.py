@@ -220,6 +220,15 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
         ),
         (lambda c: c["policies"][0].update(options=5), "policies[cheap-first].options: must be an object"),
         (
+            lambda c: c["models"][0].update(enabled="false"),
+            "models[llama-3.1-8b].enabled: must be true or false",
+        ),
+        (
+            lambda c: c["providers"][0].update(enabled="off"),
+            "providers[local-vllm].enabled: must be true or false",
+        ),
+        (lambda c: c["models"][1].update(name=5), "models[1].name: must be a string"),
+        (
             lambda c: c["models"][0].update(sim_profile={"failrate": 1.0}),
             "models[llama-3.1-8b].sim_profile: unknown key(s) failrate",
         ),
