@@ -22,12 +22,25 @@ if _OWN_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_var / f"prometheus-worker-{os.getpid()}")
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
-from celery.signals import worker_ready, worker_shutdown  # noqa: E402
+from celery.signals import worker_init, worker_ready, worker_shutdown  # noqa: E402
 
 from scope_site.celery import app  # noqa: E402
 
 __all__ = ["app"]
 logger = logging.getLogger("scope.worker")
+
+
+@worker_init.connect
+def _refuse_without_a_broker(**_: Any) -> None:
+    """Without REDIS_URL the broker is in-memory: a worker would wait forever for tasks that the web
+    processes (eager, in process) never send it. Say so instead of starting."""
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        raise SystemExit(
+            "a Celery worker needs REDIS_URL (its broker); without it tasks run inside the web "
+            "process (make run) and this worker would never receive one"
+        )
 
 
 @worker_ready.connect

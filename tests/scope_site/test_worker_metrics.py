@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +72,19 @@ def test_tasks_run_in_process_count_in_the_web_metrics(catalog: Any) -> None:
     experiments_refresh_all_task.apply()
     assert _task_counts(metrics_render(multiproc_dir="").decode()).get(key, 0.0) == before + 1
     assert "scope_celery_task_seconds_bucket" in metrics_render(multiproc_dir="").decode()
+
+
+def test_a_worker_without_redis_url_refuses_to_start_instead_of_waiting_forever(tmp_path: Any) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(SCOPE_VAR_DIR=str(tmp_path), SCOPE_WORKER_METRICS_PORT="0")
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "scope_site.worker", "worker", "--concurrency", "1"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "a Celery worker needs REDIS_URL" in result.stderr + result.stdout
