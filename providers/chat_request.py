@@ -71,15 +71,18 @@ def _fail(param: str, message: str, code: str = "invalid_value") -> InvalidReque
     return InvalidRequest(message, code=code, extra={"param": param or None})
 
 
-def _number(body: Mapping[str, Any], name: str, low: float, high: float | None = None) -> float | None:
+def _number(
+    body: Mapping[str, Any], name: str, low: float, high: float | None = None, *, prefix: str = ""
+) -> float | None:
     value = body.get(name)
     if value is None:
         return None
+    param = f"{prefix}{name}"  # scope.alpha, not alpha: OpenAI's own body has no alpha
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(name, f"{name} must be a number")
+        raise _fail(param, f"{param} must be a number")
     if value < low or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise _fail(name, f"{name} must be {bounds} (got {value})")
+        raise _fail(param, f"{param} must be {bounds} (got {value})")
     return float(value)
 
 
@@ -171,9 +174,9 @@ def _scope_options(raw: Any) -> dict[str, Any]:
             "scope.models", "scope.models must name at least one model (leave it out to allow every model)"
         )
     return {
-        "alpha": _number(raw, "alpha", 0.0, 1.0),
-        "max_cost_usd": _number(raw, "max_cost_usd", 0.0),
-        "max_latency_ms": _number(raw, "max_latency_ms", 0.0),
+        "alpha": _number(raw, "alpha", 0.0, 1.0, prefix="scope."),
+        "max_cost_usd": _number(raw, "max_cost_usd", 0.0, prefix="scope."),
+        "max_latency_ms": _number(raw, "max_latency_ms", 0.0, prefix="scope."),
         "models": tuple(models),
     }
 
