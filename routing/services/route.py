@@ -12,7 +12,7 @@ from django.conf import settings
 
 from feedback.services.exploration import exploration_gate
 from feedback.services.shadow import shadow_explanation
-from routing.engine.decide import decide
+from routing.engine.decide import UnknownStrategy, decide
 from routing.engine.strategies import Strategy, load_strategies
 from routing.engine.types import Decision, ModelSpec, PolicySpec, RouteOptions
 from routing.features import RequestFeatures, extract_features
@@ -21,7 +21,7 @@ from routing.predictor.registry import active_predictor
 from routing.selectors import model_specs, policy_spec
 from routing.services.decision_log import decision_log_write
 from routing.services.experiments import experiment_policy
-from scope_site.errors import InvalidRequest, NoEligibleModel, NotFound
+from scope_site.errors import InvalidRequest, NoEligibleModel, NotFound, ServiceUnavailable
 from scope_site.renderers import api_time
 
 
@@ -92,23 +92,32 @@ def route_decide(
         if unknown:
             raise InvalidRequest(f"Unknown model(s) in models: {', '.join(unknown)}", code="unknown_model")
     specs = exploration_gate(specs, requested=models)  # new models: a candidate in a capped share only
-    decision = decide(
-        features=features,
-        models=specs,
-        policy=policy_spec_,
-        options=RouteOptions(
-            alpha=alpha,
-            max_cost_usd=max_cost_usd,
-            max_latency_ms=max_latency_ms,
-            models=tuple(models),
-            metadata=metadata,
-            max_output_tokens=max_output_tokens,
-            required_capabilities=tuple(required_capabilities),
-        ),
-        predictor=active_predictor(),
-        strategies=strategies(),
-        max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
-    )
+    try:
+        decision = decide(
+            features=features,
+            models=specs,
+            policy=policy_spec_,
+            options=RouteOptions(
+                alpha=alpha,
+                max_cost_usd=max_cost_usd,
+                max_latency_ms=max_latency_ms,
+                models=tuple(models),
+                metadata=metadata,
+                max_output_tokens=max_output_tokens,
+                required_capabilities=tuple(required_capabilities),
+            ),
+            predictor=active_predictor(),
+            strategies=strategies(),
+            max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
+        )
+    except UnknownStrategy as exc:
+        # published by a process whose SCOPE_EXTRA_STRATEGIES named the strategy, served by one whose
+        # does not: a deployment mismatch, not the client's fault (was a 500)
+        raise ServiceUnavailable(
+            f"{exc}: SCOPE_EXTRA_STRATEGIES of this server does not define it; set it alike on every "
+            "process that routes",
+            code="unknown_strategy",
+        ) from None
     # a challenger predictor scoring live traffic without routing it (None unless one is set)
     shadow = shadow_explanation(features=features, models=specs, decision=decision)
     if shadow is not None:

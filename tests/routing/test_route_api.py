@@ -253,3 +253,22 @@ def test_values_of_the_wrong_json_type_are_refused_not_coerced(
     response = api("/api/v1/route", {"messages": [{"role": "user", "content": "hi"}], **extra})
     assert response.status_code == 400, response.content
     assert field in response.json()["error"]["message"]
+
+
+def test_a_policy_whose_strategy_this_server_does_not_define_is_a_503_naming_it(
+    api: Api, settings: Any
+) -> None:
+    from routing.selectors import catalog_invalidate
+    from routing.services.route import _strategies
+
+    settings.SCOPE_EXTRA_STRATEGIES = ["longest-name=tests.routing.custom_strategy.LongestNameStrategy"]
+    make_policy("custom", strategy="longest-name")
+    settings.SCOPE_EXTRA_STRATEGIES = []  # the web started without it
+    _strategies.cache_clear()
+    catalog_invalidate()
+    response = api("/api/v1/route", {"messages": USER_MESSAGE("hi"), "policy": "custom"})
+    assert response.status_code == 503, response.content
+    error = response.json()["error"]
+    assert error["code"] == "unknown_strategy" and "SCOPE_EXTRA_STRATEGIES" in error["message"]
+    chat = api("/v1/chat/completions", {"model": "scope/custom", "messages": USER_MESSAGE("hi")})
+    assert chat.status_code == 503 and chat.json()["error"]["code"] == "unknown_strategy"
