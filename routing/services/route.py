@@ -51,7 +51,14 @@ def resolve_policy(*, requested: str | None, api_key: ApiKey | None) -> PolicySp
         slug = settings.SCOPE_DEFAULT_POLICY
     policy = policy_spec(slug)
     if policy is None:
-        raise NotFound(f"Unknown policy {slug!r}", code="unknown_policy")
+        if requested or slug != settings.SCOPE_DEFAULT_POLICY:
+            raise NotFound(f"Unknown policy {slug!r}", code="unknown_policy")
+        # the client named no policy: say where 'default' came from, or the 404 reads as nonsense
+        raise NotFound(
+            f"Unknown policy {slug!r}: the request names no policy and its API key has none, so "
+            f"SCOPE_DEFAULT_POLICY ({slug!r}) applies, and no such policy is published",
+            code="unknown_policy",
+        )
     return policy
 
 

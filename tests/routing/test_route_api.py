@@ -272,3 +272,12 @@ def test_a_policy_whose_strategy_this_server_does_not_define_is_a_503_naming_it(
     assert error["code"] == "unknown_strategy" and "SCOPE_EXTRA_STRATEGIES" in error["message"]
     chat = api("/v1/chat/completions", {"model": "scope/custom", "messages": USER_MESSAGE("hi")})
     assert chat.status_code == 503 and chat.json()["error"]["code"] == "unknown_strategy"
+
+
+def test_without_a_default_policy_the_404_says_the_request_named_none(api: Api, settings: Any) -> None:
+    settings.SCOPE_DEFAULT_POLICY = "house"  # names no published policy
+    response = api("/api/v1/route", {"messages": USER_MESSAGE("hi")})
+    assert response.status_code == 404
+    assert "SCOPE_DEFAULT_POLICY ('house') applies" in response.json()["error"]["message"]
+    named = api("/api/v1/route", {"messages": USER_MESSAGE("hi"), "policy": "house"})
+    assert named.json()["error"]["message"] == "Unknown policy 'house'"
