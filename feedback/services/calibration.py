@@ -168,6 +168,12 @@ def calibration_run(
         raise InvalidRequest(
             "some anchors have no reference answer: set SCOPE_JUDGE_MODEL or pass --judge MODEL"
         )
+    if judge is not None and not LLMModel.objects.filter(name=judge).exists():
+        # checked before any anchor is sent: else every answer is paid for and then left unscored
+        raise NotFound(
+            f"unknown judge model {judge!r} (--judge or SCOPE_JUDGE_MODEL): add it to the catalog first",
+            code="unknown_model",
+        )
     scored: list[tuple[Anchor, float, int, float | None]] = []
     failures: list[str] = []
     for index, anchor in enumerate(anchors, start=1):

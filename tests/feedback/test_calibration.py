@@ -214,3 +214,13 @@ def test_a_recalibrated_model_counts_live_outcomes_from_its_new_start(catalog: A
     )
     assert calibration_graduate() == []
     assert ModelCalibration.objects.get(model_name="large").status == CalibrationStatus.EXPLORING
+
+
+def test_calibrate_model_refuses_an_unknown_judge_before_calling_the_model(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(json.dumps({"id": "essay", "prompt": "Describe the sea."}))
+    with pytest.raises(CommandError, match="unknown judge model 'nope'"):
+        call_command("calibrate_model", "newbie", "--anchors-file", str(anchors), "--judge", "nope")
+    assert upstream.requests == []
