@@ -137,6 +137,17 @@ def test_a_body_over_one_megabyte_is_413(api: Api) -> None:
     assert "param" in error and "message" in error
 
 
+def test_a_raised_body_limit_raises_djangos_own_cap_too() -> None:
+    from tests.scope_site.test_site import run_manage
+
+    shown = run_manage(
+        "shell", "-v0", "-c",
+        "from django.conf import settings; print(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)",
+        env={"SCOPE_MAX_BODY_BYTES": "3000000"},
+    )  # fmt: skip
+    assert shown.stdout.strip() == "3000000", shown.stderr
+
+
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer wrong.key", "Basic dXNlcjpwYXNz", "Bearer abc"])
 def test_missing_or_wrong_keys_get_401(catalog: Any, header: str | None) -> None:
     extra: dict[str, Any] = {"HTTP_AUTHORIZATION": header} if header else {}
