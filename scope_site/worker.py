@@ -18,7 +18,7 @@ from typing import Any
 
 _OWN_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _OWN_DIR:
-    _var = Path(os.environ.get("SCOPE_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+    _var = Path(os.environ.get("SCOPE_VAR_DIR", "").strip() or Path(__file__).resolve().parent.parent / "var")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_var / f"prometheus-worker-{os.getpid()}")
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 

@@ -47,7 +47,7 @@ def start(server: Any) -> None:
         return
     from routing.services.decision_writer import writer_socket_path
 
-    var_dir = Path(os.environ.get("SCOPE_VAR_DIR", BASE_DIR / "var"))
+    var_dir = Path(os.environ.get("SCOPE_VAR_DIR", "").strip() or BASE_DIR / "var")  # empty = unset
     path = writer_socket_path(var_dir, os.getpid())
     path.parent.mkdir(parents=True, exist_ok=True)
     with _lock:
