@@ -185,6 +185,8 @@ SESSION_COOKIE_HTTPONLY = True
 # `manage.py check --deploy` is clean with production settings.
 PRODUCTION = env_bool("SCOPE_PRODUCTION", False)  # never with DEBUG: refused above
 SECURE_SSL_REDIRECT = env_bool("SCOPE_SSL_REDIRECT", PRODUCTION)
+# load balancers and Prometheus probe the workers over plain HTTP: a 301 there reads as "down"
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SCOPE_SECURE_COOKIES", PRODUCTION)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = env_int("SCOPE_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)

@@ -279,6 +279,14 @@ def test_hsts_and_secure_cookies_are_sent_over_https_in_production(db: Any, sett
     assert response.cookies["csrftoken"]["secure"]
 
 
+def test_the_https_redirect_spares_health_checks_and_scrapes(db: Any, settings: Any) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    client = Client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/login/").status_code == 301  # everything else still goes to HTTPS
+
+
 def production_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SCOPE_TESTING"}}
     env.update(
