@@ -63,6 +63,8 @@ def deployment_upsert(
         raise InvalidRequest(f"{where}.provider: unknown provider {provider!r}")
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
         raise InvalidRequest(f"{where}.weight: must be a non-negative integer")
+    if not isinstance(enabled, bool):  # bool("no") is True
+        raise InvalidRequest(f"{where}.enabled: must be true or false (got {enabled!r})")
     deployment, _ = Deployment.objects.update_or_create(
         model=model_row,
         name=name,
@@ -72,7 +74,7 @@ def deployment_upsert(
             "weight": weight,
             "rpm_limit": _limit(rpm_limit, f"{where}.rpm_limit"),
             "tpm_limit": _limit(tpm_limit, f"{where}.tpm_limit"),
-            "enabled": bool(enabled),
+            "enabled": enabled,
         },
     )
     return deployment
@@ -85,6 +87,9 @@ def deployments_load(items: list[Mapping[str, Any]]) -> int:
         for index, item in enumerate(items):
             if not isinstance(item, Mapping) or not item.get("model") or not item.get("name"):
                 raise InvalidRequest(f"deployments[{index}]: must be a mapping with 'model' and 'name'")
+            for key in ("model", "name", "provider", "upstream_name"):
+                if key in item and not isinstance(item[key], str):  # name: 5 was a TypeError traceback
+                    raise InvalidRequest(f"deployments[{index}].{key}: must be a string (got {item[key]!r})")
             unknown = set(item) - DEPLOYMENT_KEYS
             if unknown:
                 raise InvalidRequest(

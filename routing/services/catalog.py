@@ -90,6 +90,11 @@ def _items(data: Mapping[str, Any], section: str, allowed: set[str], id_key: str
         unknown = set(item) - allowed
         if unknown:
             raise InvalidRequest(f"{section}[{item[id_key]}]: unknown key(s) {', '.join(sorted(unknown))}")
+    seen: set[str] = set()
+    for item in items:  # a second entry used to replace the first silently (deployments refuse it too)
+        if item[id_key] in seen:
+            raise InvalidRequest(f"{section}[{item[id_key]}]: listed twice")
+        seen.add(item[id_key])
     return [dict(i) for i in items]
 
 

@@ -228,6 +228,18 @@ def test_json_catalogs_load_too(tmp_path: Path) -> None:
             "providers[local-vllm].enabled: must be true or false",
         ),
         (lambda c: c["models"][1].update(name=5), "models[1].name: must be a string"),
+        (lambda c: c["models"].append(dict(c["models"][0])), "models[llama-3.1-8b]: listed twice"),
+        (lambda c: c["policies"].append(dict(c["policies"][0])), "policies[cheap-first]: listed twice"),
+        (
+            lambda c: c.update(deployments=[{"model": "big", "name": 5, "provider": "local-vllm"}]),
+            "deployments[0].name: must be a string",
+        ),
+        (
+            lambda c: c.update(
+                deployments=[{"model": "big", "name": "a", "provider": "local-vllm", "enabled": "no"}]
+            ),
+            "deployments[big/a].enabled: must be true or false",
+        ),
         (
             lambda c: c["models"][0].update(sim_profile={"failrate": 1.0}),
             "models[llama-3.1-8b].sim_profile: unknown key(s) failrate",
