@@ -121,6 +121,7 @@ def test_bad_settings_fail_at_start_with_a_clear_message(
     result = run_manage("check", env={**env, "SCOPE_VAR_DIR": str(tmp_path)})
     assert result.returncode != 0
     assert message in result.stderr
+    assert "Traceback" not in result.stderr  # one line naming the variable, not 30 lines of stack
 
 
 def test_the_embedded_default_runs_on_sqlite_with_wal_and_routes(tmp_path: Path) -> None:
