@@ -62,7 +62,7 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
             error_body(status=exc.http_status, message=exc.message, code=exc.code, param=param, **extra),
             status=exc.http_status,
         )
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         _scope_headers(response, decision_id=extra.get("decision_id"), model=None, fallbacks=fallbacks)
         return response

@@ -52,7 +52,8 @@ class RateLimited(ApplicationError):
     code = "rate_limited"
     http_status = status.HTTP_429_TOO_MANY_REQUESTS
 
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+    def __init__(self, message: str, *, retry_after: int | None, code: str | None = None):
+        """`retry_after` None: no wait helps (no Retry-After header is sent)."""
         super().__init__(message, code=code)
         self.retry_after = retry_after
 
@@ -122,7 +123,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, ApplicationError):
         answer = Response(error_body(exc.code, exc.message, **exc.extra), status=exc.http_status)
         if isinstance(exc, RateLimited):
-            answer["Retry-After"] = str(exc.retry_after)
+            if exc.retry_after is not None:
+                answer["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, ServiceUnavailable) and "retry_after" in exc.extra:
             answer["Retry-After"] = str(exc.extra["retry_after"])
         return answer

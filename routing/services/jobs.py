@@ -208,7 +208,7 @@ def _store(job_id: uuid.UUID | str, worker: str, **values: Any) -> bool:
 def _retry_wait(exc: BaseException, attempts: int) -> float:
     # capped: a long countdown would outlive the broker's visibility timeout, and an exhausted
     # daily budget should fail the job (with the reset time in its error) rather than park it
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return float(min(exc.retry_after, 600))
     return min(300.0, 5.0 * 2 ** (attempts - 1))
 

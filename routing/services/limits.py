@@ -267,7 +267,7 @@ def _budget_exceeded(
         return RateLimited(
             f"API key {api_key.name!r}: this request needs about {_money(amount)}, more than its whole "
             f"{word} budget of {_money(budget)}; it cannot run under this budget.",
-            retry_after=max(1, math.ceil((reset - now).total_seconds())),
+            retry_after=None,  # the budget resets to the same amount: no wait makes it fit
             code="budget_too_small",
         )
     if ledger.spent_usd + amount <= budget and ledger.reserved_usd > 0:

@@ -291,3 +291,17 @@ def test_embedded_mode_runs_the_job_in_process_when_it_is_committed(
         app.conf.task_always_eager = was_eager
     polled = get(api_key, response.json()["id"]).json()
     assert polled["status"] == "succeeded" and polled["result"]["object"] == "chat.completion"
+
+
+def test_a_chat_that_needs_more_than_the_whole_budget_says_no_wait_helps(catalog: Any) -> None:
+    from decimal import Decimal
+
+    _, plain = make_api_key("tiny", daily_budget_usd=Decimal("0"))
+    response = Client().post(
+        "/v1/chat/completions",
+        {"model": "scope/auto", "messages": [{"role": "user", "content": "Summarise the plan"}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plain}",
+    )
+    assert response.status_code == 429 and response.json()["error"]["code"] == "budget_too_small"
+    assert "Retry-After" not in response  # the budget resets to the same amount: no wait makes it fit
