@@ -82,6 +82,7 @@ def test_retry_after_is_when_the_next_request_fits(
             rpm_admit(api_key=key)
             admitted += 1
     wait = raised.value.retry_after
+    assert wait is not None
     now[0] = start + wait - 1
     with pytest.raises(RateLimited):
         rpm_admit(api_key=key)
@@ -155,6 +156,7 @@ def test_an_exhausted_budget_refuses_even_free_calls_until_the_day_ends(catalog:
         budget_reserve(api_key=key, predicted_cost_usd=0)
     now = timezone.now()
     midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    assert raised.value.retry_after is not None
     assert abs(raised.value.retry_after - (midnight - now).total_seconds()) <= 2
     assert "resets at" in raised.value.message
 
