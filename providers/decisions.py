@@ -114,6 +114,17 @@ def _passthrough(
     )
 
 
+def chat_target_check(*, api_key: ApiKey | None, parsed: ParsedChat) -> None:
+    """The 404 a chat would answer for its model or policy, raised up front: an async job's
+    submission says so at once instead of accepting the job and failing it in the worker."""
+    if parsed.passthrough:
+        spec = next((m for m in model_specs() if m.name == parsed.model), None)
+        if spec is None or not spec.enabled:
+            raise _model_not_found(parsed.model)
+    else:
+        resolve_policy(requested=parsed.policy or None, api_key=api_key)
+
+
 def chat_decide(
     *, api_key: ApiKey | None, parsed: ParsedChat, kind: str, cache_probe: ResponseCacheProbe | None = None
 ) -> ChatDecision:

@@ -30,6 +30,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from providers.chat_request import chat_body_parse
+from providers.decisions import chat_target_check
 from routing.models import ApiKey, DecisionKind, Job, JobStatus
 from routing.storable import UNSTORABLE_TEXT, unstorable_path
 from scope_site.errors import (
@@ -78,6 +79,7 @@ def job_create(*, api_key: ApiKey, body: Any, idempotency_key: str = "") -> JobS
         raise InvalidRequest(
             "stream is not supported for async jobs; poll GET /api/v1/jobs/<id>", code="invalid_value"
         )
+    chat_target_check(api_key=api_key, parsed=parsed)  # an unknown model or policy: 404 now
     if idempotency_key:
         existing = Job.objects.filter(api_key=api_key, idempotency_key=idempotency_key).first()
         if existing is not None:

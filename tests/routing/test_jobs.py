@@ -16,6 +16,7 @@ from django.utils import timezone
 from feedback.models import Outcome
 from providers.models import LLMModel
 from routing.models import DecisionLog, Job, SpendLedger
+from routing.selectors import catalog_invalidate
 from routing.services.jobs import job_claim, job_run, jobs_requeue_stale
 from tests.conftest import USER_MESSAGE, requires_postgres
 from tests.factories import make_api_key
@@ -180,7 +181,9 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(api: Api, sett
 
 
 def test_a_domain_error_fails_the_job_at_once(api: Api) -> None:
-    job_id = submit(api, {**BODY, "model": "no-such-model"}).json()["id"]
+    job_id = submit(api, {**BODY, "model": "small"}).json()["id"]
+    LLMModel.objects.filter(name="small").update(enabled=False)  # disabled before a worker ran it
+    catalog_invalidate()
     run = job_run(job_id=job_id, worker="w")
     assert (run.status, run.retry_in_s) == ("failed", None)
     assert (Job.objects.get(pk=job_id).error or {})["code"] == "model_not_found"
@@ -305,3 +308,17 @@ def test_a_chat_that_needs_more_than_the_whole_budget_says_no_wait_helps(catalog
     )
     assert response.status_code == 429 and response.json()["error"]["code"] == "budget_too_small"
     assert "Retry-After" not in response  # the budget resets to the same amount: no wait makes it fit
+
+
+@pytest.mark.parametrize(
+    ("model", "code"), [("no-such-model", "model_not_found"), ("scope/no-such-policy", "unknown_policy")]
+)
+def test_a_job_for_an_unknown_model_or_policy_is_a_404_at_submission(
+    catalog: Any, api_key: str, model: str, code: str
+) -> None:
+    body = {"model": model, "messages": USER_MESSAGE("Summarise the plan")}
+    response = Client().post(
+        "/api/v1/jobs", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    )
+    assert response.status_code == 404 and response.json()["error"]["code"] == code, response.json()
+    assert not Job.objects.exists()
