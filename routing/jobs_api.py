@@ -41,6 +41,7 @@ _ERRORS = {
     for code, text in {
         400: "Invalid chat-completions body",
         401: "Missing or invalid API key",
+        404: "Unknown model or policy",
         409: "Idempotency-Key reused with a different body",
         413: "Body over 1 MB",
         429: "Rate limit",
