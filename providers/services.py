@@ -9,6 +9,7 @@ from typing import Any
 from django.db import transaction
 
 from providers.models import LLMModel, LoadBalancing, Provider, ProviderKind
+from routing.services.control_events import control_upsert_record
 from scope_site.errors import InvalidRequest
 from scope_site.lengths import check_lengths
 
@@ -34,6 +35,7 @@ def provider_upsert(
     connect_timeout_s: float = 3.0,
     read_timeout_s: float = 60.0,
     enabled: bool = True,
+    actor: str,
 ) -> Provider:
     check_lengths(Provider, f"providers[{name[:100]}]", name=name, base_url=base_url, api_key_env=api_key_env)
     if kind not in ProviderKind.values:
@@ -42,17 +44,18 @@ def provider_upsert(
         raise InvalidRequest(f"providers[{name}].base_url: required for kind {kind}")
     if api_key_env and not api_key_env.replace("_", "").isalnum():
         raise InvalidRequest(f"providers[{name}].api_key_env: must be an environment variable name")
-    provider, _ = Provider.objects.update_or_create(
-        name=name,
-        defaults={
-            "kind": kind,
-            "base_url": base_url,
-            "api_key_env": api_key_env,
-            "connect_timeout_s": float(connect_timeout_s),
-            "read_timeout_s": float(read_timeout_s),
-            "enabled": bool(enabled),
-        },
-    )
+    values = {
+        "kind": kind,
+        "base_url": base_url,
+        "api_key_env": api_key_env,  # the variable's name; its value is never read here
+        "connect_timeout_s": float(connect_timeout_s),
+        "read_timeout_s": float(read_timeout_s),
+        "enabled": bool(enabled),
+    }
+    with transaction.atomic():
+        before = Provider.objects.select_for_update().filter(name=name).values(*values).first()
+        provider, _ = Provider.objects.update_or_create(name=name, defaults=values)
+        control_upsert_record(actor=actor, entity="provider", name=name, before=before, after=values)
     return provider
 
 
@@ -70,6 +73,7 @@ def model_upsert(
     sim_profile: Mapping[str, Any] | None = None,
     load_balancing: str = LoadBalancing.WEIGHTED,
     enabled: bool = True,
+    actor: str,
 ) -> LLMModel:
     where = f"models[{name[:200]}]"
     check_lengths(LLMModel, where, name=name, upstream_name=upstream_name)
@@ -86,28 +90,26 @@ def model_upsert(
         raise InvalidRequest(f"{where}.capabilities: must be a list of strings")
     if tags is not None and not isinstance(tags, Mapping):
         raise InvalidRequest(f"{where}.tags: must be an object")
+    values: dict[str, Any] = {
+        "input_usd_per_mtok": _decimal(input_usd_per_mtok, f"{where}.input_usd_per_mtok"),
+        "output_usd_per_mtok": _decimal(output_usd_per_mtok, f"{where}.output_usd_per_mtok"),
+        "context_window": context_window,
+        "tier": tier,
+        "capabilities": list(capabilities),
+        "tags": dict(tags or {}),
+        "upstream_name": upstream_name,
+        "sim_profile": dict(sim_profile or {}),
+        "load_balancing": load_balancing,
+        "enabled": bool(enabled),
+    }
     with transaction.atomic():
-        model, _ = LLMModel.objects.update_or_create(
-            name=name,
-            defaults={
-                "provider": provider_row,
-                "input_usd_per_mtok": _decimal(input_usd_per_mtok, f"{where}.input_usd_per_mtok"),
-                "output_usd_per_mtok": _decimal(output_usd_per_mtok, f"{where}.output_usd_per_mtok"),
-                "context_window": context_window,
-                "tier": tier,
-                "capabilities": list(capabilities),
-                "tags": dict(tags or {}),
-                "upstream_name": upstream_name,
-                "sim_profile": dict(sim_profile or {}),
-                "load_balancing": load_balancing,
-                "enabled": bool(enabled),
-            },
+        before = (
+            LLMModel.objects.select_for_update().filter(name=name).values("provider__name", *values).first()
         )
-    return model
-
-
-def model_set_enabled(*, name: str, enabled: bool) -> LLMModel:
-    model = LLMModel.objects.get(name=name)
-    model.enabled = enabled
-    model.save(update_fields=["enabled", "updated_at"])
+        model, _ = LLMModel.objects.update_or_create(name=name, defaults={"provider": provider_row, **values})
+        if before is not None:
+            before["provider"] = before.pop("provider__name")
+        control_upsert_record(
+            actor=actor, entity="model", name=name, before=before, after={"provider": provider, **values}
+        )
     return model

@@ -21,6 +21,7 @@ PERSONAS = ("operator", "auditor", "viewer", "outsider", "anonymous")
 def world(decisions: list[Any]) -> dict[str, Any]:
     make_policy("quality", strategy="pre_inference", alpha=0.9)
     experiment = experiment_upsert(
+        actor="test",
         name="alpha-test",
         policy="default",
         arms=[{"policy": "default", "name": "a"}, {"policy": "quality", "name": "b"}],

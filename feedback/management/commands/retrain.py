@@ -44,7 +44,7 @@ class Command(ScopeCommand):
             except (ValueError, AttributeError, TypeError):
                 raise CommandError("--weights must be a JSON object of numbers") from None
         try:
-            run = retraining_request(trigger="command", params=params)
+            run = retraining_request(trigger="command", params=params, actor="cli:retrain")
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
         if run.trigger != "command" or run.params != params:
