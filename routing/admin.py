@@ -78,7 +78,7 @@ class ApiKeyAdmin(ControlEventAdmin, APIKeyModelAdmin):  # type: ignore[misc]  #
     list_display = (*APIKeyModelAdmin.list_display, "default_policy", "is_active")  # type: ignore[assignment]
 
     def control_name(self, obj: Any) -> str:
-        return api_key_target(obj).removeprefix("api_key:")  # the row, never the key or its prefix
+        return api_key_target(obj).removeprefix("api_key:")  # never the id: it holds the key's prefix
 
     def control_action(self, obj: Any, changed: dict[str, list[Any]]) -> str | None:
         return ControlAction.API_KEY_REVOKE if changed.get("revoked") == [False, True] else None

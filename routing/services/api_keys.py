@@ -65,8 +65,9 @@ def api_key_create(
 
 
 def api_key_target(row: ApiKey) -> str:
-    """How the activity log names a key: its name and row id (never the key or its prefix)."""
-    return f"api_key:{row.name}#{row.pk}"
+    """How the activity log names a key: its name and creation time. Never its id, which is the
+    key's prefix plus its hash, nor the prefix: both are part of the key material."""
+    return f"api_key:{row.name}@{row.created:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def api_key_revoke(*, prefix: str, actor: str) -> ApiKey:

@@ -35,8 +35,8 @@ def _clean(value: Any) -> Any:
         return {str(k): REDACTED if _is_secret(str(k)) else _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_clean(v) for v in value]
-    if isinstance(value, Decimal):
-        return str(value)
+    if isinstance(value, Decimal):  # 0.020000 (a stored price) and 0.02 (a file's) are one value
+        return format(value.normalize(), "f")
     if value is None or isinstance(value, bool | int | float):
         return value
     text = str(value)

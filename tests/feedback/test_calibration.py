@@ -68,7 +68,7 @@ def upstream(catalog: Any, monkeypatch: pytest.MonkeyPatch, settings: Any) -> It
             read_timeout_s=2.0,
         )
         for name, tier in (("newbie", 2), ("judge-model", 5)):
-            model_upsert(actor="test", 
+            model_upsert(actor="test",
                 name=name, provider=provider.name, input_usd_per_mtok=Decimal("0.01"),
                 output_usd_per_mtok=Decimal("0.02"), context_window=32768, tier=tier,
             )  # fmt: skip
