@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing.activity import MAX_LIMIT, PAGE_SIZE, ActivityFilters, action_choices, activity_page
-from routing.auth import BearerApiKeyAuthentication
+from routing.auth import ApiKeyUser, BearerApiKeyAuthentication
 from routing.dashboard.roles import READ_ALL, user_role
 from routing.decisions_api import RFC3339DateTimeField
 from routing.serializers import ErrorSerializer
@@ -71,6 +71,8 @@ class CanReadActivity(permissions.BasePermission):
     )
 
     def has_permission(self, request: Request, view: Any) -> bool:
+        if isinstance(request.user, ApiKeyUser):
+            return False
         return user_role(request.user) in READ_ALL
 
 
