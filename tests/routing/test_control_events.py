@@ -165,6 +165,7 @@ def test_retraining_records_the_request_and_the_workers_promotion_and_shadow(cat
         ("system:retraining", "schedule"),
         ("alice", "manual"),
     ]
+    assert first.challenger_id is not None and second.challenger_id is not None
     champion = PredictorVersion.objects.get(pk=first.challenger_id)
     shadow = PredictorVersion.objects.get(pk=second.challenger_id)
     (activated,) = _events("predictor.activate")
