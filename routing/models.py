@@ -437,6 +437,7 @@ class ControlAction(models.TextChoices):
     CALIBRATION_UPDATE = "calibration.update", "Calibration changed (admin)"
     CALIBRATION_DELETE = "calibration.delete", "Calibration deleted (admin)"
     CALIBRATION_GRADUATE = "calibration.graduate", "Model graduated from exploration"
+    SCHEDULE_CREATE = "schedule.create", "Periodic task created"
     USER_SAVE = "user.save", "Dashboard user created or role changed"
 
 

@@ -246,3 +246,16 @@ def test_an_admin_revocation_and_deletion_are_recorded(catalog: Any, admin_clien
     )
     assert response.status_code == 302
     assert [(e.actor, e.target) for e in _events("deployment.delete")] == [("root", "deployment:small/d1")]
+
+
+def test_seed_demo_records_what_it_creates_once_then_nothing(db: Any) -> None:
+    call_command("seed_demo", stdout=StringIO())
+    first = ControlEvent.objects.filter(actor="cli:seed_demo")
+    assert {"catalog.load", "provider.create", "model.create", "policy.publish", "schedule.create"} <= set(
+        first.values_list("action", flat=True)
+    )
+    count = first.count()
+    call_command("seed_demo", stdout=StringIO())  # every `make run` seeds: nothing new, nothing logged
+    assert ControlEvent.objects.filter(actor="cli:seed_demo").count() == count
+    call_command("ensure_schedules", stdout=StringIO())
+    assert not ControlEvent.objects.filter(actor="cli:ensure_schedules").exists()

@@ -35,5 +35,5 @@ class Command(ScopeCommand):
         self.stdout.write(f"demo catalog: {counts} {verb} (served by the simulated provider)")
         if result.kept:
             self.stdout.write(f"  {len(result.kept)} already there, left as they are (--reset reloads them)")
-        created = schedules_ensure()  # periodic tasks, editable in the admin afterwards
+        created = schedules_ensure(actor="cli:seed_demo")  # periodic tasks, editable in the admin afterwards
         self.stdout.write(f"periodic tasks: {len(created)} created")
