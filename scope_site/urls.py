@@ -8,7 +8,6 @@ from drf_spectacular.views import SpectacularAPIView
 
 from feedback.api import FeedbackApi
 from providers.openai_api import ChatCompletionsApi, ModelDetailApi, ModelsApi
-from routing.activity_api import ActivityListApi
 from routing.api import RouteApi
 from routing.decisions_api import DecisionDetailApi, DecisionListApi
 from routing.jobs_api import JobCreateApi, JobDetailApi
@@ -31,7 +30,6 @@ urlpatterns = [
     path("api/v1/usage", UsageApi.as_view(), name="usage"),
     path("api/v1/decisions", DecisionListApi.as_view(), name="decision-list"),
     path("api/v1/decisions/<uuid:decision_id>", DecisionDetailApi.as_view(), name="decision-detail"),
-    path("api/v1/activity", ActivityListApi.as_view(), name="activity-list"),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="models"),
     path("v1/models/<path:model_id>", ModelDetailApi.as_view(), name="model-detail"),

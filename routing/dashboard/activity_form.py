@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.utils import timezone
 
-from routing.activity import ActivityFilters, action_choices
+from routing.activity import MAX_LIMIT, ActivityFilters, action_choices
 from routing.field_names import unknown_fields, unknown_fields_message
 
 
@@ -24,6 +24,7 @@ class ActivityForm(forms.Form):
     start = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     end = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     after = forms.RegexField(required=False, regex=r"^\d{1,18}$", widget=forms.HiddenInput)
+    limit = forms.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, widget=forms.HiddenInput)
 
     def clean(self) -> dict[str, Any]:
         # a misspelt filter (?acter=…) would otherwise list every event
@@ -31,6 +32,13 @@ class ActivityForm(forms.Form):
         if unknown:
             raise forms.ValidationError(unknown_fields_message(unknown, list(self.fields)))
         return super().clean() or {}
+
+    def error_message(self) -> str:
+        parts = []
+        for name, errors in self.errors.items():
+            text = " ".join(str(e) for e in errors)
+            parts.append(text if name == "__all__" else f"{name}: {text}")
+        return "; ".join(parts)
 
     def filters(self) -> ActivityFilters:
         data = self.cleaned_data

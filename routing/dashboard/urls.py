@@ -41,4 +41,5 @@ urlpatterns = [
     path("audit/verify", audit.audit_verify, name="audit-verify"),
     path("audit/seal", audit.audit_seal_view, name="audit-seal"),
     path("activity/", activity.activity, name="activity"),
+    path("activity.json", activity.activity_json, name="activity-json"),
 ]

@@ -57,6 +57,7 @@ def views(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], frozenset[R
         ("get", "/audit/verify", {}, READ_ALL),
         ("get", "/activity/", {}, READ_ALL),
         ("get", "/activity/?action=model&actor=operator", {}, READ_ALL),
+        ("get", "/activity.json?limit=5", {}, READ_ALL),
         ("post", "/policies/default/replay", _policy_post(), READ_ALL),
         ("post", f"/providers/models/{w['model'].pk}/enabled", {"enabled": "0"}, WRITE),
         ("post", "/policies/default/publish", _policy_post(), WRITE),
