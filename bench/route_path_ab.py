@@ -90,7 +90,7 @@ def main() -> int:
     from scope_site.cache import RedisCache
 
     say(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; client CPU per operation, medians")
-    api_key, key = api_key_create(name=f"bench-ab-{int(time.time())}")
+    api_key, key = api_key_create(actor="cli:bench", name=f"bench-ab-{int(time.time())}")
     body = json.loads(chat_body())
     template = route_decide(messages=body["messages"], api_key=api_key, user="bench-ab").row
     connection.ensure_connection()

@@ -63,6 +63,7 @@ def _fill(n: int) -> None:
         return
     call_command("seed_demo")
     experiment_upsert(
+        actor="cli:bench",
         name="alpha-test",
         policy="default",
         arms=[{"policy": "default", "name": "balanced"}, {"policy": "cheap-first", "name": "cheap"}],
@@ -185,7 +186,9 @@ def main() -> None:
         return
     if not args.skip_periodic:
         _periodic()
-    user_create_or_update(username="bench-operator", role=Role.OPERATOR, password="bench-operator-password")
+    user_create_or_update(
+        username="bench-operator", role=Role.OPERATOR, password="bench-operator-password", actor="cli:bench"
+    )
     client = Client()
     assert client.login(username="bench-operator", password="bench-operator-password")
     print(f"\n{'page':44} {'median':>9}  status")

@@ -12,6 +12,7 @@ from feedback.models import (
     TrainingRun,
 )
 from routing.admin import ReadOnlyAdmin
+from routing.admin_activity import ControlEventAdmin
 
 
 @admin.register(EvalPrompt)
@@ -59,8 +60,10 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ModelCalibration)
-class ModelCalibrationAdmin(admin.ModelAdmin):
+class ModelCalibrationAdmin(ControlEventAdmin):
     """Operators may change a new model's exploration cap or end exploration (status)."""
+
+    control_entity = "calibration"
 
     list_display = (
         "model_name",

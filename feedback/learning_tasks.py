@@ -34,7 +34,7 @@ def retraining_execute_task(run_id: int) -> dict[str, Any]:
 @shared_task(name="feedback.retraining_scheduled", soft_time_limit=50, time_limit=60, **RETRY)
 def retraining_scheduled_task(**params: Any) -> int:
     """The beat entry: queue a run (its task is enqueued on commit) unless one is already open."""
-    return retraining_request(trigger="schedule", params=params).pk
+    return retraining_request(trigger="schedule", params=params, actor="system:retraining").pk
 
 
 @shared_task(name="feedback.shadow_summary_refresh", soft_time_limit=240, time_limit=300, **RETRY)
@@ -45,4 +45,4 @@ def shadow_summary_refresh_task() -> dict[str, Any] | None:
 @shared_task(name="feedback.calibration_graduate", soft_time_limit=110, time_limit=120, **RETRY)
 def calibration_graduate_task() -> list[str]:
     """Periodic: lift the exploration cap of new models that have enough live outcomes (idempotent)."""
-    return calibration_graduate()
+    return calibration_graduate(actor="system:exploration")

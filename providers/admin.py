@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db import models
 
 from providers.models import Deployment, LLMModel, Provider
+from routing.admin_activity import ControlEventAdmin
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(ControlEventAdmin):
+    control_entity = "provider"
     list_display = ("name", "kind", "base_url", "api_key_env", "enabled")
     list_filter = ("kind", "enabled")
     search_fields = ("name",)
@@ -16,7 +20,8 @@ class ProviderAdmin(admin.ModelAdmin):
 
 
 @admin.register(LLMModel)
-class LLMModelAdmin(admin.ModelAdmin):
+class LLMModelAdmin(ControlEventAdmin):
+    control_entity = "model"
     list_display = (
         "name",
         "provider",
@@ -31,6 +36,10 @@ class LLMModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ControlEventAdmin):
+    control_entity = "deployment"
     list_display = ("name", "model", "provider", "weight", "rpm_limit", "tpm_limit", "enabled")
     list_filter = ("provider", "enabled")
+
+    def control_name(self, obj: Any) -> str:
+        return f"{obj.model.name}/{obj.name}"  # as the catalog's deployment events name it

@@ -19,6 +19,8 @@ from typing import Any
 from django.db import transaction
 
 from providers.models import Deployment, LLMModel, Provider
+from routing.models import ControlAction
+from routing.services.control_events import control_event_record, control_upsert_record
 from scope_site.errors import InvalidRequest
 from scope_site.lengths import check_lengths
 
@@ -52,6 +54,7 @@ def deployment_upsert(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     enabled: bool = True,
+    actor: str,
 ) -> Deployment:
     where = f"deployments[{model}/{name[:200]}]"
     check_lengths(Deployment, where, name=name, upstream_name=upstream_name)
@@ -65,22 +68,36 @@ def deployment_upsert(
         raise InvalidRequest(f"{where}.weight: must be a non-negative integer")
     if not isinstance(enabled, bool):  # bool("no") is True
         raise InvalidRequest(f"{where}.enabled: must be true or false (got {enabled!r})")
-    deployment, _ = Deployment.objects.update_or_create(
-        model=model_row,
-        name=name,
-        defaults={
-            "provider": provider_row,
-            "upstream_name": str(upstream_name or ""),
-            "weight": weight,
-            "rpm_limit": _limit(rpm_limit, f"{where}.rpm_limit"),
-            "tpm_limit": _limit(tpm_limit, f"{where}.tpm_limit"),
-            "enabled": enabled,
-        },
-    )
+    values: dict[str, Any] = {
+        "upstream_name": str(upstream_name or ""),
+        "weight": weight,
+        "rpm_limit": _limit(rpm_limit, f"{where}.rpm_limit"),
+        "tpm_limit": _limit(tpm_limit, f"{where}.tpm_limit"),
+        "enabled": enabled,
+    }
+    with transaction.atomic():
+        before = (
+            Deployment.objects.select_for_update()
+            .filter(model=model_row, name=name)
+            .values("provider__name", *values)
+            .first()
+        )
+        deployment, _ = Deployment.objects.update_or_create(
+            model=model_row, name=name, defaults={"provider": provider_row, **values}
+        )
+        if before is not None:
+            before["provider"] = before.pop("provider__name")
+        control_upsert_record(
+            actor=actor,
+            entity="deployment",
+            name=f"{model}/{name}",
+            before=before,
+            after={"provider": provider, **values},
+        )
     return deployment
 
 
-def deployments_load(items: list[Mapping[str, Any]]) -> int:
+def deployments_load(items: list[Mapping[str, Any]], *, actor: str) -> int:
     """The catalog's `deployments:` section; returns how many deployments it upserted."""
     listed: dict[str, set[str]] = {}
     with transaction.atomic():
@@ -101,7 +118,15 @@ def deployments_load(items: list[Mapping[str, Any]]) -> int:
             if str(item["name"]) in names:
                 raise InvalidRequest(f"deployments[{item['model']}/{item['name']}]: listed twice")
             names.add(str(item["name"]))
-            deployment_upsert(**{k: v for k, v in item.items()})
+            deployment_upsert(**{k: v for k, v in item.items()}, actor=actor)
         for model, names in listed.items():
-            Deployment.objects.filter(model__name=model).exclude(name__in=names).delete()
+            dropped = Deployment.objects.filter(model__name=model).exclude(name__in=names)
+            for gone in dropped.values_list("name", flat=True):
+                control_event_record(
+                    actor=actor,
+                    action=ControlAction.DEPLOYMENT_DELETE,
+                    target=f"deployment:{model}/{gone}",
+                    detail={"reason": "no longer listed in the catalog file"},
+                )
+            dropped.delete()
     return len(items)

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from django.db import transaction
 
 from providers.models import LLMModel, LoadBalancing, Provider, ProviderKind
+from routing.services.control_events import control_upsert_record
 from scope_site.errors import InvalidRequest
 from scope_site.lengths import check_lengths
 
@@ -76,6 +77,7 @@ def provider_upsert(
     connect_timeout_s: float = 3.0,
     read_timeout_s: float = 60.0,
     enabled: bool = True,
+    actor: str,
 ) -> Provider:
     check_lengths(Provider, f"providers[{name[:100]}]", name=name, base_url=base_url, api_key_env=api_key_env)
     if kind not in ProviderKind.values:
@@ -92,17 +94,18 @@ def provider_upsert(
     read_timeout_s = _seconds(read_timeout_s, f"providers[{name}].read_timeout_s")
     if api_key_env and not api_key_env.replace("_", "").isalnum():
         raise InvalidRequest(f"providers[{name}].api_key_env: must be an environment variable name")
-    provider, _ = Provider.objects.update_or_create(
-        name=name,
-        defaults={
-            "kind": kind,
-            "base_url": base_url,
-            "api_key_env": api_key_env,
-            "connect_timeout_s": connect_timeout_s,
-            "read_timeout_s": read_timeout_s,
-            "enabled": _flag(enabled, f"providers[{name}].enabled"),
-        },
-    )
+    values = {
+        "kind": kind,
+        "base_url": base_url,
+        "api_key_env": api_key_env,  # the variable's name; its value is never read here
+        "connect_timeout_s": connect_timeout_s,
+        "read_timeout_s": read_timeout_s,
+        "enabled": _flag(enabled, f"providers[{name}].enabled"),
+    }
+    with transaction.atomic():
+        before = Provider.objects.select_for_update().filter(name=name).values(*values).first()
+        provider, _ = Provider.objects.update_or_create(name=name, defaults=values)
+        control_upsert_record(actor=actor, entity="provider", name=name, before=before, after=values)
     return provider
 
 
@@ -120,6 +123,7 @@ def model_upsert(
     sim_profile: Mapping[str, Any] | None = None,
     load_balancing: str = LoadBalancing.WEIGHTED,
     enabled: bool = True,
+    actor: str,
 ) -> LLMModel:
     where = f"models[{name[:200]}]"
     check_lengths(LLMModel, where, name=name, upstream_name=upstream_name)
@@ -138,28 +142,26 @@ def model_upsert(
         raise InvalidRequest(f"{where}.tags: must be an object")
     if sim_profile is not None:
         _check_sim_profile(sim_profile, f"{where}.sim_profile")
+    values: dict[str, Any] = {
+        "input_usd_per_mtok": _decimal(input_usd_per_mtok, f"{where}.input_usd_per_mtok"),
+        "output_usd_per_mtok": _decimal(output_usd_per_mtok, f"{where}.output_usd_per_mtok"),
+        "context_window": context_window,
+        "tier": tier,
+        "capabilities": list(capabilities),
+        "tags": dict(tags or {}),
+        "upstream_name": upstream_name,
+        "sim_profile": dict(sim_profile or {}),
+        "load_balancing": load_balancing,
+        "enabled": _flag(enabled, f"{where}.enabled"),
+    }
     with transaction.atomic():
-        model, _ = LLMModel.objects.update_or_create(
-            name=name,
-            defaults={
-                "provider": provider_row,
-                "input_usd_per_mtok": _decimal(input_usd_per_mtok, f"{where}.input_usd_per_mtok"),
-                "output_usd_per_mtok": _decimal(output_usd_per_mtok, f"{where}.output_usd_per_mtok"),
-                "context_window": context_window,
-                "tier": tier,
-                "capabilities": list(capabilities),
-                "tags": dict(tags or {}),
-                "upstream_name": upstream_name,
-                "sim_profile": dict(sim_profile or {}),
-                "load_balancing": load_balancing,
-                "enabled": _flag(enabled, f"{where}.enabled"),
-            },
+        before = (
+            LLMModel.objects.select_for_update().filter(name=name).values("provider__name", *values).first()
         )
-    return model
-
-
-def model_set_enabled(*, name: str, enabled: bool) -> LLMModel:
-    model = LLMModel.objects.get(name=name)
-    model.enabled = enabled
-    model.save(update_fields=["enabled", "updated_at"])
+        model, _ = LLMModel.objects.update_or_create(name=name, defaults={"provider": provider_row, **values})
+        if before is not None:
+            before["provider"] = before.pop("provider__name")
+        control_upsert_record(
+            actor=actor, entity="model", name=name, before=before, after={"provider": provider, **values}
+        )
     return model

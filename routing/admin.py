@@ -8,10 +8,13 @@ from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
+from routing.admin_activity import ControlEventAdmin
 from routing.models import (
     ApiKey,
     AuditCheckpoint,
     BudgetHold,
+    ControlAction,
+    ControlEvent,
     DecisionLog,
     DecisionRollup,
     Experiment,
@@ -23,6 +26,7 @@ from routing.models import (
     RoutingPolicy,
     SpendLedger,
 )
+from routing.services.api_keys import api_key_target
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -50,7 +54,8 @@ class PolicyVersionInline(admin.TabularInline):
 
 
 @admin.register(RoutingPolicy)
-class RoutingPolicyAdmin(admin.ModelAdmin):
+class RoutingPolicyAdmin(ControlEventAdmin):
+    control_entity = "policy"
     list_display = ("slug", "name", "current")
     readonly_fields = ("current",)
     inlines = [PolicyVersionInline]
@@ -68,8 +73,15 @@ if admin.site.is_registered(LibraryAPIKey):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(APIKeyModelAdmin):
+class ApiKeyAdmin(ControlEventAdmin, APIKeyModelAdmin):  # type: ignore[misc]  # save_model: same call
+    control_entity = "api_key"
     list_display = (*APIKeyModelAdmin.list_display, "default_policy", "is_active")  # type: ignore[assignment]
+
+    def control_name(self, obj: Any) -> str:
+        return api_key_target(obj).removeprefix("api_key:")  # never the id: it holds the key's prefix
+
+    def control_action(self, obj: Any, changed: dict[str, list[Any]]) -> str | None:
+        return ControlAction.API_KEY_REVOKE if changed.get("revoked") == [False, True] else None
 
 
 @admin.register(DecisionLog)
@@ -108,11 +120,13 @@ class ExperimentArmInline(admin.TabularInline):
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(admin.ModelAdmin):
+class ExperimentAdmin(ControlEventAdmin):
     """Experiments are created by the catalog, stopped here or in the UI, promoted in the UI: the
     state changes go through the services' rules (a promoted experiment is final, one running
     experiment per policy), so the admin cannot edit them directly."""
 
+    control_entity = "experiment"
+    control_inlines = {ExperimentArm: ("experiment_arm", lambda arm: f"{arm.experiment.name}/{arm.name}")}
     list_display = ("name", "policy", "status", "winner", "stats_updated_at")
     list_filter = ("status",)
     inlines = [ExperimentArmInline]
@@ -138,7 +152,7 @@ class ExperimentAdmin(admin.ModelAdmin):
 
         for experiment in queryset:
             try:
-                experiment_stop(experiment_id=experiment.pk)
+                experiment_stop(experiment_id=experiment.pk, actor=request.user.get_username())
             except ApplicationError as exc:
                 self.message_user(request, exc.message, level="warning")
 
@@ -161,7 +175,8 @@ class AuditCheckpointAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ExperimentArm)
-class ExperimentArmAdmin(admin.ModelAdmin):
+class ExperimentArmAdmin(ControlEventAdmin):
+    control_entity = "experiment_arm"
     list_display = ("experiment", "name", "policy", "weight")
 
 
@@ -196,3 +211,13 @@ class DecisionRollupAdmin(ReadOnlyAdmin):
 @admin.register(RollupState)
 class RollupStateAdmin(ReadOnlyAdmin):
     list_display = ("source", "watermark", "last_id", "updated_at")
+
+
+@admin.register(ControlEvent)
+class ControlEventLogAdmin(ReadOnlyAdmin):
+    """The control-plane activity log: append-only, so read-only here too."""
+
+    list_display = ("created_at", "actor", "action", "target")
+    list_filter = ("action",)
+    search_fields = ("actor", "target")
+    date_hierarchy = "created_at"

@@ -395,3 +395,73 @@ class RollupState(models.Model):
 
     def __str__(self) -> str:
         return f"rollup {self.source} at {self.watermark}"
+
+
+class ControlAction(models.TextChoices):
+    """What a control-plane change did. `<entity>.create|update|delete` also covers Django admin edits."""
+
+    POLICY_PUBLISH = "policy.publish", "Policy version published"
+    POLICY_CREATE = "policy.create", "Policy created without a version (admin)"
+    POLICY_UPDATE = "policy.update", "Policy name/description changed (admin)"
+    POLICY_DELETE = "policy.delete", "Policy deleted (admin)"
+    MODEL_ENABLE = "model.enable", "Model enabled"
+    MODEL_DISABLE = "model.disable", "Model disabled"
+    MODEL_CREATE = "model.create", "Model created"
+    MODEL_UPDATE = "model.update", "Model settings changed"
+    MODEL_DELETE = "model.delete", "Model deleted"
+    PROVIDER_CREATE = "provider.create", "Provider created"
+    PROVIDER_UPDATE = "provider.update", "Provider settings changed"
+    PROVIDER_DELETE = "provider.delete", "Provider deleted"
+    DEPLOYMENT_CREATE = "deployment.create", "Deployment created"
+    DEPLOYMENT_UPDATE = "deployment.update", "Deployment settings changed"
+    DEPLOYMENT_DELETE = "deployment.delete", "Deployment deleted"
+    PREDICTOR_ACTIVATE = "predictor.activate", "Predictor version activated"
+    SHADOW_START = "shadow.start", "Shadow predictor started"
+    SHADOW_STOP = "shadow.stop", "Shadow predictor stopped"
+    RETRAIN_REQUEST = "retrain.request", "Retraining requested"
+    EXPERIMENT_CREATE = "experiment.create", "Experiment created"
+    EXPERIMENT_UPDATE = "experiment.update", "Experiment changed"
+    EXPERIMENT_DELETE = "experiment.delete", "Experiment deleted (admin)"
+    EXPERIMENT_STOP = "experiment.stop", "Experiment stopped"
+    EXPERIMENT_ARM_CREATE = "experiment_arm.create", "Experiment arm added (admin)"
+    EXPERIMENT_ARM_UPDATE = "experiment_arm.update", "Experiment arm changed (admin)"
+    EXPERIMENT_ARM_DELETE = "experiment_arm.delete", "Experiment arm removed (admin)"
+    EXPERIMENT_PROMOTE = "experiment.promote", "Experiment arm promoted"
+    API_KEY_CREATE = "api_key.create", "API key created"
+    API_KEY_UPDATE = "api_key.update", "API key limits/budgets changed"
+    API_KEY_REVOKE = "api_key.revoke", "API key revoked"
+    API_KEY_DELETE = "api_key.delete", "API key deleted (admin)"
+    CATALOG_LOAD = "catalog.load", "Catalog file loaded"
+    CALIBRATION_STORE = "calibration.store", "New model calibrated (exploration cap set)"
+    CALIBRATION_CREATE = "calibration.create", "Calibration added (admin)"
+    CALIBRATION_UPDATE = "calibration.update", "Calibration changed (admin)"
+    CALIBRATION_DELETE = "calibration.delete", "Calibration deleted (admin)"
+    CALIBRATION_GRADUATE = "calibration.graduate", "Model graduated from exploration"
+    SCHEDULE_CREATE = "schedule.create", "Periodic task created"
+    USER_SAVE = "user.save", "Dashboard user created or role changed"
+
+
+class ControlEvent(models.Model):
+    """Who changed the control plane, what, and when. Append-only: written only by
+    routing.services.control_events, inside the transaction of the change it records; no code
+    path updates or deletes a row (the admin is read-only)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    # a username; "system:<component>" for workers and schedules; "cli:<command>" for commands
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=40, choices=ControlAction.choices)
+    target = models.CharField(max_length=300)  # "<entity>:<name>", e.g. "model:gpt-4o"
+    detail = models.JSONField(default=dict, blank=True)  # old → new values, versions; never secrets
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # activity page / API: newest first by id (keyset), filtered by time
+            models.Index(fields=["created_at"], name="controlevent_time"),
+            # activity filtered by action or actor, newest first (WHERE action = … ORDER BY id DESC)
+            models.Index(fields=["action", "-id"], name="controlevent_action"),
+            models.Index(fields=["actor", "-id"], name="controlevent_actor"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target}"

@@ -69,8 +69,10 @@ def make_catalog() -> list[Any]:
 
 
 def make_policy(slug: str = "default", **values: Any) -> PolicyVersion:
+    values.setdefault("created_by", "test")
     return policy_publish(slug=slug, **values)
 
 
 def make_api_key(name: str = "app", policy: str | None = None, **limits: Any) -> tuple[ApiKey, str]:
+    limits.setdefault("actor", "test")
     return api_key_create(name=name, policy_slug=policy, **limits)

@@ -36,7 +36,7 @@ from routing.services.experiments import experiment_upsert
 from routing.services.rollup import rollup_catch_up
 from routing.services.route import route_decide
 for role in Role:
-    user_create_or_update(username=role.value, role=role, password=%(password)r)
+    user_create_or_update(username=role.value, role=role, password=%(password)r, actor="cli:take_screenshots")
 experiment_upsert(name="alpha-test", policy="default",
                   arms=[{"policy": "default", "name": "balanced"}, {"policy": "cheap-first", "name": "cheap"}],
                   description="Does a cheaper default (alpha 0.2) keep feedback scores?")

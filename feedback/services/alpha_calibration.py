@@ -102,6 +102,7 @@ def policy_calibrate(
     source: str = "",
     limit: int = 2000,
     dry_run: bool = False,
+    actor: str,
 ) -> Calibration:
     """Replay traffic through the active predictor for a grid of α and publish the α that meets the target."""
     if (target_share is None) == (target_cost_usd is None):
@@ -158,9 +159,7 @@ def policy_calibrate(
             raise NotFound(f"policy {slug!r} has no version")
         values = {f: getattr(current, f) for f in VERSIONED_FIELDS}
         values["alpha"] = chosen.alpha
-        version = policy_publish(
-            slug=slug, created_by="calibrate_policy", note=f"alpha calibrated on {traffic}", **values
-        )
+        version = policy_publish(slug=slug, created_by=actor, note=f"alpha calibrated on {traffic}", **values)
     return Calibration(chosen, names, len(feats), traffic, predictor.version, version, missed)
 
 

@@ -27,7 +27,8 @@ from django.utils.dateparse import parse_datetime
 from feedback.models import CalibrationStatus, EvalOutcome, EvalPrompt, ModelCalibration, Outcome
 from feedback.services.exploration import exploration_invalidate
 from providers.models import LLMModel
-from routing.models import DecisionLog
+from routing.models import ControlAction, DecisionLog
+from routing.services.control_events import control_event_record
 from scope_site.errors import ApplicationError, InvalidRequest, NotFound
 
 ANCHOR_SOURCE = "anchors"
@@ -154,6 +155,7 @@ def calibration_run(
     min_live_outcomes: int | None = None,
     ask: Ask = execution_ask,
     progress: Callable[[int, int], None] | None = None,
+    actor: str,
 ) -> ModelCalibration:
     """Run the model on each anchor, score the answers, store them and open exploration."""
     row = _routable(model)
@@ -194,7 +196,13 @@ def calibration_run(
         raise InvalidRequest("every anchor call failed: " + "; ".join(failures[:3]))
     scoring = "exact_match" if judge is None else f"exact_match+judge:{judge}"
     return _store(
-        row.name, scored, scoring=scoring, cap=cap, min_live_outcomes=min_live_outcomes, failures=failures
+        row.name,
+        scored,
+        scoring=scoring,
+        cap=cap,
+        min_live_outcomes=min_live_outcomes,
+        failures=failures,
+        actor=actor,
     )
 
 
@@ -205,6 +213,7 @@ def calibration_import(
     limit: int | None = None,
     cap: float | None = None,
     min_live_outcomes: int | None = None,
+    actor: str,
 ) -> ModelCalibration:
     """The model's outcomes from an outcomes.jsonl file (BENCHMARK.md format) stand for the anchor run."""
     row = _routable(model)
@@ -236,6 +245,7 @@ def calibration_import(
         cap=cap,
         min_live_outcomes=min_live_outcomes,
         failures=[],
+        actor=actor,
     )
 
 
@@ -263,6 +273,7 @@ def _store(
     cap: float | None,
     min_live_outcomes: int | None,
     failures: list[str],
+    actor: str,
 ) -> ModelCalibration:
     _check_exploration(cap, min_live_outcomes)
     cap = settings.SCOPE_EXPLORATION_CAP if cap is None else cap
@@ -302,7 +313,20 @@ def _store(
                 "graduated_at": None,
             },
         )
-        LLMModel.objects.filter(name=model, enabled=False).update(enabled=True)
+        enabled = LLMModel.objects.filter(name=model, enabled=False).update(enabled=True)
+        control_event_record(
+            actor=actor,
+            action=ControlAction.CALIBRATION_STORE,
+            target=f"model:{model}",
+            detail={
+                "anchors": len(scored),
+                "anchor_score": round(mean, 4),
+                "scoring": scoring[:200],
+                "exploration_cap": cap,
+                "min_live_outcomes": calibration.min_live_outcomes,
+                "model_enabled": bool(enabled),  # calibrating a disabled model puts it back in routing
+            },
+        )
         transaction.on_commit(exploration_invalidate)
     return calibration
 
@@ -322,7 +346,7 @@ def calibration_live_outcomes(calibration: ModelCalibration) -> QuerySet[Outcome
     ).exclude(decision__in=calibration_calls)
 
 
-def calibration_graduate() -> list[str]:
+def calibration_graduate(*, actor: str) -> list[str]:
     """Lift the cap of exploring models whose successful live outcomes reached their minimum."""
     graduated = []
     with transaction.atomic():
@@ -335,6 +359,12 @@ def calibration_graduate() -> list[str]:
                 calibration.status = CalibrationStatus.GRADUATED
                 calibration.graduated_at = timezone.now()
                 graduated.append(calibration.model_name)
+                control_event_record(
+                    actor=actor,
+                    action=ControlAction.CALIBRATION_GRADUATE,
+                    target=f"model:{calibration.model_name}",
+                    detail={"live_outcomes": live, "exploration_cap": calibration.exploration_cap},
+                )
             calibration.save(update_fields=["live_outcomes", "status", "graduated_at"])
         transaction.on_commit(exploration_invalidate)
     return graduated

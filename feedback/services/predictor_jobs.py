@@ -55,6 +55,7 @@ def predictor_train_job(
     force_activate: bool = False,
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
+    actor: str,
 ) -> JobResult:
     extra_models = load_models(models_file)  # a --models file that cannot be read fails before any run
     run = TrainingRun.objects.create(
@@ -124,7 +125,7 @@ def predictor_train_job(
         version = predictor_version_save(trained=trained)
         promote = wins or force_activate
         if promote:
-            predictor_version_activate(version_id=version.pk)
+            predictor_version_activate(version_id=version.pk, actor=actor, reason=reason)
             if not wins:
                 reason += " (activated by request)"
         TrainingRun.objects.filter(pk=run.pk).update(

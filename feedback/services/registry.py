@@ -11,8 +11,10 @@ from django.utils import timezone
 from feedback.models import PredictorVersion
 from feedback.services.training import TrainedPredictor
 from routing.features import FEATURE_SCHEMA_VERSION
+from routing.models import ControlAction
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.registry import announce_active, predictor_precompile
+from routing.services.control_events import control_event_record
 from scope_site.errors import InvalidRequest, NotFound
 
 
@@ -45,7 +47,7 @@ def predictor_version_save(
         )
 
 
-def predictor_version_activate(*, version_id: int) -> PredictorVersion:
+def predictor_version_activate(*, version_id: int, actor: str, reason: str = "") -> PredictorVersion:
     """Make one version the active predictor; every process switches to it within seconds.
 
     The artifact is loaded first: a version this code cannot serve is refused, and the active
@@ -62,17 +64,27 @@ def predictor_version_activate(*, version_id: int) -> PredictorVersion:
     predictor_precompile(predictor)
     with transaction.atomic(durable=True):
         # lock the active row so two activations cannot both leave a version active
-        PredictorVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(
-            is_active=False
+        previous = list(
+            PredictorVersion.objects.select_for_update()
+            .filter(is_active=True)
+            .exclude(pk=version.pk)
+            .values_list("name", flat=True)
         )
+        PredictorVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
         PredictorVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=timezone.now())
+        control_event_record(
+            actor=actor,
+            action=ControlAction.PREDICTOR_ACTIVATE,
+            target=f"predictor:{version.name}",
+            detail={"previous": previous[0] if previous else None, "reason": reason},
+        )
         transaction.on_commit(lambda: announce_active(version.pk))
     version.refresh_from_db()
     if "shadow" in (version.metadata or {}):
         # the shadow promoted to champion stops shadowing: it would only score every request twice
         from feedback.services.shadow import shadow_stop
 
-        shadow_stop()
+        shadow_stop(actor=actor)
         version.refresh_from_db()
     return version
 

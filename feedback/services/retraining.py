@@ -28,12 +28,15 @@ from feedback.services.live_data import TrainingData, training_data
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.shadow import shadow_start
 from feedback.services.training import TrainingExample, predictor_evaluate, predictor_train, split_examples
+from routing.models import ControlAction
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.fit import FitParams
 from routing.predictor.model import ScopePredictor
+from routing.services.control_events import control_event_record
 
 log = logging.getLogger(__name__)
 OPEN = (TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING)
+SYSTEM_ACTOR = "system:retraining"  # the worker's own changes (promotion, shadow), whoever queued the run
 PARAM_KEYS = {
     "requested_by",
     "eval_source",
@@ -48,12 +51,10 @@ PARAM_KEYS = {
 
 
 def retraining_request(
-    *, trigger: str = "manual", params: Mapping[str, Any] | None = None, requested_by: str = ""
+    *, trigger: str = "manual", params: Mapping[str, Any] | None = None, actor: str
 ) -> TrainingRun:
     """Queue a run (or return the one already queued/running) and enqueue its task on commit."""
-    params = dict(params or {})
-    if requested_by:
-        params["requested_by"] = requested_by
+    params = {**(params or {}), "requested_by": actor}
     _check_params(params)
     with transaction.atomic():
         # lock open runs: two schedulers firing together must not queue two runs
@@ -61,6 +62,12 @@ def retraining_request(
         if existing is not None and not _abandon_if_stale(existing):
             return existing
         run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
+        control_event_record(
+            actor=actor,
+            action=ControlAction.RETRAIN_REQUEST,
+            target=f"training_run:{run.pk}",
+            detail={"trigger": trigger, "params": {k: v for k, v in params.items() if k != "requested_by"}},
+        )
         transaction.on_commit(lambda: _enqueue(run.pk))
     run.refresh_from_db()  # embedded (eager Celery): the run finished when the commit enqueued it
     return run
@@ -350,9 +357,11 @@ def _execute(run: TrainingRun) -> None:
     metrics["decision"] = reason
     version = predictor_version_save(trained=trained, metrics=metrics["challenger"])
     if promote:
-        predictor_version_activate(version_id=version.pk)
+        predictor_version_activate(
+            version_id=version.pk, actor=SYSTEM_ACTOR, reason=f"training run {run.pk}: {reason}"
+        )
     elif params.get("shadow", True):
-        shadow_start(version_id=version.pk)
+        shadow_start(version_id=version.pk, actor=SYSTEM_ACTOR)
     TrainingRun.objects.filter(pk=run.pk).update(
         status=TrainingRunStatus.PROMOTED if promote else TrainingRunStatus.REJECTED,
         challenger=version,

@@ -25,9 +25,10 @@ from feedback.models import Feedback, PredictorVersion
 from routing.engine.decide import with_prior_for_unknown
 from routing.engine.types import Decision, ModelSpec
 from routing.features import RequestFeatures
-from routing.models import DecisionLog
+from routing.models import ControlAction, DecisionLog
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.model import ScopePredictor
+from routing.services.control_events import control_event_record
 from scope_site.errors import InvalidRequest, NotFound
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def shadow_explanation(
     }
 
 
-def shadow_start(*, version_id: int) -> PredictorVersion:
+def shadow_start(*, version_id: int, actor: str) -> PredictorVersion:
     """Make `version_id` the (only) shadow predictor."""
     with transaction.atomic():
         version = PredictorVersion.objects.select_for_update().filter(pk=version_id).first()
@@ -131,20 +132,31 @@ def shadow_start(*, version_id: int) -> PredictorVersion:
             raise InvalidRequest(
                 f"predictor version {version.name} is the champion; it cannot also be the shadow"
             )
+        replaced = []
         for other in PredictorVersion.objects.select_for_update().filter(metadata__shadow__isnull=False):
             other.metadata.pop("shadow", None)
             other.save(update_fields=["metadata"])
+            replaced.append(other.name)
         version.metadata = {**version.metadata, "shadow": {"since": timezone.now().isoformat()}}
         version.save(update_fields=["metadata"])
+        control_event_record(
+            actor=actor,
+            action=ControlAction.SHADOW_START,
+            target=f"predictor:{version.name}",
+            detail={"replaced": [n for n in replaced if n != version.name]},
+        )
         transaction.on_commit(lambda: _announce(version.pk))
     return version
 
 
-def shadow_stop() -> None:
+def shadow_stop(*, actor: str) -> None:
     with transaction.atomic():
         for other in PredictorVersion.objects.select_for_update().filter(metadata__shadow__isnull=False):
             other.metadata.pop("shadow", None)
             other.save(update_fields=["metadata"])
+            control_event_record(
+                actor=actor, action=ControlAction.SHADOW_STOP, target=f"predictor:{other.name}"
+            )
         transaction.on_commit(lambda: _announce(None))
 
 

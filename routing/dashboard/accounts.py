@@ -11,10 +11,14 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from routing.dashboard.roles import ROLE_ORDER, Role
+from routing.models import ControlAction
+from routing.services.control_events import control_event_record
 from scope_site.errors import InvalidRequest
 
 
-def user_create_or_update(*, username: str, role: Role, password: str, email: str = "") -> tuple[Any, bool]:
+def user_create_or_update(
+    *, username: str, role: Role, password: str, email: str = "", actor: str
+) -> tuple[Any, bool]:
     """Create the user or reset its password and role; the user ends up in exactly one role group."""
     if not username.strip():
         raise InvalidRequest("username: required")
@@ -34,4 +38,11 @@ def user_create_or_update(*, username: str, role: Role, password: str, email: st
         group, _ = Group.objects.get_or_create(name=role.value)
         user.groups.remove(*Group.objects.filter(name__in=[r.value for r in ROLE_ORDER]).exclude(pk=group.pk))
         user.groups.add(group)
+        # the password is never recorded, only that it was set
+        control_event_record(
+            actor=actor,
+            action=ControlAction.USER_SAVE,
+            target=f"user:{username}",
+            detail={"created": created, "role": role.value, "password_set": True},
+        )
     return user, created

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routing.dashboard.views import audit, catalog, decisions, experiments, overview, policies, predictor
+from routing.dashboard.views import (
+    activity,
+    audit,
+    catalog,
+    decisions,
+    experiments,
+    overview,
+    policies,
+    predictor,
+)
 
 app_name = "dashboard"
 
@@ -31,4 +40,6 @@ urlpatterns = [
     path("audit/", audit.audit, name="audit"),
     path("audit/verify", audit.audit_verify, name="audit-verify"),
     path("audit/seal", audit.audit_seal_view, name="audit-seal"),
+    path("activity/", activity.activity, name="activity"),
+    path("activity.json", activity.activity_json, name="activity-json"),
 ]

@@ -3,7 +3,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import cast
 
-from routing.models import ApiKey, RoutingPolicy
+from django.db import transaction
+
+from routing.models import ApiKey, ControlAction, RoutingPolicy
+from routing.services.control_events import control_event_record
 from scope_site.errors import InvalidRequest, NotFound
 
 _MAX_BUDGET_USD = Decimal(10) ** 8  # the column holds 12 digits, 4 of them decimals
@@ -17,6 +20,7 @@ def api_key_create(
     daily_budget_usd: Decimal | None = None,
     monthly_budget_usd: Decimal | None = None,
     rpm_limit: int | None = None,
+    actor: str,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plain key, which is never stored and never shown again."""
     name = name.strip()
@@ -37,22 +41,43 @@ def api_key_create(
         policy = RoutingPolicy.objects.filter(slug=policy_slug).first()
         if policy is None:
             raise NotFound(f"Unknown policy {policy_slug!r}", code="unknown_policy")
-    row, key = ApiKey.objects.create_key(
-        name=name,
-        default_policy=policy,
-        daily_budget_usd=daily_budget_usd,
-        monthly_budget_usd=monthly_budget_usd,
-        rpm_limit=rpm_limit,
-    )
+    with transaction.atomic():
+        row, key = ApiKey.objects.create_key(
+            name=name,
+            default_policy=policy,
+            daily_budget_usd=daily_budget_usd,
+            monthly_budget_usd=monthly_budget_usd,
+            rpm_limit=rpm_limit,
+        )
+        # the key itself and its prefix are key material: the event names the row, never the key
+        control_event_record(
+            actor=actor,
+            action=ControlAction.API_KEY_CREATE,
+            target=api_key_target(cast(ApiKey, row)),
+            detail={
+                "policy": policy_slug or None,
+                "daily_budget_usd": daily_budget_usd,
+                "monthly_budget_usd": monthly_budget_usd,
+                "rpm_limit": rpm_limit,
+            },
+        )
     return cast(ApiKey, row), key
 
 
-def api_key_revoke(*, prefix: str) -> ApiKey:
+def api_key_target(row: ApiKey) -> str:
+    """How the activity log names a key: its name and creation time. Never its id, which is the
+    key's prefix plus its hash, nor the prefix: both are part of the key material."""
+    return f"api_key:{row.name}@{row.created:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def api_key_revoke(*, prefix: str, actor: str) -> ApiKey:
     """Revoke the key whose public prefix (the part before the ".") is `prefix`; for good."""
-    row = ApiKey.objects.filter(prefix=prefix.split(".", 1)[0].strip()).first()
-    if row is None:
-        raise NotFound(f"No API key with prefix {prefix!r} (list them with `manage.py api_keys`)")
-    if not row.revoked:
-        row.revoked = True
-        row.save(update_fields=["revoked"])
+    with transaction.atomic():
+        row = ApiKey.objects.select_for_update().filter(prefix=prefix.split(".", 1)[0].strip()).first()
+        if row is None:
+            raise NotFound(f"No API key with prefix {prefix!r} (list them with `manage.py api_keys`)")
+        if not row.revoked:
+            row.revoked = True
+            row.save(update_fields=["revoked"])
+            control_event_record(actor=actor, action=ControlAction.API_KEY_REVOKE, target=api_key_target(row))
     return row

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from django.db import transaction
 
 from providers.models import LLMModel, Provider
 from providers.services import model_upsert, provider_upsert
-from routing.models import RoutingPolicy
+from routing.models import ControlAction, RoutingPolicy
 from routing.selectors import catalog_invalidate
+from routing.services.control_events import control_event_record
 from routing.services.experiments import experiments_load
 from routing.services.policies import policy_publish
 from scope_site.errors import InvalidRequest
@@ -50,8 +51,14 @@ POLICY_KEYS = {
     "rules",
     "options",
 }
-# Extra catalog sections ("experiments", ...) register a loader here: fn(items) -> count
-SECTION_LOADERS: dict[str, Callable[[list[Mapping[str, Any]]], int]] = {}
+
+
+class SectionLoader(Protocol):
+    def __call__(self, items: list[Mapping[str, Any]], *, actor: str) -> int: ...
+
+
+# Extra catalog sections ("experiments", ...) register a loader here: fn(items, actor=…) -> count
+SECTION_LOADERS: dict[str, SectionLoader] = {}
 SECTION_LOADERS["experiments"] = experiments_load
 
 
@@ -99,12 +106,13 @@ def _items(data: Mapping[str, Any], section: str, allowed: set[str], id_key: str
 
 
 def catalog_load(
-    *, data: Mapping[str, Any], created_by: str = "load_catalog", only_missing: bool = False
+    *, data: Mapping[str, Any], actor: str, source: str = "", only_missing: bool = False
 ) -> CatalogResult:
     """Upsert the file's providers, models and policies (and registered sections) in one transaction.
 
     only_missing: create what does not exist yet and leave existing providers, models and policies
-    exactly as operators left them (seed_demo); other sections are then not loaded at all."""
+    exactly as operators left them (seed_demo); other sections are then not loaded at all.
+    `actor` is recorded on every change and on the `catalog.load` event (with `source`, the file)."""
     known_sections = {"providers", "models", "policies"} | set(SECTION_LOADERS)
     unknown = set(data) - known_sections
     if unknown:
@@ -120,12 +128,12 @@ def catalog_load(
         data = {}
     with transaction.atomic():
         for item in providers:
-            provider_upsert(**item)
+            provider_upsert(**item, actor=actor)
         for item in models:
             for required in ("provider", "input_usd_per_mtok", "output_usd_per_mtok"):
                 if required not in item:
                     raise InvalidRequest(f"models[{item['name']}].{required}: missing")
-            model_upsert(**item)
+            model_upsert(**item, actor=actor)
         known_models = set(LLMModel.objects.values_list("name", flat=True))
         for item in policies:
             if "models" in item:
@@ -133,7 +141,7 @@ def catalog_load(
             slug = item.pop("slug")
             before = _current_version(slug)
             try:
-                version = policy_publish(slug=slug, created_by=created_by, known_models=known_models, **item)
+                version = policy_publish(slug=slug, created_by=actor, known_models=known_models, **item)
             except InvalidRequest as exc:
                 raise InvalidRequest(f"policies[{slug}].{exc.message}") from None
             if version.version != before:
@@ -142,9 +150,21 @@ def catalog_load(
             if data.get(section):
                 if not isinstance(data[section], list):
                     raise InvalidRequest(f"{section}: must be a list")
-                result.counts[section] = loader(list(data[section]))
+                result.counts[section] = loader(list(data[section]), actor=actor)
+        result.counts.update(providers=len(providers), models=len(models), policies=len(policies))
+        if providers or models or policies or not only_missing:  # seed_demo on a seeded db: nothing
+            control_event_record(
+                actor=actor,
+                action=ControlAction.CATALOG_LOAD,
+                target=f"catalog:{source}" if source else "catalog",
+                detail={
+                    "counts": result.counts,
+                    "new_policy_versions": result.new_policy_versions,
+                    "only_missing": only_missing,
+                    "kept": len(result.kept),
+                },
+            )
         transaction.on_commit(catalog_invalidate)
-    result.counts.update(providers=len(providers), models=len(models), policies=len(policies))
     return result
 
 

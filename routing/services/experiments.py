@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from routing.engine.types import PolicySpec
 from routing.experiment_assignment import assignment_bucket, pick_arm
-from routing.models import Experiment, ExperimentArm, ExperimentStatus, RoutingPolicy
+from routing.models import ControlAction, Experiment, ExperimentArm, ExperimentStatus, RoutingPolicy
 from routing.selectors import policy_spec
+from routing.services.control_events import changes, control_event_record
 from routing.services.policies import VERSIONED_FIELDS, policy_publish
 from scope_site.errors import Conflict, InvalidRequest, NotFound
 from scope_site.lengths import check_lengths
@@ -129,6 +130,7 @@ def experiment_upsert(
     arms: Sequence[Mapping[str, Any]],
     status: str | None = None,
     description: str = "",
+    actor: str,
 ) -> Experiment:
     """Create or update an experiment by name; arms are replaced when they differ. Idempotent."""
     check_lengths(Experiment, f"experiments[{name[:100]}]", name=name)
@@ -165,6 +167,7 @@ def experiment_upsert(
             defaults={"policy": policies[policy], "description": description, "status": status or "running"},
         )
         changed = created
+        before = {"policy": experiment.policy.slug, "status": experiment.status}
         if not created:
             if experiment.policy_id != policies[policy].pk:
                 experiment.policy = policies[policy]
@@ -181,6 +184,27 @@ def experiment_upsert(
             experiment.save()
         wanted = {(a["name"], policies[a["policy"]].pk, a["weight"]) for a in cleaned}
         have = set(experiment.arms.values_list("name", "policy_id", "weight"))
+        arms_now = [
+            f"{a['name']}={a['policy']}:{a['weight']}" for a in sorted(cleaned, key=lambda a: a["name"])
+        ]
+        if created:
+            control_event_record(
+                actor=actor,
+                action=ControlAction.EXPERIMENT_CREATE,
+                target=f"experiment:{name}",
+                detail={"policy": policy, "status": experiment.status, "arms": arms_now},
+            )
+        elif changed or wanted != have:
+            after = {"policy": policy, "status": experiment.status}
+            detail: dict[str, Any] = {"changes": changes(before, after)}
+            if wanted != have:
+                detail["arms"] = arms_now
+            control_event_record(
+                actor=actor,
+                action=ControlAction.EXPERIMENT_UPDATE,
+                target=f"experiment:{name}",
+                detail=detail,
+            )
         if wanted != have:
             experiment.arms.all().delete()
             ExperimentArm.objects.bulk_create(
@@ -203,7 +227,7 @@ def _check_status_change(experiment: Experiment, status: str) -> None:
         )
 
 
-def experiments_load(items: list[Mapping[str, Any]]) -> int:
+def experiments_load(items: list[Mapping[str, Any]], *, actor: str) -> int:
     """The catalog's `experiments:` section (registered in routing.services.catalog.SECTION_LOADERS)."""
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not item.get("name") or not item.get("policy"):
@@ -218,6 +242,7 @@ def experiments_load(items: list[Mapping[str, Any]]) -> int:
                 arms=item.get("arms") or [],
                 status=item.get("status"),
                 description=str(item.get("description") or ""),
+                actor=actor,
             )
         except Conflict as exc:
             raise InvalidRequest(exc.message) from None
@@ -233,7 +258,7 @@ def _locked(experiment_id: int) -> Experiment:
     return experiment
 
 
-def experiment_stop(*, experiment_id: int) -> Experiment:
+def experiment_stop(*, experiment_id: int, actor: str) -> Experiment:
     """Stop splitting traffic: every request goes back to the experiment's own policy."""
     with transaction.atomic():
         experiment = _locked(experiment_id)
@@ -242,11 +267,17 @@ def experiment_stop(*, experiment_id: int) -> Experiment:
         experiment.status = ExperimentStatus.STOPPED
         experiment.ended_at = timezone.now()
         experiment.save(update_fields=["status", "ended_at"])
+        control_event_record(
+            actor=actor,
+            action=ControlAction.EXPERIMENT_STOP,
+            target=f"experiment:{experiment.name}",
+            detail={"policy": experiment.policy.slug, "status": ["running", "stopped"]},
+        )
         transaction.on_commit(experiments_invalidate)
     return experiment
 
 
-def experiment_promote(*, experiment_id: int, arm: str, promoted_by: str = "") -> Experiment:
+def experiment_promote(*, experiment_id: int, arm: str, actor: str) -> Experiment:
     """End the experiment with `arm` as the winner: the split policy takes the arm policy's settings."""
     with transaction.atomic():
         experiment = _locked(experiment_id)
@@ -256,6 +287,7 @@ def experiment_promote(*, experiment_id: int, arm: str, promoted_by: str = "") -
         if winner is None:
             raise NotFound(f"experiment {experiment.name!r} has no arm {arm!r}", code="unknown_arm")
         source = winner.policy.current
+        published = None
         if winner.policy_id != experiment.policy_id:
             if source is None:
                 # its requests were served by the split policy (an unpublished arm policy cannot
@@ -264,9 +296,9 @@ def experiment_promote(*, experiment_id: int, arm: str, promoted_by: str = "") -
                     f"arm {arm!r} uses policy {winner.policy.slug!r}, which has no published version: "
                     "there are no settings to promote (publish the policy first, or stop the experiment)"
                 )
-            policy_publish(
+            published = policy_publish(
                 slug=experiment.policy.slug,
-                created_by=promoted_by or "experiment",
+                created_by=actor,
                 note=f"promoted arm {arm!r} of experiment {experiment.name!r} (policy {winner.policy.slug})",
                 **{f: getattr(source, f) for f in VERSIONED_FIELDS},
             )
@@ -274,6 +306,17 @@ def experiment_promote(*, experiment_id: int, arm: str, promoted_by: str = "") -
         experiment.winner = arm
         experiment.ended_at = timezone.now()
         experiment.save(update_fields=["status", "winner", "ended_at"])
+        control_event_record(
+            actor=actor,
+            action=ControlAction.EXPERIMENT_PROMOTE,
+            target=f"experiment:{experiment.name}",
+            detail={
+                "arm": arm,
+                "arm_policy": winner.policy.slug,
+                "policy": experiment.policy.slug,
+                "published_version": published.version if published is not None else None,
+            },
+        )
         transaction.on_commit(experiments_invalidate)
     return experiment
 

@@ -27,6 +27,7 @@ from routing.services.policies import VERSIONED_FIELDS, policy_publish
 from scope_site.errors import InvalidRequest, NotFound
 
 PERIODS = ("day", "month")
+SYSTEM_ACTOR = "system:pacing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ def _publish(
     values = {f: getattr(current, f) for f in VERSIONED_FIELDS}
     values["alpha"] = choice.alpha
     reason = f"{'lowered' if choice.alpha < current.alpha else 'raised'} α {current.alpha:.3f} → {choice.alpha:.3f}: {choice.reason}"
-    version = policy_publish(slug=policy.slug, created_by="pacing", note=reason[:300], **values)
+    version = policy_publish(slug=policy.slug, created_by=SYSTEM_ACTOR, note=reason[:300], **values)
     adjustment = PolicyAdjustment.objects.create(
         policy=policy,
         from_version=current.version,

@@ -14,8 +14,9 @@ from django.db import transaction
 from routing.engine.conditions import ConditionError, validate_condition
 from routing.engine.decide import tag_mismatch
 from routing.engine.strategies import load_strategies
-from routing.models import PolicyVersion, RoutingPolicy
+from routing.models import ControlAction, PolicyVersion, RoutingPolicy
 from routing.selectors import catalog_invalidate
+from routing.services.control_events import changes, control_event_record
 from scope_site.errors import Conflict, InvalidRequest
 from scope_site.lengths import check_lengths
 
@@ -192,7 +193,7 @@ def policy_publish(
     required_tags: Mapping[str, Any] | None = None,
     rules: Sequence[Mapping[str, Any]] = (),
     options: Mapping[str, Any] | None = None,
-    created_by: str = "",
+    created_by: str,
     note: str = "",
     known_models: set[str] | None = None,
     expected_version: int | None = None,
@@ -201,7 +202,9 @@ def policy_publish(
 
     `expected_version` is the version an editor started from: when another version went live
     meanwhile (the pacing controller, a promoted experiment, another operator), publishing would
-    silently undo it, so it is a Conflict instead."""
+    silently undo it, so it is a Conflict instead.
+
+    `created_by` is the actor recorded on the version and in the control-plane activity log."""
     check_lengths(RoutingPolicy, "", slug=slug, name=name)  # load_catalog prefixes policies[<slug>]
     check_lengths(PolicyVersion, "", strategy=strategy, created_by=created_by, note=note)
     try:
@@ -258,5 +261,17 @@ def policy_publish(
         )
         policy.current = version
         policy.save(update_fields=["current"])
+        old = {f: getattr(current, f) for f in VERSIONED_FIELDS} if current is not None else {}
+        control_event_record(
+            actor=created_by,
+            action=ControlAction.POLICY_PUBLISH,
+            target=f"policy:{slug}",
+            detail={
+                "version": version.version,
+                "previous_version": live or None,
+                "changes": changes(old, values),
+                "note": note,
+            },
+        )
         transaction.on_commit(catalog_invalidate)
     return version

@@ -14,6 +14,9 @@ from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from routing.models import ControlAction
+from routing.services.control_events import control_event_record
+
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
@@ -63,19 +66,26 @@ def _schedule_fields(schedule: Schedule) -> dict[str, Any]:
     return {"crontab": crontab}
 
 
-def schedules_ensure() -> list[str]:
+def schedules_ensure(*, actor: str) -> list[str]:
     """Create the missing periodic tasks; returns the names created."""
     created: list[str] = []
     with transaction.atomic():
         for schedule in SCHEDULES:
             if PeriodicTask.objects.filter(name=schedule.name).exists():
                 continue
+            fields = _schedule_fields(schedule)
             PeriodicTask.objects.create(
                 name=schedule.name,
                 task=schedule.task,
                 description=schedule.description,
                 kwargs=json.dumps({}),
-                **_schedule_fields(schedule),
+                **fields,
             )
             created.append(schedule.name)
+            control_event_record(
+                actor=actor,
+                action=ControlAction.SCHEDULE_CREATE,
+                target=f"schedule:{schedule.name}",
+                detail={"task": schedule.task, **{k: str(v) for k, v in fields.items()}},
+            )
     return created

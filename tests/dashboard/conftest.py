@@ -26,7 +26,7 @@ def persona(db: Any) -> Callable[[str], Client]:
         if name == "outsider":
             get_user_model().objects.create_user(username="outsider", password=PASSWORD)
         else:
-            user_create_or_update(username=name, role=Role(name), password=PASSWORD)
+            user_create_or_update(actor="test", username=name, role=Role(name), password=PASSWORD)
         assert client.login(username=name, password=PASSWORD)
         return client
 

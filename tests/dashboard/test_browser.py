@@ -62,7 +62,7 @@ def users(transactional_db: Any) -> None:
     from routing.dashboard.roles import Role
 
     for role in Role:
-        user_create_or_update(username=role.value, role=role, password=PASSWORD)
+        user_create_or_update(actor="test", username=role.value, role=role, password=PASSWORD)
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_the_operator_sees_verdicts_and_one_interval_chart_per_metric(
 
     make_policy("cheap", strategy="pre_inference", alpha=0.05)
     experiment = experiment_upsert(
-        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+        actor="test", name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
     )
     key, _ = make_api_key("browser-app")
     run_traffic(

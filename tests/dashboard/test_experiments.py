@@ -30,7 +30,7 @@ NOISE = (-0.1, 0.0, 0.1, -0.05, 0.05)
 def experiment(catalog: Any) -> Experiment:
     make_policy("cheap", strategy="pre_inference", alpha=0.05)
     return experiment_upsert(
-        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+        actor="test", name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
     )
 
 

@@ -21,6 +21,7 @@ PERSONAS = ("operator", "auditor", "viewer", "outsider", "anonymous")
 def world(decisions: list[Any]) -> dict[str, Any]:
     make_policy("quality", strategy="pre_inference", alpha=0.9)
     experiment = experiment_upsert(
+        actor="test",
         name="alpha-test",
         policy="default",
         arms=[{"policy": "default", "name": "a"}, {"policy": "quality", "name": "b"}],
@@ -54,6 +55,9 @@ def views(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], frozenset[R
         ("get", "/decisions/export.jsonl", {}, READ_ALL),
         ("get", "/audit/", {}, READ_ALL),
         ("get", "/audit/verify", {}, READ_ALL),
+        ("get", "/activity/", {}, READ_ALL),
+        ("get", "/activity/?action=model&actor=operator", {}, READ_ALL),
+        ("get", "/activity.json?limit=5", {}, READ_ALL),
         ("post", "/policies/default/replay", _policy_post(), READ_ALL),
         ("post", f"/providers/models/{w['model'].pk}/enabled", {"enabled": "0"}, WRITE),
         ("post", "/policies/default/publish", _policy_post(), WRITE),

@@ -15,7 +15,7 @@ from tests.feedback.learning import FAST_FIT, make_eval_data
 
 
 def _run(**params: Any) -> Any:
-    run = retraining_request(trigger="test", params={"fit": FAST_FIT, **params})
+    run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT, **params})
     return retraining_execute(run_id=run.pk)
 
 

@@ -60,6 +60,7 @@ def upstream(catalog: Any, monkeypatch: pytest.MonkeyPatch, settings: Any) -> It
     settings.SCOPE_RETRIES_PER_MODEL = 0
     with FakeUpstream(style="openai") as up:
         provider = provider_upsert(
+            actor="test",
             name="fake",
             kind="openai_compatible",
             base_url=up.base_url,
@@ -67,7 +68,7 @@ def upstream(catalog: Any, monkeypatch: pytest.MonkeyPatch, settings: Any) -> It
             read_timeout_s=2.0,
         )
         for name, tier in (("newbie", 2), ("judge-model", 5)):
-            model_upsert(
+            model_upsert(actor="test",
                 name=name, provider=provider.name, input_usd_per_mtok=Decimal("0.01"),
                 output_usd_per_mtok=Decimal("0.02"), context_window=32768, tier=tier,
             )  # fmt: skip
@@ -173,8 +174,15 @@ def test_an_exploring_model_is_a_candidate_only_in_its_capped_share_of_requests(
     for _ in range(3):
         outcome_record(decision_id=decision.pk, model=None, model_name="large", status="ok",
                        tokens=TokenCount(5, 5, False), latency_ms=10.0)  # fmt: skip
-    assert calibration_graduate() == ["large"]
-    assert calibration_graduate() == []  # running it again changes nothing
+    assert calibration_graduate(
+        actor="test",
+    ) == ["large"]
+    assert (
+        calibration_graduate(
+            actor="test",
+        )
+        == []
+    )  # running it again changes nothing
     assert not {s.name: s.unavailable_reason for s in exploration_gate(model_specs(), draw=0.99)}["large"]
 
 
@@ -191,7 +199,12 @@ def test_the_anchor_calls_of_a_calibration_do_not_count_as_live_outcomes(
                  stdout=StringIO())  # fmt: skip
     assert Outcome.objects.filter(model_name="newbie", status="ok").count() == 3  # the anchor calls
     # they are no live traffic: the model keeps exploring until real requests reach it
-    assert calibration_graduate() == []
+    assert (
+        calibration_graduate(
+            actor="test",
+        )
+        == []
+    )
     calibration = ModelCalibration.objects.get(model_name="newbie")
     assert calibration.status == CalibrationStatus.EXPLORING and calibration.live_outcomes == 0
 
@@ -199,7 +212,9 @@ def test_the_anchor_calls_of_a_calibration_do_not_count_as_live_outcomes(
     for _ in range(3):
         outcome_record(decision_id=decision.pk, model=None, model_name="newbie", status="ok",
                        tokens=TokenCount(5, 5, False), latency_ms=10.0)  # fmt: skip
-    assert calibration_graduate() == ["newbie"]
+    assert calibration_graduate(
+        actor="test",
+    ) == ["newbie"]
 
 
 def test_a_recalibrated_model_counts_live_outcomes_from_its_new_start(catalog: Any, tmp_path: Path) -> None:
@@ -212,7 +227,12 @@ def test_a_recalibrated_model_counts_live_outcomes_from_its_new_start(catalog: A
     call_command(
         "calibrate_model", "large", "--from-file", str(path), "--min-outcomes", "3", stdout=StringIO()
     )
-    assert calibration_graduate() == []
+    assert (
+        calibration_graduate(
+            actor="test",
+        )
+        == []
+    )
     assert ModelCalibration.objects.get(model_name="large").status == CalibrationStatus.EXPLORING
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _run(**params: Any) -> TrainingRun:
-    run = retraining_request(trigger="test", params={"fit": FAST_FIT, **params})
+    run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT, **params})
     done = retraining_execute(run_id=run.pk)
     assert done is not None
     return done
@@ -82,8 +82,8 @@ def test_feedback_posted_for_decisions_changes_the_next_retrained_predictor(cata
 
 def test_the_same_run_executed_twice_does_the_work_once(catalog: Any) -> None:
     make_eval_data(10)
-    run = retraining_request(trigger="test", params={"fit": FAST_FIT})
-    assert retraining_request(trigger="test").pk == run.pk  # one open run at a time
+    run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
+    assert retraining_request(actor="test", trigger="test").pk == run.pk  # one open run at a time
     retraining_execute(run_id=run.pk)
     again = retraining_execute(run_id=run.pk)
     assert again is not None and again.status == TrainingRunStatus.PROMOTED
@@ -136,7 +136,7 @@ def test_requesting_a_run_enqueues_it_on_commit(
     monkeypatch.setitem(app.conf, "task_always_eager", True)  # the real broker path: test_retraining_worker
     make_eval_data(10)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+        run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
     assert callbacks  # eager Celery here: the task ran when the transaction committed
     run.refresh_from_db()
     assert run.status == TrainingRunStatus.PROMOTED
@@ -151,7 +151,7 @@ def test_with_eager_celery_the_requested_run_comes_back_finished(
 
     monkeypatch.setitem(app.conf, "task_always_eager", True)
     make_eval_data(10)
-    run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
     assert run.status == TrainingRunStatus.PROMOTED and run.progress == 1.0
 
 
@@ -191,7 +191,7 @@ def test_a_running_run_whose_worker_was_lost_stops_blocking_retraining(catalog: 
 
     settings.SCOPE_RETRAIN_STALE_AFTER_S = 900
     make_eval_data(10)
-    lost = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    lost = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
     # the worker claimed it, wrote some progress, then was killed (SIGKILL, host restart)
     TrainingRun.objects.filter(pk=lost.pk).update(
         status=TrainingRunStatus.RUNNING,
@@ -199,10 +199,12 @@ def test_a_running_run_whose_worker_was_lost_stops_blocking_retraining(catalog: 
         heartbeat_at=timezone.now() - timedelta(seconds=899),
         progress=0.25,
     )
-    assert retraining_request(trigger="test").pk == lost.pk  # still within the stale time: it may be alive
+    assert (
+        retraining_request(actor="test", trigger="test").pk == lost.pk
+    )  # still within the stale time: it may be alive
 
     TrainingRun.objects.filter(pk=lost.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=901))
-    fresh = retraining_request(trigger="test", params={"fit": FAST_FIT})
+    fresh = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
     assert fresh.pk != lost.pk and fresh.status == TrainingRunStatus.QUEUED
     lost.refresh_from_db()
     assert lost.status == TrainingRunStatus.FAILED and lost.finished_at is not None
@@ -232,11 +234,13 @@ def test_a_run_still_queued_after_the_stale_time_is_enqueued_again(
 
     settings.SCOPE_RETRAIN_STALE_AFTER_S = 900
     make_eval_data(10)
-    queued = retraining_request(trigger="test", params={"fit": FAST_FIT})  # its message never arrived
+    queued = retraining_request(
+        actor="test", trigger="test", params={"fit": FAST_FIT}
+    )  # its message never arrived
     TrainingRun.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(seconds=901))
     monkeypatch.setitem(app.conf, "task_always_eager", True)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        again = retraining_request(trigger="test")
+        again = retraining_request(actor="test", trigger="test")
     assert again.pk == queued.pk and callbacks
     again.refresh_from_db()
     assert again.status == TrainingRunStatus.PROMOTED and TrainingRun.objects.count() == 1

@@ -32,7 +32,7 @@ def test_a_worker_runs_the_queued_retraining_once_even_when_delivered_twice(
 ) -> None:
     make_eval_data(12)
     with transaction.atomic():
-        run = retraining_request(trigger="test", params={"fit": FAST_FIT})
+        run = retraining_request(actor="test", trigger="test", params={"fit": FAST_FIT})
     celery_worker.wait_for(
         lambda: TrainingRun.objects.get(pk=run.pk).status not in {"queued", "running"}, timeout=120
     )
@@ -50,7 +50,7 @@ def test_a_worker_aggregates_experiment_stats_and_a_repeat_changes_nothing(
 ) -> None:
     make_policy("cheap", strategy="pre_inference", alpha=0.05)
     experiment = experiment_upsert(
-        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+        actor="test", name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
     )
     key, _ = make_api_key("app")
     for i in range(20):

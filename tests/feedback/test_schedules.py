@@ -19,7 +19,7 @@ def test_every_schedule_names_a_registered_task() -> None:
 
 
 def test_ensure_creates_the_periodic_tasks_once_and_keeps_an_operators_edits() -> None:
-    assert len(schedules_ensure()) == len(SCHEDULES)
+    assert len(schedules_ensure(actor="test")) == len(SCHEDULES)
     retrain = PeriodicTask.objects.get(task="feedback.retraining_scheduled")
     assert retrain.crontab is not None and retrain.crontab.hour == "3"
     stats = PeriodicTask.objects.get(task="routing.experiments_refresh_all")

@@ -89,9 +89,11 @@ def test_calibrate_policy_publishes_the_alpha_that_hits_a_target_share(trained: 
     assert "expected cost $" in out.getvalue() and "predicted quality" in out.getvalue()
     assert "true score" in out.getvalue()  # imported traffic has outcomes
     assert PolicyVersion.objects.filter(policy__slug="default").count() == before + 1
-    result = policy_calibrate(slug="default", target_share=("large", 0.3), source="gen", dry_run=True)
+    result = policy_calibrate(
+        actor="test", slug="default", target_share=("large", 0.3), source="gen", dry_run=True
+    )
     assert result.chosen.shares[result.models.index("large")] == pytest.approx(0.3, abs=0.1)
-    cheap = policy_calibrate(slug="default", target_cost_usd=1e-9, source="gen", dry_run=True)
+    cheap = policy_calibrate(actor="test", slug="default", target_cost_usd=1e-9, source="gen", dry_run=True)
     assert cheap.chosen.alpha <= result.chosen.alpha
 
 

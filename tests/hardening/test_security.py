@@ -71,7 +71,7 @@ def web_pages() -> list[tuple[str, Any]]:
 
 
 def logged_in(role: Role, *, enforce_csrf: bool = False) -> Client:
-    user_create_or_update(username=f"{role.value}-user", role=role, password=PASSWORD)
+    user_create_or_update(actor="test", username=f"{role.value}-user", role=role, password=PASSWORD)
     client = Client(enforce_csrf_checks=enforce_csrf)
     assert client.login(username=f"{role.value}-user", password=PASSWORD)
     return client
@@ -187,9 +187,15 @@ def test_a_provider_key_from_the_environment_reaches_the_upstream_and_nothing_el
     catalog: Any, upstream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     provider_upsert(
-        name="upstream", kind="openai_compatible", base_url=upstream, api_key_env="SCOPE_TEST_UPSTREAM_KEY"
+        actor="test",
+        name="upstream",
+        kind="openai_compatible",
+        base_url=upstream,
+        api_key_env="SCOPE_TEST_UPSTREAM_KEY",
     )
-    model_upsert(name="upstream-model", provider="upstream", input_usd_per_mtok=1, output_usd_per_mtok=2)
+    model_upsert(
+        actor="test", name="upstream-model", provider="upstream", input_usd_per_mtok=1, output_usd_per_mtok=2
+    )
     make_policy("upstream-only", strategy="hybrid", allowed_models=["upstream-model"])
     _, key = make_api_key("secret-test")
     caplog.set_level(logging.DEBUG)

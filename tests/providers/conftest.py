@@ -62,9 +62,10 @@ def upstream_model(
 ) -> LLMModel:
     """A catalog model served by a fake upstream (or by the simulated provider when upstream is None)."""
     if upstream is None:
-        provider = provider_upsert(name="sim", kind="simulated")
+        provider = provider_upsert(actor="test", name="sim", kind="simulated")
     else:
         provider = provider_upsert(
+            actor="test",
             name=f"up-{name}",
             kind="openai_compatible" if upstream.style == "openai" else "anthropic",
             base_url=upstream.base_url,
@@ -73,6 +74,7 @@ def upstream_model(
             read_timeout_s=read_timeout_s,
         )
     return model_upsert(
+        actor="test",
         name=name,
         provider=provider.name,
         upstream_name=f"{name}-upstream",

@@ -205,6 +205,7 @@ def test_the_catalog_file_defines_deployments_and_stays_the_source_of_truth() ->
         ],
     }
     catalog_load(
+        actor="test",
         data={
             **base,
             "deployments": [
@@ -217,11 +218,13 @@ def test_the_catalog_file_defines_deployments_and_stays_the_source_of_truth() ->
                     "tpm_limit": 1000,
                 },
             ],
-        }
+        },
     )
     rows = {d.name: d for d in Deployment.objects.filter(model__name="m")}
     assert (rows["one"].weight, rows["one"].rpm_limit, rows["two"].provider.name) == (2, 60, "sim-b")
-    catalog_load(data={**base, "deployments": [{"model": "m", "name": "two", "provider": "sim-b"}]})
+    catalog_load(
+        actor="test", data={**base, "deployments": [{"model": "m", "name": "two", "provider": "sim-b"}]}
+    )
     assert list(Deployment.objects.filter(model__name="m").values_list("name", flat=True)) == ["two"]
     assert Provider.objects.filter(name="sim-b").exists()
 
@@ -243,7 +246,7 @@ def test_bad_deployment_entries_are_refused_with_a_clear_message(item: dict[str,
         "deployments": [item],
     }
     with pytest.raises(InvalidRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
-        catalog_load(data=data)
+        catalog_load(actor="test", data=data)
 
 
 def test_with_the_cache_down_calls_still_go_to_a_deployment(clock: list[float]) -> None:

@@ -34,7 +34,11 @@ def upstreams(api: Api) -> Iterator[tuple[FakeUpstream, FakeUpstream, FakeUpstre
         upstream_model("first", first, tier=5)
         upstream_model("second", second, tier=3)
         provider_upsert(
-            name="extra", kind="openai_compatible", base_url=extra.base_url, api_key_env=UPSTREAM_KEY_ENV
+            actor="test",
+            name="extra",
+            kind="openai_compatible",
+            base_url=extra.base_url,
+            api_key_env=UPSTREAM_KEY_ENV,
         )
         make_policy("pair", strategy="hybrid", alpha=0.5, allowed_models=["first", "second"])
         yield first, second, extra
@@ -47,8 +51,10 @@ def chat(api: Api, key: str | None = None, **extra: Any) -> Any:
 
 def test_calls_are_spread_over_the_model_deployments(api: Api, upstreams: Any) -> None:
     first, _, extra = upstreams
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1)
-    deployment_upsert(model="first", name="extra", provider="extra", upstream_name="first-at-extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1)
+    deployment_upsert(
+        actor="test", model="first", name="extra", provider="extra", upstream_name="first-at-extra", weight=1
+    )
     for _ in range(12):
         response = chat(api)
         assert response.status_code == 200 and response["X-Scope-Model"] == "first"
@@ -59,7 +65,7 @@ def test_calls_are_spread_over_the_model_deployments(api: Api, upstreams: Any) -
 
 def test_a_deployment_at_its_rpm_limit_falls_back_like_an_open_circuit(api: Api, upstreams: Any) -> None:
     first, second, _ = upstreams
-    deployment_upsert(model="first", name="only", provider="up-first", rpm_limit=1)
+    deployment_upsert(actor="test", model="first", name="only", provider="up-first", rpm_limit=1)
     assert chat(api)["X-Scope-Model"] == "first"
     response = chat(api)
     assert response.status_code == 200
@@ -72,8 +78,8 @@ def test_a_deployment_at_its_rpm_limit_falls_back_like_an_open_circuit(api: Api,
 
 def test_a_deployment_with_an_open_circuit_gives_way_to_the_healthy_one(api: Api, upstreams: Any) -> None:
     first, _, extra = upstreams
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
-    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
     first.default = Fail(503)
     for _ in range(3):  # SCOPE_CIRCUIT_FAILURES in these tests
         circuit_record_failure("first@home", error_class="server_error")
@@ -150,8 +156,8 @@ def test_a_failing_deployment_does_not_open_the_model_while_a_sibling_serves(
     api: Api, upstreams: Any
 ) -> None:
     first, second, extra = upstreams
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
-    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
     first.default = Fail(503)
     models = [chat(api)["X-Scope-Model"] for _ in range(6)]
     # until home's circuit opens (3 failures) its failed calls fall back to the next model; then
@@ -167,8 +173,8 @@ def test_a_retry_does_not_go_back_to_a_deployment_its_failure_just_opened(
 ) -> None:
     first, second, _ = upstreams
     settings.SCOPE_CIRCUIT_FAILURES = 1  # one failure opens a circuit
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
-    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
     first.default = Fail(503)
     response = chat(api)
     assert response.status_code == 200 and response["X-Scope-Model"] == "second"
@@ -178,8 +184,8 @@ def test_a_retry_does_not_go_back_to_a_deployment_its_failure_just_opened(
 
 def test_streams_cut_midway_count_against_their_deployment_not_the_model(api: Api, upstreams: Any) -> None:
     first, _, _ = upstreams
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1000)
-    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1000)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
     first.default = Stream(cut_after=1)
     for _ in range(3):
         response = chat(api, stream=True)
@@ -195,8 +201,8 @@ def half_open(monkeypatch: pytest.MonkeyPatch) -> None:
     """`first` and both its deployments (home first, extra second) failed 3 times; the cool-down is over."""
     clock = [1_000_000.0]
     monkeypatch.setattr(circuit, "now", lambda: clock[0])
-    deployment_upsert(model="first", name="home", provider="up-first", weight=1_000_000)
-    deployment_upsert(model="first", name="extra", provider="extra", weight=1)
+    deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1_000_000)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
     for name in ("first@home", "first@extra", "first"):
         for _ in range(3):
             circuit_record_failure(name, error_class="server_error")

@@ -56,7 +56,7 @@ def _traffic(key: ApiKey, users: int) -> dict[str, list[str]]:
 def experiment(catalog: Any) -> Any:
     make_policy("cheap", strategy="pre_inference", alpha=0.05)
     return experiment_upsert(
-        name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
+        actor="test", name="alpha-test", policy="default", arms=[{"policy": "default"}, {"policy": "cheap"}]
     )
 
 

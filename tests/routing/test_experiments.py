@@ -55,7 +55,9 @@ def two_policies(catalog: Any) -> None:
 def test_an_experiment_declared_in_the_catalog_splits_route_traffic_sticky_per_user(
     two_policies: None, api: Callable[..., Any]
 ) -> None:
-    result = catalog_load(data={"experiments": [{"name": "alpha-test", "policy": "default", "arms": ARMS}]})
+    result = catalog_load(
+        actor="test", data={"experiments": [{"name": "alpha-test", "policy": "default", "arms": ARMS}]}
+    )
     assert result.counts["experiments"] == 1
     arms_by_user: dict[str, str] = {}
     for i in range(60):
@@ -76,7 +78,7 @@ def test_an_experiment_declared_in_the_catalog_splits_route_traffic_sticky_per_u
 
 @pytest.mark.django_db
 def test_without_user_the_api_key_is_the_sticky_unit(two_policies: None, api: Callable[..., Any]) -> None:
-    experiment_upsert(name="by-key", policy="default", arms=ARMS)
+    experiment_upsert(actor="test", name="by-key", policy="default", arms=ARMS)
     arms = {
         api("/api/v1/route", {"messages": USER_MESSAGE(f"q{i}")}).json()["experiment"]["arm"]
         for i in range(10)
@@ -87,12 +89,12 @@ def test_without_user_the_api_key_is_the_sticky_unit(two_policies: None, api: Ca
 @pytest.mark.django_db
 def test_loading_the_same_catalog_twice_changes_nothing(two_policies: None) -> None:
     data = {"experiments": [{"name": "alpha-test", "policy": "default", "arms": ARMS}]}
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     arm_ids = sorted(Experiment.objects.get().arms.values_list("pk", flat=True))
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     assert sorted(Experiment.objects.get().arms.values_list("pk", flat=True)) == arm_ids
     data["experiments"][0]["arms"] = [{"policy": "default", "weight": 80}, {"policy": "cheap", "weight": 20}]
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     assert dict(Experiment.objects.get().arms.values_list("name", "weight")) == {"default": 80, "cheap": 20}
 
 
@@ -123,37 +125,39 @@ def test_loading_the_same_catalog_twice_changes_nothing(two_policies: None) -> N
 )
 def test_the_catalog_rejects_a_bad_experiment(two_policies: None, item: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
-        catalog_load(data={"experiments": [item]})
+        catalog_load(actor="test", data={"experiments": [item]})
     assert not Experiment.objects.exists()
 
 
 @pytest.mark.django_db
 def test_only_one_experiment_may_split_a_policy(two_policies: None) -> None:
-    experiment_upsert(name="first", policy="default", arms=ARMS)
+    experiment_upsert(actor="test", name="first", policy="default", arms=ARMS)
     with pytest.raises(Conflict):
-        experiment_upsert(name="second", policy="default", arms=ARMS)
+        experiment_upsert(actor="test", name="second", policy="default", arms=ARMS)
     with pytest.raises(InvalidRequest, match="already splits"):
-        catalog_load(data={"experiments": [{"name": "second", "policy": "default", "arms": ARMS}]})
+        catalog_load(
+            actor="test", data={"experiments": [{"name": "second", "policy": "default", "arms": ARMS}]}
+        )
 
 
 @pytest.mark.django_db
 def test_a_stopped_experiment_no_longer_assigns(two_policies: None, api: Callable[..., Any]) -> None:
-    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment = experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
     assert experiment_assign(policy_slug="default", unit="user:u1") is not None
-    experiment_stop(experiment_id=experiment.pk)
+    experiment_stop(actor="test", experiment_id=experiment.pk)
     assert experiment_assign(policy_slug="default", unit="user:u1") is None
     body = api("/api/v1/route", {"messages": USER_MESSAGE("hello"), "user": "u1"}).json()
     assert body["experiment"] is None and body["policy"]["slug"] == "default"
     with pytest.raises(Conflict):
-        experiment_stop(experiment_id=experiment.pk)
+        experiment_stop(actor="test", experiment_id=experiment.pk)
 
 
 @pytest.mark.django_db
 def test_promoting_an_arm_gives_the_split_policy_the_arms_settings(two_policies: None) -> None:
-    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment = experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
     before = RoutingPolicy.objects.get(slug="default").current
     assert before is not None and before.alpha == 0.5
-    promoted = experiment_promote(experiment_id=experiment.pk, arm="cheap", promoted_by="ops")
+    promoted = experiment_promote(experiment_id=experiment.pk, arm="cheap", actor="ops")
     assert (promoted.status, promoted.winner) == (ExperimentStatus.PROMOTED, "cheap")
     after = RoutingPolicy.objects.get(slug="default").current
     assert after is not None and after.version == before.version + 1
@@ -166,7 +170,7 @@ def test_promoting_an_arm_gives_the_split_policy_the_arms_settings(two_policies:
 def test_operators_stop_an_experiment_and_refresh_its_stats_from_the_admin(
     two_policies: None, admin_client: Any
 ) -> None:
-    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment = experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
     url = "/admin/routing/experiment/"
     response = admin_client.post(url, {"action": "refresh_statistics", "_selected_action": [experiment.pk]})
     assert response.status_code == 302
@@ -180,47 +184,47 @@ def test_operators_stop_an_experiment_and_refresh_its_stats_from_the_admin(
 @pytest.mark.django_db
 def test_a_promoted_experiment_is_final_even_when_the_catalog_says_running(two_policies: None) -> None:
     data = {"experiments": [{"name": "alpha-test", "policy": "default", "status": "running", "arms": ARMS}]}
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     experiment = Experiment.objects.get()
-    experiment_promote(experiment_id=experiment.pk, arm="cheap")
+    experiment_promote(actor="test", experiment_id=experiment.pk, arm="cheap")
     # the next deploy loads the same catalog file
     with pytest.raises(InvalidRequest, match="promoted and cannot be running again"):
-        catalog_load(data=data)
+        catalog_load(actor="test", data=data)
     experiment.refresh_from_db()
     assert (experiment.status, experiment.winner) == (ExperimentStatus.PROMOTED, "cheap")
     assert experiment.ended_at is not None
     assert experiment_assign(policy_slug="default", unit="user:u1") is None
     # the catalog may say what happened, or say nothing about the status
     data["experiments"][0]["status"] = "promoted"
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     del data["experiments"][0]["status"]
-    catalog_load(data=data)
+    catalog_load(actor="test", data=data)
     assert Experiment.objects.get().status == ExperimentStatus.PROMOTED
 
 
 @pytest.mark.django_db
 def test_a_stopped_experiment_may_run_again_from_the_catalog(two_policies: None) -> None:
-    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
-    experiment_stop(experiment_id=experiment.pk)
-    experiment_upsert(name="alpha-test", policy="default", arms=ARMS, status="running")
+    experiment = experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
+    experiment_stop(actor="test", experiment_id=experiment.pk)
+    experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS, status="running")
     experiment.refresh_from_db()
     assert experiment.status == ExperimentStatus.RUNNING and experiment.ended_at is None
 
 
 @pytest.mark.django_db
 def test_the_catalog_cannot_mark_an_experiment_promoted_without_a_winner(two_policies: None) -> None:
-    experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
     with pytest.raises(InvalidRequest, match="choosing its winning arm"):
-        experiment_upsert(name="alpha-test", policy="default", arms=ARMS, status="promoted")
+        experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS, status="promoted")
     with pytest.raises(InvalidRequest, match="choosing its winning arm"):
-        experiment_upsert(name="beta-test", policy="cheap", arms=ARMS, status="promoted")
+        experiment_upsert(actor="test", name="beta-test", policy="cheap", arms=ARMS, status="promoted")
     assert Experiment.objects.get().status == ExperimentStatus.RUNNING
     assert RoutingPolicy.objects.get(slug="default").current.version == 1  # type: ignore[union-attr]
 
 
 @pytest.mark.django_db
 def test_the_admin_cannot_change_an_experiments_state_or_arms(two_policies: None, admin_client: Any) -> None:
-    experiment = experiment_upsert(name="alpha-test", policy="default", arms=ARMS)
+    experiment = experiment_upsert(actor="test", name="alpha-test", policy="default", arms=ARMS)
     change = f"/admin/routing/experiment/{experiment.pk}/change/"
     page = admin_client.get(change).content.decode()
     assert 'name="status"' not in page and 'name="winner"' not in page and 'name="arms-0-weight"' not in page
@@ -246,9 +250,9 @@ def test_the_admin_cannot_change_an_experiments_state_or_arms(two_policies: None
 def test_an_arm_whose_policy_was_never_published_cannot_be_promoted(two_policies: None) -> None:
     RoutingPolicy.objects.create(slug="draft", name="draft")
     experiment = experiment_upsert(
-        name="draft-test", policy="default", arms=[{"policy": "default"}, {"policy": "draft"}]
+        actor="test", name="draft-test", policy="default", arms=[{"policy": "default"}, {"policy": "draft"}]
     )
     with pytest.raises(Conflict, match="no published version"):
-        experiment_promote(experiment_id=experiment.pk, arm="draft")
+        experiment_promote(actor="test", experiment_id=experiment.pk, arm="draft")
     experiment.refresh_from_db()
     assert experiment.status == ExperimentStatus.RUNNING and experiment.winner == ""

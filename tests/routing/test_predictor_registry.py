@@ -39,7 +39,7 @@ def _fresh_registry(settings: Any, tmp_path: Path) -> Iterator[None]:
 
 def _activate(version: PredictorVersion, capture: Callable[..., Any]) -> None:
     with capture(execute=True):
-        predictor_version_activate(version_id=version.pk)
+        predictor_version_activate(actor="test", version_id=version.pk)
 
 
 @pytest.mark.django_db
@@ -149,7 +149,7 @@ def test_a_corrupt_artifact_is_refused_and_the_previous_predictor_keeps_serving(
         name="broken", artifact=b"PK\x03\x04 truncated", feature_schema=2
     )
     with pytest.raises(InvalidRequest, match="cannot be served"):
-        predictor_version_activate(version_id=broken.pk)
+        predictor_version_activate(actor="test", version_id=broken.pk)
     assert PredictorVersion.objects.get(is_active=True).name == "good"
     # even if a broken version is forced active behind the service's back, "good" keeps serving
     PredictorVersion.objects.filter(pk=good.pk).update(is_active=False)

@@ -41,7 +41,7 @@ def test_after_warm_up_the_route_path_loads_nothing(
     trained = predictor_train(examples=examples, models=data.infos(), seed=0, params=data.FAST)
     version = predictor_version_save(trained=trained, name="warm")
     with django_capture_on_commit_callbacks(execute=True):
-        predictor_version_activate(version_id=version.pk)
+        predictor_version_activate(actor="test", version_id=version.pk)
     registry.clear()  # a fresh worker: nothing loaded yet
 
     warmed = warmup.warm_process()

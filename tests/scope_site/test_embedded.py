@@ -28,7 +28,7 @@ def eager() -> Iterator[None]:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_embedded_server_seals_the_audit_log_on_its_own(catalog: Any, eager: None) -> None:
-    schedules_ensure()
+    schedules_ensure(actor="test")
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.filter(name="scope: audit seal").update(interval=every_second)
     for i in range(3):

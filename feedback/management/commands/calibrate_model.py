@@ -50,7 +50,7 @@ class Command(ScopeCommand):
             if options["from_file"]:
                 calibration = calibration_import(
                     model=options["model"], path=options["from_file"], limit=n,
-                    cap=options["cap"], min_live_outcomes=options["min_outcomes"],
+                    cap=options["cap"], min_live_outcomes=options["min_outcomes"], actor="cli:calibrate_model",
                 )  # fmt: skip
             else:
                 if options["anchors_file"]:
@@ -61,6 +61,7 @@ class Command(ScopeCommand):
                 calibration = calibration_run(
                     model=options["model"], anchors=anchors, judge=options["judge"], cap=options["cap"],
                     min_live_outcomes=options["min_outcomes"], progress=lambda i, total: bar.update(1),
+                    actor="cli:calibrate_model",
                 )  # fmt: skip
                 bar.close()
         except ApplicationError as exc:

@@ -43,11 +43,12 @@ class Command(ScopeCommand):
                 params["weights"] = {k: float(v) for k, v in json.loads(options["weights"]).items()}
             except (ValueError, AttributeError, TypeError):
                 raise CommandError("--weights must be a JSON object of numbers") from None
+        actor = "cli:retrain"
         try:
-            run = retraining_request(trigger="command", params=params)
+            run = retraining_request(trigger="command", params=params, actor=actor)
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
-        if run.trigger != "command" or run.params != params:
+        if run.trigger != "command" or run.params != {**params, "requested_by": actor}:
             self.stderr.write(
                 f"training run {run.pk} ({run.trigger}) was already {run.status}: following it instead; "
                 "the options given here were not used"

@@ -43,6 +43,7 @@ class Command(ScopeCommand):
             try:
                 result = predictor_train_job(
                     source=opts["source"],
+                    actor="cli:train_predictor",
                     models_file=opts["models"],
                     force_activate=opts["activate"],
                     seed=opts["seed"],

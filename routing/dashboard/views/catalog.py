@@ -24,7 +24,7 @@ def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
     try:
         if wanted not in ("0", "1"):  # a typo must not disable a model
             raise InvalidRequest("enabled: must be 1 (enable) or 0 (disable)")
-        llm_model_set_enabled(model_id=model_id, enabled=wanted == "1")
+        llm_model_set_enabled(model_id=model_id, enabled=wanted == "1", actor=request.user.get_username())
     except ApplicationError as exc:
         return error_response(request, exc)
     if not getattr(request, "htmx", False):

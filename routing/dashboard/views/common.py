@@ -20,6 +20,7 @@ NAV = (
     ("predictor", "Predictor", DASHBOARDS),
     ("decisions", "Decisions", READ_ALL),
     ("audit", "Audit", READ_ALL),
+    ("activity", "Activity", READ_ALL),
 )
 
 

@@ -37,7 +37,7 @@ def _after_change(request: HttpRequest, experiment_id: int) -> HttpResponse:
 @role_required(WRITE)
 def experiment_stop_view(request: HttpRequest, experiment_id: int) -> HttpResponse:
     try:
-        experiment_stop(experiment_id=experiment_id)
+        experiment_stop(experiment_id=experiment_id, actor=request.user.get_username())
     except ApplicationError as exc:
         return error_response(request, exc)
     return _after_change(request, experiment_id)
@@ -50,7 +50,7 @@ def experiment_promote_view(request: HttpRequest, experiment_id: int) -> HttpRes
         experiment_promote(
             experiment_id=experiment_id,
             arm=request.POST.get("arm", ""),
-            promoted_by=request.user.get_username(),
+            actor=request.user.get_username(),
         )
     except ApplicationError as exc:
         return error_response(request, exc)

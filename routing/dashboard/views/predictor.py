@@ -43,7 +43,7 @@ def retrain(request: HttpRequest) -> HttpResponse:
             raise ServiceUnavailable(
                 "retraining is not available in this build", code="retraining_unavailable"
             )
-        run = start(trigger="manual", requested_by=request.user.get_username())
+        run = start(trigger="manual", actor=request.user.get_username())
     except ApplicationError as exc:
         return error_response(request, exc)
     if not getattr(request, "htmx", False):
@@ -56,7 +56,7 @@ def retrain(request: HttpRequest) -> HttpResponse:
 def activate(request: HttpRequest, version_id: int) -> HttpResponse:
     """Make a stored version the active predictor: promote the shadow, or roll back."""
     try:
-        version = predictor_version_activate(version_id=version_id)
+        version = predictor_version_activate(version_id=version_id, actor=request.user.get_username())
     except ApplicationError as exc:
         return error_response(request, exc)
     target = f"{reverse('dashboard:predictor')}?version={version.name}"

@@ -49,6 +49,7 @@ class Command(ScopeCommand):
                 source=opts["source"],
                 limit=opts["limit"],
                 dry_run=opts["dry_run"],
+                actor="cli:calibrate_policy",
             )
         except ApplicationError as exc:
             raise CommandError(str(exc)) from None

@@ -27,6 +27,7 @@ class Command(BaseCommand):
                 daily_budget_usd=options["daily_budget_usd"],
                 monthly_budget_usd=options["monthly_budget_usd"],
                 rpm_limit=options["rpm"],
+                actor="cli:create_api_key",
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None

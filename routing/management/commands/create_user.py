@@ -36,6 +36,7 @@ class Command(BaseCommand):
                 role=Role(options["role"]),
                 password=password,
                 email=options["email"],
+                actor="cli:create_user",
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None

@@ -13,7 +13,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        created = schedules_ensure()
+        created = schedules_ensure(actor="cli:ensure_schedules")
         self.stdout.write(
             f"periodic tasks: {len(created)} created, {len(SCHEDULES) - len(created)} already present"
         )

@@ -19,7 +19,7 @@ class Command(ScopeCommand):
     def handle(self, *args: Any, file: Path, **options: Any) -> None:
         data = catalog_parse(file)  # its errors name the file already
         try:
-            result = catalog_load(data=data)
+            result = catalog_load(data=data, actor="cli:load_catalog", source=str(file))
         except InvalidRequest as exc:
             raise CommandError(f"{file}: {exc.message}") from None
         counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())

@@ -17,5 +17,5 @@ class Command(ScopeCommand):
         parser.add_argument("prefix")
 
     def handle(self, *args: Any, prefix: str, **options: Any) -> None:
-        row = api_key_revoke(prefix=prefix)
+        row = api_key_revoke(prefix=prefix, actor="cli:revoke_api_key")
         self.stdout.write(f"revoked {row.prefix} ({row.name})")

@@ -27,11 +27,13 @@ class Command(ScopeCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         data = catalog_parse(DEMO_CATALOG)
-        result = catalog_load(data=data, created_by="seed_demo", only_missing=not options["reset"])
+        result = catalog_load(
+            data=data, actor="cli:seed_demo", source="demo_catalog.yaml", only_missing=not options["reset"]
+        )
         counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
         verb = "loaded" if options["reset"] else "created"
         self.stdout.write(f"demo catalog: {counts} {verb} (served by the simulated provider)")
         if result.kept:
             self.stdout.write(f"  {len(result.kept)} already there, left as they are (--reset reloads them)")
-        created = schedules_ensure()  # periodic tasks, editable in the admin afterwards
+        created = schedules_ensure(actor="cli:seed_demo")  # periodic tasks, editable in the admin afterwards
         self.stdout.write(f"periodic tasks: {len(created)} created")
