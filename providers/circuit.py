@@ -66,8 +66,29 @@ def _key(model: str, part: str) -> str:
     return f"circuit:{'_'.join(model.split())}:{part}"
 
 
+# Failures are counted in slots of a tenth of the window, and the circuit reads the last ten: the
+# window slides. With one count per whole window, failures that straddle its boundary (two just
+# before, one just after) never reached the threshold together.
+_SLOTS = 10
+
+
+def _slot(at: float) -> int:
+    return int(at // (_window() / _SLOTS))
+
+
 def _bucket_key(model: str, at: float) -> str:
-    return _key(model, f"fails:{int(at // _window())}")
+    return _key(model, f"fails:{_slot(at)}")
+
+
+def _bucket_keys(model: str, at: float) -> list[str]:
+    """The failure counts of the last window (its ten most recent slots)."""
+    last = _slot(at)
+    return [_key(model, f"fails:{slot}") for slot in range(last - _SLOTS + 1, last + 1)]
+
+
+def _state_keys(model: str, at: float) -> list[str]:
+    """Everything that makes the circuit open: its record, its probe claim, its recent failures."""
+    return [_key(model, "open"), _key(model, "probe"), *_bucket_keys(model, at)]
 
 
 def _status(record: Any, at: float) -> CircuitStatus:
@@ -191,7 +212,7 @@ def circuit_record_success(model: str) -> None:
     try:
         if cache.get(_key(model, "open")) is not None:
             _recent.clear()
-            cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])
+            cache.delete_many(_state_keys(model, now()))
     except Exception:
         logger.warning("could not record circuit success for %s", model, exc_info=True)
 
@@ -209,12 +230,13 @@ def circuit_record_failure(model: str, *, error_class: str) -> CircuitStatus:
             return _status(record, at)
         key = _bucket_key(model, at)
         cache.add(key, 0, timeout=int(_window()) + 1)
-        count = cache.incr(key)
+        cache.incr(key)
+        recent = sum(int(n) for n in cache.get_many(_bucket_keys(model, at)).values())
     except Exception:
         logger.warning("could not record circuit failure for %s", model, exc_info=True)
         return _CLOSED
-    if count >= _failures():
-        return _open(model, at, failures=count, error_class=error_class)
+    if recent >= _failures():
+        return _open(model, at, failures=recent, error_class=error_class)
     return _CLOSED
 
 
@@ -230,4 +252,4 @@ def _open(model: str, at: float, *, failures: int, error_class: str) -> CircuitS
 def circuit_reset(model: str) -> None:
     """Close a circuit by hand (admin action)."""
     _recent.clear()
-    cache.delete_many([_key(model, "open"), _key(model, "probe"), _bucket_key(model, now())])
+    cache.delete_many(_state_keys(model, now()))

@@ -50,6 +50,24 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
+def test_failures_that_straddle_a_window_boundary_still_open_it(clock: Clock) -> None:
+    clock.t = 60.0 * 20_000 - 0.5  # half a second before a 60 s boundary
+    for _ in range(2):
+        circuit_record_failure("m", error_class="timeout")
+    clock.t += 1.0  # the third failure lands just after it
+    circuit_record_failure("m", error_class="timeout")
+    assert circuit_status("m").state is CircuitState.OPEN
+
+
+def test_failures_further_apart_than_the_window_do_not_add_up(clock: Clock) -> None:
+    clock.t = 60.0 * 20_000 + 0.5  # early in a window
+    for _ in range(2):
+        circuit_record_failure("m", error_class="timeout")
+    clock.t += 119.0  # the end of the next window: the first two are almost a window old and more
+    circuit_record_failure("m", error_class="timeout")
+    assert circuit_status("m").state is CircuitState.CLOSED
+
+
 def test_it_opens_after_n_failures_within_the_window(clock: Clock) -> None:
     for _ in range(2):
         circuit_record_failure("m", error_class="timeout")
