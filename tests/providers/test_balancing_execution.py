@@ -185,7 +185,8 @@ def test_a_retry_does_not_go_back_to_a_deployment_its_failure_just_opened(
 def test_streams_cut_midway_count_against_their_deployment_not_the_model(api: Api, upstreams: Any) -> None:
     first, _, _ = upstreams
     deployment_upsert(actor="test", model="first", name="home", provider="up-first", weight=1000)
-    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=1)
+    # weight 0: a last resort only, so all three streams go to home (no 1-in-1,000 random pick)
+    deployment_upsert(actor="test", model="first", name="extra", provider="extra", weight=0)
     first.default = Stream(cut_after=1)
     for _ in range(3):
         response = chat(api, stream=True)
