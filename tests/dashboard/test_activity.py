@@ -194,6 +194,7 @@ def test_the_json_read_follows_the_page_roles(
     if status == 200:
         assert [r["detail"]["i"] for r in body["results"] if "i" in r["detail"]] == [6, 5, 4, 3, 2, 1, 0]
         assert set(body["results"][0]) == {"id", "created_at", "actor", "action", "target", "detail"}
+        assert body["results"][0]["created_at"].endswith("Z")  # UTC, as every API time
     else:
         assert body["error"]["code"] == "permission_denied"
 

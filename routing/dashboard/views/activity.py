@@ -8,6 +8,7 @@ from routing.dashboard.activity_form import ActivityForm
 from routing.dashboard.roles import READ_ALL, role_required
 from routing.dashboard.views.common import error_response, page
 from scope_site.errors import ApplicationError, json_error
+from scope_site.renderers import api_time
 
 
 @require_GET
@@ -53,7 +54,7 @@ def activity_json(request: HttpRequest) -> JsonResponse:
     results = [
         {
             "id": e.pk,
-            "created_at": e.created_at.isoformat(),
+            "created_at": api_time(e.created_at),
             "actor": e.actor,
             "action": e.action,
             "target": e.target,
