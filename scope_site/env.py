@@ -88,8 +88,11 @@ def env_weights(name: str, default: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def env_choice(name: str, default: str, choices: set[str]) -> str:
+def env_choice(name: str, default: str, choices: set[str], *, any_case: bool = False) -> str:
+    """One of `choices`; with `any_case`, written in any case (the choices are upper case)."""
     value = env_str(name, default)
+    if any_case:
+        value = value.upper()
     if value not in choices:
         raise ConfigurationError(f"{name}={value!r} must be one of: {', '.join(sorted(choices))}")
     return value

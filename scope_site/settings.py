@@ -291,7 +291,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {
         "handlers": ["console"],
-        "level": env_choice("SCOPE_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}),
+        "level": env_choice(
+            "SCOPE_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}, any_case=True
+        ),
     },
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -28,3 +28,11 @@ def test_it_rejects_numbers_above_their_maximum(monkeypatch: pytest.MonkeyPatch)
         env_float("SCOPE_EXPLORATION_CAP", 0.1, minimum=0.0, maximum=1.0)
     with pytest.raises(ConfigurationError, match="SCOPE_WORKER_METRICS_PORT=99999 must be at most 65535"):
         env_int("SCOPE_WORKER_METRICS_PORT", 9540, minimum=0, maximum=65535)
+
+
+def test_a_log_level_may_be_written_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    levels = {"DEBUG", "INFO", "WARNING"}
+    monkeypatch.setenv("SCOPE_LOG_LEVEL", "debug")
+    assert env_choice("SCOPE_LOG_LEVEL", "INFO", levels, any_case=True) == "DEBUG"
+    with pytest.raises(ConfigurationError, match="must be one of"):
+        env_choice("SCOPE_LOG_LEVEL", "INFO", levels)  # other choices stay exact
