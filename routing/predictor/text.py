@@ -125,7 +125,6 @@ def fit_heads(
     separate the model's right answers from its wrong ones. The scale is folded into the stored
     coefficients, so serving is unchanged; each model then keeps its own penalty.
     """
-    from sklearn.linear_model import Ridge
 
     alphas = [float(alpha)] if isinstance(alpha, int | float) else [float(a) for a in alpha]
     p, m = scores.shape
@@ -165,33 +164,9 @@ def fit_heads(
                 fitted_more(1)
             continue
         y = scores[:, cols] if basis is None else (scores[:, cols] - basis[0]) @ basis[1].T
-        best: tuple[float, float, np.ndarray] | None = None
-        starts: dict[int, np.ndarray] = {}
-        for a in alphas:
-            pred = np.full((p, y.shape[1]), np.nan)
-            for f in range(n_folds):
-                fit_rows = rows & (folds != f)
-                target = folds == f
-                if fit_rows.sum() < 5 or not target.any():
-                    continue
-                if basis is None:
-                    model = Ridge(alpha=a).fit(matrix[fit_rows], y[fit_rows])
-                    pred[target] = np.asarray(model.predict(matrix[target])).reshape(-1, y.shape[1])
-                else:  # every component in one block solve, warm-started from the last penalty's
-                    w, b, starts[f] = ridge_block(matrix[fit_rows], y[fit_rows], a, start=starts.get(f))
-                    pred[target] = matrix[target] @ w + b
-            scored = rows & ~np.isnan(pred[:, 0])
-            err = float(np.mean((pred[scored] - y[scored]) ** 2)) if scored.any() else 0.0
-            if best is None or err < best[0]:
-                best = (err, a, pred)
-        assert best is not None
-        if basis is None:
-            model = Ridge(alpha=best[1]).fit(matrix[rows], y[rows])
-            group_coef = np.asarray(model.coef_, dtype=np.float64).reshape(y.shape[1], -1).T  # [V, targets]
-            group_intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(-1)
-        else:
-            group_coef, group_intercept, _ = ridge_block(matrix[rows], y[rows], best[1])
-        pred = best[2]
+        pred, group_coef, group_intercept = _ridge_group(
+            matrix, y, rows, folds, n_folds, alphas, block=basis is not None
+        )
         if basis is not None:  # back from components to models
             center, components = basis
             pred = pred @ components + center
@@ -202,6 +177,39 @@ def fit_heads(
         intercept[cols] = group_intercept.astype(np.float32)
         fitted_more(len(cols))
     return oof, TextHeads(coef=coef, intercept=intercept)
+
+
+def _ridge_group(
+    matrix: Any,
+    y: np.ndarray,
+    rows: np.ndarray,
+    folds: np.ndarray,
+    n_folds: int,
+    alphas: Sequence[float],
+    *,
+    block: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(out-of-fold predictions [P, k], coef [V, k], intercept [k]) of ridge heads for targets
+    y [P, k] at the penalty chosen out of fold: sklearn's Ridge, or with `block` every target in one
+    block solve warm-started from the last penalty's (ridge_block)."""
+    from sklearn.linear_model import Ridge
+
+    starts: dict[int, np.ndarray] = {}
+
+    def fold_predict(a: float, f: int, fit_rows: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if not block:
+            model = Ridge(alpha=a).fit(matrix[fit_rows], y[fit_rows])
+            return np.asarray(model.predict(matrix[target])).reshape(-1, y.shape[1])
+        w, b, starts[f] = ridge_block(matrix[fit_rows], y[fit_rows], a, start=starts.get(f))
+        return np.asarray(matrix[target] @ w + b)
+
+    chosen, pred = _penalty_out_of_fold(alphas, y, rows, folds, n_folds, fold_predict)
+    if block:
+        coef, intercept, _ = ridge_block(matrix[rows], y[rows], chosen)
+        return pred, coef, intercept
+    model = Ridge(alpha=chosen).fit(matrix[rows], y[rows])
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(y.shape[1], -1).T  # [V, targets]
+    return pred, coef, np.asarray(model.intercept_, dtype=np.float64).reshape(-1)
 
 
 def head_groups(scores: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
@@ -260,35 +268,53 @@ def _nb_ridge(
     from scipy import sparse
     from sklearn.linear_model import Ridge
 
-    p = len(scores)
     y = np.where(rows, scores, 0.0)
-    scaled: dict[int, Any] = {}
+    scaled: dict[int, Any] = {}  # per fold: the input scaled by that fold's ratios
+
+    def fold_predict(a: float, f: int, fit_rows: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if f not in scaled:
+            scaled[f] = matrix @ sparse.diags(nb_scale(presence[fit_rows], y[fit_rows], beta))
+        model = Ridge(alpha=a).fit(scaled[f][fit_rows], y[fit_rows])
+        return np.asarray(model.predict(scaled[f][target])).reshape(-1, 1)
+
+    chosen, pred = _penalty_out_of_fold(alphas, y[:, None], rows, folds, n_folds, fold_predict)
+    scale = nb_scale(presence[rows], y[rows], beta)
+    model = Ridge(alpha=chosen).fit(matrix[rows] @ sparse.diags(scale), y[rows])
+    coef = (np.asarray(model.coef_, dtype=np.float64).reshape(-1) * scale).astype(np.float32)
+    return pred[:, 0], coef, float(np.asarray(model.intercept_).reshape(-1)[0])
+
+
+def _penalty_out_of_fold(
+    alphas: Sequence[float],
+    y: np.ndarray,
+    rows: np.ndarray,
+    folds: np.ndarray,
+    n_folds: int,
+    fold_predict: Callable[[float, int, np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[float, np.ndarray]:
+    """(the penalty with the lowest out-of-fold squared error, its out-of-fold predictions [P, k])
+    for targets y [P, k] known on `rows`; `fold_predict(alpha, fold, fit_rows, target_rows)` fits
+    on one fold's complement and predicts its rows."""
     best: tuple[float, float, np.ndarray] | None = None
     for a in alphas:
-        pred = np.full(p, np.nan)
+        pred = np.full(y.shape, np.nan)
         for f in range(n_folds):
             fit_rows = rows & (folds != f)
             target = folds == f
             if fit_rows.sum() < 5 or not target.any():
                 continue
-            if f not in scaled:
-                scaled[f] = matrix @ sparse.diags(nb_scale(presence[fit_rows], y[fit_rows], beta))
-            model = Ridge(alpha=a).fit(scaled[f][fit_rows], y[fit_rows])
-            pred[target] = np.asarray(model.predict(scaled[f][target])).reshape(-1)
-        scored = rows & ~np.isnan(pred)
+            pred[target] = fold_predict(a, f, fit_rows, target)
+        scored = rows & ~np.isnan(pred[:, 0])
         err = float(np.mean((pred[scored] - y[scored]) ** 2)) if scored.any() else 0.0
         if best is None or err < best[0]:
             best = (err, a, pred)
     assert best is not None
-    scale = nb_scale(presence[rows], y[rows], beta)
-    model = Ridge(alpha=best[1]).fit(matrix[rows] @ sparse.diags(scale), y[rows])
-    coef = (np.asarray(model.coef_, dtype=np.float64).reshape(-1) * scale).astype(np.float32)
-    return best[2], coef, float(np.asarray(model.intercept_).reshape(-1)[0])
+    return best[1], best[2]
 
 
 # Above this many (prompt, model) scores in one group, the heads are fitted on the score matrix's
 # leading components: one ridge solve per component instead of per model. 15,000 prompts × 56
-# models took over 16 minutes in per-model solves (the 10-minute predict_outcomes budget).
+# models was still in per-model solves after 16 minutes (10 of CPU), past predict_outcomes' 10-minute budget.
 HEAD_TARGET_BUDGET = 120_000
 LATENT_MIN = 4
 
