@@ -1,4 +1,4 @@
-"""Reads of the control-plane activity log (the Activity page and GET /api/v1/activity).
+"""Reads of the control-plane activity log (the Activity page and /activity.json).
 
 Newest first, keyset-paginated on the id (rows are append-only and ids only grow, so `id < after`
 is a stable cursor: a page never repeats or skips a row when new events arrive meanwhile).

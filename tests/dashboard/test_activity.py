@@ -1,4 +1,4 @@
-"""The Activity page and GET /api/v1/activity: dashboard changes recorded with who made them,
+"""The Activity page and /activity.json: dashboard changes recorded with who made them,
 read by operators and auditors only, filtered and keyset-paginated."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _problem(n: int = 400, v: int = 300, m: int = 12, seed: int = 0) -> tuple[An
     return x, scores, folds
 
 
-def test_a_small_group_is_fitted_model_by_model() -> None:
+def test_no_components_are_taken_for_a_group_no_larger_than_the_allowed_count() -> None:
     x, scores, _ = _problem(m=3)
     assert score_basis(scores, 4) is None  # 3 models, 4 components allowed: every model its own head
 
