@@ -81,6 +81,16 @@ class ApiKey(AbstractAPIKey):
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
+        constraints = [
+            # a name is how decisions, budgets and the activity log tell apps apart: two live keys
+            # with one name could not be told apart there. A revoked key's name may be reused.
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(revoked=False),
+                name="apikey_name_unique_unrevoked",
+                violation_error_message="An API key with this name already exists (revoke it first).",
+            ),
+        ]
 
 
 class DecisionKind(models.TextChoices):
