@@ -59,7 +59,7 @@ def retraining_request(
     with transaction.atomic():
         # lock open runs: two schedulers firing together must not queue two runs
         existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
-        if existing is not None and not _abandon_if_stale(existing):
+        if existing is not None and not training_run_abandon_if_stale(existing):
             return existing
         run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
         control_event_record(
@@ -84,7 +84,7 @@ def training_run_is_lost(run: TrainingRun) -> bool:
     )
 
 
-def _abandon_if_stale(run: TrainingRun) -> bool:
+def training_run_abandon_if_stale(run: TrainingRun) -> bool:
     """True when the locked open `run` no longer stands in the way of a new one.
 
     A running run whose process stopped writing progress (worker killed, host restarted, a
