@@ -41,7 +41,7 @@ worker: install
 	$(VENV)/bin/celery -A scope_site.worker worker --loglevel INFO --concurrency 2
 
 beat: install
-	$(VENV)/bin/celery -A scope_site beat --loglevel INFO
+	$(VENV)/bin/celery -A scope_site.beat beat --loglevel INFO
 
 lint: install
 	$(VENV)/bin/ruff check .

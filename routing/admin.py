@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
+from routing import admin_accounts, admin_schedules  # noqa: F401  # they register users, groups, schedules
 from routing.admin_activity import ControlEventAdmin
 from routing.models import (
     ApiKey,

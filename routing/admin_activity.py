@@ -20,7 +20,11 @@ from routing.services.control_events import changes, control_event_record, contr
 
 def _values(obj: models.Model, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    many = {f.name for f in obj._meta.many_to_many}
     for name in names:
+        if name in many:  # a user's groups, a group's permissions: the names, in order
+            out[name] = sorted(str(o) for o in getattr(obj, name).all()) if obj.pk else []
+            continue
         value = getattr(obj, name, None)
         out[name] = str(value) if isinstance(value, models.Model) else value
     return out
@@ -40,13 +44,27 @@ class ControlEventAdmin(admin.ModelAdmin):
         """A more specific action for an update (e.g. a revocation); None: `<entity>.update`."""
         return None
 
+    def control_fields(self, form: Any, change: bool) -> list[str]:
+        """The form fields whose values the event records."""
+        return list(form.changed_data) if change else list(form.fields)
+
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        fields = list(form.changed_data) if change else list(form.fields)
+        fields = self.control_fields(form, change)
         before = None
         if change:
             stored = type(obj)._default_manager.filter(pk=obj.pk).first()
             before = _values(stored, fields) if stored is not None else None
         super().save_model(request, obj, form, change)
+        # recorded in save_related, once many-to-many fields (a user's groups) are saved too
+        obj._control_pending = (fields, before)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        obj = form.instance
+        pending = obj.__dict__.pop("_control_pending", None)
+        if pending is None:
+            return
+        fields, before = pending
         after = _values(obj, fields)
         actor = request.user.get_username()
         name = self.control_name(obj)

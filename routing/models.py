@@ -81,6 +81,16 @@ class ApiKey(AbstractAPIKey):
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
+        constraints = [
+            # a name is how decisions, budgets and the activity log tell apps apart: two live keys
+            # with one name could not be told apart there. A revoked key's name may be reused.
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(revoked=False),
+                name="apikey_name_unique_unrevoked",
+                violation_error_message="An API key with this name already exists (revoke it first).",
+            ),
+        ]
 
 
 class DecisionKind(models.TextChoices):
@@ -438,7 +448,19 @@ class ControlAction(models.TextChoices):
     CALIBRATION_DELETE = "calibration.delete", "Calibration deleted (admin)"
     CALIBRATION_GRADUATE = "calibration.graduate", "Model graduated from exploration"
     SCHEDULE_CREATE = "schedule.create", "Periodic task created"
+    SCHEDULE_UPDATE = "schedule.update", "Periodic task changed (admin)"
+    SCHEDULE_DELETE = "schedule.delete", "Periodic task deleted (admin)"
+    SCHEDULE_TIMING_CREATE = "schedule_timing.create", "Schedule interval/crontab added (admin)"
+    SCHEDULE_TIMING_UPDATE = "schedule_timing.update", "Schedule interval/crontab changed (admin)"
+    SCHEDULE_TIMING_DELETE = "schedule_timing.delete", "Schedule interval/crontab deleted (admin)"
     USER_SAVE = "user.save", "Dashboard user created or role changed"
+    USER_CREATE = "user.create", "User created (admin)"
+    USER_UPDATE = "user.update", "User changed: groups, flags or password (admin)"
+    USER_DELETE = "user.delete", "User deleted (admin)"
+    GROUP_CREATE = "group.create", "Group created (admin)"
+    GROUP_UPDATE = "group.update", "Group changed (admin)"
+    GROUP_DELETE = "group.delete", "Group deleted (admin)"
+    RETRAIN_ABANDON = "retrain.abandon", "Lost retraining run marked failed"
 
 
 class ControlEvent(models.Model):

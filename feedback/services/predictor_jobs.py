@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.registry import predictor_version_activate, predictor_version_save
-from feedback.services.retraining import champion_unseen
+from feedback.services.retraining import OPEN, champion_unseen, training_run_abandon_if_stale
 from feedback.services.training import examples_from_eval_outcomes, predictor_evaluate, predictor_train
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.dataset import load_models
 from routing.predictor.model import ModelInfo
-from scope_site.errors import InvalidRequest
+from scope_site.errors import Conflict, InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,24 @@ def predictor_train_job(
     actor: str,
 ) -> JobResult:
     extra_models = load_models(models_file)  # a --models file that cannot be read fails before any run
-    run = TrainingRun.objects.create(
-        status=TrainingRunStatus.RUNNING,
-        trigger="command",
-        params={"source": source, "seed": seed, "force_activate": force_activate},
-        started_at=timezone.now(),
-        heartbeat_at=timezone.now(),
-    )
+    with transaction.atomic():
+        # the lock retraining_request takes: one training at a time, or two could promote over each
+        # other; an open run that lost its process is marked failed and no longer stands in the way
+        existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
+        if existing is not None and not training_run_abandon_if_stale(existing):
+            raise Conflict(
+                f"training run {existing.pk} ({existing.trigger}) is {existing.status}: one training runs "
+                "at a time; train again once it has finished (a run silent for "
+                f"{settings.SCOPE_RETRAIN_STALE_AFTER_S} s is marked lost and no longer blocks)",
+                code="training_run_open",
+            )
+        run = TrainingRun.objects.create(
+            status=TrainingRunStatus.RUNNING,
+            trigger="command",
+            params={"source": source, "seed": seed, "force_activate": force_activate},
+            started_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+        )
     try:
         examples, catalog = examples_from_eval_outcomes(source=source or None)
         if not examples:

@@ -33,6 +33,7 @@ from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.fit import FitParams
 from routing.predictor.model import ScopePredictor
 from routing.services.control_events import control_event_record
+from scope_site.renderers import api_time
 
 log = logging.getLogger(__name__)
 OPEN = (TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING)
@@ -59,7 +60,7 @@ def retraining_request(
     with transaction.atomic():
         # lock open runs: two schedulers firing together must not queue two runs
         existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
-        if existing is not None and not _abandon_if_stale(existing):
+        if existing is not None and not training_run_abandon_if_stale(existing):
             return existing
         run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
         control_event_record(
@@ -84,7 +85,7 @@ def training_run_is_lost(run: TrainingRun) -> bool:
     )
 
 
-def _abandon_if_stale(run: TrainingRun) -> bool:
+def training_run_abandon_if_stale(run: TrainingRun) -> bool:
     """True when the locked open `run` no longer stands in the way of a new one.
 
     A running run whose process stopped writing progress (worker killed, host restarted, a
@@ -104,6 +105,13 @@ def _abandon_if_stale(run: TrainingRun) -> bool:
         error=f"abandoned: no progress for over {seconds} s (the process running it was lost)",
         progress_message="failed: the process running it was lost",
         finished_at=timezone.now(),
+    )
+    last_sign = run.heartbeat_at or run.started_at or run.created_at
+    control_event_record(
+        actor=SYSTEM_ACTOR,
+        action=ControlAction.RETRAIN_ABANDON,
+        target=f"training_run:{run.pk}",
+        detail={"trigger": run.trigger, "last_progress_at": api_time(last_sign), "stale_after_s": seconds},
     )
     return True
 

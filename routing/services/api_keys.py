@@ -3,11 +3,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import cast
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from routing.models import ApiKey, ControlAction, RoutingPolicy
 from routing.services.control_events import control_event_record
-from scope_site.errors import InvalidRequest, NotFound
+from scope_site.errors import Conflict, InvalidRequest, NotFound
 
 _MAX_BUDGET_USD = Decimal(10) ** 8  # the column holds 12 digits, 4 of them decimals
 _BUDGET_STEP = Decimal("0.0001")
@@ -41,26 +41,36 @@ def api_key_create(
         policy = RoutingPolicy.objects.filter(slug=policy_slug).first()
         if policy is None:
             raise NotFound(f"Unknown policy {policy_slug!r}", code="unknown_policy")
-    with transaction.atomic():
-        row, key = ApiKey.objects.create_key(
-            name=name,
-            default_policy=policy,
-            daily_budget_usd=daily_budget_usd,
-            monthly_budget_usd=monthly_budget_usd,
-            rpm_limit=rpm_limit,
-        )
-        # the key itself and its prefix are key material: the event names the row, never the key
-        control_event_record(
-            actor=actor,
-            action=ControlAction.API_KEY_CREATE,
-            target=api_key_target(cast(ApiKey, row)),
-            detail={
-                "policy": policy_slug or None,
-                "daily_budget_usd": daily_budget_usd,
-                "monthly_budget_usd": monthly_budget_usd,
-                "rpm_limit": rpm_limit,
-            },
-        )
+    try:
+        with transaction.atomic():
+            row, key = ApiKey.objects.create_key(
+                name=name,
+                default_policy=policy,
+                daily_budget_usd=daily_budget_usd,
+                monthly_budget_usd=monthly_budget_usd,
+                rpm_limit=rpm_limit,
+            )
+            # the key itself and its prefix are key material: the event names the row, never the key
+            control_event_record(
+                actor=actor,
+                action=ControlAction.API_KEY_CREATE,
+                target=api_key_target(cast(ApiKey, row)),
+                detail={
+                    "policy": policy_slug or None,
+                    "daily_budget_usd": daily_budget_usd,
+                    "monthly_budget_usd": monthly_budget_usd,
+                    "rpm_limit": rpm_limit,
+                },
+            )
+    except IntegrityError:
+        # the constraint apikey_name_unique_unrevoked decides, not a look-up first: two creations
+        # racing for one name would both pass a look-up
+        if not ApiKey.objects.filter(name=name, revoked=False).exists():
+            raise
+        raise Conflict(
+            f"name: an API key named {name!r} already exists; revoke it first or choose another name",
+            code="api_key_name_taken",
+        ) from None
     return cast(ApiKey, row), key
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import transaction
 from django.utils import timezone
 
@@ -96,6 +98,19 @@ def assignment_unit(*, user: str, api_key_id: Any) -> str:
     return f"key:{api_key_id}" if api_key_id is not None else "anonymous"
 
 
+def _check_slug(field: str, value: Any) -> None:
+    """Names are refused as written, never turned into another name: they salt the assignment hash
+    and are what decisions, statistics and the activity log record."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field}: must be a string (got {value!r})")
+    try:
+        validate_slug(value)
+    except ValidationError:
+        raise InvalidRequest(
+            f"{field}: {value!r} is not a slug (letters, digits, hyphens and underscores)"
+        ) from None
+
+
 def _clean_arms(name: str, arms: Any) -> list[dict[str, Any]]:
     if not isinstance(arms, list) or len(arms) < 2:
         raise InvalidRequest(f"experiments[{name}].arms: needs at least two arms")
@@ -110,7 +125,8 @@ def _clean_arms(name: str, arms: Any) -> list[dict[str, Any]]:
         weight = arm.get("weight", 50)
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
             raise InvalidRequest(f"{where}.weight: must be a non-negative integer")
-        arm_name = str(arm.get("name") or arm["policy"])
+        arm_name = arm["policy"] if arm.get("name") is None else arm["name"]  # unnamed: its policy's slug
+        _check_slug(f"{where}.name", arm_name)
         check_lengths(ExperimentArm, where, name=arm_name)
         cleaned.append({"name": arm_name, "policy": arm["policy"], "weight": weight})
     names = [a["name"] for a in cleaned]
@@ -133,7 +149,13 @@ def experiment_upsert(
     actor: str,
 ) -> Experiment:
     """Create or update an experiment by name; arms are replaced when they differ. Idempotent."""
+    if not isinstance(name, str):
+        raise InvalidRequest(f"experiments.name: must be a string (got {name!r})")
     check_lengths(Experiment, f"experiments[{name[:100]}]", name=name)
+    if not Experiment.objects.filter(
+        name=name
+    ).exists():  # one stored before names were checked stays editable
+        _check_slug(f"experiments[{name}].name", name)
     cleaned = _clean_arms(name, arms)
     if status is not None and status not in ExperimentStatus.values:
         raise InvalidRequest(
@@ -229,19 +251,30 @@ def _check_status_change(experiment: Experiment, status: str) -> None:
 
 def experiments_load(items: list[Mapping[str, Any]], *, actor: str) -> int:
     """The catalog's `experiments:` section (registered in routing.services.catalog.SECTION_LOADERS)."""
+    seen: set[str] = set()
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not item.get("name") or not item.get("policy"):
             raise InvalidRequest(f"experiments[{index}]: must be a mapping with 'name', 'policy' and 'arms'")
+        # checked, never str()-ed: YAML reads `name: 2024` as a number and `name: yes` as True
+        if not isinstance(item["name"], str):
+            raise InvalidRequest(f"experiments[{index}].name: must be a string (got {item['name']!r})")
+        where = f"experiments[{item['name']}]"
         unknown = set(item) - EXPERIMENT_KEYS
         if unknown:
-            raise InvalidRequest(f"experiments[{item['name']}]: unknown key(s) {', '.join(sorted(unknown))}")
+            raise InvalidRequest(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("policy", "description"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                raise InvalidRequest(f"{where}.{key}: must be a string (got {item[key]!r})")
+        if item["name"] in seen:  # the second entry would silently overwrite the first
+            raise InvalidRequest(f"{where}: listed twice")
+        seen.add(item["name"])
         try:
             experiment_upsert(
-                name=str(item["name"]),
-                policy=str(item["policy"]),
+                name=item["name"],
+                policy=item["policy"],
                 arms=item.get("arms") or [],
                 status=item.get("status"),
-                description=str(item.get("description") or ""),
+                description=item.get("description") or "",
                 actor=actor,
             )
         except Conflict as exc:

@@ -1,7 +1,7 @@
 """Per-API-key admission: a requests-per-minute limit and USD budgets per day and per month.
 
-Requests per minute live in the cache (Redis in production): a sliding-window counter made of
-atomic INCRs. When the cache is down the limit is not enforced for a while (logged), because an
+Requests per minute live in the cache (Redis in production): one counter per 5 s over the last
+minute, each an atomic INCR, read together in one MGET. When the cache is down the limit is not enforced for a while (logged), because an
 unavailable rate-limit store must not take routing down with it.
 
 Budgets are money, so they live in the database (SpendLedger, one row per key and period) and
@@ -29,11 +29,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from routing.models import ApiKey, BudgetHold, SpendLedger, SpendPeriod
-from routing.services.counters import CACHE_ERRORS, counter_get, counter_take, warn_degraded
+from routing.services.counters import CACHE_ERRORS, counter_take, counters_get, warn_degraded
 from scope_site.errors import RateLimited
 from scope_site.renderers import api_time
 
 _WINDOW_S = 60
+# the RPM window's counters: the finer, the closer Retry-After is to the real time a slot frees,
+# and the more counters each limited request reads in its one MGET (1 s buckets, 61 keys, cost
+# about 0.7 ms more per request on Redis than the 2 counters this replaced; 5 s buckets about 0.1 ms)
+_RPM_BUCKET_S = 5
+_RPM_BUCKETS = _WINDOW_S // _RPM_BUCKET_S  # before the current one
 _CENT = Decimal("0.01")
 _MICRO = Decimal("0.00000001")
 
@@ -46,29 +51,32 @@ def _clock() -> float:
 def rpm_admit(*, api_key: ApiKey | None) -> None:
     """Count one request against the key's requests-per-minute limit; RateLimited when over it.
 
-    Sliding window: the previous minute's count weighs in by the share of it still inside the
-    last 60 s. A rejected request is not counted, so a client that backs off recovers.
+    One counter per _RPM_BUCKET_S seconds: a request is admitted when the requests of this bucket
+    and of the minute's worth of buckets before it leave room. A request so counts for 60 to
+    60 + _RPM_BUCKET_S s, never less, so no 60 s ever admits more than the limit, and Retry-After
+    is when the oldest requests leave: at most _RPM_BUCKET_S s after the real time a slot frees.
+    (Two one-minute counters read pro rata said up to 90 s after a burst.) A rejected request is
+    not counted, so a client that backs off recovers.
     """
     if api_key is None or not api_key.rpm_limit:
         return
     limit = int(api_key.rpm_limit)
     now = _clock()
-    window = int(now // _WINDOW_S)
-    elapsed = now - window * _WINDOW_S
+    bucket = math.floor(now / _RPM_BUCKET_S)
     prefix = f"limits:rpm:{api_key.pk}"
     try:
-        previous = counter_get(f"{prefix}:{window - 1}")
-        carried = previous * (_WINDOW_S - elapsed) / _WINDOW_S
-        room = math.floor(limit - carried)
-        taken, current = counter_take(f"{prefix}:{window}", 1, limit=room, ttl_s=2 * _WINDOW_S + 5)
+        before = counters_get([f"{prefix}:{b}" for b in range(bucket - _RPM_BUCKETS, bucket)])
+        room = limit - sum(before)
+        taken, current = counter_take(
+            f"{prefix}:{bucket}", 1, limit=room, ttl_s=(_RPM_BUCKETS + 1) * _RPM_BUCKET_S + 5
+        )
     except CACHE_ERRORS as exc:
         warn_degraded("requests-per-minute limit", exc)
         return
     if taken:
         return
-    retry_after = max(
-        1, math.ceil(_rpm_wait(limit=limit, previous=previous, current=current, elapsed=elapsed))
-    )
+    frees = (bucket + _rpm_wait(limit=limit, counts=[*before, current])) * _RPM_BUCKET_S
+    retry_after = max(1, math.ceil(frees - now))
     raise RateLimited(
         f"API key {api_key.name!r} is limited to {limit} requests per minute; retry in {retry_after} s.",
         retry_after=retry_after,
@@ -76,16 +84,13 @@ def rpm_admit(*, api_key: ApiKey | None) -> None:
     )
 
 
-def _rpm_wait(*, limit: int, previous: int, current: int, elapsed: float) -> float:
-    """Seconds until one more request fits the sliding window (the previous minute's share decays)."""
-    until_next_window = _WINDOW_S - elapsed
-    if current + 1 <= limit and previous > 0:
-        # still this minute: previous·(60 − elapsed − t)/60 + current + 1 ≤ limit
-        return max(0.0, until_next_window - (limit - current - 1) * _WINDOW_S / previous)
-    if current <= 0:
-        return until_next_window
-    # next minute: this minute's count is the one that decays, current·(60 − t′)/60 + 1 ≤ limit
-    return until_next_window + max(0.0, _WINDOW_S * (1 - (limit - 1) / current))
+def _rpm_wait(*, limit: int, counts: list[int]) -> int:
+    """Buckets from this one until one more request fits: `counts` are the requests of the window's
+    buckets, oldest first, this one last; k buckets on, the first k of them have left."""
+    for k in range(1, len(counts) + 1):
+        if sum(counts[k:]) + 1 <= limit:
+            return k
+    return len(counts)
 
 
 @dataclass(frozen=True, slots=True)

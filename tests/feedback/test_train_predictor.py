@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.alpha_calibration import policy_calibrate
@@ -131,3 +133,30 @@ def test_calibrate_policy_refuses_bad_targets_and_publishes_nothing_it_cannot_re
     )
     assert "target not reached: no alpha gives large a 100% share" in out.getvalue()
     assert PolicyVersion.objects.filter(policy__slug="default").count() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [TrainingRunStatus.QUEUED, TrainingRunStatus.RUNNING])
+def test_it_refuses_to_train_while_a_retraining_run_is_open(imported: Path, status: str) -> None:
+    now = timezone.now()
+    open_run = TrainingRun.objects.create(status=status, trigger="schedule", started_at=now, heartbeat_at=now)
+    with pytest.raises(CommandError, match=rf"training run {open_run.pk} \(schedule\) is {status}"):
+        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    assert list(TrainingRun.objects.values_list("pk", flat=True)) == [open_run.pk]  # no second run
+    assert not PredictorVersion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_lost_retraining_run_is_marked_failed_and_no_longer_blocks_training(
+    imported: Path, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    silent = timezone.now() - timedelta(seconds=settings.SCOPE_RETRAIN_STALE_AFTER_S + 1)
+    lost = TrainingRun.objects.create(
+        status=TrainingRunStatus.RUNNING, started_at=silent, heartbeat_at=silent
+    )
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_predictor", "--source", "gen", stdout=out)
+    assert "ACTIVATED" in out.getvalue()
+    lost.refresh_from_db()
+    assert lost.status == TrainingRunStatus.FAILED and "abandoned" in lost.error

@@ -10,7 +10,8 @@ from unittest import mock
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.core.management.base import CommandError
+from django.db import IntegrityError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -105,3 +106,54 @@ def test_it_answers_401_json_to_missing_or_malformed_keys(catalog: Any, header: 
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
+
+
+def test_it_refuses_a_second_unrevoked_key_with_the_same_name(catalog: Any) -> None:
+    call_command("create_api_key", "billing-app", stdout=StringIO())
+    with pytest.raises(CommandError, match="an API key named 'billing-app' already exists"):
+        call_command("create_api_key", " billing-app ", stdout=StringIO())
+    assert ApiKey.objects.filter(name="billing-app").count() == 1
+
+
+def test_a_revoked_keys_name_may_be_reused(catalog: Any) -> None:
+    old, _ = make_api_key("billing-app")
+    call_command("revoke_api_key", old.prefix, stdout=StringIO())
+    make_api_key("billing-app")
+    assert ApiKey.objects.filter(name="billing-app", revoked=False).count() == 1
+
+
+def test_the_database_refuses_two_unrevoked_keys_with_one_name(catalog: Any) -> None:
+    make_api_key("billing-app")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ApiKey.objects.create_key(name="billing-app")
+
+
+def test_the_admin_add_form_refuses_a_duplicate_name(catalog: Any, django_user_model: Any) -> None:
+    make_api_key("billing-app")
+    django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    assert client.login(username="root", password="pw")
+    form = {"name": "billing-app", "is_active": "on", "expiry_date_0": "", "expiry_date_1": ""}
+    response = client.post("/admin/routing/apikey/add/", form)
+    assert response.status_code == 200
+    assert "An API key with this name already exists" in response.content.decode()
+    assert ApiKey.objects.filter(name="billing-app").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_renames_later_duplicates_and_keeps_them_working() -> None:
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("routing", "0010_control_event")])
+    old = executor.loader.project_state([("routing", "0010_control_event")]).apps.get_model(
+        "routing", "ApiKey"
+    )
+    for i in range(3):
+        old.objects.create(id=f"k{i}.x", prefix=f"k{i}", hashed_key="h", name="app")
+    old.objects.create(id="k3.x", prefix="k3", hashed_key="h", name="app", revoked=True)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    names = dict(ApiKey.objects.values_list("prefix", "name"))
+    assert names == {"k0": "app", "k1": "app (2)", "k2": "app (3)", "k3": "app"}

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from django.contrib.admin.sites import site
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.test import Client, RequestFactory
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
-from feedback.models import PredictorVersion, TrainingRunStatus
+from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.retraining import retraining_execute, retraining_request
 from providers.models import Deployment, LLMModel, Provider
 from routing.models import ApiKey, ControlAction, ControlEvent, RoutingPolicy
@@ -261,3 +264,83 @@ def test_seed_demo_records_what_it_creates_once_then_nothing(db: Any) -> None:
     assert ControlEvent.objects.filter(actor="cli:seed_demo").count() == count
     call_command("ensure_schedules", stdout=StringIO())
     assert not ControlEvent.objects.filter(actor="cli:ensure_schedules").exists()
+
+
+def test_admin_edits_of_users_and_their_groups_are_recorded_never_the_password(admin_client: Client) -> None:
+    reviewers = Group.objects.create(name="reviewers")
+    response = admin_client.post(
+        "/admin/auth/user/add/",
+        {"username": "ann", "password1": "a-long-pass-9876", "password2": "a-long-pass-9876",
+         "usable_password": "true"},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[:2000]
+    (created,) = _events("user.create")
+    assert (created.actor, created.target) == ("root", "user:ann")
+    ann = get_user_model().objects.get(username="ann")
+    form = {
+        "username": "ann", "first_name": "", "last_name": "", "email": "", "is_active": "on",
+        "is_staff": "on", "groups": [reviewers.pk], "last_login_0": "", "last_login_1": "",
+        "date_joined_0": "2026-11-30", "date_joined_1": "10:00:00",
+    }  # fmt: skip
+    response = admin_client.post(f"/admin/auth/user/{ann.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    (updated,) = _events("user.update")
+    assert updated.detail["changes"]["is_staff"] == [False, True]
+    assert updated.detail["changes"]["groups"] == [[], ["reviewers"]]
+    response = admin_client.post(
+        f"/admin/auth/user/{ann.pk}/password/",
+        {"password1": "another-pass-5432", "password2": "another-pass-5432", "usable_password": "true"},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    password_event = _events("user.update")[-1]
+    assert password_event.detail == {"password_set": True, "via": "admin"}
+    everything = json.dumps([e.detail for e in ControlEvent.objects.all()])
+    assert "pass-9876" not in everything and "pass-5432" not in everything and "pbkdf2" not in everything
+
+    response = admin_client.post(f"/admin/auth/group/{reviewers.pk}/change/", {"name": "auditors-2"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert _events("group.update")[0].detail["changes"] == {"name": ["reviewers", "auditors-2"]}
+    response = admin_client.post(f"/admin/auth/user/{ann.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert [e.target for e in _events("user.delete")] == ["user:ann"]
+
+
+def test_admin_edits_of_periodic_tasks_and_their_intervals_are_recorded(
+    db: Any, admin_client: Client
+) -> None:
+    call_command("ensure_schedules", stdout=StringIO())
+    task = PeriodicTask.objects.get(name="scope: audit seal")
+    response = admin_client.post(
+        "/admin/django_celery_beat/periodictask/",
+        {"action": "disable_tasks", "_selected_action": [task.pk]},
+    )
+    assert response.status_code == 302
+    (disabled,) = _events("schedule.update")
+    assert (disabled.actor, disabled.target) == ("root", "schedule:scope: audit seal")
+    assert disabled.detail["changes"] == {"enabled": [True, False]}
+    interval = task.interval
+    assert interval is not None
+    response = admin_client.post(
+        f"/admin/django_celery_beat/intervalschedule/{interval.pk}/change/",
+        {
+            "every": "5",
+            "period": "minutes",
+            "periodictask_set-TOTAL_FORMS": "0",
+            "periodictask_set-INITIAL_FORMS": "0",
+        },  # fmt: skip
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    (timing,) = _events("schedule_timing.update")
+    assert timing.actor == "root" and timing.detail["changes"]["every"] == [interval.every, 5]
+
+
+def test_a_lost_retraining_run_marked_failed_is_recorded_as_the_system(catalog: Any, settings: Any) -> None:
+    silent = timezone.now() - timedelta(seconds=settings.SCOPE_RETRAIN_STALE_AFTER_S + 1)
+    lost = TrainingRun.objects.create(
+        status=TrainingRunStatus.RUNNING, trigger="schedule", started_at=silent, heartbeat_at=silent
+    )
+    with transaction.atomic():
+        retraining_request(trigger="manual", actor="ann")
+        (event,) = _events("retrain.abandon")
+    assert (event.actor, event.target) == ("system:retraining", f"training_run:{lost.pk}")
+    assert event.detail["trigger"] == "schedule"

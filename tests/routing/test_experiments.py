@@ -121,12 +121,62 @@ def test_loading_the_same_catalog_twice_changes_nothing(two_policies: None) -> N
         ),
         ({"name": "x", "policy": "default", "arms": ARMS, "colour": "red"}, "unknown key"),
         ({"policy": "default", "arms": ARMS}, "must be a mapping with 'name'"),
+        # names are refused as written, never changed into another name (str(), stripped, lowered)
+        ({"name": 2024, "policy": "default", "arms": ARMS}, r"experiments\[0\]\.name: must be a string"),
+        ({"name": True, "policy": "default", "arms": ARMS}, r"experiments\[0\]\.name: must be a string"),
+        ({"name": " spring ", "policy": "default", "arms": ARMS}, r"name: ' spring ' is not a slug"),
+        ({"name": "Spring test", "policy": "default", "arms": ARMS}, r"name: 'Spring test' is not a slug"),
+        ({"name": "x", "policy": ["default"], "arms": ARMS}, r"experiments\[x\]\.policy: must be a string"),
+        (
+            {"name": "x", "policy": "default", "arms": ARMS, "description": 5},
+            r"description: must be a string",
+        ),
+        (
+            {
+                "name": "x",
+                "policy": "default",
+                "arms": [{"policy": "default", "name": 1}, {"policy": "cheap"}],
+            },
+            r"experiments\[x\]\.arms\[0\]\.name: must be a string",
+        ),
+        (
+            {
+                "name": "x",
+                "policy": "default",
+                "arms": [{"policy": "default", "name": "arm A"}, {"policy": "cheap"}],
+            },
+            r"experiments\[x\]\.arms\[0\]\.name: 'arm A' is not a slug",
+        ),
     ],
 )
 def test_the_catalog_rejects_a_bad_experiment(two_policies: None, item: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         catalog_load(actor="test", data={"experiments": [item]})
     assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_catalog_refuses_an_experiment_listed_twice(two_policies: None) -> None:
+    item = {"name": "x", "policy": "default", "arms": ARMS}
+    with pytest.raises(InvalidRequest, match=r"experiments\[x\]: listed twice"):
+        catalog_load(actor="test", data={"experiments": [item, {**item, "status": "stopped"}]})
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_service_refuses_a_name_that_is_not_a_slug(two_policies: None) -> None:
+    with pytest.raises(InvalidRequest, match="is not a slug"):
+        experiment_upsert(actor="test", name="alpha test", policy="default", arms=ARMS)
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_experiment_stored_before_names_were_checked_stays_editable(two_policies: None) -> None:
+    legacy = Experiment.objects.create(name="Spring test", policy=RoutingPolicy.objects.get(slug="default"))
+    item = {"name": "Spring test", "policy": "default", "arms": ARMS, "status": "stopped"}
+    catalog_load(actor="test", data={"experiments": [item]})
+    legacy.refresh_from_db()
+    assert legacy.status == ExperimentStatus.STOPPED and legacy.arms.count() == 2
 
 
 @pytest.mark.django_db

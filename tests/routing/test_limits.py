@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import threading
 from decimal import Decimal
 from typing import Any
@@ -43,25 +44,28 @@ def test_rpm_limit_is_per_key(api: Any, catalog: Any) -> None:
     assert _route(api, other).status_code == 200
 
 
-def test_rpm_window_slides_so_capacity_returns_gradually(
+def test_rpm_window_slides_so_capacity_returns_as_requests_age_out(
     monkeypatch: pytest.MonkeyPatch, catalog: Any
 ) -> None:
     key, _ = make_api_key("slide", rpm_limit=10)
-    now = [600.0]  # the start of a minute window
+    now = [600.0]
     monkeypatch.setattr(limits, "_clock", lambda: now[0])
-    for _ in range(10):
+    for _ in range(5):
         rpm_admit(api_key=key)
+    now[0] = 620.0
+    for _ in range(5):
+        rpm_admit(api_key=key)
+    now[0] = 640.0
     with pytest.raises(RateLimited) as raised:
         rpm_admit(api_key=key)
-    # this minute is full, and its 10 still weigh in next minute until 6 s past the half
-    assert raised.value.retry_after == 66
-    now[0] = 660.0 + 30  # half of the previous minute still counts: 5 of 10 carried over
+    assert raised.value.retry_after == 25  # the 5 of 600 s leave with their 5 s counter at 665 s
+    now[0] = 665.0  # they have: 5 slots back, the 5 of 620 s still count
     for _ in range(5):
         rpm_admit(api_key=key)
     with pytest.raises(RateLimited) as raised:
         rpm_admit(api_key=key)
-    assert raised.value.retry_after == 6  # by then 4 of the 10 still count: 4 + 5 + 1 = 10
-    now[0] = 780.0 + 1  # both busy minutes are over a window back: full capacity again
+    assert raised.value.retry_after == 20
+    now[0] = 730.0  # everything is over a minute old: full capacity again
     for _ in range(10):
         rpm_admit(api_key=key)
 
@@ -90,16 +94,70 @@ def test_retry_after_is_when_the_next_request_fits(
     rpm_admit(api_key=key)
 
 
+def test_after_a_burst_at_the_start_of_a_minute_retry_after_is_when_its_first_request_is_a_minute_old(
+    monkeypatch: pytest.MonkeyPatch, catalog: Any
+) -> None:
+    # the pro-rata estimate of two one-minute counters said 90 s here (the burst counted as if spread
+    # over its minute); the 2 requests leave the last minute 60 s after they were made, and the
+    # limiter lets them go within one 5 s counter of that
+    key, _ = make_api_key("burst", rpm_limit=2)
+    now = [600.0]
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
+    rpm_admit(api_key=key)
+    rpm_admit(api_key=key)
+    with pytest.raises(RateLimited) as raised:
+        rpm_admit(api_key=key)
+    assert raised.value.retry_after == 65
+    now[0] = 664.0
+    with pytest.raises(RateLimited):
+        rpm_admit(api_key=key)
+    now[0] = 665.0
+    rpm_admit(api_key=key)
+    rpm_admit(api_key=key)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_retry_after_is_the_real_time_until_a_slot_frees_and_no_minute_exceeds_the_limit(
+    monkeypatch: pytest.MonkeyPatch, catalog: Any, seed: int
+) -> None:
+    limit = 5
+    key, _ = make_api_key(f"real-{seed}", rpm_limit=limit)
+    rng = random.Random(seed)
+    now = [6000.0]
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
+    admitted: list[float] = []
+    for _ in range(400):  # bursts and gaps over about 5 minutes
+        now[0] += rng.choice([0.0, 0.0, 0.05, 0.3, 0.7, 1.0, 2.5, 9.0])
+        try:
+            rpm_admit(api_key=key)
+        except RateLimited as exc:
+            assert exc.retry_after is not None
+            # exactly: a slot frees when the limit-th most recent admitted request is 60 s old
+            frees_at = sorted(admitted)[-limit] + 60.0
+            # the limiter's counters are 5 s wide: never early, at most 5 s (+ rounding up) late
+            assert frees_at <= now[0] + exc.retry_after < frees_at + 6.0, (now[0], exc.retry_after, frees_at)
+            assert exc.retry_after <= 65
+        else:
+            admitted.append(now[0])
+            in_last_minute = [t for t in admitted if t > now[0] - 60.0]
+            assert len(in_last_minute) <= limit
+    assert len(admitted) >= 20
+
+
 def test_rejected_requests_do_not_use_up_the_limit(monkeypatch: pytest.MonkeyPatch, catalog: Any) -> None:
     key, _ = make_api_key("reject", rpm_limit=2)
-    monkeypatch.setattr(limits, "_clock", lambda: 1200.0)
+    now = [1200.0]
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
     rpm_admit(api_key=key)
+    now[0] = 1230.0
     rpm_admit(api_key=key)
+    now[0] = 1240.0
     for _ in range(5):
         with pytest.raises(RateLimited):
             rpm_admit(api_key=key)
-    # half a minute later half of the 2 admitted still count; had the 5 refusals counted, 3.5 would
-    monkeypatch.setattr(limits, "_clock", lambda: 1260.0 + 30)
+    # once the request of 1200 s has left the window (with its 5 s counter, at 1265 s), one slot
+    # is back; had the 5 refusals of 1240 s counted, none would be until 1305 s
+    now[0] = 1265.0
     rpm_admit(api_key=key)
     with pytest.raises(RateLimited):
         rpm_admit(api_key=key)

@@ -88,3 +88,28 @@ def test_a_worker_without_redis_url_refuses_to_start_instead_of_waiting_forever(
     )
     assert result.returncode != 0
     assert "a Celery worker needs REDIS_URL" in result.stderr + result.stdout
+
+
+def _make_beat_command() -> list[str]:
+    """The command `make beat` runs, with this interpreter's celery."""
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text().splitlines()
+    recipe = makefile[makefile.index("beat: install") + 1].split()
+    assert recipe[0] == "$(VENV)/bin/celery"
+    return [sys.executable, "-m", "celery", *recipe[1:]]
+
+
+def test_make_beat_without_redis_url_refuses_to_start_instead_of_running_tasks_twice(tmp_path: Any) -> None:
+    # without a broker the app is eager: this beat would run each due task itself, beside make run's
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(SCOPE_VAR_DIR=str(tmp_path), SCOPE_SQLITE_PATH=str(tmp_path / "scope.sqlite3"))
+    result = subprocess.run(
+        _make_beat_command(),
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Celery beat needs REDIS_URL" in result.stderr + result.stdout
