@@ -9,6 +9,8 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
+from feedback.services.shadow import shadow_reset
+from routing.predictor import registry as predictor_registry
 from routing.selectors import catalog_invalidate
 from tests.factories import make_api_key, make_catalog, make_policy
 
@@ -33,6 +35,10 @@ def live_server(django_db_setup: None, live_server: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
     catalog_invalidate()
+    # the active and shadow predictors are looked up at most every few seconds per process: a
+    # version an earlier test activated (its rows rolled back since) must not answer this test
+    predictor_registry.reset()
+    shadow_reset()
     with contextlib.suppress(Exception):  # a test may have stopped Redis on purpose
         cache.clear()
     yield
