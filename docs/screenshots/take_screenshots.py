@@ -39,7 +39,8 @@ for role in Role:
     user_create_or_update(username=role.value, role=role, password=%(password)r, actor="cli:take_screenshots")
 experiment_upsert(name="alpha-test", policy="default",
                   arms=[{"policy": "default", "name": "balanced"}, {"policy": "cheap-first", "name": "cheap"}],
-                  description="Does a cheaper default (alpha 0.2) keep feedback scores?")
+                  description="Does a cheaper default (alpha 0.2) keep feedback scores?",
+                  actor="cli:take_screenshots")
 generate(decisions=6000, days=7, policies=["default", "cheap-first", "quality-first", "eu-only"],
          experiment=("alpha-test", {"balanced": "default", "cheap": "cheap-first"}), pool_size=300, feedback_share=0.08)
 later = timezone.now() + timedelta(minutes=1)
@@ -141,6 +142,8 @@ def _shoot(browser: object, base: str) -> None:
     auditor.click("text=Verify every row and the chain")  # type: ignore[attr-defined]
     auditor.wait_for_selector("text=Chain intact", timeout=300_000)  # type: ignore[attr-defined]
     _save(auditor, "audit")
+    auditor.goto(f"{base}/activity/")  # type: ignore[attr-defined]
+    _save(auditor, "activity", full=False)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,14 @@ def test_the_live_calibration_plot_uses_each_decisions_latest_rating(
     bins = live_calibration(champion.name)
     assert sum(b["count"] for b in bins) == 10
     assert all(b["observed"] == 1.0 for b in bins)
+
+
+def test_the_metrics_table_shows_counts_as_whole_numbers(
+    persona: Callable[[str], Client], champion_and_shadow: tuple[PredictorVersion, PredictorVersion]
+) -> None:
+    champion, _ = champion_and_shadow
+    examples = int(champion.metrics["examples"])
+    page = persona("viewer").get(f"/predictor/?version={champion.name}").content.decode()
+    assert f'<td>examples</td><td class="num">{examples}</td>' in page  # not 526.0000
+    brier = f"{champion.metrics['brier']:.4f}"
+    assert f'<td>brier</td><td class="num">{brier}</td>' in page
