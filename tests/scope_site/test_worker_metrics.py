@@ -74,17 +74,26 @@ def test_tasks_run_in_process_count_in_the_web_metrics(catalog: Any) -> None:
     assert "scope_celery_task_seconds_bucket" in metrics_render(multiproc_dir="").decode()
 
 
-def test_a_worker_without_redis_url_refuses_to_start_instead_of_waiting_forever(tmp_path: Any) -> None:
+def _run_without_broker(command: list[str], **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`command` from the project root with neither DATABASE_URL nor REDIS_URL set."""
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(SCOPE_VAR_DIR=str(tmp_path), SCOPE_WORKER_METRICS_PORT="0")
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "scope_site.worker", "worker", "--concurrency", "1"],
+    env.update(extra_env)
+    return subprocess.run(
+        command,
         cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_a_worker_without_redis_url_refuses_to_start_instead_of_waiting_forever(tmp_path: Any) -> None:
+    result = _run_without_broker(
+        [sys.executable, "-m", "celery", "-A", "scope_site.worker", "worker", "--concurrency", "1"],
+        SCOPE_VAR_DIR=str(tmp_path),
+        SCOPE_WORKER_METRICS_PORT="0",
     )
     assert result.returncode != 0
     assert "a Celery worker needs REDIS_URL" in result.stderr + result.stdout
@@ -100,16 +109,8 @@ def _make_beat_command() -> list[str]:
 
 def test_make_beat_without_redis_url_refuses_to_start_instead_of_running_tasks_twice(tmp_path: Any) -> None:
     # without a broker the app is eager: this beat would run each due task itself, beside make run's
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(SCOPE_VAR_DIR=str(tmp_path), SCOPE_SQLITE_PATH=str(tmp_path / "scope.sqlite3"))
-    result = subprocess.run(
-        _make_beat_command(),
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = _run_without_broker(
+        _make_beat_command(), SCOPE_VAR_DIR=str(tmp_path), SCOPE_SQLITE_PATH=str(tmp_path / "scope.sqlite3")
     )
     assert result.returncode != 0
     assert "Celery beat needs REDIS_URL" in result.stderr + result.stdout
