@@ -1,0 +1,190 @@
+"""CPU instructions per request, no-op against route: a figure the machine's noise does not move.
+
+Timings on these shared 2-vCPU machines swing by 2-3x with whatever else runs (the route's in-process
+CPU went from 1.1 to 3.6 ms while another job used the other vCPU). Valgrind's callgrind counts the
+instructions a process executes instead: for the same code and inputs they agree within about 1%
+from run to run (string hashing is fixed with PYTHONHASHSEED=0, and the per-process caches of the
+catalog, the active predictor, API keys and circuit states do not expire during the count). Each endpoint runs in a child process under callgrind with instrumentation off while Django
+starts, the catalog and predictor load and 30 warm-up requests pass; it is switched on
+(`callgrind_control -i on`) for the measured requests only. Requests go through every middleware
+with Django's test client (no sockets), rows through a group-commit writer in its own process, as
+under `make serve`; the writer and PostgreSQL are not counted.
+
+    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/instructions.py [--requests 100] [--top 15]
+
+The instruction ratio tracks the in-process CPU ratio: on 2026-11-30, noop 1.87 M and route 8.08 M
+instructions per request (0.232, the same in three runs), against 0.23 and 1.09 ms of CPU measured
+in process on a quiet machine (0.21). Needs valgrind (Debian: valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import (  # noqa: E402
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    activate_trained_predictor,
+    bench_env,
+    chat_body,
+    prepare_database,
+    say,
+    tmpdir,
+)
+
+WARM_UP_REQUESTS = 30
+REFRESH_SETTINGS = (
+    "SCOPE_CATALOG_TTL_SECONDS",
+    "SCOPE_PREDICTOR_CHECK_SECONDS",
+    "SCOPE_API_KEY_CACHE_SECONDS",
+    "SCOPE_CIRCUIT_SNAPSHOT_SECONDS",
+)
+
+
+def child(endpoint: str, requests: int) -> None:
+    """Runs under callgrind: warm up uninstrumented, then count `requests` requests."""
+    import django
+
+    django.setup()
+    from django.test import Client, override_settings
+
+    from routing.services.warmup import warm_process
+
+    warm_process()
+    body = chat_body()
+    with override_settings(SCOPE_DECISION_WRITER_SOCKET=os.environ["SCOPE_BENCH_WRITER_SOCKET"]):
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {os.environ['SCOPE_BENCH_KEY']}")
+        for _ in range(WARM_UP_REQUESTS):
+            response = client.post(f"/api/v1/{endpoint}", body, content_type="application/json")
+            if response.status_code != 200:
+                raise SystemExit(
+                    f"/api/v1/{endpoint} answered {response.status_code}: {response.content[:300]!r}"
+                )
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
+        for _ in range(requests):
+            client.post(f"/api/v1/{endpoint}", body, content_type="application/json")
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True, capture_output=True)
+
+
+def total_instructions(out_file: Path) -> int:
+    match = re.search(r"^totals:\s*(\d+)", out_file.read_text(errors="replace"), re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"no totals in {out_file}")
+    return int(match.group(1))
+
+
+def top_functions(out_file: Path, count: int) -> list[str]:
+    """The C-level functions with the most instructions of their own (Python code shows as the
+    interpreter's eval loop, so this says where native work goes, not which Python function)."""
+    text = subprocess.run(
+        ["callgrind_annotate", str(out_file)], capture_output=True, text=True, check=True
+    ).stdout
+    lines = [line for line in text.splitlines() if re.match(r"^\s*[\d,]+ \(\s*[\d.]+%\)\s+\S", line)]
+    return [line.strip() for line in lines[1 : 1 + count]]  # the first is PROGRAM TOTALS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=100, help="measured requests per endpoint (default 100)"
+    )
+    parser.add_argument(
+        "--top", type=int, default=0, help="also list the N costliest C functions of the route"
+    )
+    parser.add_argument(
+        "--prior", action="store_true", help="route with the tier prior, not a trained predictor"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return 0
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: apt-get install valgrind)")
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if not database_url.startswith(("postgres", "pgsql")):
+        raise SystemExit("set DATABASE_URL to PostgreSQL: the rows go through the group-commit writer")
+    env = bench_env(database_url=database_url, redis_url=redis_url, SCOPE_ENABLE_NOOP_ENDPOINT="1")
+    key_name = f"bench-instructions-{int(time.time())}"
+    say(f"preparing {database_url.rsplit('@', 1)[-1]} (migrate, seed_demo, API key {key_name})")
+    key = prepare_database(env, key_name)
+    if not args.prior:
+        say(f"active predictor: {activate_trained_predictor(env) or 'none (the tier prior routes)'}")
+    work = tmpdir("scope-instructions-")
+    socket_path = str(work / "writer.sock")
+    writer = subprocess.Popen(
+        [sys.executable, "manage.py", "decision_writer", "--socket", socket_path],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    per_request: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket_path) and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child_env = dict(
+            env,
+            SCOPE_BENCH_WRITER_SOCKET=socket_path,
+            SCOPE_BENCH_KEY=key,
+            PYTHONHASHSEED="0",
+            # callgrind runs ~50x slower: the per-process caches' refreshes, every few hundred
+            # requests at full speed, would come every few requests and make the count vary
+            **{name: "3600" for name in REFRESH_SETTINGS},
+        )
+        for endpoint in ("noop", "route"):
+            out_file = work / f"callgrind.{endpoint}.out"
+            started = time.monotonic()
+            subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--instr-atstart=no",
+                    f"--callgrind-out-file={out_file}",
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    endpoint,
+                    str(args.requests),
+                ],
+                cwd=ROOT,
+                env=child_env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            per_request[endpoint] = total_instructions(out_file) / args.requests
+            say(
+                f"{endpoint:>5}: {per_request[endpoint] / 1e6:6.2f} M instructions per request "
+                f"({args.requests} requests, {time.monotonic() - started:.0f} s under callgrind)"
+            )
+            if args.top and endpoint == "route":
+                say(f"  costliest C functions of the route (own instructions, all {args.requests} requests):")
+                for line in top_functions(out_file, args.top):
+                    say(f"    {line[:150]}")
+    finally:
+        writer.terminate()
+        writer.wait(timeout=30)
+    say(
+        f"noop/route instruction ratio: {per_request['noop'] / per_request['route']:.3f}  "
+        f"(routing adds {(per_request['route'] - per_request['noop']) / 1e6:.2f} M instructions per request)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
