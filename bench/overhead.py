@@ -4,7 +4,8 @@ Starts SCOPE with `make serve` (gunicorn sync workers) on PostgreSQL + Redis wit
 endpoint enabled, then drives POST /api/v1/route and POST /api/v1/noop (same middleware, API-key
 auth and JSON parsing; no routing, no write) with wrk at 16 and 64 concurrent clients, several
 alternating rounds, and prints medians: throughput, p50/p99, the route/noop throughput ratio,
-and decisions lost (2xx answers minus new decision rows). Then, in this process, the time of
+and decisions lost (2xx answers minus new decision rows), and plots throughput and CPU per request
+by process to var/bench-overhead/overhead.png. Then, in this process, the time of
 each stage of one decision and the predictor's time as the candidate list grows.
 
     DATABASE_URL=postgres://… REDIS_URL=redis://… make bench-overhead
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in server.log_path.read_text(errors="replace").splitlines():
         if "decision writer stopped:" in line:  # the group commit's own account, printed on shutdown
             say("group commit: " + line.split("decision writer stopped:", 1)[1].strip())
+    plot_path = plot_overhead(results, cpu_parts, connections)
+    say(f"plot: {plot_path}")
     lost = answered - logged
     say(
         f"decisions lost: {max(0, lost)}  ({answered} answered 2xx, {logged} new decision rows"
@@ -190,6 +193,54 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_breakdown:
         in_process_figures(env, body=body, key=key)
     return 0 if lost <= 0 else 1
+
+
+def plot_overhead(
+    results: dict[tuple[str, int], list[WrkResult]],
+    cpu_parts: dict[tuple[str, int], list[dict[str, float]]],
+    connections: list[int],
+) -> Path:
+    """var/bench-overhead/overhead.png: throughput per round and the median CPU per request by
+    process (workers, decision writer, PostgreSQL), no-op beside route, per concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(__file__).resolve().parent.parent / "var" / "bench-overhead" / "overhead.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colours = {"noop": "#94a3b8", "route": "#2563eb"}
+    width = 0.38
+    for i, clients in enumerate(connections):
+        for j, endpoint in enumerate(ENDPOINTS):
+            runs = results[(endpoint, clients)]
+            x = i + (j - 0.5) * width
+            left.bar(x, median([r.rps for r in runs]), width, color=colours[endpoint],
+                     label=endpoint if i == 0 else None)  # fmt: skip
+            left.scatter([x] * len(runs), [r.rps for r in runs], color="black", s=10, zorder=3)
+            bottom = 0.0
+            parts = cpu_parts[(endpoint, clients)]
+            for k, part in enumerate(parts[0]):
+                value = median([p[part] for p in parts])
+                shade = ("#1e3a8a", "#60a5fa", "#f59e0b", "#10b981")[k % 4]
+                right.bar(x, value, width, bottom=bottom, color=shade, edgecolor="white",
+                          label=part if i == 0 and j == 1 else None)  # fmt: skip
+                bottom += value
+            right.text(x, bottom, f"{endpoint}\n{bottom:.2f}", ha="center", va="bottom", fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks(range(len(connections)), [f"{c} clients" for c in connections])
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_title("throughput (bars: median, dots: rounds)")
+    left.set_ylabel("requests per second")
+    right.set_title("CPU per request by process (medians)")
+    right.set_ylabel("ms")
+    right.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def warm_up(url: str, *, script: Path, runs: int = 6) -> None:
