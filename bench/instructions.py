@@ -10,7 +10,10 @@ starts, the catalog and predictor load and 30 warm-up requests pass; it is switc
 with Django's test client (no sockets), rows through a group-commit writer in its own process, as
 under `make serve`; the writer and PostgreSQL are not counted.
 
-    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/instructions.py [--requests 100] [--top 15]
+    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/instructions.py [--requests 100] [--top 15] [--stages]
+
+--stages also counts each route stage alone (features, predict and its parts, the log write and
+its parts, …), called in a loop on one request's data, each into a callgrind dump of its own.
 
 The instruction ratio tracks the in-process CPU ratio: on 2026-11-30, noop 1.87 M and route 8.08 M
 instructions per request (0.232, the same in three runs), against 0.23 and 1.09 ms of CPU measured
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,6 +80,131 @@ def child(endpoint: str, requests: int) -> None:
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True, capture_output=True)
 
 
+def stage_calls(key: str) -> dict[str, Any]:
+    """The route path's stages as calls on one request's data (the bench's 2.2 KB chat body)."""
+    import io
+
+    import orjson
+    from rest_framework.parsers import JSONParser
+
+    from providers.circuit import with_circuit_health
+    from routing.audit import HASHED_FIELDS, decision_row_hash_texts
+    from routing.capabilities import request_capabilities
+    from routing.engine.decide import decide
+    from routing.engine.prior import PriorPredictor
+    from routing.engine.types import RouteOptions
+    from routing.features import extract_features, text_char_ngrams, text_ngrams
+    from routing.models import ApiKey
+    from routing.predictor.model import ScopePredictor
+    from routing.predictor.registry import active_predictor
+    from routing.route_input import route_input_validate
+    from routing.selectors import model_specs
+    from routing.services.decision_copy import decision_copy_line
+    from routing.services.decision_log import decision_log_write
+    from routing.services.route import decision_payload, resolve_policy, route_decide, strategies
+
+    body = chat_body()
+    data = route_input_validate(JSONParser().parse(io.BytesIO(body)))
+    api_key = ApiKey.objects.get(name=key)
+    messages, metadata = data["messages"], data.get("metadata") or {}
+    features = extract_features(messages, metadata)
+    policy = resolve_policy(requested=None, api_key=api_key)
+    specs = model_specs()
+    predictor = active_predictor() or PriorPredictor()
+    table = strategies()
+
+    def run_decide() -> Any:
+        return decide(
+            features=features,
+            models=specs,
+            policy=policy,
+            options=RouteOptions(metadata=metadata),
+            predictor=predictor,
+            strategies=table,
+        )
+
+    decision = run_decide()
+
+    def write() -> Any:
+        return decision_log_write(
+            decision=decision, features=features, policy=policy, api_key=api_key, metadata=metadata
+        )
+
+    row = write()
+    _, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
+    calls: dict[str, Any] = {
+        "route_decide (features … log write)": lambda: route_decide(
+            messages=messages,
+            api_key=api_key,
+            metadata=metadata,
+            catalog=with_circuit_health(model_specs()),
+            required_capabilities=request_capabilities(messages=messages, options={}),
+        ),
+        "features": lambda: extract_features(messages, metadata),
+        "  word n-grams (words, hashing)": lambda: text_ngrams(features.text),
+        "  character n-grams": lambda: text_char_ngrams(features.text),
+        "decide, with predict": run_decide,
+        "  predict": lambda: predictor.predict(features, specs),
+    }
+    if isinstance(predictor, ScopePredictor):
+        layout = predictor.plan.layout(specs)
+        x = predictor.plan.rows(features, layout)
+        projection = predictor.projection
+        calls.update(
+            {
+                "    design rows (text side + anchors)": lambda: predictor.plan.rows(features, layout),
+                "      word TF-IDF weights": lambda: projection.weights(
+                    features.ngram_ids, features.ngram_counts
+                ),
+                "      character TF-IDF weights": lambda: projection.char_weights(features),
+                "    trees": lambda: predictor.evaluator.predict(x),
+            }
+        )
+    calls.update(
+        {
+            "log write (row, hash, writer)": write,
+            "  canonical JSON + hash": lambda: decision_row_hash_texts(
+                {name: getattr(row, name) for name in HASHED_FIELDS}
+            ),
+            "  COPY line": lambda: decision_copy_line(row, canonical),
+            "parse + validate the body": lambda: route_input_validate(JSONParser().parse(io.BytesIO(body))),
+            "answer payload + JSON": lambda: orjson.dumps(decision_payload(row)),
+        }
+    )
+    return calls
+
+
+def stages_child(calls_per_stage: int) -> None:
+    """Runs under callgrind: each stage's calls counted into a dump of its own."""
+    import django
+
+    django.setup()
+    from django.test import override_settings
+
+    from routing.services.warmup import warm_process
+
+    warm_process()
+    with override_settings(SCOPE_DECISION_WRITER_SOCKET=os.environ["SCOPE_BENCH_WRITER_SOCKET"]):
+        for name, call in stage_calls(os.environ["SCOPE_BENCH_KEY_NAME"]).items():
+            for _ in range(5):
+                call()
+            _callgrind("-i", "on")
+            for _ in range(calls_per_stage):
+                call()
+            _callgrind("-i", "off")
+            _callgrind("-d", dump_key(name))
+
+
+def dump_key(label: str) -> str:
+    """A stage label as a callgrind dump description (callgrind_control drops the dump of a
+    description with brackets or other punctuation, whose counts then go to the next dump)."""
+    return re.sub(r"\W+", "_", label.strip()).strip("_")
+
+
+def _callgrind(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(os.getpid())], check=True, capture_output=True)
+
+
 def total_instructions(out_file: Path) -> int:
     match = re.search(r"^totals:\s*(\d+)", out_file.read_text(errors="replace"), re.MULTILINE)
     if match is None:
@@ -93,6 +222,46 @@ def top_functions(out_file: Path, count: int) -> list[str]:
     return [line.strip() for line in lines[1 : 1 + count]]  # the first is PROGRAM TOTALS
 
 
+def under_callgrind(out_file: Path, mode: str, count: int, *, env: dict[str, str]) -> None:
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out_file}",
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            str(count),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stage_names() -> tuple[str, ...]:
+    """The labels stage_calls() uses, in order (read from its source: the parent has no Django)."""
+    source = Path(__file__).read_text()
+    body = source[source.index("def stage_calls(") : source.index("def stages_child(")]
+    return tuple(re.findall(r'^\s+"([^"]+)": ', body, re.MULTILINE))
+
+
+def stage_totals(out_file: Path, names: list[str]) -> list[tuple[str, int]]:
+    """(label, instructions) of each stage's dump (callgrind writes OUT.1, OUT.2, … in dump order)."""
+    by_key = {dump_key(name): name for name in names}
+    totals = []
+    for dump in sorted(out_file.parent.glob(out_file.name + ".*"), key=lambda f: int(f.suffix[1:])):
+        text = dump.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: .*dump (\S+)", text, re.MULTILINE)
+        if trigger and trigger.group(1) in by_key:
+            totals.append((by_key[trigger.group(1)], total_instructions(dump)))
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,10 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prior", action="store_true", help="route with the tier prior, not a trained predictor"
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also count each route stage alone (one request's data, in a loop)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        if args.child[0] == "stages":
+            stages_child(int(args.child[1]))
+        else:
+            child(args.child[0], int(args.child[1]))
         return 0
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
@@ -141,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             env,
             SCOPE_BENCH_WRITER_SOCKET=socket_path,
             SCOPE_BENCH_KEY=key,
+            SCOPE_BENCH_KEY_NAME=key_name,
             PYTHONHASHSEED="0",
             # callgrind runs ~50x slower: the per-process caches' refreshes, every few hundred
             # requests at full speed, would come every few requests and make the count vary
@@ -149,24 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint in ("noop", "route"):
             out_file = work / f"callgrind.{endpoint}.out"
             started = time.monotonic()
-            subprocess.run(
-                [
-                    "valgrind",
-                    "--tool=callgrind",
-                    "--instr-atstart=no",
-                    f"--callgrind-out-file={out_file}",
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    endpoint,
-                    str(args.requests),
-                ],
-                cwd=ROOT,
-                env=child_env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            under_callgrind(out_file, endpoint, args.requests, env=child_env)
             per_request[endpoint] = total_instructions(out_file) / args.requests
             say(
                 f"{endpoint:>5}: {per_request[endpoint] / 1e6:6.2f} M instructions per request "
@@ -176,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  costliest C functions of the route (own instructions, all {args.requests} requests):")
                 for line in top_functions(out_file, args.top):
                     say(f"    {line[:150]}")
+        if args.stages:
+            out_file = work / "callgrind.stages.out"
+            under_callgrind(out_file, "stages", args.requests, env=child_env)
+            say(
+                f"route stages alone, one request's data in a loop ({args.requests} calls each), k instructions per call:"
+            )
+            for name, total in stage_totals(out_file, list(stage_names())):
+                say(f"  {name:<40} {total / args.requests / 1e3:8.0f}")
     finally:
         writer.terminate()
         writer.wait(timeout=30)
