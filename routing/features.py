@@ -223,6 +223,7 @@ def text_char_ngrams(text: str) -> tuple[bytes, bytes]:
 # heads tell those prompts apart from all others, and live feedback on them stopped generalising
 # (tests/feedback/test_retraining.py); mmlu APGR was within noise either way (0.694 vs 0.693).
 CHAR_MAX_CHARS = 4096  # long prompts are represented by their first characters: bounded time
+CHAR_BUCKETS = 3 << 16  # 65,536 buckets for each of the 2-, 3- and 4-grams (ids below this)
 _CHAR_MIX = np.uint32(0x9E3779B1)
 _CHAR_SALT = (np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35), np.uint32(0x27D4EB2F))
 _CHAR_FINAL = np.uint32(0x2C1B3C6D)
@@ -275,7 +276,7 @@ def char_ngrams(lowered: str, *, kernel: Any = _UNSET) -> tuple[bytes, bytes]:
         edge[0] = edge[n] = True
         np.not_equal(keys[1:], keys[:-1], out=edge[1:n])
         bounds = edge.nonzero()[0]
-        ids.append(keys[bounds[:-1]].astype("<u4") + np.uint32((k - 2) << 16))
+        ids.append(keys[bounds[:-1]].astype("<u4") + np.uint32((k - 2) << 16))  # < CHAR_BUCKETS
         counts.append(bounds[1:] - bounds[:-1])
     return np.concatenate(ids).tobytes(), np.concatenate(counts).astype("<u2").tobytes()
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from routing.features import RequestFeatures
+from routing.features import CHAR_BUCKETS, RequestFeatures
 
 
 def _no_ids() -> np.ndarray:
@@ -58,8 +59,31 @@ class TextProjection:
         return sparse_weights(self.vocab, self.idf, ids, counts)
 
     def char_weights(self, f: RequestFeatures) -> tuple[np.ndarray, np.ndarray]:
-        """The same over the character vocabulary (empty without one)."""
-        return sparse_weights(self.char_vocab, self.char_idf, *_bag(f, True))
+        """The same over the character vocabulary (empty without one).
+
+        A request has about 2,000 distinct character buckets: they are looked up in a table of
+        every bucket's column instead of binary-searched in the vocabulary (the same columns and
+        weights as sparse_weights, for about a third of its instructions).
+        """
+        ids, counts = _bag(f, True)
+        table = self._char_columns
+        if not len(ids) or not len(table) or int(ids[-1]) >= len(table):  # ids are sorted
+            return sparse_weights(self.char_vocab, self.char_idf, ids, counts)
+        pos = table[ids]
+        hit = pos >= 0
+        cols = pos[hit].astype(np.int64)
+        w = (1.0 + np.log(np.asarray(counts, dtype=np.float32)[hit])) * self.char_idf[cols]
+        norm = float(np.sqrt((w * w).sum()))
+        return cols, (w / norm if norm > 0 else w)
+
+    @cached_property
+    def _char_columns(self) -> np.ndarray:
+        """int32 [every character bucket]: its column, or -1 (768 KB; empty without a vocabulary)."""
+        if not len(self.char_vocab) or int(self.char_vocab[-1]) >= CHAR_BUCKETS:
+            return np.zeros(0, dtype=np.int32)
+        table = np.full(CHAR_BUCKETS, -1, dtype=np.int32)
+        table[self.char_vocab] = np.arange(len(self.char_vocab), dtype=np.int32)
+        return table
 
     def transform_one(self, ids: Sequence[int], counts: Sequence[int]) -> np.ndarray:
         return self.project(*self.weights(ids, counts))

@@ -159,3 +159,37 @@ def test_training_says_how_far_it_is_inside_the_heads_and_every_booster_round() 
     assert len(rounds) > 10 and rounds[0].endswith("round 1")
     fractions = [f for f, _ in said]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_character_weights_from_the_bucket_table_equal_the_searched_ones() -> None:
+    # char_weights looks buckets up in a table of every bucket's column; sparse_weights searches the
+    # sorted vocabulary: the columns and weights must be the same, buckets outside the vocabulary too
+    from routing.features import CHAR_BUCKETS, extract_prompt_features
+    from routing.predictor.text import TextProjection, _bag, sparse_weights
+
+    rng = np.random.default_rng(3)
+    texts = [
+        "What is 2 + 2? Explain step by step.",
+        "Écrivez un poème 😀 sur les routeurs",
+        "x",
+        "",
+        "a" * 5000,
+    ]
+    features = [extract_prompt_features(t) for t in texts]
+    seen = np.unique(
+        np.concatenate([np.frombuffer(f.char_ids, dtype="<u4") for f in features]).astype(np.int64)
+    )
+    vocab = np.sort(rng.choice(seen, size=len(seen) // 2, replace=False))  # about half the buckets known
+    projection = TextProjection(
+        vocab=np.zeros(0, dtype=np.int64),
+        idf=np.zeros(0, dtype=np.float32),
+        components=np.zeros((0, 4), dtype=np.float32),
+        char_vocab=vocab,
+        char_idf=rng.uniform(1, 5, size=len(vocab)).astype(np.float32),
+    )
+    assert len(projection._char_columns) == CHAR_BUCKETS  # the table serves, not the fallback
+    for f in features:
+        cols, w = projection.char_weights(f)
+        want_cols, want_w = sparse_weights(projection.char_vocab, projection.char_idf, *_bag(f, True))
+        assert cols.dtype == want_cols.dtype and np.array_equal(cols, want_cols)
+        assert w.dtype == want_w.dtype and np.array_equal(w, want_w)
