@@ -42,6 +42,72 @@ def time_it(name: str, fn: Callable[[], Any], *, runs: int = 400, warmup: int = 
     )
 
 
+@dataclass
+class OneDecision:
+    """One request's data through the route path's stages, each callable alone (the breakdown and
+    bench/instructions.py time or count them in loops)."""
+
+    messages: Any
+    metadata: dict[str, Any]
+    api_key: Any
+    features: Any
+    policy: Any
+    specs: Any
+    predictor: Any
+    strategies: Any
+    decision: Any = None
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any], api_key: Any) -> OneDecision:
+        from routing.engine.prior import PriorPredictor
+        from routing.features import extract_features
+        from routing.predictor.registry import active_predictor
+        from routing.selectors import model_specs
+        from routing.services.route import resolve_policy, strategies
+
+        messages, metadata = data["messages"], data.get("metadata") or {}
+        one = cls(
+            messages=messages,
+            metadata=metadata,
+            api_key=api_key,
+            features=extract_features(messages, metadata),
+            policy=resolve_policy(requested=data.get("policy"), api_key=api_key),
+            specs=model_specs(),
+            predictor=active_predictor() or PriorPredictor(),
+            strategies=strategies(),
+        )
+        one.decision = one.decide()
+        return one
+
+    def decide(self) -> Any:
+        from django.conf import settings
+
+        from routing.engine.decide import decide
+        from routing.engine.types import RouteOptions
+
+        return decide(
+            features=self.features,
+            models=self.specs,
+            policy=self.policy,
+            options=RouteOptions(metadata=self.metadata),
+            predictor=self.predictor,
+            strategies=self.strategies,
+            max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
+        )
+
+    def write(self) -> Any:
+        from routing.services.decision_log import decision_log_write
+
+        return decision_log_write(
+            decision=self.decision,
+            features=self.features,
+            policy=self.policy,
+            api_key=self.api_key,
+            user="bench-breakdown",
+            metadata=self.metadata,
+        )
+
+
 def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket: str = "") -> list[Timing]:
     """parse, auth, features, predict, decide (without predict), log write, render: one decision."""
     from django.conf import settings
@@ -51,15 +117,9 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket:
     from rest_framework.test import APIRequestFactory
 
     from routing.auth import BearerApiKeyAuthentication
-    from routing.engine.decide import decide
-    from routing.engine.prior import PriorPredictor
-    from routing.engine.types import RouteOptions
     from routing.features import extract_features
-    from routing.predictor.registry import active_predictor
     from routing.route_input import route_input_validate
-    from routing.selectors import model_specs
-    from routing.services.decision_log import decision_log_write
-    from routing.services.route import decision_payload, resolve_policy, strategies
+    from routing.services.route import decision_payload
 
     factory = APIRequestFactory()
     auth = BearerApiKeyAuthentication()
@@ -79,37 +139,15 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket:
 
     data = parse()
     api_key = authenticate()
-    messages, metadata = data["messages"], data.get("metadata") or {}
-    features = extract_features(messages, metadata)
-    policy = resolve_policy(requested=data.get("policy"), api_key=api_key)
-    specs = model_specs()
-    predictor = active_predictor() or PriorPredictor()
-    options = RouteOptions(metadata=metadata)
-    table = strategies()
-
-    def run_decide() -> Any:
-        return decide(
-            features=features,
-            models=specs,
-            policy=policy,
-            options=options,
-            predictor=predictor,
-            strategies=table,
-            max_fallbacks=settings.SCOPE_MAX_FALLBACKS,
-        )
-
-    decision = run_decide()
-
-    def write() -> Any:
-        return decision_log_write(
-            decision=decision,
-            features=features,
-            policy=policy,
-            api_key=api_key,
-            user="bench-breakdown",
-            metadata=metadata,
-        )
-
+    one = OneDecision.prepare(data, api_key)
+    messages, metadata, features, specs, predictor = (
+        one.messages,
+        one.metadata,
+        one.features,
+        one.specs,
+        one.predictor,
+    )
+    run_decide, write = one.decide, one.write
     row = write()
     timings = [
         time_it("parse (JSON + validation)", parse, runs=runs),

@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.breakdown import OneDecision  # noqa: E402
 from bench.harness import (  # noqa: E402
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
@@ -90,46 +91,25 @@ def stage_calls(key: str) -> dict[str, Any]:
     from providers.circuit import with_circuit_health
     from routing.audit import HASHED_FIELDS, decision_row_hash_texts
     from routing.capabilities import request_capabilities
-    from routing.engine.decide import decide
-    from routing.engine.prior import PriorPredictor
-    from routing.engine.types import RouteOptions
     from routing.features import extract_features, text_char_ngrams, text_ngrams
     from routing.models import ApiKey
     from routing.predictor.model import ScopePredictor
-    from routing.predictor.registry import active_predictor
     from routing.route_input import route_input_validate
     from routing.selectors import model_specs
     from routing.services.decision_copy import decision_copy_line
-    from routing.services.decision_log import decision_log_write
-    from routing.services.route import decision_payload, resolve_policy, route_decide, strategies
+    from routing.services.route import decision_payload, route_decide
 
     body = chat_body()
     data = route_input_validate(JSONParser().parse(io.BytesIO(body)))
-    api_key = ApiKey.objects.get(name=key)
-    messages, metadata = data["messages"], data.get("metadata") or {}
-    features = extract_features(messages, metadata)
-    policy = resolve_policy(requested=None, api_key=api_key)
-    specs = model_specs()
-    predictor = active_predictor() or PriorPredictor()
-    table = strategies()
-
-    def run_decide() -> Any:
-        return decide(
-            features=features,
-            models=specs,
-            policy=policy,
-            options=RouteOptions(metadata=metadata),
-            predictor=predictor,
-            strategies=table,
-        )
-
-    decision = run_decide()
-
-    def write() -> Any:
-        return decision_log_write(
-            decision=decision, features=features, policy=policy, api_key=api_key, metadata=metadata
-        )
-
+    one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
+    messages, metadata, features, specs, predictor = (
+        one.messages,
+        one.metadata,
+        one.features,
+        one.specs,
+        one.predictor,
+    )
+    api_key, run_decide, write = one.api_key, one.decide, one.write
     row = write()
     _, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
     calls: dict[str, Any] = {
