@@ -140,26 +140,19 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket:
     data = parse()
     api_key = authenticate()
     one = OneDecision.prepare(data, api_key)
-    messages, metadata, features, specs, predictor = (
-        one.messages,
-        one.metadata,
-        one.features,
-        one.specs,
-        one.predictor,
-    )
-    run_decide, write = one.decide, one.write
+    write = one.write
     row = write()
     timings = [
         time_it("parse (JSON + validation)", parse, runs=runs),
         time_it("auth (API key)", authenticate, runs=runs),
-        time_it("features", lambda: extract_features(messages, metadata), runs=runs),
+        time_it("features", lambda: extract_features(one.messages, one.metadata), runs=runs),
         time_it(
-            f"predict ({len(specs)} models, {predictor.version})",
-            lambda: predictor.predict(features, specs),
+            f"predict ({len(one.specs)} models, {one.predictor.version})",
+            lambda: one.predictor.predict(one.features, one.specs),
             runs=runs,
         ),
     ]
-    whole = time_it("decide (incl. predict)", run_decide, runs=runs)
+    whole = time_it("decide (incl. predict)", one.decide, runs=runs)
     timings.append(
         Timing("decide (without predict)", max(0.0, whole.p50_ms - timings[3].p50_ms), whole.p99_ms, runs)
     )

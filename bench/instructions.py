@@ -17,12 +17,14 @@ its parts, …), called in a loop on one request's data, each into a callgrind d
 
 The instruction ratio tracks the in-process CPU ratio: on 2026-11-30, noop 1.87 M and route 8.08 M
 instructions per request (0.232, the same in three runs), against 0.23 and 1.09 ms of CPU measured
-in process on a quiet machine (0.21). Needs valgrind (Debian: valgrind).
+in process on a quiet machine for the same code (0.21); 7.75 M after that day's two cuts (row
+hashing, character TF-IDF lookups). Needs valgrind (Debian: valgrind).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -102,32 +104,25 @@ def stage_calls(key: str) -> dict[str, Any]:
     body = chat_body()
     data = route_input_validate(JSONParser().parse(io.BytesIO(body)))
     one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
-    messages, metadata, features, specs, predictor = (
-        one.messages,
-        one.metadata,
-        one.features,
-        one.specs,
-        one.predictor,
-    )
-    api_key, run_decide, write = one.api_key, one.decide, one.write
-    row = write()
+    messages, features, predictor = one.messages, one.features, one.predictor
+    row = one.write()
     _, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
     calls: dict[str, Any] = {
         "route_decide (features … log write)": lambda: route_decide(
             messages=messages,
-            api_key=api_key,
-            metadata=metadata,
+            api_key=one.api_key,
+            metadata=one.metadata,
             catalog=with_circuit_health(model_specs()),
             required_capabilities=request_capabilities(messages=messages, options={}),
         ),
-        "features": lambda: extract_features(messages, metadata),
+        "features": lambda: extract_features(messages, one.metadata),
         "  word n-grams (words, hashing)": lambda: text_ngrams(features.text),
         "  character n-grams": lambda: text_char_ngrams(features.text),
-        "decide, with predict": run_decide,
-        "  predict": lambda: predictor.predict(features, specs),
+        "decide, with predict": one.decide,
+        "  predict": lambda: predictor.predict(features, one.specs),
     }
     if isinstance(predictor, ScopePredictor):
-        layout = predictor.plan.layout(specs)
+        layout = predictor.plan.layout(one.specs)
         x = predictor.plan.rows(features, layout)
         projection = predictor.projection
         calls.update(
@@ -142,7 +137,7 @@ def stage_calls(key: str) -> dict[str, Any]:
         )
     calls.update(
         {
-            "log write (row, hash, writer)": write,
+            "log write (row, hash, writer)": one.write,
             "  canonical JSON + hash": lambda: decision_row_hash_texts(
                 {name: getattr(row, name) for name in HASHED_FIELDS}
             ),
@@ -165,7 +160,9 @@ def stages_child(calls_per_stage: int) -> None:
 
     warm_process()
     with override_settings(SCOPE_DECISION_WRITER_SOCKET=os.environ["SCOPE_BENCH_WRITER_SOCKET"]):
-        for name, call in stage_calls(os.environ["SCOPE_BENCH_KEY_NAME"]).items():
+        calls = stage_calls(os.environ["SCOPE_BENCH_KEY_NAME"])
+        Path(os.environ["SCOPE_BENCH_STAGE_LABELS"]).write_text(json.dumps(list(calls)))
+        for name, call in calls.items():
             for _ in range(5):
                 call()
             _callgrind("-i", "on")
@@ -221,13 +218,6 @@ def under_callgrind(out_file: Path, mode: str, count: int, *, env: dict[str, str
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def stage_names() -> tuple[str, ...]:
-    """The labels stage_calls() uses, in order (read from its source: the parent has no Django)."""
-    source = Path(__file__).read_text()
-    body = source[source.index("def stage_calls(") : source.index("def stages_child(")]
-    return tuple(re.findall(r'^\s+"([^"]+)": ', body, re.MULTILINE))
 
 
 def stage_totals(out_file: Path, names: list[str]) -> list[tuple[str, int]]:
@@ -319,11 +309,14 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"    {line[:150]}")
         if args.stages:
             out_file = work / "callgrind.stages.out"
-            under_callgrind(out_file, "stages", args.requests, env=child_env)
+            labels = work / "stage-labels.json"
+            under_callgrind(
+                out_file, "stages", args.requests, env=dict(child_env, SCOPE_BENCH_STAGE_LABELS=str(labels))
+            )
             say(
                 f"route stages alone, one request's data in a loop ({args.requests} calls each), k instructions per call:"
             )
-            for name, total in stage_totals(out_file, list(stage_names())):
+            for name, total in stage_totals(out_file, json.loads(labels.read_text())):
                 say(f"  {name:<40} {total / args.requests / 1e3:8.0f}")
     finally:
         writer.terminate()
