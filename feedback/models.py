@@ -159,6 +159,15 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # one open run at a time, enforced by the database: two starts at the same moment both
+            # find no open run to lock (select_for_update on nothing), and the second insert fails
+            models.UniqueConstraint(
+                models.Value(True),
+                condition=models.Q(status__in=("queued", "running")),
+                name="one_open_training_run",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"training run {self.pk} ({self.status})"

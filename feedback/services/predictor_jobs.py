@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
@@ -50,6 +50,15 @@ def challenger_wins(challenger: Mapping[str, Any], champion: Mapping[str, Any]) 
     return False, "no comparable held-out metric"
 
 
+def _open_run_conflict(run: TrainingRun) -> Conflict:
+    return Conflict(
+        f"training run {run.pk} ({run.trigger}) is {run.status}: one training runs at a time; train "
+        f"again once it has finished (a run silent for {settings.SCOPE_RETRAIN_STALE_AFTER_S} s is "
+        "marked lost and no longer blocks)",
+        code="training_run_open",
+    )
+
+
 def predictor_train_job(
     *,
     source: str = "",
@@ -60,24 +69,26 @@ def predictor_train_job(
     actor: str,
 ) -> JobResult:
     extra_models = load_models(models_file)  # a --models file that cannot be read fails before any run
-    with transaction.atomic():
-        # the lock retraining_request takes: one training at a time, or two could promote over each
-        # other; an open run that lost its process is marked failed and no longer stands in the way
-        existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
-        if existing is not None and not training_run_abandon_if_stale(existing):
-            raise Conflict(
-                f"training run {existing.pk} ({existing.trigger}) is {existing.status}: one training runs "
-                "at a time; train again once it has finished (a run silent for "
-                f"{settings.SCOPE_RETRAIN_STALE_AFTER_S} s is marked lost and no longer blocks)",
-                code="training_run_open",
+    try:
+        with transaction.atomic():
+            # the lock retraining_request takes: one training at a time, or two could promote over
+            # each other; an open run that lost its process is marked failed and no longer blocks
+            existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
+            if existing is not None and not training_run_abandon_if_stale(existing):
+                raise _open_run_conflict(existing)
+            run = TrainingRun.objects.create(
+                status=TrainingRunStatus.RUNNING,
+                trigger="command",
+                params={"source": source, "seed": seed, "force_activate": force_activate},
+                started_at=timezone.now(),
+                heartbeat_at=timezone.now(),
             )
-        run = TrainingRun.objects.create(
-            status=TrainingRunStatus.RUNNING,
-            trigger="command",
-            params={"source": source, "seed": seed, "force_activate": force_activate},
-            started_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-        )
+    except IntegrityError:
+        # a start at the same moment inserted its open run first (one_open_training_run refused ours)
+        winner = TrainingRun.objects.filter(status__in=OPEN).first()
+        if winner is None:
+            raise
+        raise _open_run_conflict(winner) from None
     try:
         examples, catalog = examples_from_eval_outcomes(source=source or None)
         if not examples:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from feedback.models import EvalPrompt, PredictorVersion, TrainingRun, TrainingRunStatus
@@ -57,19 +57,27 @@ def retraining_request(
     """Queue a run (or return the one already queued/running) and enqueue its task on commit."""
     params = {**(params or {}), "requested_by": actor}
     _check_params(params)
-    with transaction.atomic():
-        # lock open runs: two schedulers firing together must not queue two runs
-        existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
-        if existing is not None and not training_run_abandon_if_stale(existing):
-            return existing
-        run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
-        control_event_record(
-            actor=actor,
-            action=ControlAction.RETRAIN_REQUEST,
-            target=f"training_run:{run.pk}",
-            detail={"trigger": trigger, "params": {k: v for k, v in params.items() if k != "requested_by"}},
-        )
-        transaction.on_commit(lambda: _enqueue(run.pk))
+    try:
+        with transaction.atomic():
+            # lock open runs: two schedulers firing together must not queue two runs
+            existing = TrainingRun.objects.select_for_update().filter(status__in=OPEN).first()
+            if existing is not None and not training_run_abandon_if_stale(existing):
+                return existing
+            run = TrainingRun.objects.create(trigger=trigger, params=params, progress_message="queued")
+            control_event_record(
+                actor=actor,
+                action=ControlAction.RETRAIN_REQUEST,
+                target=f"training_run:{run.pk}",
+                detail={"trigger": trigger, "params": {k: v for k, v in params.items() if k != "requested_by"}},
+            )
+            transaction.on_commit(lambda: _enqueue(run.pk))
+    except IntegrityError:
+        # with no open run there was nothing to lock: a request at the same moment inserted its run
+        # first and the one_open_training_run index refused this one. Theirs is the run asked for.
+        winner = TrainingRun.objects.filter(status__in=OPEN).first()
+        if winner is None:
+            raise
+        return winner
     run.refresh_from_db()  # embedded (eager Celery): the run finished when the commit enqueued it
     return run
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -8,13 +10,17 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import pre_save
 from django.utils import timezone
 
 from feedback.models import PredictorVersion, TrainingRun, TrainingRunStatus
 from feedback.services.alpha_calibration import policy_calibrate
+from feedback.services.retraining import retraining_request
 from feedback.tasks import train_predictor_task
 from routing.models import PolicyVersion
 from routing.predictor import registry
+from tests.conftest import requires_postgres
 from tests.feedback.outcome_files import write_models, write_outcomes
 
 
@@ -160,3 +166,71 @@ def test_a_lost_retraining_run_is_marked_failed_and_no_longer_blocks_training(
     assert "ACTIVATED" in out.getvalue()
     lost.refresh_from_db()
     assert lost.status == TrainingRunStatus.FAILED and "abandoned" in lost.error
+
+
+@contextmanager
+def a_run_opened_elsewhere_just_before_the_insert() -> Iterator[list[TrainingRun]]:
+    """The race select_for_update cannot close: the lock found no open run to lock, and another
+    process (a thread with its own connection here) commits an open run before this one inserts."""
+    opened: list[TrainingRun] = []
+    fired = threading.Event()
+
+    def rival_insert() -> None:
+        try:
+            opened.append(TrainingRun.objects.create(status=TrainingRunStatus.QUEUED, trigger="schedule"))
+        finally:
+            connection.close()
+
+    def before_insert(sender: Any, instance: TrainingRun, **kwargs: Any) -> None:
+        if instance.pk is None and not fired.is_set():
+            fired.set()
+            rival = threading.Thread(target=rival_insert)
+            rival.start()
+            rival.join(timeout=30)
+
+    pre_save.connect(before_insert, sender=TrainingRun)
+    try:
+        yield opened
+    finally:
+        pre_save.disconnect(before_insert, sender=TrainingRun)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_starts_at_the_same_moment_leave_one_open_run(imported: Path) -> None:
+    with a_run_opened_elsewhere_just_before_the_insert() as opened:
+        run = retraining_request(trigger="manual", actor="user:ops")
+    assert [run.pk] == [r.pk for r in opened]  # the caller is given the run that won
+    assert TrainingRun.objects.count() == 1
+    TrainingRun.objects.all().delete()
+    with a_run_opened_elsewhere_just_before_the_insert() as opened:
+        with pytest.raises(CommandError) as refused:
+            call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    assert f"training run {opened[0].pk} (schedule) is queued: one training runs at a time" in str(refused.value)
+    assert list(TrainingRun.objects.values_list("pk", flat=True)) == [opened[0].pk]
+    assert not PredictorVersion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_second_open_run() -> None:
+    TrainingRun.objects.create(status=TrainingRunStatus.RUNNING)
+    TrainingRun.objects.create(status=TrainingRunStatus.FAILED)  # closed runs are not counted
+    with pytest.raises(IntegrityError), transaction.atomic():
+        TrainingRun.objects.create(status=TrainingRunStatus.QUEUED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_closes_all_but_the_newest_open_run() -> None:
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("feedback", "0005_trainingrun_heartbeat")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("feedback", "TrainingRun")
+    ids = [old.objects.create(status=status).pk for status in ("running", "queued", "promoted", "queued")]
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    statuses = dict(TrainingRun.objects.values_list("pk", "status"))
+    assert [statuses[pk] for pk in ids] == ["failed", "failed", "promoted", "queued"]
+    assert f"run {ids[3]} was open" in TrainingRun.objects.get(pk=ids[0]).error
