@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -13,7 +13,11 @@ from routing.audit import HASHED_FIELDS, decision_row_hash
 from routing.models import AuditCheckpoint, DecisionLog
 from routing.services.audit import GENESIS_HASH, audit_seal, audit_verify, audit_verify_step
 
-LATER = timezone.now() + timedelta(minutes=1)  # past the seal lag for rows written in the test
+
+def later() -> datetime:
+    """A minute from now: past the seal lag for rows written in the test. (A module constant was
+    measured at collection, so a test run more than a minute later found its new rows too young.)"""
+    return timezone.now() + timedelta(minutes=1)
 
 
 def _sql(statement: str, params: list[Any]) -> None:
@@ -26,12 +30,12 @@ def _db_id(row: DecisionLog) -> Any:
 
 
 def test_seal_chains_batches_and_verify_passes(decisions: list[DecisionLog]) -> None:
-    sealed = audit_seal(now=LATER, batch_rows=4)
+    sealed = audit_seal(now=later(), batch_rows=4)
     assert [c.row_count for c in sealed] == [4, 4, 2]
     assert sealed[0].previous_hash == GENESIS_HASH
     assert sealed[1].previous_hash == sealed[0].checkpoint_hash
     assert not DecisionLog.objects.filter(checkpoint__isnull=True).exists()
-    assert audit_seal(now=LATER) == []  # nothing left: running the task twice seals nothing twice
+    assert audit_seal(now=later()) == []  # nothing left: running the task twice seals nothing twice
     report = audit_verify()
     assert report.ok, report.failure
     assert (report.rows_checked, report.checkpoints_checked) == (10, 3)
@@ -43,7 +47,7 @@ def test_seal_leaves_rows_younger_than_the_lag_for_the_next_run(decisions: list[
 
 
 def test_a_row_changed_by_raw_sql_is_named(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     victim = DecisionLog.objects.order_by("created_at", "id")[5]
     _sql("UPDATE routing_decisionlog SET chosen_model = %s WHERE id = %s", ["large", _db_id(victim)])
     report = audit_verify()
@@ -71,7 +75,7 @@ def test_a_row_changed_by_raw_sql_is_named(decisions: list[DecisionLog]) -> None
 def test_columns_the_hash_covers_indirectly_are_checked_too(
     decisions: list[DecisionLog], column: str, value: Any, said: str
 ) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     assert audit_verify().ok  # every untouched row agrees (prompts, costs and qualities as logged)
     victim = DecisionLog.objects.order_by("created_at", "id")[7]
     _sql(f"UPDATE routing_decisionlog SET {column} = %s WHERE id = %s", [value, _db_id(victim)])
@@ -81,11 +85,11 @@ def test_columns_the_hash_covers_indirectly_are_checked_too(
 
 
 def test_a_row_rewritten_with_a_matching_hash_breaks_its_checkpoint(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     victim = DecisionLog.objects.order_by("created_at", "id")[1]
     values = DecisionLog.objects.filter(id=victim.id).values(*HASHED_FIELDS).get()
     values["user"] = "mallory"
-    forged = decision_row_hash(values)
+    forged = decision_row_hash(values, victim.hash_format)
     _sql(
         'UPDATE routing_decisionlog SET "user" = %s, row_hash = %s WHERE id = %s',
         ["mallory", forged, _db_id(victim)],
@@ -96,7 +100,7 @@ def test_a_row_rewritten_with_a_matching_hash_breaks_its_checkpoint(decisions: l
 
 
 def test_a_deleted_row_breaks_its_checkpoint(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     victim = DecisionLog.objects.order_by("created_at", "id")[9]
     _sql("DELETE FROM routing_decisionlog WHERE id = %s", [_db_id(victim)])
     report = audit_verify()
@@ -105,7 +109,7 @@ def test_a_deleted_row_breaks_its_checkpoint(decisions: list[DecisionLog]) -> No
 
 
 def test_a_rewritten_checkpoint_breaks_the_chain(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     _sql("UPDATE routing_auditcheckpoint SET previous_hash = %s WHERE sequence = 2", ["f" * 64])
     report = audit_verify()
     assert report.failure is not None
@@ -113,7 +117,7 @@ def test_a_rewritten_checkpoint_breaks_the_chain(decisions: list[DecisionLog]) -
 
 
 def test_a_deleted_checkpoint_is_reported_missing(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     DecisionLog.objects.filter(checkpoint__sequence=2).update(checkpoint=None)
     AuditCheckpoint.objects.filter(sequence=2).delete()
     report = audit_verify()
@@ -129,7 +133,7 @@ def test_an_unsealed_row_is_verified_too(decisions: list[DecisionLog]) -> None:
 
 
 def test_stepwise_verification_resumes_where_it_stopped(decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=3)
+    audit_seal(now=later(), batch_rows=3)
     step = audit_verify_step(after_sequence=0, max_rows=3)
     assert step.next_sequence == 1 and step.rows_checked == 3
     step = audit_verify_step(after_sequence=1, max_rows=6)
@@ -143,14 +147,14 @@ def test_seal_task_seals_everything_past_the_lag(decisions: list[DecisionLog], s
 
     # apply(): the task runs here through Celery's own machinery; CELERY_TASK_ALWAYS_EAGER set from
     # a test does not reach an app whose configuration an earlier test has already read
-    with mock.patch("routing.services.audit.timezone.now", return_value=LATER):  # the clock only
+    with mock.patch("routing.services.audit.timezone.now", return_value=later()):  # the clock only
         assert audit_seal_task.apply().get() == len(decisions)
     assert AuditCheckpoint.objects.count() == 1
     assert audit_verify().ok
 
 
 def test_auditor_page_names_the_tampered_row(persona: Any, decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     victim = decisions[2]
     _sql("UPDATE routing_decisionlog SET chosen_model = %s WHERE id = %s", ["small", _db_id(victim)])
     client = persona("auditor")
@@ -159,7 +163,7 @@ def test_auditor_page_names_the_tampered_row(persona: Any, decisions: list[Decis
 
 
 def test_auditor_page_reports_an_intact_chain(persona: Any, decisions: list[DecisionLog]) -> None:
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     body = persona("auditor").get("/audit/verify", HTTP_HX_REQUEST="true").content.decode()
     assert "Chain intact" in body and "10 rows verified" in body
 
@@ -181,14 +185,14 @@ def test_a_row_committed_late_with_an_older_time_is_sealed_by_the_next_run(
 ) -> None:
     from routing.services.route import route_decide
 
-    audit_seal(now=LATER, batch_rows=4)
+    audit_seal(now=later(), batch_rows=4)
     oldest = DecisionLog.objects.order_by("created_at").first()
     assert oldest is not None
     with mock.patch(
         "routing.services.decision_log.timezone.now", return_value=oldest.created_at - timedelta(seconds=1)
     ):
         late = route_decide(messages=[{"role": "user", "content": "late"}], api_key=None).row
-    sealed = audit_seal(now=LATER)
+    sealed = audit_seal(now=later())
     assert [c.row_count for c in sealed] == [1]
     late.refresh_from_db()
     assert late.checkpoint_id == sealed[0].pk
@@ -216,7 +220,7 @@ def test_every_kind_of_decision_verifies(api: Any, settings: Any) -> None:
     job_run(job_id=job["id"], worker="w")
     assert DecisionLog.objects.filter(cache_hit=True).exists()
     assert set(DecisionLog.objects.values_list("kind", flat=True)) == {"route", "chat", "job"}
-    audit_seal(now=LATER)
+    audit_seal(now=later())
     report = audit_verify()
     assert report.ok, report.failure
     assert report.rows_checked == DecisionLog.objects.count() >= 8
