@@ -1,12 +1,38 @@
-"""Content hashes of decision rows (pure). A row's hash covers everything an auditor relies on."""
+"""Content hashes of decision rows (pure). A row's hash covers everything an auditor relies on.
+
+A row's hash is the SHA-256 of its hashed fields' canonical JSON, in one of two encodings; the
+row's `hash_format` column says which:
+
+1. `json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)`,
+   UTF-8 (every row written before 2026-12-01, and since then a row orjson refuses, see 2);
+2. `orjson.dumps(fields, option=OPT_SORT_KEYS | OPT_PASSTHROUGH_DATETIME, default=...)`, where the default turns a float or integer subclass (numpy's) into the plain
+   number and anything else into `str(value)` (datetimes as format 1 writes them). It is about
+   five times cheaper to encode (a shortest-digits float printer instead of repr, which was most of
+   the cost); floats print differently (0.00001, 1e-7 against 1e-05, 1e-07), so the format is
+   recorded per row. orjson refuses integers beyond 64 bits, lone surrogates and keys that are
+   not strings: such a row (caller metadata can hold any JSON number) is written in format 1.
+
+Both encodings are deterministic functions of the values, and the values read back from the
+database (JSON columns parsed, datetimes and UUIDs as such) encode to the same bytes, so
+`decision_row_hash(values, row.hash_format)` verifies a stored row. For that, a new row's JSON
+fields are hashed and stored as jsonb gives them back (jsonb_stable): PostgreSQL keeps a JSON
+number as numeric, which has no negative zero and writes 1e16 as 10000000000000000, an integer
+once parsed, so -0.0 is hashed as 0.0 and a float of 1e16 or more as the integer it prints as.
+"""
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
+import math
+import numbers
+import re
 from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
+
+import orjson
 
 HASHED_FIELDS = (
     "id",
@@ -66,19 +92,90 @@ def canonical_json(value: Any) -> bytes:
     return canonical_text(value).encode()
 
 
-def decision_row_hash(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json({name: fields.get(name) for name in HASHED_FIELDS})).hexdigest()
+HASH_FORMAT_JSON = 1
+HASH_FORMAT_ORJSON = 2
+HASH_FORMATS = (HASH_FORMAT_JSON, HASH_FORMAT_ORJSON)
+# OPT_NON_STR_KEYS would cost a third more on every row for keys no row has (JSON's are strings)
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _orjson_default(value: Any) -> Any:
+    if isinstance(value, float):  # numpy.float64 and other float subclasses: the number itself
+        return float(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers
+        return int(value)
+    return str(value)
+
+
+def canonical_orjson(value: Any) -> bytes:
+    """Format 2's canonical JSON of one value (raises TypeError where orjson cannot encode it)."""
+    return orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
+
+
+def decision_row_hash(fields: Mapping[str, Any], hash_format: int = HASH_FORMAT_JSON) -> str:
+    """The row hash of `fields` in `hash_format` (a stored row's `hash_format` column)."""
+    hashed = {name: fields.get(name) for name in HASHED_FIELDS}
+    if hash_format == HASH_FORMAT_ORJSON:
+        return hashlib.sha256(canonical_orjson(hashed)).hexdigest()
+    if hash_format != HASH_FORMAT_JSON:
+        raise ValueError(f"unknown row hash format {hash_format!r} (known: {HASH_FORMATS})")
+    return hashlib.sha256(canonical_json(hashed)).hexdigest()
 
 
 def row_hash_from_texts(texts: Mapping[str, str]) -> str:
-    """decision_row_hash from each hashed field's canonical_text (byte-identical: the object's
-    canonical JSON is its sorted `"name":text` pairs joined by commas inside braces)."""
+    """Format 1's decision_row_hash from each hashed field's canonical_text (byte-identical: the
+    object's canonical JSON is its sorted `"name":text` pairs joined by commas inside braces)."""
     body = ",".join([_KEY_PREFIX[name] + texts[name] for name in _SORTED_FIELDS])
     return hashlib.sha256(("{" + body + "}").encode()).hexdigest()
 
 
-def decision_row_hash_texts(fields: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """The row hash and each hashed field's canonical JSON text, so a writer can store the JSON
-    columns from the very text that was hashed instead of encoding them a second time."""
-    texts = {name: canonical_text(fields.get(name)) for name in HASHED_FIELDS}
-    return row_hash_from_texts(texts), texts
+_KEY_PREFIX_BYTES = {name: prefix.encode() for name, prefix in _KEY_PREFIX.items()}
+
+# the hashed fields stored in JSON columns: the writer stores these from the text that was hashed
+JSON_FIELDS = ("fallbacks", "candidates", "explanation", "features", "metadata")
+
+
+# a number jsonb would give back otherwise, in either format's text (-0.0; 1e16 or 1e+16 and up):
+# rare, so a row is searched once and only a field that matches is walked and encoded again
+_JSONB_CHANGES = re.compile(r"-0\.0(?![0-9])|[0-9]e\+?[0-9]")
+_JSONB_CHANGES_BYTES = re.compile(_JSONB_CHANGES.pattern.encode())
+
+
+def jsonb_stable(value: Any) -> Any:
+    """`value` as a jsonb column gives it back (see the module's docstring): -0.0 as 0.0, a float
+    of 1e16 or more (all of them are integers) as the exact integer of its shortest digits."""
+    if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
+        if abs(value) >= 1e16 and math.isfinite(value):
+            return int(decimal.Decimal(repr(value)))
+        return value
+    if isinstance(value, dict):
+        return {k: jsonb_stable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonb_stable(v) for v in value]
+    return value
+
+
+def decision_row_hash_texts(fields: Mapping[str, Any]) -> tuple[int, str, dict[str, str]]:
+    """(hash format, row hash, the canonical JSON text of each of JSON_FIELDS) of a new row: format 2
+    unless orjson refuses a value, then format 1. A writer stores the JSON columns from the very
+    text the hash covers instead of encoding them a second time.
+
+    Each field is encoded once and the row's text joined from the pieces (byte-identical to
+    encoding the whole row: orjson's compact output of an object is its sorted `"name":value`
+    pairs); encoding the whole row, then the JSON fields again, cost more."""
+    try:
+        encoded = {name: canonical_orjson(fields.get(name)) for name in HASHED_FIELDS}
+        for name in JSON_FIELDS:
+            if _JSONB_CHANGES_BYTES.search(encoded[name]):
+                encoded[name] = canonical_orjson(jsonb_stable(fields.get(name)))
+    except TypeError:
+        texts = {name: canonical_text(fields.get(name)) for name in HASHED_FIELDS}
+        for name in JSON_FIELDS:
+            if _JSONB_CHANGES.search(texts[name]):
+                texts[name] = canonical_text(jsonb_stable(fields.get(name)))
+        return HASH_FORMAT_JSON, row_hash_from_texts(texts), {name: texts[name] for name in JSON_FIELDS}
+    body = b",".join([_KEY_PREFIX_BYTES[name] + encoded[name] for name in _SORTED_FIELDS])
+    row_hash = hashlib.sha256(b"{" + body + b"}").hexdigest()
+    return HASH_FORMAT_ORJSON, row_hash, {name: encoded[name].decode() for name in JSON_FIELDS}

@@ -131,6 +131,9 @@ class DecisionLog(models.Model):
     predicted_cost_usd = models.FloatField(null=True, blank=True)
     predicted_quality = models.FloatField(null=True, blank=True)
     row_hash = models.CharField(max_length=64, blank=True)
+    # how row_hash encoded the hashed fields (routing.audit): 1 json, 2 orjson (new rows since
+    # 2026-12-01); a plain smallint, since adding a CHECK would scan every existing row
+    hash_format = models.SmallIntegerField(default=1, db_default=1)
     checkpoint = models.ForeignKey(
         "AuditCheckpoint", on_delete=models.PROTECT, null=True, blank=True, related_name="rows"
     )

@@ -68,7 +68,10 @@ def retraining_request(
                 actor=actor,
                 action=ControlAction.RETRAIN_REQUEST,
                 target=f"training_run:{run.pk}",
-                detail={"trigger": trigger, "params": {k: v for k, v in params.items() if k != "requested_by"}},
+                detail={
+                    "trigger": trigger,
+                    "params": {k: v for k, v in params.items() if k != "requested_by"},
+                },
             )
             transaction.on_commit(lambda: _enqueue(run.pk))
     except IntegrityError:

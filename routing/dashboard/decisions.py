@@ -188,6 +188,7 @@ EXPORT_FIELDS = (
     "user",
     "cache_hit",
     "row_hash",
+    "hash_format",
     "checkpoint__sequence",
     "explanation",
     "candidates",

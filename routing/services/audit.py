@@ -157,7 +157,7 @@ class AuditReport:
 
 
 def _row_failure(values: dict[str, Any]) -> AuditFailure | None:
-    expected = decision_row_hash({name: values[name] for name in HASHED_FIELDS})
+    expected = decision_row_hash({name: values[name] for name in HASHED_FIELDS}, values["hash_format"])
     if expected != values["row_hash"]:
         return AuditFailure(
             kind="row",
@@ -205,7 +205,7 @@ def _unhashed_mismatch(values: Mapping[str, Any]) -> str:
 
 
 def _rows(queryset: Any) -> Iterator[dict[str, Any]]:
-    unhashed = ("row_hash", "prompt", "predicted_quality", "predicted_cost_usd")
+    unhashed = ("row_hash", "hash_format", "prompt", "predicted_quality", "predicted_cost_usd")
     return queryset.order_by("created_at", "id").values(*HASHED_FIELDS, *unhashed).iterator(chunk_size=2000)
 
 

@@ -47,7 +47,14 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
         return lambda value: repr(float(value))
     if kind == "DateTimeField":
         return lambda value: value.isoformat()
-    if kind in {"UUIDField", "PositiveIntegerField", "IntegerField", "BigIntegerField", "BigAutoField"}:
+    if kind in {
+        "UUIDField",
+        "PositiveIntegerField",
+        "SmallIntegerField",
+        "IntegerField",
+        "BigIntegerField",
+        "BigAutoField",
+    }:
         return str
     return lambda value: _escape(str(value))  # text, varchar, and the text key of ApiKey
 

@@ -79,7 +79,9 @@ def decision_log_write(
         predicted_cost_usd=chosen.cost_usd if chosen else None,
         predicted_quality=prediction.quality if prediction else None,
     )
-    row.row_hash, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
+    row.hash_format, row.row_hash, canonical = decision_row_hash_texts(
+        {name: getattr(row, name) for name in HASHED_FIELDS}
+    )
     # durable: the row is committed before the caller answers the request
     _insert_durably(row, canonical)
     return row

@@ -147,7 +147,10 @@ def test_every_jsonl_export_line_re_hashes_to_its_row_hash(
     assert len(lines) == len(decisions)
     for text in lines:
         row = json.loads(text)
-        assert decision_row_hash({name: row[name] for name in HASHED_FIELDS}) == row["row_hash"]
+        assert (
+            decision_row_hash({name: row[name] for name in HASHED_FIELDS}, row["hash_format"])
+            == row["row_hash"]
+        )
 
 
 def test_overview_matches_the_raw_log_before_and_after_the_rollup(decisions: list[DecisionLog]) -> None:

@@ -203,10 +203,11 @@ def test_two_starts_at_the_same_moment_leave_one_open_run(imported: Path) -> Non
     assert [run.pk] == [r.pk for r in opened]  # the caller is given the run that won
     assert TrainingRun.objects.count() == 1
     TrainingRun.objects.all().delete()
-    with a_run_opened_elsewhere_just_before_the_insert() as opened:
-        with pytest.raises(CommandError) as refused:
-            call_command("train_predictor", "--source", "gen", stdout=StringIO())
-    assert f"training run {opened[0].pk} (schedule) is queued: one training runs at a time" in str(refused.value)
+    with a_run_opened_elsewhere_just_before_the_insert() as opened, pytest.raises(CommandError) as refused:
+        call_command("train_predictor", "--source", "gen", stdout=StringIO())
+    assert f"training run {opened[0].pk} (schedule) is queued: one training runs at a time" in str(
+        refused.value
+    )
     assert list(TrainingRun.objects.values_list("pk", flat=True)) == [opened[0].pk]
     assert not PredictorVersion.objects.exists()
 

@@ -110,13 +110,43 @@ def _row(**values: Any) -> DecisionLog:
     return DecisionLog(**defaults)
 
 
-def _route(key: str, text: str) -> Any:
+def _route(key: str, text: str, **extra: Any) -> Any:
     return Client().post(
         "/api/v1/route",
-        data=json.dumps({"messages": USER_MESSAGE(text), "user": "u"}),
+        data=json.dumps({"messages": USER_MESSAGE(text), "user": "u", **extra}),
         content_type="application/json",
         HTTP_AUTHORIZATION=f"Bearer {key}",
     )
+
+
+@pytest.mark.parametrize("writer_path", [True, False], ids=["group-commit writer", "direct insert"])
+def test_numbers_jsonb_changes_still_verify(
+    via_writer: DecisionWriter, settings: Any, writer_path: bool
+) -> None:
+    """jsonb keeps numbers as numeric: no -0.0, and 1e16 reads back as an integer. A row whose
+    caller sent such numbers is hashed as jsonb gives them back, so verification finds it intact."""
+    from routing.services.audit import audit_verify
+
+    if not writer_path:
+        settings.SCOPE_DECISION_WRITER_SOCKET = ""
+    make_catalog()
+    make_policy("default")
+    _, key = make_api_key("numbers")
+    # temperature -0.0 also reaches the features (their "temperature" value)
+    tricky = {"temperature": -0.0, "big": 1e16, "huge": -1.5e300, "small": [1e-05, 2.5e-07], "n": 2**70}
+    # beyond 64 bits (2**70, and -1.5e300 as the integer jsonb makes it) the row is in format 1
+    for metadata in (tricky, {k: v for k, v in tricky.items() if k not in ("n", "huge")}):
+        response = _route(key, "numbers", metadata=metadata)
+        assert response.status_code == 200, response.content
+        stored = DecisionLog.objects.get(id=response.json()["decision_id"])
+        assert (
+            stored.metadata["big"] == 10**16 and stored.metadata.get("huge", -15 * 10**299) == -15 * 10**299
+        )
+        fields = {name: getattr(stored, name) for name in HASHED_FIELDS}
+        assert decision_row_hash(fields, stored.hash_format) == stored.row_hash
+    assert DecisionLog.objects.values_list("hash_format", flat=True).distinct().count() == 2
+    report = audit_verify()
+    assert report.ok and report.rows_checked == 2, report.failure
 
 
 def test_a_route_answer_has_its_row_committed_by_the_writer_with_a_valid_hash(
@@ -132,7 +162,8 @@ def test_a_route_answer_has_its_row_committed_by_the_writer_with_a_valid_hash(
     assert row.prompt == TRICKY
     assert row.candidates == response.json()["candidates"]
     assert row.explanation == response.json()["explanation"]
-    assert decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}) == row.row_hash
+    assert row.hash_format == 2
+    assert decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}, 2) == row.row_hash
 
 
 def test_a_long_prompt_is_stored_lz4_compressed_and_reads_back_intact(via_writer: DecisionWriter) -> None:
@@ -175,10 +206,23 @@ def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> Non
     assert a.alpha is None and a.policy_version is None and a.cache_hit is False
 
 
-def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(writer: DecisionWriter) -> None:
-    row = _row(metadata={"team": TRICKY, "n": [1, None]}, alpha=0.5)
-    row_hash, texts = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
-    assert row_hash == decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS})
+@pytest.mark.parametrize(
+    ("metadata", "expected_format"),
+    [
+        # floats that orjson prints otherwise than repr does (1e-05 → 0.00001, 2.5e-07 → 2.5e-7)
+        ({"team": TRICKY, "n": [1, None], "small": [1e-05, 2.5e-07, 7.851e-05, 0.1, 12345678.9]}, 2),
+        ({"team": TRICKY, "big": 2**70}, 1),  # beyond orjson's 64 bits: format 1
+    ],
+)
+def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(
+    writer: DecisionWriter, metadata: dict[str, Any], expected_format: int
+) -> None:
+    row = _row(metadata=metadata, alpha=0.5)
+    hash_format, row_hash, texts = decision_row_hash_texts(
+        {name: getattr(row, name) for name in HASHED_FIELDS}
+    )
+    assert row_hash == decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}, hash_format)
+    row.hash_format = hash_format
     line = decision_copy_line(row, texts)
     assert line != decision_copy_line(row)  # the texts were used (sorted keys, no ASCII escapes)
     client = WriterClient(writer.path)
@@ -187,7 +231,8 @@ def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(writer: 
     stored = DecisionLog.objects.get(id=row.id)
     for name in ("candidates", "explanation", "features", "fallbacks", "metadata", "prompt", "alpha"):
         assert getattr(stored, name) == getattr(row, name)
-    assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}) == row_hash
+    assert stored.hash_format == hash_format == expected_format
+    assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}, hash_format) == row_hash
 
 
 def test_concurrent_workers_share_commits_and_every_row_lands(writer: DecisionWriter) -> None:

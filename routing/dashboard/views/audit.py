@@ -99,7 +99,8 @@ def _csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 def _jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     """One JSON object per row, every hashed field as its hash encoded it (created_at as str() of
-    the datetime), so routing.audit.decision_row_hash of a line's hashed fields gives its row_hash."""
+    the datetime), so routing.audit.decision_row_hash of a line's hashed fields, in the line's
+    hash_format, gives its row_hash."""
     for row in rows:
         line = {k: (str(v) if k == "created_at" else _plain(v)) for k, v in row.items()}
         yield json.dumps(line, ensure_ascii=False) + "\n"
