@@ -106,7 +106,7 @@ def stage_calls(key: str) -> dict[str, Any]:
     one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
     messages, features, predictor = one.messages, one.features, one.predictor
     row = one.write()
-    _, _, canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS})
+    canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS}).json_texts
     calls: dict[str, Any] = {
         "route_decide (features … log write)": lambda: route_decide(
             messages=messages,

@@ -30,7 +30,7 @@ import numbers
 import re
 from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -157,25 +157,40 @@ def jsonb_stable(value: Any) -> Any:
     return value
 
 
-def decision_row_hash_texts(fields: Mapping[str, Any]) -> tuple[int, str, dict[str, str]]:
-    """(hash format, row hash, the canonical JSON text of each of JSON_FIELDS) of a new row: format 2
-    unless orjson refuses a value, then format 1. A writer stores the JSON columns from the very
-    text the hash covers instead of encoding them a second time.
+class RowHash(NamedTuple):
+    hash_format: int
+    row_hash: str
+    json_texts: dict[str, str]  # the canonical JSON text of each of JSON_FIELDS
+    jsonb_values: dict[str, Any]  # the JSON fields that jsonb_stable changed, as hashed (usually none)
+
+
+def decision_row_hash_texts(fields: Mapping[str, Any]) -> RowHash:
+    """The hash of a new row, in format 2 unless orjson refuses a value (then format 1), with the
+    canonical text of each JSON field: a writer stores the JSON columns from the very text the hash
+    covers instead of encoding them a second time. A JSON field that jsonb would give back otherwise
+    is hashed as jsonb_stable makes it, and returned in `jsonb_values`: the row must hold (and a
+    database other than PostgreSQL store) those values.
 
     Each field is encoded once and the row's text joined from the pieces (byte-identical to
     encoding the whole row: orjson's compact output of an object is its sorted `"name":value`
     pairs); encoding the whole row, then the JSON fields again, cost more."""
+    stable: dict[str, Any] = {}
     try:
         encoded = {name: canonical_orjson(fields.get(name)) for name in HASHED_FIELDS}
         for name in JSON_FIELDS:
             if _JSONB_CHANGES_BYTES.search(encoded[name]):
-                encoded[name] = canonical_orjson(jsonb_stable(fields.get(name)))
+                stable[name] = jsonb_stable(fields.get(name))
+                encoded[name] = canonical_orjson(stable[name])
     except TypeError:
         texts = {name: canonical_text(fields.get(name)) for name in HASHED_FIELDS}
         for name in JSON_FIELDS:
             if _JSONB_CHANGES.search(texts[name]):
-                texts[name] = canonical_text(jsonb_stable(fields.get(name)))
-        return HASH_FORMAT_JSON, row_hash_from_texts(texts), {name: texts[name] for name in JSON_FIELDS}
+                stable[name] = jsonb_stable(fields.get(name))
+                texts[name] = canonical_text(stable[name])
+        json_texts = {name: texts[name] for name in JSON_FIELDS}
+        return RowHash(HASH_FORMAT_JSON, row_hash_from_texts(texts), json_texts, stable)
     body = b",".join([_KEY_PREFIX_BYTES[name] + encoded[name] for name in _SORTED_FIELDS])
     row_hash = hashlib.sha256(b"{" + body + b"}").hexdigest()
-    return HASH_FORMAT_ORJSON, row_hash, {name: encoded[name].decode() for name in JSON_FIELDS}
+    return RowHash(
+        HASH_FORMAT_ORJSON, row_hash, {name: encoded[name].decode() for name in JSON_FIELDS}, stable
+    )

@@ -79,9 +79,11 @@ def decision_log_write(
         predicted_cost_usd=chosen.cost_usd if chosen else None,
         predicted_quality=prediction.quality if prediction else None,
     )
-    row.hash_format, row.row_hash, canonical = decision_row_hash_texts(
+    row.hash_format, row.row_hash, canonical, jsonb_values = decision_row_hash_texts(
         {name: getattr(row, name) for name in HASHED_FIELDS}
     )
+    for name, value in jsonb_values.items():  # -0.0 or 1e16 somewhere: the row holds what was hashed
+        setattr(row, name, value)
     # durable: the row is committed before the caller answers the request
     _insert_durably(row, canonical)
     return row

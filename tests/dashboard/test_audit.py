@@ -224,3 +224,18 @@ def test_every_kind_of_decision_verifies(api: Any, settings: Any) -> None:
     report = audit_verify()
     assert report.ok, report.failure
     assert report.rows_checked == DecisionLog.objects.count() >= 8
+
+
+def test_numbers_a_database_changes_do_not_break_verification(api: Any) -> None:
+    """jsonb has no -0.0 and reads 1e16 back as an integer; SQLite keeps what it is given. On either
+    database a row whose caller sent such numbers (and a temperature of -0.0, which reaches the
+    features) is stored as it was hashed and verifies."""
+    ask = [{"role": "user", "content": "numbers"}]
+    for metadata in ({"temperature": -0.0, "big": 1e16, "small": 1e-05}, {"big": 1e16, "n": 2**70}):
+        response = api("/api/v1/route", {"messages": ask, "metadata": metadata})
+        assert response.status_code == 200, response.content
+        row = DecisionLog.objects.get(id=response.json()["decision_id"])
+        assert row.metadata["big"] == 10**16 and isinstance(row.metadata["big"], int)
+    assert sorted(DecisionLog.objects.values_list("hash_format", flat=True)) == [1, 2]
+    report = audit_verify()
+    assert report.ok and report.rows_checked == 2, report.failure

@@ -55,7 +55,7 @@ def _fields(**values: Any) -> dict[str, Any]:
 )
 def test_hash_from_texts_equals_the_row_hash(values: dict[str, Any]) -> None:
     fields = _fields(**values)
-    hash_format, row_hash, texts = decision_row_hash_texts(fields)
+    hash_format, row_hash, texts, _ = decision_row_hash_texts(fields)
     assert hash_format == HASH_FORMAT_ORJSON
     assert row_hash == decision_row_hash(fields, HASH_FORMAT_ORJSON)
     assert texts == {name: canonical_orjson(fields[name]).decode() for name in JSON_FIELDS}
@@ -65,7 +65,7 @@ def test_hash_from_texts_equals_the_row_hash(values: dict[str, Any]) -> None:
 
 
 def test_any_field_change_changes_the_hash() -> None:
-    _, base, _ = decision_row_hash_texts(_fields())
+    base = decision_row_hash_texts(_fields()).row_hash
     for name, value in (("alpha", 0.31), ("metadata", {"team": "x"}), ("cache_hit", True)):
         assert decision_row_hash_texts(_fields(**{name: value}))[1] != base
 
@@ -79,7 +79,7 @@ def test_any_field_change_changes_the_hash() -> None:
 )
 def test_a_row_orjson_cannot_encode_is_hashed_in_format_1(metadata: dict[str, Any], text: str) -> None:
     fields = _fields(metadata=metadata)
-    hash_format, row_hash, texts = decision_row_hash_texts(fields)
+    hash_format, row_hash, texts, _ = decision_row_hash_texts(fields)
     assert hash_format == HASH_FORMAT_JSON
     assert row_hash == decision_row_hash(fields, HASH_FORMAT_JSON)
     assert texts["metadata"] == text
@@ -89,7 +89,7 @@ def test_a_row_orjson_cannot_encode_is_hashed_in_format_1(metadata: dict[str, An
 
 def test_numpy_numbers_are_hashed_and_stored_as_numbers() -> None:
     fields = _fields(metadata={"f": np.float64(0.25), "i": np.int64(3), "flag": True})
-    _, row_hash, texts = decision_row_hash_texts(fields)
+    _, row_hash, texts, _ = decision_row_hash_texts(fields)
     assert texts["metadata"] == '{"f":0.25,"flag":true,"i":3}'
     assert row_hash == decision_row_hash(_fields(metadata={"f": 0.25, "i": 3, "flag": True}), 2)
 
@@ -186,6 +186,6 @@ def test_values_read_back_from_jsonb_verify(value: Any, created: datetime, row_i
     # what verification relies on: a JSON column stores the hashed text, and the value PostgreSQL
     # gives back (jsonb's numbers, tuples as lists) encodes to the same bytes in the row's format
     fields = _fields(id=row_id, created_at=created, metadata={"v": value}, candidates=[value])
-    hash_format, row_hash, texts = decision_row_hash_texts(fields)
+    hash_format, row_hash, texts, _ = decision_row_hash_texts(fields)
     read_back = {**fields, **{name: _through_jsonb(texts[name]) for name in JSON_FIELDS}}
     assert decision_row_hash(read_back, hash_format) == row_hash

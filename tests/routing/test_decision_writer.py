@@ -218,7 +218,7 @@ def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(
     writer: DecisionWriter, metadata: dict[str, Any], expected_format: int
 ) -> None:
     row = _row(metadata=metadata, alpha=0.5)
-    hash_format, row_hash, texts = decision_row_hash_texts(
+    hash_format, row_hash, texts, _ = decision_row_hash_texts(
         {name: getattr(row, name) for name in HASHED_FIELDS}
     )
     assert row_hash == decision_row_hash({name: getattr(row, name) for name in HASHED_FIELDS}, hash_format)
