@@ -111,7 +111,6 @@ class OneDecision:
 def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket: str = "") -> list[Timing]:
     """parse, auth, features, predict, decide (without predict), log write, render: one decision."""
     from django.conf import settings
-    from rest_framework.parsers import JSONParser
     from rest_framework.renderers import JSONRenderer
     from rest_framework.request import Request
     from rest_framework.test import APIRequestFactory
@@ -120,6 +119,7 @@ def decision_breakdown(*, body: bytes, key: str, runs: int = 400, writer_socket:
     from routing.features import extract_features
     from routing.route_input import route_input_validate
     from routing.services.route import decision_payload
+    from scope_site.parsers import JSONParser
 
     factory = APIRequestFactory()
     auth = BearerApiKeyAuthentication()

@@ -88,7 +88,6 @@ def stage_calls(key: str) -> dict[str, Any]:
     import io
 
     import orjson
-    from rest_framework.parsers import JSONParser
 
     from providers.circuit import with_circuit_health
     from routing.audit import HASHED_FIELDS, decision_row_hash_texts
@@ -100,6 +99,7 @@ def stage_calls(key: str) -> dict[str, Any]:
     from routing.selectors import model_specs
     from routing.services.decision_copy import decision_copy_line
     from routing.services.route import decision_payload, route_decide
+    from scope_site.parsers import JSONParser
 
     body = chat_body()
     data = route_input_validate(JSONParser().parse(io.BytesIO(body)))

@@ -14,10 +14,14 @@ row's `hash_format` column says which:
 
 Both encodings are deterministic functions of the values, and the values read back from the
 database (JSON columns parsed, datetimes and UUIDs as such) encode to the same bytes, so
-`decision_row_hash(values, row.hash_format)` verifies a stored row. For that, a new row's JSON
-fields are hashed and stored as jsonb gives them back (jsonb_stable): PostgreSQL keeps a JSON
-number as numeric, which has no negative zero and writes 1e16 as 10000000000000000, an integer
-once parsed, so -0.0 is hashed as 0.0 and a float of 1e16 or more as the integer it prints as.
+`decision_row_hash(values, row.hash_format)` verifies a stored row. For that, a row's JSON fields
+must hold numbers as jsonb gives them back (jsonb_stable): PostgreSQL keeps a JSON number as
+numeric, which has no negative zero and writes 1e16 as 10000000000000000, an integer once parsed.
+The caller's numbers are read that way when the request body is parsed (jsonb_float), so only
+SCOPE's own arithmetic is left: its -0.0 (from a product with a zero) is found in the encoded
+text, a cheap search, and the field hashed and stored as 0.0. Its floats stay far below 1e16
+(predicted costs, qualities, latencies, features); a catalog price that made a predicted cost
+reach 1e16 USD would store a row that verification then reports as changed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import hashlib
 import json
 import math
 import numbers
-import re
 from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
@@ -135,10 +138,17 @@ _KEY_PREFIX_BYTES = {name: prefix.encode() for name, prefix in _KEY_PREFIX.items
 JSON_FIELDS = ("fallbacks", "candidates", "explanation", "features", "metadata")
 
 
-# a number jsonb would give back otherwise, in either format's text (-0.0; 1e16 or 1e+16 and up):
-# rare, so a row is searched once and only a field that matches is walked and encoded again
-_JSONB_CHANGES = re.compile(r"-0\.0(?![0-9])|[0-9]e\+?[0-9]")
-_JSONB_CHANGES_BYTES = re.compile(_JSONB_CHANGES.pattern.encode())
+def _negative_zero(text: bytes) -> bool:
+    """Whether a compact JSON text holds -0.0: as a number it ends the text or comes before , ] or
+    }; -0.03 does not count. A string with those characters in it counts too, which only costs a
+    needless walk of the field."""
+    return b"-0.0," in text or b"-0.0]" in text or b"-0.0}" in text or text.endswith(b"-0.0")
+
+
+def jsonb_float(literal: str) -> float | int:
+    """A JSON float literal read as jsonb_stable has it: the API's JSON parser reads request bodies
+    with this (scope_site.parsers), so a caller's -0.0 or 1e16 never reaches a row as such."""
+    return jsonb_stable(float(literal))
 
 
 def jsonb_stable(value: Any) -> Any:
@@ -168,8 +178,8 @@ def decision_row_hash_texts(fields: Mapping[str, Any]) -> RowHash:
     """The hash of a new row, in format 2 unless orjson refuses a value (then format 1), with the
     canonical text of each JSON field: a writer stores the JSON columns from the very text the hash
     covers instead of encoding them a second time. A JSON field that jsonb would give back otherwise
-    is hashed as jsonb_stable makes it, and returned in `jsonb_values`: the row must hold (and a
-    database other than PostgreSQL store) those values.
+    (a -0.0 in it) is hashed as jsonb_stable makes it, and returned in `jsonb_values`: the row
+    must hold (and a database other than PostgreSQL store) those values.
 
     Each field is encoded once and the row's text joined from the pieces (byte-identical to
     encoding the whole row: orjson's compact output of an object is its sorted `"name":value`
@@ -178,13 +188,13 @@ def decision_row_hash_texts(fields: Mapping[str, Any]) -> RowHash:
     try:
         encoded = {name: canonical_orjson(fields.get(name)) for name in HASHED_FIELDS}
         for name in JSON_FIELDS:
-            if _JSONB_CHANGES_BYTES.search(encoded[name]):
+            if _negative_zero(encoded[name]):
                 stable[name] = jsonb_stable(fields.get(name))
                 encoded[name] = canonical_orjson(stable[name])
     except TypeError:
         texts = {name: canonical_text(fields.get(name)) for name in HASHED_FIELDS}
         for name in JSON_FIELDS:
-            if _JSONB_CHANGES.search(texts[name]):
+            if _negative_zero(texts[name].encode()):
                 stable[name] = jsonb_stable(fields.get(name))
                 texts[name] = canonical_text(stable[name])
         json_texts = {name: texts[name] for name in JSON_FIELDS}
