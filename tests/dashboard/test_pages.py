@@ -79,6 +79,7 @@ def test_decision_page_shows_candidates_reasons_outcome_and_feedback(
         if candidate["excluded_reason"]:
             assert candidate["excluded_reason"].replace("'", "&#x27;") in body
     assert "42 out" in body and "0.80" in body and row.explanation["summary"][:30] in body
+    assert f"row_hash {row.row_hash}" in body and f"format {row.hash_format}</span>" in body
 
 
 def test_unknown_decision_is_404(persona: Any, decisions: list[DecisionLog]) -> None:
