@@ -147,8 +147,12 @@ def _negative_zero(text: bytes) -> bool:
 
 def jsonb_float(literal: str) -> float | int:
     """A JSON float literal read as jsonb_stable has it: the API's JSON parser reads request bodies
-    with this (scope_site.parsers), so a caller's -0.0 or 1e16 never reaches a row as such."""
-    return jsonb_stable(float(literal))
+    with this (scope_site.parsers), so a caller's -0.0 or 1e16 never reaches a row as such. A
+    literal beyond a double's range (1e400) is refused: neither jsonb nor the predictor can hold it."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {literal[:40]}")
+    return jsonb_stable(value)
 
 
 def jsonb_stable(value: Any) -> Any:

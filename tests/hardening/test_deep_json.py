@@ -48,3 +48,13 @@ def test_deep_but_allowed_metadata_is_routed_and_logged(api: Api, catalog: Any, 
     response = api("/api/v1/route", filled('{"messages": HI, "metadata": {"a": DEEP}}', depth))
     assert response.status_code == 200, response.content[:300]
     assert DecisionLog.objects.filter(id=response.json()["decision_id"]).exists()
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999"])
+def test_a_number_beyond_a_double_is_a_400(api: Api, catalog: Any, number: str) -> None:
+    # read as infinity it had no JSON form for the decision row (jsonb refuses Infinity): a 500
+    response = api("/api/v1/route", f'{{"messages": {HI}, "metadata": {{"x": {number}}}}}')
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json" and f"number out of range: {number}" in error["message"]
+    assert DecisionLog.objects.count() == 0
