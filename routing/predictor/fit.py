@@ -81,6 +81,16 @@ class FitParams:
     # 0.604, mt-bench 0.808 -> 0.819, alpacaeval1 0.900 -> 0.920, alpacaeval2 0.587 -> 0.588. Picked
     # out of fold from 0.25 / 0.5 / 1.0, every mmlu head of seed 0 chose 0.5.
     head_nb_beta: float = 0.5
+    # a third block in the text heads' input, for multiple-choice prompts only: the word n-grams of the
+    # question stem and of the answer options, hashed apart (text.option_ngrams). Off by default:
+    # bench-quality against the same-day baseline, routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2
+    # (+0.0070, -0.0007, -0.0019), 0.6915 -> 0.6942 over seeds 0-9 (higher on 8 of 10); gsm8k and
+    # alpacaeval1/2 unchanged (no option lines); mt-bench 0.7752 -> 0.7693 over seeds 0-9 without the
+    # guard below, its baseline digits with it (docs/predictor-research.md, seventh session)
+    head_options: bool = False
+    # ... and only when at least this many training prompts have option lines: a block fitted on a
+    # handful of prompts (mt-bench has 4 in 80) only moves those prompts' heads at random
+    min_option_prompts: int = 200
     small_data_rows: int = 5000
     min_validation_rows: int = 300
     # each booster trains on at most this many (prompt, model) rows, a different random draw per
@@ -179,6 +189,19 @@ def fit_predictor(
 
         chars = tfidf_matrix(prompt_features, projection.char_vocab, projection.char_idf, chars=True)
         matrix = sparse.hstack([matrix, chars], format="csr")
+    n_wc = matrix.shape[1]
+    option_vocab = np.zeros(0, dtype=np.int64)
+    option_idf = np.zeros(0, dtype=np.float32)
+    if params.head_options:
+        from scipy import sparse
+
+        from routing.predictor.text import option_matrix
+
+        options, option_vocab, option_idf = option_matrix([f.text for f in prompt_features])
+        if options.shape[1] and options.getnnz(axis=1).astype(bool).sum() >= params.min_option_prompts:
+            matrix = sparse.hstack([matrix, options], format="csr")
+        else:
+            option_vocab, option_idf = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     oof_heads, heads = fit_heads(
         matrix,
         scores,
@@ -188,11 +211,14 @@ def fit_predictor(
         nb_beta=params.head_nb_beta,
         progress=lambda done: said(round(0.2 + 0.1 * done, 4), f"text heads {done:.0%}"),
     )
-    if len(projection.char_vocab):
+    if len(projection.char_vocab) or len(option_vocab):
         heads = TextHeads(
             coef=np.ascontiguousarray(heads.coef[:n_words]),
             intercept=heads.intercept,
-            char_coef=np.ascontiguousarray(heads.coef[n_words:]),
+            char_coef=np.ascontiguousarray(heads.coef[n_words:n_wc]),
+            option_vocab=option_vocab,
+            option_idf=option_idf,
+            option_coef=np.ascontiguousarray(heads.coef[n_wc:]),
         )
     pair[:, :, -1] = oof_heads
     means = request_means(pair)
