@@ -13,6 +13,7 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import django
 
@@ -31,19 +32,23 @@ evaluation.extract_prompt_features = lru_cache(maxsize=None)(evaluation.extract_
 
 sets = os.environ.get("Q7_SETS", "routellm-mmlu").split(",")
 seeds = [int(s) for s in os.environ.get("Q7_SEEDS", "0,1,2").split(",")]
-over = json.loads(os.environ.get("Q7_PARAMS", "{}"))
-params = FitParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
+over: dict[str, Any] = json.loads(os.environ.get("Q7_PARAMS", "{}"))
+params = FitParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})  # type: ignore[arg-type]
 root = Path(settings.SCOPE_DATA_DIR)
 print("params", over, flush=True)
 for name in sets:
     records = load_records(root / name / "outcomes.jsonl")
     models = load_models(root / name / "models.json")
-    vals, knns = [], []
+    vals: list[float] = []
+    knns: list[float] = []
     for seed in seeds:
         t = time.perf_counter()
         r = evaluation.evaluate_split(records, models, seed=seed, params=params)
-        vals.append(r.results["scope"]["apgr"])
-        knns.append(r.results["knn"]["apgr"])
+        scope_apgr, knn_apgr = r.results["scope"]["apgr"], r.results["knn"]["apgr"]
+        if scope_apgr is None or knn_apgr is None:
+            raise SystemExit(f"{name} seed {seed}: no APGR")
+        vals.append(float(scope_apgr))
+        knns.append(float(knn_apgr))
         print(
             f"{name} seed {seed}: {vals[-1]:.6f} knn {knns[-1]:.6f} ({time.perf_counter() - t:.0f}s, train {r.train_seconds:.0f}s)",
             flush=True,
