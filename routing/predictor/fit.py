@@ -9,6 +9,7 @@ log-length model and, where the data has latencies, the log-latency model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,13 @@ class FitParams:
     # ... and only when at least this many training prompts have option lines: a block fitted on a
     # handful of prompts (mt-bench has 4 in 80) only moves those prompts' heads at random
     min_option_prompts: int = 200
+    # per-model Platt calibration of the text heads: sigmoid(a * head + b), (a, b) a logistic regression
+    # of the model's score on its out-of-fold head (text.fit_platt), the calibrated head being what the
+    # boosters read (training: out of fold; serving: artifact's a, b). Off by default
+    head_platt: bool = False
+    # ... only for a model scored on at least this many training prompts (others keep the raw head):
+    # without the guard mt-bench fell below kNN (sixth session)
+    min_platt_prompts: int = 200
     small_data_rows: int = 5000
     min_validation_rows: int = 300
     # each booster trains on at most this many (prompt, model) rows, a different random draw per
@@ -220,6 +228,12 @@ def fit_predictor(
             option_idf=option_idf,
             option_coef=np.ascontiguousarray(heads.coef[n_wc:]),
         )
+    if params.head_platt:
+        from routing.predictor.text import fit_platt
+
+        platt_a, platt_b = fit_platt(oof_heads, scores, params.min_platt_prompts)
+        heads = dataclasses.replace(heads, platt_a=platt_a, platt_b=platt_b)
+        oof_heads = heads.calibrate(oof_heads)
     pair[:, :, -1] = oof_heads
     means = request_means(pair)
     req = np.asarray([f.values for f in prompt_features], dtype=np.float64).reshape(n_p, len(FEATURE_NAMES))

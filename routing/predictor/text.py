@@ -121,6 +121,19 @@ class TextHeads:
     option_vocab: np.ndarray = field(default_factory=_no_ids)
     option_idf: np.ndarray = field(default_factory=_no_weights)
     option_coef: np.ndarray = field(default_factory=_no_weights)
+    # per-model Platt calibration (fit_platt; empty unless fitted with it): a head's served value is
+    # sigmoid(platt_a * raw + platt_b); a NaN platt_a leaves that model's head raw (identity)
+    platt_a: np.ndarray = field(default_factory=_no_weights)
+    platt_b: np.ndarray = field(default_factory=_no_weights)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Heads [..., M] (float64) as served: each calibrated model's through its sigmoid, the rest as is."""
+        if not len(self.platt_a):
+            return raw
+        a = self.platt_a.astype(np.float64)
+        b = self.platt_b.astype(np.float64)
+        on = ~np.isnan(a)
+        return np.where(on, 1.0 / (1.0 + np.exp(-(np.where(on, a, 0.0) * raw + np.where(on, b, 0.0)))), raw)
 
     def value(self, cols: np.ndarray, w: np.ndarray, ccols: np.ndarray, cw: np.ndarray) -> np.ndarray:
         """Every head for one request, from its word (cols, w) and character (ccols, cw) weights."""
@@ -141,7 +154,59 @@ class TextHeads:
         for i, f in enumerate(features):
             out[i] = self.value(*projection.weights(f.ngram_ids, f.ngram_counts), *projection.char_weights(f))
             out[i] += self.option_value(f.text)
-        return out
+        return self.calibrate(out)
+
+
+def fit_platt(heads: np.ndarray, scores: np.ndarray, min_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per model, (a, b) of a 1-D logistic regression of the score on the head's value: heads and scores
+    [P, M], the heads out of fold, scores in [0, 1] as soft labels (cross-entropy, Newton steps).
+
+    A model with fewer than `min_prompts` scored prompts keeps its raw head (a = b = NaN): on a small
+    set (mt-bench's 80 prompts) a calibration fitted on a few dozen prompts cost more than it gave.
+    """
+    m = scores.shape[1]
+    out_a = np.full(m, np.nan, dtype=np.float32)
+    out_b = np.full(m, np.nan, dtype=np.float32)
+    for j in range(m):
+        ok = ~np.isnan(scores[:, j]) & np.isfinite(heads[:, j])
+        if ok.sum() < max(min_prompts, 2):
+            continue
+        x, y = heads[ok, j].astype(np.float64), np.clip(scores[ok, j], 0.0, 1.0)
+        if float(x.std()) <= 1e-12:
+            continue
+        out_a[j], out_b[j] = _platt_one(x, y)
+    return out_a, out_b
+
+
+def _platt_one(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimising the cross-entropy of sigmoid(a * x + b) against soft labels y (Newton steps)."""
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    theta = np.array([1.0, 0.0])
+    ridge = np.diag([1e-6 * len(x), 0.0])  # a touch of shrinkage on the slope (separable data)
+
+    def loss(t: np.ndarray) -> float:
+        z = design @ t
+        return float((np.logaddexp(0.0, z) - y * z).sum() + 0.5 * ridge[0, 0] * t[0] ** 2)
+
+    current = loss(theta)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        grad = design.T @ (p - y) + ridge @ theta
+        hess = (design * (p * (1.0 - p))[:, None]).T @ design + ridge + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        size = 1.0
+        while size > 1e-4:  # halve the step until the loss goes down
+            trial = theta - size * step
+            new = loss(trial)
+            if new <= current:
+                break
+            size /= 2
+        else:
+            break
+        theta, moved, current = trial, float(np.abs(size * step).max()), new
+        if moved < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
 
 
 def fit_heads(
