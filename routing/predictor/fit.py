@@ -83,19 +83,21 @@ class FitParams:
     # out of fold from 0.25 / 0.5 / 1.0, every mmlu head of seed 0 chose 0.5.
     head_nb_beta: float = 0.5
     # a third block in the text heads' input, for multiple-choice prompts only: the word n-grams of the
-    # question stem and of the answer options, hashed apart (text.option_ngrams). Off by default:
-    # bench-quality against the same-day baseline, routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2
-    # (+0.0070, -0.0007, -0.0019), 0.6915 -> 0.6942 over seeds 0-9 (higher on 8 of 10); gsm8k and
-    # alpacaeval1/2 unchanged (no option lines); mt-bench 0.7752 -> 0.7693 over seeds 0-9 without the
-    # guard below, its baseline digits with it (docs/predictor-research.md, seventh session)
-    head_options: bool = False
+    # question stem and of the answer options, hashed apart (text.option_ngrams). Alone it gave
+    # routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2, 0.6915 -> 0.6942 over seeds 0-9 (seventh session);
+    # on since the eighth session together with head_platt below (docs/predictor-research.md)
+    head_options: bool = True
     # ... and only when at least this many training prompts have option lines: a block fitted on a
     # handful of prompts (mt-bench has 4 in 80) only moves those prompts' heads at random
     min_option_prompts: int = 200
     # per-model Platt calibration of the text heads: sigmoid(a * head + b), (a, b) a logistic regression
-    # of the model's score on its out-of-fold head (text.fit_platt), the calibrated head being what the
-    # boosters read (training: out of fold; serving: artifact's a, b). Off by default
-    head_platt: bool = False
+    # of the model's score on its out-of-fold head (text.fit_platt); the boosters read the calibrated
+    # head (training: the calibrated out-of-fold heads; serving: the artifact's a, b). With head_options,
+    # bench-quality against the same-day baseline: routellm-mmlu 0.6983 -> 0.7020 on seeds 0-2,
+    # 0.6915 -> 0.6957 over seeds 0-9 (higher on 9 of 10); seeds 0-2 on the other sets: gsm8k
+    # 0.6039 -> 0.6015, mt-bench 0.8191 -> 0.8191 (no model has 200 prompts), alpacaeval1 0.9202 ->
+    # 0.9325, alpacaeval2 0.5883 -> 0.5897, each above kNN on every seed (eighth session)
+    head_platt: bool = True
     # ... only for a model scored on at least this many training prompts (others keep the raw head):
     # without the guard mt-bench fell below kNN (sixth session)
     min_platt_prompts: int = 200

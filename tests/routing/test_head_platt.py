@@ -46,8 +46,9 @@ def test_fit_platt_recovers_a_logistic_link_and_skips_small_models() -> None:
 
 def test_calibrate_maps_calibrated_models_through_the_sigmoid_and_leaves_the_rest() -> None:
     train, _ = data.examples(60, seed=2)
-    heads = fit_predictor(train, data.infos(), seed=0, params=data.FAST).predictor.heads
-    assert not len(heads.platt_a)  # off by default
+    params = dataclasses.replace(data.FAST, head_platt=False)
+    heads = fit_predictor(train, data.infos(), seed=0, params=params).predictor.heads
+    assert not len(heads.platt_a)  # off: no calibration stored
     raw = np.array([[0.2, 0.9, -0.3]])
     m = len(heads.intercept)
     a = np.full(m, np.nan, dtype=np.float32)
