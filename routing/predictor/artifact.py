@@ -25,7 +25,12 @@ ARTIFACT_FORMAT = "scope-predictor/1"
 _TEXT = ("vocab", "idf", "components")
 _HEADS = ("coef", "intercept")
 # the character vocabulary and heads: absent from artifacts trained before them (word-only heads)
-_OPTIONAL = {"text": ("char_vocab", "char_idf"), "heads": ("char_coef",)}
+# the multiple-choice block and the heads' Platt calibration likewise (written empty when the heads
+# were fitted without them; an artifact without a calibration serves its heads raw)
+_OPTIONAL = {
+    "text": ("char_vocab", "char_idf"),
+    "heads": ("char_coef", "option_vocab", "option_idf", "option_coef", "platt_a", "platt_b"),
+}
 _ANCHOR = ("coarse", "fine", "coarse_sum", "coarse_n", "fine_sum", "fine_n", "fine_tok_sum", "fine_tok_n")
 
 
@@ -127,6 +132,17 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
         char_coef.size and char_coef.shape != (len(projection.char_vocab), len(heads["intercept"]))
     ):
         raise ArtifactError("artifact character heads do not match its character vocabulary")
+    option_vocab = heads.get("option_vocab", np.zeros(0, dtype=np.int64))
+    option_idf = heads.get("option_idf", np.zeros(0, dtype=np.float32))
+    option_coef = heads.get("option_coef", np.zeros(0, dtype=np.float32))
+    if option_idf.shape != option_vocab.shape or (
+        option_vocab.size and option_coef.shape != (len(option_vocab), len(heads["intercept"]))
+    ):
+        raise ArtifactError("artifact multiple-choice heads do not match their vocabulary")
+    platt_a = heads.get("platt_a", np.zeros(0, dtype=np.float32))
+    platt_b = heads.get("platt_b", np.zeros(0, dtype=np.float32))
+    if platt_a.shape != platt_b.shape or (platt_a.size and platt_a.shape != heads["intercept"].shape):
+        raise ArtifactError("artifact head calibration does not match its heads")
     ensembles = []
     for raw_booster in boosters:
         try:
@@ -143,7 +159,16 @@ def unpack(raw: bytes, *, version: str) -> ScopePredictor:
         version=version,
         projection=projection,
         anchors=AnchorTable(models, *(anchors[n] for n in _ANCHOR)),
-        heads=TextHeads(coef=heads["coef"], intercept=heads["intercept"], char_coef=char_coef),
+        heads=TextHeads(
+            coef=heads["coef"],
+            intercept=heads["intercept"],
+            char_coef=char_coef,
+            option_vocab=option_vocab,
+            option_idf=option_idf,
+            option_coef=option_coef,
+            platt_a=platt_a,
+            platt_b=platt_b,
+        ),
         evaluator=ForestEvaluator(ensembles),
         roles=roles,
         boosters=boosters,

@@ -9,6 +9,7 @@ log-length model and, where the data has latencies, the log-latency model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,25 @@ class FitParams:
     # 0.604, mt-bench 0.808 -> 0.819, alpacaeval1 0.900 -> 0.920, alpacaeval2 0.587 -> 0.588. Picked
     # out of fold from 0.25 / 0.5 / 1.0, every mmlu head of seed 0 chose 0.5.
     head_nb_beta: float = 0.5
+    # a third block in the text heads' input, for multiple-choice prompts only: the word n-grams of the
+    # question stem and of the answer options, hashed apart (text.option_ngrams). Alone it gave
+    # routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2, 0.6915 -> 0.6942 over seeds 0-9 (seventh session);
+    # on since the eighth session together with head_platt below (docs/predictor-research.md)
+    head_options: bool = True
+    # ... and only when at least this many training prompts have option lines: a block fitted on a
+    # handful of prompts (mt-bench has 4 in 80) only moves those prompts' heads at random
+    min_option_prompts: int = 200
+    # per-model Platt calibration of the text heads: sigmoid(a * head + b), (a, b) a logistic regression
+    # of the model's score on its out-of-fold head (text.fit_platt); the boosters read the calibrated
+    # head (training: the calibrated out-of-fold heads; serving: the artifact's a, b). With head_options,
+    # bench-quality against the same-day baseline: routellm-mmlu 0.6983 -> 0.7020 on seeds 0-2,
+    # 0.6915 -> 0.6957 over seeds 0-9 (higher on 9 of 10); seeds 0-2 on the other sets: gsm8k
+    # 0.6039 -> 0.6015, mt-bench 0.8191 -> 0.8191 (no model has 200 prompts), alpacaeval1 0.9202 ->
+    # 0.9325, alpacaeval2 0.5883 -> 0.5897, each above kNN on every seed (eighth session)
+    head_platt: bool = True
+    # ... only for a model scored on at least this many training prompts (others keep the raw head):
+    # without the guard mt-bench fell below kNN (sixth session)
+    min_platt_prompts: int = 200
     small_data_rows: int = 5000
     min_validation_rows: int = 300
     # each booster trains on at most this many (prompt, model) rows, a different random draw per
@@ -179,6 +199,19 @@ def fit_predictor(
 
         chars = tfidf_matrix(prompt_features, projection.char_vocab, projection.char_idf, chars=True)
         matrix = sparse.hstack([matrix, chars], format="csr")
+    n_wc = matrix.shape[1]
+    option_vocab = np.zeros(0, dtype=np.int64)
+    option_idf = np.zeros(0, dtype=np.float32)
+    if params.head_options:
+        from scipy import sparse
+
+        from routing.predictor.text import option_matrix
+
+        options, option_vocab, option_idf = option_matrix([f.text for f in prompt_features])
+        if options.shape[1] and options.getnnz(axis=1).astype(bool).sum() >= params.min_option_prompts:
+            matrix = sparse.hstack([matrix, options], format="csr")
+        else:
+            option_vocab, option_idf = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     oof_heads, heads = fit_heads(
         matrix,
         scores,
@@ -188,12 +221,21 @@ def fit_predictor(
         nb_beta=params.head_nb_beta,
         progress=lambda done: said(round(0.2 + 0.1 * done, 4), f"text heads {done:.0%}"),
     )
-    if len(projection.char_vocab):
+    if len(projection.char_vocab) or len(option_vocab):
         heads = TextHeads(
             coef=np.ascontiguousarray(heads.coef[:n_words]),
             intercept=heads.intercept,
-            char_coef=np.ascontiguousarray(heads.coef[n_words:]),
+            char_coef=np.ascontiguousarray(heads.coef[n_words:n_wc]),
+            option_vocab=option_vocab,
+            option_idf=option_idf,
+            option_coef=np.ascontiguousarray(heads.coef[n_wc:]),
         )
+    if params.head_platt:
+        from routing.predictor.text import fit_platt
+
+        platt_a, platt_b = fit_platt(oof_heads, scores, params.min_platt_prompts)
+        heads = dataclasses.replace(heads, platt_a=platt_a, platt_b=platt_b)
+        oof_heads = heads.calibrate(oof_heads)
     pair[:, :, -1] = oof_heads
     means = request_means(pair)
     req = np.asarray([f.values for f in prompt_features], dtype=np.float64).reshape(n_p, len(FEATURE_NAMES))

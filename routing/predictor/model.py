@@ -207,6 +207,8 @@ class ScopePredictor:
             cols, w = self.projection.weights(f.ngram_ids, f.ngram_counts)
             emb[i] = self.projection.project(cols, w)
             pair_all[i, :n_heads, -1] = self.heads.value(cols, w, *self.projection.char_weights(f))
+            pair_all[i, :n_heads, -1] += self.heads.option_value(f.text)
+        pair_all[:, :n_heads, -1] = self.heads.calibrate(pair_all[:, :n_heads, -1])
         pair_all[:, n_heads:, -1] = np.nan  # anchor-only models have no text head
         pair_all[:, :, :-1] = self.anchors.features(emb, self._all_cols)
         req = np.asarray([f.values for f in features], dtype=np.float64).reshape(r, len(FEATURE_NAMES))

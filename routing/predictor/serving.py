@@ -135,6 +135,8 @@ class ServingPlan:
         emb[0] = p.projection.project(cols, w)
         head = np.empty(self.n_known)
         head[: self.n_heads] = p.heads.value(cols, w, *p.projection.char_weights(features))
+        head[: self.n_heads] += p.heads.option_value(features.text)
+        head[: self.n_heads] = p.heads.calibrate(head[: self.n_heads])
         head[self.n_heads :] = np.nan
 
         k = self.n_known

@@ -9,6 +9,8 @@ projection itself uses the words only).
 
 from __future__ import annotations
 
+import re
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.features import CHAR_BUCKETS, RequestFeatures
+from routing.features import CHAR_BUCKETS, NGRAM_MAX_WORDS, RequestFeatures, _word_hashes, _words
 
 
 def _no_ids() -> np.ndarray:
@@ -114,6 +116,24 @@ class TextHeads:
     coef: np.ndarray  # float32 [V, M]
     intercept: np.ndarray  # float32 [M]
     char_coef: np.ndarray = field(default_factory=_no_weights)  # float32 [C, M]
+    # the multiple-choice block (option_ngrams; empty unless fitted with it): its vocabulary, IDF
+    # weights and coefficients [O, M]
+    option_vocab: np.ndarray = field(default_factory=_no_ids)
+    option_idf: np.ndarray = field(default_factory=_no_weights)
+    option_coef: np.ndarray = field(default_factory=_no_weights)
+    # per-model Platt calibration (fit_platt; empty unless fitted with it): a head's served value is
+    # sigmoid(platt_a * raw + platt_b); a NaN platt_a leaves that model's head raw (identity)
+    platt_a: np.ndarray = field(default_factory=_no_weights)
+    platt_b: np.ndarray = field(default_factory=_no_weights)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Heads [..., M] (float64) as served: each calibrated model's through its sigmoid, the rest as is."""
+        if not len(self.platt_a):
+            return raw
+        a = self.platt_a.astype(np.float64)
+        b = self.platt_b.astype(np.float64)
+        on = ~np.isnan(a)
+        return np.where(on, 1.0 / (1.0 + np.exp(-(np.where(on, a, 0.0) * raw + np.where(on, b, 0.0)))), raw)
 
     def value(self, cols: np.ndarray, w: np.ndarray, ccols: np.ndarray, cw: np.ndarray) -> np.ndarray:
         """Every head for one request, from its word (cols, w) and character (ccols, cw) weights."""
@@ -122,11 +142,71 @@ class TextHeads:
             out = out + cw @ self.char_coef[ccols]
         return out
 
+    def option_value(self, text: str) -> np.ndarray | float:
+        """The multiple-choice block's share of every head for one request text (0 without one)."""
+        if not len(self.option_vocab):
+            return 0.0
+        ocols, ow = sparse_weights(self.option_vocab, self.option_idf, *option_ngrams(text))
+        return ow @ self.option_coef[ocols] if len(ocols) else 0.0
+
     def predict(self, projection: TextProjection, features: Sequence[RequestFeatures]) -> np.ndarray:
         out = np.empty((len(features), len(self.intercept)), dtype=np.float64)
         for i, f in enumerate(features):
             out[i] = self.value(*projection.weights(f.ngram_ids, f.ngram_counts), *projection.char_weights(f))
-        return out
+            out[i] += self.option_value(f.text)
+        return self.calibrate(out)
+
+
+def fit_platt(heads: np.ndarray, scores: np.ndarray, min_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per model, (a, b) of a 1-D logistic regression of the score on the head's value: heads and scores
+    [P, M], the heads out of fold, scores in [0, 1] as soft labels (cross-entropy, Newton steps).
+
+    A model with fewer than `min_prompts` scored prompts keeps its raw head (a = b = NaN): on a small
+    set (mt-bench's 80 prompts) a calibration fitted on a few dozen prompts cost more than it gave.
+    """
+    m = scores.shape[1]
+    out_a = np.full(m, np.nan, dtype=np.float32)
+    out_b = np.full(m, np.nan, dtype=np.float32)
+    for j in range(m):
+        ok = ~np.isnan(scores[:, j]) & np.isfinite(heads[:, j])
+        if ok.sum() < max(min_prompts, 2):
+            continue
+        x, y = heads[ok, j].astype(np.float64), np.clip(scores[ok, j], 0.0, 1.0)
+        if float(x.std()) <= 1e-12:
+            continue
+        out_a[j], out_b[j] = _platt_one(x, y)
+    return out_a, out_b
+
+
+def _platt_one(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimising the cross-entropy of sigmoid(a * x + b) against soft labels y (Newton steps)."""
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    theta = np.array([1.0, 0.0])
+    ridge = np.diag([1e-6 * len(x), 0.0])  # a touch of shrinkage on the slope (separable data)
+
+    def loss(t: np.ndarray) -> float:
+        z = design @ t
+        return float((np.logaddexp(0.0, z) - y * z).sum() + 0.5 * ridge[0, 0] * t[0] ** 2)
+
+    current = loss(theta)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        grad = design.T @ (p - y) + ridge @ theta
+        hess = (design * (p * (1.0 - p))[:, None]).T @ design + ridge + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        size = 1.0
+        while size > 1e-4:  # halve the step until the loss goes down
+            trial = theta - size * step
+            new = loss(trial)
+            if new <= current:
+                break
+            size /= 2
+        else:
+            break
+        theta, moved, current = trial, float(np.abs(size * step).max()), new
+        if moved < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
 
 
 def fit_heads(
@@ -394,6 +474,82 @@ def score_basis(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     center = y.mean(axis=0)
     _, _, vt = np.linalg.svd(y - center, full_matrices=False)
     return center, vt[:k]
+
+
+# A line that opens a multiple-choice option: "A. ", "b) ", "(C) " ...
+_OPTION_LINE = re.compile(r"(?m)^\(?[A-Da-d][.)]\s")
+_STEM_SALT = np.uint32(0x27D4EB2F)
+_OPTION_SALT = np.uint32(0x165667B1)
+OPTION_BUCKETS = 1 << 22
+
+
+def _word_bigrams(text: str) -> np.ndarray:
+    """uint32 hashes of the word unigrams and bigrams of `text` (the word bag's hashing, unmasked)."""
+    words = _words(text.lower())[:NGRAM_MAX_WORDS]
+    h = np.frombuffer(array("I", map(_word_hashes.__getitem__, words)), dtype=np.uint32)
+    if not len(h):
+        return h
+    return np.concatenate([h, h[:-1] * np.uint32(0x9E3779B1) ^ h[1:]])
+
+
+def option_ngrams(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted bucket ids, counts) of a multiple-choice prompt's stem and options, apart.
+
+    For a text with at least two option lines, the word unigrams and bigrams of the stem (before
+    the first option line) and of the options (markers and a closing "Answer:" dropped), each hashed
+    with its own salt into OPTION_BUCKETS; empty for any other text. The word bag mixes the two, so
+    a head could not tell a word of the question from the same word among the answers.
+    """
+    marks = [m.start() for m in _OPTION_LINE.finditer(text)] if "\n" in text else []
+    if len(marks) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    stem, options = text[: marks[0]], _OPTION_LINE.sub(" ", text[marks[0] :]).replace("Answer:", " ")
+    b = np.concatenate(
+        [
+            (_word_bigrams(stem) * np.uint32(3)) ^ _STEM_SALT,
+            (_word_bigrams(options) * np.uint32(5)) ^ _OPTION_SALT,
+        ]
+    ) & np.uint32(OPTION_BUCKETS - 1)
+    ids, counts = np.unique(b, return_counts=True)
+    return ids.astype(np.int64), counts.astype(np.int64)
+
+
+def option_matrix(
+    texts: Sequence[str],
+    vocab: np.ndarray | None = None,
+    idf: np.ndarray | None = None,
+    max_vocab: int = 100_000,
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(CSR L2-normalised TF-IDF rows of option_ngrams, vocab, idf); the vocabulary (buckets in at least
+    two texts, the most frequent max_vocab) and IDF are fitted on `texts` when not given."""
+    from scipy import sparse
+
+    bags = [option_ngrams(t) for t in texts]
+    if vocab is None or idf is None:
+        all_ids = np.concatenate([b[0] for b in bags]) if bags else np.zeros(0, np.int64)
+        ids, df = np.unique(all_ids, return_counts=True)
+        keep = df >= 2
+        ids, df = ids[keep], df[keep]
+        if len(ids) > max_vocab:
+            top = np.sort(np.argsort(-df, kind="stable")[:max_vocab])
+            ids, df = ids[top], df[top]
+        vocab = ids
+        idf = (np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0).astype(np.float32)
+    indptr, indices, data = [0], [], []
+    for ids, counts in bags:
+        cols, w = sparse_weights(vocab, idf, ids, counts)
+        indices.append(cols)
+        data.append(w.astype(np.float64))
+        indptr.append(indptr[-1] + len(cols))
+    m = sparse.csr_matrix(
+        (
+            np.concatenate(data) if data else np.zeros(0),
+            np.concatenate(indices) if indices else np.zeros(0, int),
+            indptr,
+        ),
+        shape=(len(texts), len(vocab)),
+    )
+    return m, vocab, idf
 
 
 def _bag(f: RequestFeatures, chars: bool) -> tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]:
