@@ -149,8 +149,9 @@ def request_features_from_log(
     retraining).
 
     The hashed n-grams come from the logged features when the row has them (a redacted row), else
-    from the stored prompt; the character n-grams come from the stored prompt only (a redacted row
-    has none); the rebuilt request carries no text either way.
+    from the stored prompt; the character n-grams and the text (which the text heads' multiple-choice
+    block reads) come from the stored prompt only: a redacted row has neither, so its heads read
+    the words alone.
     """
     if schema_version != FEATURE_SCHEMA_VERSION:
         raise FeatureLogError(f"feature schema {schema_version} is not the current {FEATURE_SCHEMA_VERSION}")
@@ -171,7 +172,7 @@ def request_features_from_log(
     char_ids, char_counts = text_char_ngrams(prompt) if prompt else (b"", b"")
     return RequestFeatures(
         values=values,
-        text="",
+        text=prompt,
         input_tokens=int(values[FEATURE_NAMES.index("approx_tokens")]),
         schema_version=schema_version,
         ngram_ids=ids,

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing.engine.types import ModelSpec
 from routing.features import extract_prompt_features
@@ -92,3 +94,16 @@ def test_too_few_multiple_choice_prompts_leave_the_heads_word_and_character_only
     params = dataclasses.replace(data.FAST, head_options=True, min_option_prompts=50)
     p = fit_predictor(out, data.infos(), seed=0, params=params).predictor
     assert not len(p.heads.option_vocab) and not len(p.heads.option_coef)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(["\n", "A", "b", "C", "d", "E", ".", ")", "(", " ", "\t", "x", "1"]),
+        max_size=60,
+    )
+)
+def test_option_marks_are_the_line_pattern_s_matches(text: str) -> None:
+    from routing.predictor.text import _OPTION_LINE, option_marks
+
+    assert option_marks(text) == [m.start() for m in _OPTION_LINE.finditer(text)]

@@ -54,10 +54,12 @@ def test_a_row_that_stores_the_prompt_rebuilds_the_ngrams_from_it() -> None:
     assert rebuilt.values == f.values
     assert (rebuilt.ngram_ids, rebuilt.ngram_counts) == (f.ngram_ids, f.ngram_counts)
     assert text_ngrams(f.text) == (f.ngram_ids, f.ngram_counts)
-    # the character n-grams come from the stored prompt too; a redacted row has none
+    # the character n-grams and the text (the multiple-choice block's input) come from the stored
+    # prompt too; a redacted row has neither
     assert f.char_ids and (rebuilt.char_ids, rebuilt.char_counts) == (f.char_ids, f.char_counts)
+    assert rebuilt.text == f.text
     redacted = request_features_from_log(json.loads(json.dumps(f.as_dict())), FEATURE_SCHEMA_VERSION)
-    assert redacted.char_ids == b"" and redacted.char_counts == b""
+    assert redacted.char_ids == b"" and redacted.char_counts == b"" and redacted.text == ""
 
 
 @pytest.mark.django_db
