@@ -84,8 +84,8 @@ class FitParams:
     head_nb_beta: float = 0.5
     # a third block in the text heads' input, for multiple-choice prompts only: the word n-grams of the
     # question stem and of the answer options, hashed apart (text.option_ngrams). Alone it gave
-    # routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2, 0.6915 -> 0.6942 over seeds 0-9 (seventh session);
-    # on since the eighth session together with head_platt below (docs/predictor-research.md)
+    # routellm-mmlu 0.6983 -> 0.6998 on seeds 0-2, 0.6915 -> 0.6942 over seeds 0-9 (seventh session, first helper);
+    # on since the same session together with head_platt below (docs/predictor-research.md)
     head_options: bool = True
     # ... and only when at least this many training prompts have option lines: a block fitted on a
     # handful of prompts (mt-bench has 4 in 80) only moves those prompts' heads at random
@@ -96,7 +96,7 @@ class FitParams:
     # bench-quality against the same-day baseline: routellm-mmlu 0.6983 -> 0.7020 on seeds 0-2,
     # 0.6915 -> 0.6957 over seeds 0-9 (higher on 9 of 10); seeds 0-2 on the other sets: gsm8k
     # 0.6039 -> 0.6015, mt-bench 0.8191 -> 0.8191 (no model has 200 prompts), alpacaeval1 0.9202 ->
-    # 0.9325, alpacaeval2 0.5883 -> 0.5897, each above kNN on every seed (eighth session)
+    # 0.9325, alpacaeval2 0.5883 -> 0.5897, each above kNN on every seed (seventh session)
     head_platt: bool = True
     # ... only for a model scored on at least this many training prompts (others keep the raw head):
     # without the guard mt-bench fell below kNN (sixth session)
