@@ -70,7 +70,7 @@ static long count_substring(const uint8_t *s, long n, const uint8_t *p, long k, 
         const uint8_t *hit = memchr(s + i, p[0], (size_t)(n - k + 1 - i));
         if (hit == NULL) break;
         i = hit - s;
-        if (memcmp(hit, p, (size_t)k) == 0) {
+        if (k == 1 || (hit[1] == p[1] && memcmp(hit, p, (size_t)k) == 0)) {
             ++found;
             if (first_only) break;
             i += k;
@@ -83,7 +83,7 @@ static long count_substring(const uint8_t *s, long n, const uint8_t *p, long k, 
 
 static void radix_pass(const uint32_t *in, uint32_t *out, long m, int shift)
 {
-    long count[1025];
+    uint32_t count[1025];  /* m < 2^31 */
     memset(count, 0, sizeof count);
     for (long i = 0; i < m; ++i) count[((in[i] >> shift) & 1023u) + 1]++;
     for (int b = 0; b < 1024; ++b) count[b + 1] += count[b];
@@ -119,14 +119,20 @@ long scope_text_counts(const uint8_t *text, long n, const uint8_t *cls, const ui
     long result = -1;
     if (!lw || !slot_off || !slot_len || !slot_crc || !slot_sig || !hashes || !buckets || !tmp) goto done;
 
-    int64_t digits = 0, upper = 0, punct = 0, math = 0;
+    int64_t digits = 0, upper = 0, punct = 0, math = 0, seen[256];
+    uint8_t lower[256];
+    memset(seen, 0, sizeof seen);
+    for (int c = 0; c < 256; ++c) lower[c] = (cls[c] & UPPER) ? (uint8_t)(c + 32) : (uint8_t)c;
     for (long i = 0; i < n; ++i) {
-        const uint8_t c = text[i], k = cls[c];
-        digits += (k & DIGIT) != 0;
-        upper += (k & UPPER) != 0;
-        punct += (k & PUNCT) != 0;
-        math += (k & MATH) != 0;
-        lw[i] = (k & UPPER) ? (uint8_t)(c + 32) : c;
+        const uint8_t c = text[i];
+        seen[c]++;
+        lw[i] = lower[c];
+    }
+    for (int c = 0; c < 256; ++c) {
+        digits += (cls[c] & DIGIT) ? seen[c] : 0;
+        upper += (cls[c] & UPPER) ? seen[c] : 0;
+        punct += (cls[c] & PUNCT) ? seen[c] : 0;
+        math += (cls[c] & MATH) ? seen[c] : 0;
     }
 
     int64_t n_words = 0, word_chars = 0, distinct = 0, signals[5] = {0, 0, 0, 0, 0};
