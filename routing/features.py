@@ -61,6 +61,13 @@ _stripped: _Memo[str] = _Memo(lambda raw: raw.strip(_STRIP))
 _UPPER = bytes(range(65, 91))
 
 _CHOICE_MARKERS = ("\nA.", "\nB.", "\nA)", "\nB)", "(A)", "(B)", "\na)", "\nb)")
+_DIGIT_CHARS = b"0123456789"
+_PUNCT = b".,;:!?()[]{}\"'"
+_MATH = b"+*/=^<>%$"
+# the substrings _features_from_text counts in the text (str.count: non-overlapping), in text_counts' order
+_COUNTED = ("{", "}", ";\n", "()", "=>", "==", "def ", "    ", "\\frac", "?", "\n", "\n1.", "\n2.", "\n- ")
+# ... and the ones whose presence it reads (then "json" in the lowered text)
+_FOUND = ("```", *_CHOICE_MARKERS)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -282,6 +289,61 @@ def char_ngrams(lowered: str, *, kernel: Any = _UNSET) -> tuple[bytes, bytes]:
     return np.concatenate(ids).tobytes(), np.concatenate(counts).astype("<u2").tobytes()
 
 
+TextCounts = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # see text_counts
+
+# routing.text_kernel installs text_counts for ASCII text in C (checked identical first)
+_text_kernel: Callable[[bytes], TextCounts | None] | None = None  # ASCII bytes of the text → text_counts
+
+
+def use_text_kernel(kernel: Callable[[bytes], TextCounts | None] | None) -> None:
+    global _text_kernel
+    _text_kernel = kernel
+
+
+def text_kernel_in_use() -> bool:
+    return _text_kernel is not None
+
+
+def text_counts(text: str, lowered: str, *, kernel: Any = _UNSET) -> TextCounts:
+    """Every integer _features_from_text derives from the words and characters of `text`.
+
+    (counts, ngram ids, ngram counts): counts are n_words, the total length of the words, the
+    number of distinct words, the five signal counts (feature_words.SIGNAL_OF), the ASCII digits,
+    upper-case letters, _PUNCT and _MATH characters, the non-ASCII characters, then text.count of
+    each of _COUNTED, 1/0 for each of _FOUND in the text and for "json" in `lowered`; the n-grams
+    are hashed_ngrams of the words. For ASCII text the compiled kernel gives the same integers.
+    """
+    compiled = _text_kernel if kernel is _UNSET else kernel
+    if compiled is not None and text.isascii():
+        got = compiled(text.encode("ascii"))
+        if got is not None:
+            return got
+    words = _words(lowered)
+    # over distinct words: each word belongs to one signal list at most (feature_words.SIGNAL_OF)
+    seen = Counter(words)
+    signals = [0, 0, 0, 0, 0]
+    for word in SIGNAL_OF.keys() & seen.keys():
+        signals[SIGNAL_OF[word]] += seen[word]
+    ascii_bytes = text.encode("ascii", "ignore")
+    ascii_len = len(ascii_bytes)
+    counts = (
+        len(words),
+        len("".join(words)),
+        len(seen),
+        *signals,
+        ascii_len - len(ascii_bytes.translate(None, _DIGIT_CHARS)),
+        ascii_len - len(ascii_bytes.translate(None, _UPPER)),
+        ascii_len - len(ascii_bytes.translate(None, _PUNCT)),
+        ascii_len - len(ascii_bytes.translate(None, _MATH)),
+        len(text) - ascii_len,
+        *map(text.count, _COUNTED),
+        *(int(marker in text) for marker in _FOUND),
+        int("json" in lowered),
+    )
+    ngram_ids, ngram_counts = hashed_ngrams(words)
+    return counts, ngram_ids, ngram_counts
+
+
 def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Sorted (bucket ids, counts) of the word unigrams and bigrams; stable across processes."""
     if not words:
@@ -372,34 +434,30 @@ def _features_from_text(
     n_chars = len(text)
     tokens = math.ceil(total_chars / 4)
     lowered = text.lower()
-    words = _words(lowered)
-    n_words = len(words)
-    total_word_len = len("".join(words))
-    # over distinct words: each word belongs to one signal list at most (feature_words.SIGNAL_OF)
-    seen = Counter(words)
-    signals = [0, 0, 0, 0, 0]
-    for word in SIGNAL_OF.keys() & seen.keys():
-        signals[SIGNAL_OF[word]] += seen[word]
-    code, math_, reasoning, extraction, creative = signals
+    counts, ngram_ids, ngram_counts = text_counts(text, lowered)
+    (n_words, total_word_len, n_distinct, code, math_, reasoning, extraction, creative) = counts[:8]
+    (digits, upper, punct, math_chars, non_ascii) = counts[8:13]
+    (
+        n_open,
+        n_close,
+        n_semicolon_lines,
+        n_calls,
+        n_arrows,
+        n_equals,
+        n_defs,
+        n_indents,
+        n_fracs,
+        n_questions,
+        n_lines,
+        n_first_items,
+        n_second_items,
+        n_bullets,
+    ) = counts[13 : 13 + len(_COUNTED)]
+    has_fence, *markers, has_json = counts[13 + len(_COUNTED) :]
     denom = max(n_chars, 1)
-    ascii_bytes = text.encode("ascii", "ignore")
-    ascii_len = len(ascii_bytes)
-    digits = ascii_len - len(ascii_bytes.translate(None, b"0123456789"))
-    upper = ascii_len - len(ascii_bytes.translate(None, _UPPER))
-    non_ascii = n_chars - ascii_len
-    punct = ascii_len - len(ascii_bytes.translate(None, b".,;:!?()[]{}\"'"))
-    code_syntax = (
-        text.count("{")
-        + text.count("}")
-        + text.count(";\n")
-        + text.count("()")
-        + text.count("=>")
-        + text.count("==")
-        + text.count("def ")
-        + text.count("    ")
-    )
-    math_symbols = ascii_len - len(ascii_bytes.translate(None, b"+*/=^<>%$")) + text.count("\\frac")
-    has_code_block = 1.0 if "```" in text else 0.0
+    code_syntax = n_open + n_close + n_semicolon_lines + n_calls + n_arrows + n_equals + n_defs + n_indents
+    math_symbols = math_chars + n_fracs
+    has_code_block = 1.0 if has_fence else 0.0
     per_100_words = 100.0 / max(n_words, 1)
     max_tokens = metadata.get("max_tokens")
     temperature = metadata.get("temperature")
@@ -411,7 +469,7 @@ def _features_from_text(
                 isinstance(response_format, Mapping)
                 and response_format.get("type") in {"json_object", "json_schema"}
             )
-            or "json" in lowered
+            or has_json
         )
         else 0.0
     )
@@ -424,15 +482,15 @@ def _features_from_text(
         1.0 if system_chars else 0.0,
         math.log1p(system_chars),
         last_user_chars / denom,
-        math.log1p(text.count("\n")),
+        math.log1p(n_lines),
         math.log1p(n_words),
         total_word_len / max(n_words, 1),
-        len(seen) / max(n_words, 1),
+        n_distinct / max(n_words, 1),
         digits / denom,
         upper / denom,
         non_ascii / denom,
         punct / denom,
-        float(text.count("?")),
+        float(n_questions),
         has_code_block,
         code * per_100_words + min(code_syntax, 50) / 5.0 + 3.0 * has_code_block,
         math_ * per_100_words + min(math_symbols, 50) / 5.0,
@@ -441,13 +499,12 @@ def _features_from_text(
         extraction * per_100_words,
         creative * per_100_words,
         non_ascii / denom if non_ascii > 0.05 * denom else 0.0,
-        1.0 if sum(map(text.__contains__, _CHOICE_MARKERS)) >= 2 else 0.0,
-        float(min(text.count("\n1.") + text.count("\n2.") + text.count("\n- "), 50)),
+        1.0 if sum(markers) >= 2 else 0.0,
+        float(min(n_first_items + n_second_items + n_bullets, 50)),
         json_requested,
         math.log1p(max_tokens) if isinstance(max_tokens, int | float) and max_tokens > 0 else 0.0,
         float(temperature) if isinstance(temperature, int | float) else -1.0,
     )
-    ngram_ids, ngram_counts = hashed_ngrams(words)
     char_ids, char_counts = char_ngrams(lowered)
     return RequestFeatures(
         values=values,

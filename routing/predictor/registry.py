@@ -36,6 +36,7 @@ from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.compiled import compile_forest, load_cached
 from routing.predictor.model import ScopePredictor
 from routing.services.counters import CACHE_ERRORS, warn_degraded
+from routing.text_kernel import text_kernel_ensure, text_kernel_install
 
 log = logging.getLogger(__name__)
 CACHE_KEY = "scope:predictor:active-id"
@@ -157,6 +158,7 @@ def predictor_precompile(predictor: ScopePredictor) -> bool:
     if cache_dir is None:
         return False
     char_kernel_install(cache_dir)  # the request features' character n-grams, compiled the same way
+    text_kernel_install(cache_dir)  # ... and their words and character counts (ASCII text)
     try:
         compiled = compile_forest(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - activation must not fail for a speed-up; processes retry on load
@@ -172,6 +174,7 @@ def _accelerate(predictor: ScopePredictor) -> None:
     if cache_dir is None:
         return
     char_kernel_ensure(cache_dir)
+    text_kernel_ensure(cache_dir)
     try:
         compiled = load_cached(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - compiled trees are a speed-up; numpy serves without them
