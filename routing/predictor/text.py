@@ -130,10 +130,17 @@ class TextHeads:
         """Heads [..., M] (float64) as served: each calibrated model's through its sigmoid, the rest as is."""
         if not len(self.platt_a):
             return raw
+        on, a, b, every = self._platt
+        calibrated = 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        return calibrated if every else np.where(on, calibrated, raw)
+
+    @cached_property
+    def _platt(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(calibrated models, a, b with 0 for the others, whether every model is calibrated): computed
+        once per predictor instead of on every request."""
         a = self.platt_a.astype(np.float64)
-        b = self.platt_b.astype(np.float64)
         on = ~np.isnan(a)
-        return np.where(on, 1.0 / (1.0 + np.exp(-(np.where(on, a, 0.0) * raw + np.where(on, b, 0.0)))), raw)
+        return on, np.where(on, a, 0.0), np.where(on, self.platt_b.astype(np.float64), 0.0), bool(on.all())
 
     def value(self, cols: np.ndarray, w: np.ndarray, ccols: np.ndarray, cw: np.ndarray) -> np.ndarray:
         """Every head for one request, from its word (cols, w) and character (ccols, cw) weights."""
