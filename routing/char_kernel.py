@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from routing import features
-from routing.predictor.compiled import CFLAGS, build_library, locked
-
-log = logging.getLogger(__name__)
+from routing.predictor.compiled import CFLAGS, ensure_kernel, install_kernel
 
 CHAR_KERNEL_VERSION = 1
 _SYMBOL = "scope_char_ngrams"
@@ -140,30 +136,18 @@ def _agrees(kernel: Callable[[bytes], tuple[bytes, bytes]]) -> bool:
 
 def char_kernel_install(cache_dir: Path, *, compile_if_missing: bool = True) -> bool:
     """Serve routing.features' character n-grams from the compiled kernel; False when it cannot."""
-    path = _library(cache_dir)
-    try:
-        if not path.exists():
-            if not compile_if_missing:
-                return False
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with locked(path.with_suffix(".lock")):
-                if not path.exists():
-                    build_library(path, CHAR_KERNEL_SOURCE)
-        kernel = CharKernel(path)
-    except (OSError, AttributeError, subprocess.SubprocessError) as exc:
-        log.warning("character n-gram kernel unavailable, numpy keeps serving: %s", exc)
-        return False
-    if not _agrees(kernel):
-        log.error("character n-gram kernel %s disagrees with numpy: not used", path.name)
-        return False
-    features.use_char_kernel(kernel)
-    return True
+    return install_kernel(
+        _library(cache_dir),
+        CHAR_KERNEL_SOURCE,
+        load=CharKernel,
+        agrees=_agrees,
+        use=features.use_char_kernel,
+        what="character n-gram",
+        fallback="numpy",
+        compile_if_missing=compile_if_missing,
+    )
 
 
 def char_kernel_ensure(cache_dir: Path) -> None:
     """At once if the library is cached, else once a background compile is done (never blocks a request)."""
-    if features.char_kernel_in_use() or char_kernel_install(cache_dir, compile_if_missing=False):
-        return
-    threading.Thread(
-        target=char_kernel_install, args=(cache_dir,), name="scope-char-compile", daemon=True
-    ).start()
+    ensure_kernel(char_kernel_install, features.char_kernel_in_use, cache_dir, "scope-char-compile")

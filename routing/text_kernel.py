@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
-import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -29,9 +27,7 @@ import numpy as np
 
 from routing import features
 from routing.feature_words import SIGNAL_OF, SIGNAL_WORDS
-from routing.predictor.compiled import CFLAGS, build_library, locked
-
-log = logging.getLogger(__name__)
+from routing.predictor.compiled import CFLAGS, ensure_kernel, install_kernel
 
 TEXT_KERNEL_VERSION = 1
 _SYMBOL = "scope_text_counts"
@@ -395,30 +391,18 @@ def _agrees(kernel: TextKernel) -> bool:
 
 def text_kernel_install(cache_dir: Path, *, compile_if_missing: bool = True) -> bool:
     """Serve routing.features' word and character counts of ASCII text from the compiled kernel; False when it cannot."""
-    path = _library(cache_dir)
-    try:
-        if not path.exists():
-            if not compile_if_missing:
-                return False
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with locked(path.with_suffix(".lock")):
-                if not path.exists():
-                    build_library(path, TEXT_KERNEL_SOURCE)
-        kernel = TextKernel(path)
-    except (OSError, AttributeError, subprocess.SubprocessError) as exc:
-        log.warning("text count kernel unavailable, Python keeps serving: %s", exc)
-        return False
-    if not _agrees(kernel):
-        log.error("text count kernel %s disagrees with Python: not used", path.name)
-        return False
-    features.use_text_kernel(kernel)
-    return True
+    return install_kernel(
+        _library(cache_dir),
+        TEXT_KERNEL_SOURCE,
+        load=TextKernel,
+        agrees=_agrees,
+        use=features.use_text_kernel,
+        what="text count",
+        fallback="Python",
+        compile_if_missing=compile_if_missing,
+    )
 
 
 def text_kernel_ensure(cache_dir: Path) -> None:
     """At once if the library is cached, else once a background compile is done (never blocks a request)."""
-    if features.text_kernel_in_use() or text_kernel_install(cache_dir, compile_if_missing=False):
-        return
-    threading.Thread(
-        target=text_kernel_install, args=(cache_dir,), name="scope-text-compile", daemon=True
-    ).start()
+    ensure_kernel(text_kernel_install, features.text_kernel_in_use, cache_dir, "scope-text-compile")

@@ -28,14 +28,17 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from routing.predictor.trees import ForestEvaluator
 
 log = logging.getLogger(__name__)
+_K = TypeVar("_K")
 
 KERNEL_VERSION = 1
 CFLAGS = ("-O2", "-shared", "-fPIC", "-std=c99")  # no -ffast-math: NaN and comparisons must stay IEEE
@@ -226,6 +229,48 @@ def build_library(path: Path, code: str) -> None:
         if done.returncode != 0:
             raise OSError(f"{cc} failed ({done.returncode}): {done.stderr.strip()[:500]}")
         os.replace(built, path)  # atomic: other processes see no library or a whole one
+
+
+def install_kernel(
+    path: Path,
+    source: str,
+    *,
+    load: Callable[[Path], _K],
+    agrees: Callable[[_K], bool],
+    use: Callable[[_K], None],
+    what: str,
+    fallback: str,
+    compile_if_missing: bool = True,
+) -> bool:
+    """Build the library `path` from C `source` once per machine (file lock, atomic rename), load
+    it, and hand it to `use` only if `agrees` (it gave the reference implementation's results);
+    False, with the reason logged, when it cannot serve and `fallback` keeps serving."""
+    try:
+        if not path.exists():
+            if not compile_if_missing:
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with locked(path.with_suffix(".lock")):
+                if not path.exists():
+                    build_library(path, source)
+        kernel = load(path)
+    except (OSError, AttributeError, subprocess.SubprocessError) as exc:
+        log.warning("%s kernel unavailable, %s keeps serving: %s", what, fallback, exc)
+        return False
+    if not agrees(kernel):
+        log.error("%s kernel %s disagrees with %s: not used", what, path.name, fallback)
+        return False
+    use(kernel)
+    return True
+
+
+def ensure_kernel(
+    install: Callable[..., bool], in_use: Callable[[], bool], cache_dir: Path, thread_name: str
+) -> None:
+    """At once if the library is cached, else once a background compile is done (never blocks a request)."""
+    if in_use() or install(cache_dir, compile_if_missing=False):
+        return
+    threading.Thread(target=install, args=(cache_dir,), name=thread_name, daemon=True).start()
 
 
 def _checked(evaluator: ForestEvaluator, path: Path) -> CompiledForest | None:
