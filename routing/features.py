@@ -344,18 +344,30 @@ def text_counts(text: str, lowered: str, *, kernel: Any = _UNSET) -> TextCounts:
     return counts, ngram_ids, ngram_counts
 
 
+def word_ngram_hashes(words: Sequence[str]) -> np.ndarray:
+    """uint32 hashes of the word unigrams, then the bigrams, of the first NGRAM_MAX_WORDS words, not
+    yet reduced to buckets: hashed_ngrams' and the text heads' multiple-choice block's (text.py)."""
+    # crc32 fits in 32 bits, and the low bits of a wrapped product equal those of the exact product
+    # (the bigram hash was defined on uint64), so uint32 arithmetic gives the same buckets
+    arr = np.frombuffer(array("I", map(_word_hashes.__getitem__, words[:NGRAM_MAX_WORDS])), dtype=np.uint32)
+    out = np.empty(max(2 * len(arr) - 1, 0), dtype=np.uint32)
+    out[: len(arr)] = arr
+    np.multiply(arr[:-1], np.uint32(_BIGRAM_MIX), out=out[len(arr) :])
+    out[len(arr) :] ^= arr[1:]
+    return out
+
+
+def text_word_ngram_hashes(text: str) -> np.ndarray:
+    """word_ngram_hashes of `text` as the features read its words (lowered, split, stripped)."""
+    return word_ngram_hashes(_words(text.lower()))
+
+
 def hashed_ngrams(words: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Sorted (bucket ids, counts) of the word unigrams and bigrams; stable across processes."""
     if not words:
         return (), ()
-    # crc32 fits in 32 bits, and the low bits of a wrapped product equal those of the exact product
-    # (the bigram hash was defined on uint64), so uint32 arithmetic gives the same buckets
-    arr = np.frombuffer(array("I", map(_word_hashes.__getitem__, words[:NGRAM_MAX_WORDS])), dtype=np.uint32)
-    n = 2 * len(arr) - 1
-    buckets = np.empty(n, dtype=np.uint32)
-    buckets[: len(arr)] = arr
-    np.multiply(arr[:-1], np.uint32(_BIGRAM_MIX), out=buckets[len(arr) :])
-    buckets[len(arr) :] ^= arr[1:]
+    buckets = word_ngram_hashes(words)
+    n = len(buckets)
     buckets &= np.uint32(NGRAM_BUCKETS - 1)
     # np.unique(buckets, return_counts=True), with fewer calls
     buckets.sort()

@@ -10,7 +10,6 @@ projection itself uses the words only).
 from __future__ import annotations
 
 import re
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.features import CHAR_BUCKETS, NGRAM_MAX_WORDS, RequestFeatures, _word_hashes, _words
+from routing.features import CHAR_BUCKETS, RequestFeatures, text_word_ngram_hashes
 
 
 def _no_ids() -> np.ndarray:
@@ -505,15 +504,6 @@ _OPTION_SALT = np.uint32(0x165667B1)
 OPTION_BUCKETS = 1 << 22
 
 
-def _word_bigrams(text: str) -> np.ndarray:
-    """uint32 hashes of the word unigrams and bigrams of `text` (the word bag's hashing, unmasked)."""
-    words = _words(text.lower())[:NGRAM_MAX_WORDS]
-    h = np.frombuffer(array("I", map(_word_hashes.__getitem__, words)), dtype=np.uint32)
-    if not len(h):
-        return h
-    return np.concatenate([h, h[:-1] * np.uint32(0x9E3779B1) ^ h[1:]])
-
-
 def option_ngrams(text: str) -> tuple[np.ndarray, np.ndarray]:
     """(sorted bucket ids, counts) of a multiple-choice prompt's stem and options, apart.
 
@@ -528,8 +518,8 @@ def option_ngrams(text: str) -> tuple[np.ndarray, np.ndarray]:
     stem, options = text[: marks[0]], _OPTION_LINE.sub(" ", text[marks[0] :]).replace("Answer:", " ")
     b = np.concatenate(
         [
-            (_word_bigrams(stem) * np.uint32(3)) ^ _STEM_SALT,
-            (_word_bigrams(options) * np.uint32(5)) ^ _OPTION_SALT,
+            (text_word_ngram_hashes(stem) * np.uint32(3)) ^ _STEM_SALT,
+            (text_word_ngram_hashes(options) * np.uint32(5)) ^ _OPTION_SALT,
         ]
     ) & np.uint32(OPTION_BUCKETS - 1)
     ids, counts = np.unique(b, return_counts=True)
