@@ -10,7 +10,6 @@ probe texts. Without a C compiler, or if the check fails, the numpy version keep
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from routing import features
-from routing.predictor.compiled import CFLAGS, ensure_kernel, install_kernel
+from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
 
 CHAR_KERNEL_VERSION = 1
 _SYMBOL = "scope_char_ngrams"
@@ -115,13 +114,8 @@ class CharKernel:
         return b.ids[:m].tobytes(), b.counts[:m].tobytes()
 
 
-def kernel_key() -> str:
-    text = f"scope-char/{CHAR_KERNEL_VERSION}/{' '.join(CFLAGS)}\n{CHAR_KERNEL_SOURCE}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def _library(cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"char-kernel-{kernel_key()}.so"
+    return library_path(cache_dir, "char", CHAR_KERNEL_VERSION, CHAR_KERNEL_SOURCE)
 
 
 def _agrees(kernel: Callable[[bytes], tuple[bytes, bytes]]) -> bool:

@@ -18,7 +18,6 @@ probe texts. Without a C compiler, or if the check fails, the Python path keeps 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import threading
 import zlib
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from routing import features
 from routing.feature_words import SIGNAL_OF, SIGNAL_WORDS
-from routing.predictor.compiled import CFLAGS, ensure_kernel, install_kernel
+from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
 
 TEXT_KERNEL_VERSION = 1
 _SYMBOL = "scope_text_counts"
@@ -366,13 +365,8 @@ class TextKernel:
         return tuple(b.out.tolist()), tuple(b.ids[:m].tolist()), tuple(b.counts[:m].tolist())
 
 
-def kernel_key() -> str:
-    text = f"scope-text/{TEXT_KERNEL_VERSION}/{' '.join(CFLAGS)}\n{TEXT_KERNEL_SOURCE}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def _library(cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"text-kernel-{kernel_key()}.so"
+    return library_path(cache_dir, "text", TEXT_KERNEL_VERSION, TEXT_KERNEL_SOURCE)
 
 
 def _agrees(kernel: TextKernel) -> bool:

@@ -138,10 +138,20 @@ class CompiledForest:
         return out
 
 
-def kernel_key() -> str:
-    """The library's name: a hash of the kernel source, the compiler flags and the version."""
-    h = hashlib.sha256(f"scope-forest/{KERNEL_VERSION}/{' '.join(CFLAGS)}\n{KERNEL_SOURCE}".encode())
+def source_key(name: str, version: int, source: str) -> str:
+    """A compiled library's name: a hash of its C source, the compiler flags and its version, so a
+    change to any of them builds a new library beside the old one."""
+    h = hashlib.sha256(f"scope-{name}/{version}/{' '.join(CFLAGS)}\n{source}".encode())
     return h.hexdigest()[:32]
+
+
+def library_path(cache_dir: Path, name: str, version: int, source: str) -> Path:
+    return Path(cache_dir) / f"{name}-kernel-{source_key(name, version, source)}.so"
+
+
+def kernel_key() -> str:
+    """The forest kernel library's name."""
+    return source_key("forest", KERNEL_VERSION, KERNEL_SOURCE)
 
 
 def probe_rows(evaluator: ForestEvaluator, n: int = 256, seed: int = 0) -> np.ndarray:
@@ -181,7 +191,7 @@ def _compiler() -> str | None:
 
 
 def _library(cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"forest-kernel-{kernel_key()}.so"
+    return library_path(cache_dir, "forest", KERNEL_VERSION, KERNEL_SOURCE)
 
 
 def load_cached(evaluator: ForestEvaluator, cache_dir: Path) -> CompiledForest | None:

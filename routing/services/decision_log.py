@@ -82,7 +82,7 @@ def decision_log_write(
     row.hash_format, row.row_hash, canonical, jsonb_values = decision_row_hash_texts(
         {name: getattr(row, name) for name in HASHED_FIELDS}
     )
-    for name, value in jsonb_values.items():  # -0.0 or 1e16 somewhere: the row holds what was hashed
+    for name, value in jsonb_values.items():  # a -0.0 in SCOPE's own numbers: the row holds what was hashed
         setattr(row, name, value)
     # durable: the row is committed before the caller answers the request
     _insert_durably(row, canonical)
