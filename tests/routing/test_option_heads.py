@@ -1,4 +1,4 @@
-"""The multiple-choice block of the text heads (FitParams.head_options, off by default)."""
+"""The multiple-choice block of the text heads (FitParams.head_options, on by default)."""
 
 from __future__ import annotations
 
@@ -25,18 +25,23 @@ def _mc(i: int, topic: str, words: str) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def trained() -> FitResult:
+def _half_multiple_choice(n: int) -> list[TrainingExample]:
+    """n prompts, every other one multiple-choice, scored for every model by its topic skill."""
     rng = np.random.default_rng(0)
     out = []
-    for i, (topic, plain) in enumerate(data.prompts(200, seed=1)):
+    for i, (topic, plain) in enumerate(data.prompts(n, seed=1)):
         text = _mc(i, topic, data.TOPICS[topic]) if i % 2 else plain
         f = extract_prompt_features(text)
         for m in data.SKILLS:
             score = float(rng.random() < data.SKILLS[m][topic])
             out.append(TrainingExample(f"p{i}", f, m, score, output_tokens=data.TOKENS[m], source="t"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained() -> FitResult:
     params = dataclasses.replace(data.FAST, head_options=True, min_option_prompts=50)
-    return fit_predictor(out, data.infos(), seed=0, params=params)
+    return fit_predictor(_half_multiple_choice(200), data.infos(), seed=0, params=params)
 
 
 def test_option_ngrams_split_the_stem_from_the_options_and_ignore_other_texts() -> None:
@@ -78,8 +83,9 @@ def test_the_option_block_is_fitted_served_alike_and_kept_by_the_artifact(traine
 
 
 def test_heads_are_unchanged_without_the_setting() -> None:
-    train, _ = data.examples(120, seed=2)
-    p = fit_predictor(train, data.infos(), seed=0, params=data.FAST).predictor
+    # enough multiple-choice prompts for the block (the fixture fits one on the same data), setting off
+    params = dataclasses.replace(data.FAST, head_options=False, min_option_prompts=50)
+    p = fit_predictor(_half_multiple_choice(200), data.infos(), seed=0, params=params).predictor
     assert not len(p.heads.option_vocab) and not len(p.heads.option_coef)
 
 
