@@ -68,7 +68,7 @@ def child(endpoint: str, requests: int) -> None:
     from routing.services.warmup import warm_process
 
     warm_process()
-    body = chat_body()
+    body = bench_body()
     with override_settings(SCOPE_DECISION_WRITER_SOCKET=os.environ["SCOPE_BENCH_WRITER_SOCKET"]):
         client = Client(HTTP_AUTHORIZATION=f"Bearer {os.environ['SCOPE_BENCH_KEY']}")
         for _ in range(WARM_UP_REQUESTS):
@@ -81,6 +81,14 @@ def child(endpoint: str, requests: int) -> None:
         for _ in range(requests):
             client.post(f"/api/v1/{endpoint}", body, content_type="application/json")
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True, capture_output=True)
+
+
+def bench_body() -> bytes:
+    """The bench's chat body, limited to the candidates --models named (SCOPE_BENCH_MODELS), if any."""
+    models = [m for m in os.environ.get("SCOPE_BENCH_MODELS", "").split(",") if m]
+    if not models:
+        return chat_body()
+    return json.dumps(dict(json.loads(chat_body()), models=models)).encode()
 
 
 def stage_calls(key: str) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def stage_calls(key: str) -> dict[str, Any]:
     from routing.services.route import decision_payload, route_decide
     from scope_site.parsers import JSONParser
 
-    body = chat_body()
+    body = bench_body()
     data = route_input_validate(JSONParser().parse(io.BytesIO(body)))
     one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
     messages, features, predictor = one.messages, one.features, one.predictor
@@ -250,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also count each route stage alone (one request's data, in a loop)",
     )
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated candidates the request is limited to (e.g. the models the predictor "
+        "knows, so the chosen model's explanation runs the trees' contributions); default: all",
+    )
     parser.add_argument("--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -290,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             SCOPE_BENCH_KEY=key,
             SCOPE_BENCH_KEY_NAME=key_name,
             PYTHONHASHSEED="0",
+            SCOPE_BENCH_MODELS=args.models,
             # callgrind runs ~50x slower: the per-process caches' refreshes, every few hundred
             # requests at full speed, would come every few requests and make the count vary
             **{name: "3600" for name in REFRESH_SETTINGS},

@@ -8,6 +8,7 @@ can never disagree. Serving evaluates every booster in one vectorised pass (tree
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,9 @@ class ScopePredictor:
         self._infos: dict[tuple[str, float, float, int, int], ModelInfo] = {}
         self._vectors: dict[ModelInfo, tuple[float, float, float, float]] = {}
         self._plan: ServingPlan | None = None
+        # per thread, the last request's design rows: the decision's explanation then reads the
+        # chosen model's row instead of building it again (contributions)
+        self._recent = threading.local()
 
     @property
     def plan(self) -> ServingPlan:
@@ -278,6 +282,7 @@ class ScopePredictor:
         if not len(layout.positions):
             return result
         x = plan.rows(features, layout)
+        self._recent.rows = (features, layout, x)
         out = self.evaluator.predict(x)
         q_all = out[:, self._quality]
         # numpy's mean and std, spelled out (the same sum, divisions and square root, fewer calls)
@@ -321,21 +326,40 @@ class ScopePredictor:
         self, features: RequestFeatures, model: ModelSpec, top: int = 5
     ) -> list[dict[str, Any]]:
         """Top Saabas (XGBoost approx pred_contribs) contributions to the model's quality logit."""
-        layout = self.plan.layout([model])
-        if not len(layout.positions) or not self._quality:
+        if not self._quality:
             return []
-        x = self.plan.rows(features, layout)
-        contrib = self.evaluator.contributions(x[0], self._quality[0])
+        row = self._recent_row(features, model)
+        if row is None:
+            layout = self.plan.layout([model])
+            if not len(layout.positions):
+                return []
+            row = self.plan.rows(features, layout)[0]
+        contrib = self.evaluator.contributions(row, self._quality[0])
         order = np.argsort(-np.abs(contrib[:-1]))[:top]
         return [
             {
                 "feature": self.names[i],
-                "value": _jsonable(x[0, i]),
+                "value": _jsonable(row[i]),
                 "contribution": round(float(contrib[i]), 5),
             }
             for i in order
             if contrib[i] != 0.0
         ]
+
+    def _recent_row(self, features: RequestFeatures, model: ModelSpec) -> np.ndarray | None:
+        """`model`'s design row from this thread's last `predict`, if that was for `features` (the
+        same object) and listed `model` (the same object) among its known candidates; else None.
+
+        A row does not depend on the other candidates, so it equals the row built for `model` alone.
+        """
+        recent = getattr(self._recent, "rows", None)
+        if recent is None or recent[0] is not features:
+            return None
+        layout, x = recent[1], recent[2]
+        for j, spec in enumerate(layout.specs):
+            if spec is model:
+                return x[sum(layout.known[:j])] if layout.known[j] else None
+        return None
 
 
 def _jsonable(v: float) -> float | None:

@@ -271,18 +271,25 @@ class ForestEvaluator:
         """Saabas contributions of one row for one booster: [n_features + 1], last = bias (margin space)."""
         e = self.ensembles[booster]
         x = np.asarray(x_row, dtype=np.float32).ravel()
-        out = np.zeros(self.n_features + 1, dtype=np.float64)
-        out[-1] = e.base_margin + float(e.node_means[:, 0].sum())
         trees = np.arange(e.n_trees)
         node = np.zeros(e.n_trees, dtype=np.int64)
+        feats, deltas = [], []
         for _ in range(e.depth):
             feat = e.features[trees, node]
             value = x[feat]
             go_left = (value < e.thresholds[trees, node]) | (np.isnan(value) & e.default_left[trees, node])
             child = 2 * node + 2 - go_left
-            delta = e.node_means[trees, child] - e.node_means[trees, node]
-            np.add.at(out, feat, delta)
+            feats.append(feat)
+            deltas.append(e.node_means[trees, child] - e.node_means[trees, node])
             node = child
+        # one bincount over the path steps in level order: each feature's sum is added in the
+        # order np.add.at level by level would add it (tested equal), at a fraction of its cost
+        out = np.bincount(
+            np.concatenate(feats),
+            weights=np.concatenate(deltas).astype(np.float64),
+            minlength=self.n_features + 1,
+        )
+        out[-1] = e.base_margin + float(e.node_means[:, 0].sum())
         return out
 
 

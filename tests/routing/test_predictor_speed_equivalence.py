@@ -124,6 +124,69 @@ def test_contributions_equal_xgboost_approximate_contributions(predictor: ScopeP
     assert predictor.contributions(_requests()[0], _spec("brand-new")) == []
 
 
+def _saabas_level_by_level(evaluator: ForestEvaluator, x: np.ndarray, booster: int) -> np.ndarray:
+    """The Saabas walk adding each level's steps with np.add.at (contributions() before bincount)."""
+    e = evaluator.ensembles[booster]
+    out = np.zeros(evaluator.n_features + 1, dtype=np.float64)
+    out[-1] = e.base_margin + float(e.node_means[:, 0].sum())
+    trees, node = np.arange(e.n_trees), np.zeros(e.n_trees, dtype=np.int64)
+    for _ in range(e.depth):
+        feat = e.features[trees, node]
+        value = x[feat]
+        go_left = (value < e.thresholds[trees, node]) | (np.isnan(value) & e.default_left[trees, node])
+        child = 2 * node + 2 - go_left
+        np.add.at(out, feat, e.node_means[trees, child] - e.node_means[trees, node])
+        node = child
+    return out
+
+
+def test_contributions_sum_each_feature_in_the_level_by_level_order(predictor: ScopePredictor) -> None:
+    specs = _candidates()
+    for features in _requests():
+        rows = predictor.plan.rows(features, predictor.plan.layout(specs))
+        for row in rows:
+            for booster in (0, 1, 6):
+                np.testing.assert_array_equal(
+                    predictor.evaluator.contributions(row, booster),
+                    _saabas_level_by_level(predictor.evaluator, row, booster),
+                )
+
+
+def test_contributions_read_the_last_predicted_row_only_for_the_same_request_and_model(
+    predictor: ScopePredictor,
+) -> None:
+    specs = _candidates()
+    requests = _requests()
+    fresh = ScopePredictor(
+        predictor.version,
+        predictor.projection,
+        predictor.anchors,
+        predictor.heads,
+        predictor.evaluator,
+        predictor.roles,
+        predictor.boosters,
+        predictor.metadata,
+    )
+    for features, other in zip(requests, requests[1:], strict=False):
+        predictor.predict(features, specs)
+        for spec in specs:
+            row = predictor._recent_row(features, spec)
+            alone = predictor.plan.layout([spec])
+            if not len(alone.positions):
+                assert row is None
+                continue
+            assert row is not None
+            np.testing.assert_array_equal(row, predictor.plan.rows(features, alone)[0])
+            # nothing predicted by `fresh`: it builds the row itself
+            assert predictor.contributions(features, spec, top=8) == fresh.contributions(
+                features, spec, top=8
+            )
+            # another request, or an equal spec that is not the listed object: not the stored row
+            assert predictor._recent_row(other, spec) is None
+            assert predictor._recent_row(features, replace(spec)) is None
+            assert predictor.contributions(other, spec, top=8) == fresh.contributions(other, spec, top=8)
+
+
 def test_candidate_lists_are_memoised_by_identity_and_rebuilt_for_new_objects(
     predictor: ScopePredictor,
 ) -> None:
