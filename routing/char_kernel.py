@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,9 @@ import numpy as np
 from routing import features
 from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
 
-CHAR_KERNEL_VERSION = 1
+CHAR_KERNEL_VERSION = 2
 _SYMBOL = "scope_char_ngrams"
+_ASCII_SYMBOL = "scope_char_ngrams_ascii"
 CHAR_KERNEL_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
@@ -66,6 +66,32 @@ long scope_char_ngrams(const uint32_t *cp, long n, uint32_t *h, uint16_t *keys, 
     }
     return total;
 }
+
+/* The same for lowered ASCII text as it comes, prepared here as char_ngrams prepares it: words
+   split at str.split()'s ASCII whitespace (space, \t \n \v \f \r and \x1c-\x1f) joined by one
+   space, cut at max_chars, digits 1-9 read as 0. cp: room for max_chars code points. */
+long scope_char_ngrams_ascii(const unsigned char *s, long len, long max_chars, uint32_t *cp,
+                             uint32_t *h, uint16_t *keys, uint16_t *tmp, uint32_t *ids,
+                             uint16_t *counts)
+{
+    long n = 0;
+    int gap = 0;
+    for (long i = 0; i < len && n < max_chars; ++i) {
+        const unsigned char c = s[i];
+        if (c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31)) {
+            gap = n > 0;
+            continue;
+        }
+        if (gap) {
+            cp[n++] = ' ';
+            gap = 0;
+            if (n == max_chars) break;
+        }
+        cp[n++] = (c >= '1' && c <= '9') ? '0' : c;
+    }
+    if (n < 2) return 0;
+    return scope_char_ngrams(cp, n, h, keys, tmp, ids, counts);
+}
 """
 _P, _L = ctypes.c_void_p, ctypes.c_long
 PROBE_TEXTS = (
@@ -76,6 +102,12 @@ PROBE_TEXTS = (
     "naïve café — 東京 🙂 résumé\tTABS\nand  spaces " * 20,
     "x" * 5000,
     "".join(chr(c) for c in range(32, 4000, 7)),
+    # ASCII, prepared in C: every whitespace str.split() knows, at the ends too, digits, the cut
+    " \t\x0b\x0clead 1234567890\r\n\x1c\x1d\x1e\x1f  mid\x1fword\x0b  end \n\x0c",
+    "\x00\x01\x7f\x1b 9 8a\x08b",
+    ("word  \t" * 700) + "tail",
+    "ab " * 1365 + "cd",
+    "".join(chr(c) for c in range(128)) * 3,
 )
 
 
@@ -89,8 +121,10 @@ class _Buffers(threading.local):
         self.tmp = np.empty(size, dtype=np.uint16)
         self.ids = np.empty(3 * size, dtype="<u4")
         self.counts = np.empty(3 * size, dtype="<u2")
+        self.cp = np.empty(size, dtype=np.uint32)  # the ASCII entry's prepared code points
         # raw addresses once: `array.ctypes.data` costs microseconds on every access
         self.addresses = tuple(a.ctypes.data for a in (self.h, self.keys, self.tmp, self.ids, self.counts))
+        self.ascii_addresses = (self.cp.ctypes.data, *self.addresses)
 
 
 class CharKernel:
@@ -103,6 +137,10 @@ class CharKernel:
         fn.argtypes = (ctypes.c_char_p, _L, _P, _P, _P, _P, _P)  # bytes pass without a copy
         fn.restype = _L
         self._fn = fn
+        ascii_fn = getattr(self._lib, _ASCII_SYMBOL)
+        ascii_fn.argtypes = (ctypes.c_char_p, _L, _L, _P, _P, _P, _P, _P, _P)
+        ascii_fn.restype = _L
+        self._ascii_fn = ascii_fn
         self._buffers = _Buffers(size)
 
     def __call__(self, data: bytes) -> tuple[bytes, bytes]:
@@ -113,13 +151,19 @@ class CharKernel:
         m = self._fn(data, n, *b.addresses)
         return b.ids[:m].tobytes(), b.counts[:m].tobytes()
 
+    def ascii(self, lowered: bytes) -> tuple[bytes, bytes]:
+        """Of lowered ASCII text as it comes: the kernel splits, joins, cuts and maps the digits."""
+        b = self._buffers
+        m = self._ascii_fn(lowered, len(lowered), b.size, *b.ascii_addresses)
+        return b.ids[:m].tobytes(), b.counts[:m].tobytes()
+
 
 def _library(cache_dir: Path) -> Path:
     return library_path(cache_dir, "char", CHAR_KERNEL_VERSION, CHAR_KERNEL_SOURCE)
 
 
-def _agrees(kernel: Callable[[bytes], tuple[bytes, bytes]]) -> bool:
-    """Byte-identical to the numpy version on the probe texts (as features.char_ngrams prepares them)."""
+def _agrees(kernel: features.CompiledCharNgrams) -> bool:
+    """Byte-identical to the numpy version on the probe texts (ASCII ones through the ASCII entry)."""
     for text in PROBE_TEXTS:
         if features.char_ngrams(text.lower(), kernel=kernel) != features.char_ngrams(
             text.lower(), kernel=None

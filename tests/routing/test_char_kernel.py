@@ -38,6 +38,25 @@ def test_the_kernel_is_byte_identical_to_numpy(tmp_path: Path, clean_kernel: Non
         assert char_ngrams(lowered, kernel=kernel) == char_ngrams(lowered, kernel=None), repr(text[:40])
 
 
+def test_the_ascii_entry_prepares_the_text_as_python_does(tmp_path: Path, clean_kernel: None) -> None:
+    """Lowered ASCII text goes to the kernel as it comes: the split at every whitespace str.split()
+    knows, the join, the cut at CHAR_MAX_CHARS and the digits are the kernel's work."""
+    assert char_kernel_install(tmp_path)
+    kernel = CharKernel(_library(tmp_path))
+    rng = random.Random(11)
+    alphabet = "ab c0123456789 \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x00\x7f.,;" + "".join(map(chr, range(128)))
+    ascii_texts = ["", " ", "a", " a ", "ab", "\x1fab\x1c", "a b", "12", " " * 9000 + "xy"]
+    ascii_texts += [
+        "".join(rng.choice(alphabet) for _ in range(rng.choice((3, 40, 900, 5000, 9000)))) for _ in range(200)
+    ]
+    # the cut falls on a space, just after one and just before one
+    ascii_texts += ["a" * 4095 + " b", "a" * 4094 + "  b", "a" * 4096 + " b", "ab " * 2000]
+    for text in ascii_texts:
+        lowered = text.lower()
+        assert lowered.isascii()
+        assert char_ngrams(lowered, kernel=kernel) == char_ngrams(lowered, kernel=None), repr(text[:40])
+
+
 def test_installed_it_serves_extract_features_and_is_reused_from_the_cache(
     tmp_path: Path, clean_kernel: None
 ) -> None:
