@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,8 +407,9 @@ def count_decisions(database_url: str, key_name: str) -> int:
     return int(result.stdout.strip())
 
 
-def chat_body(target_bytes: int = 2200) -> bytes:
-    """A realistic multi-turn chat request of about `target_bytes` of JSON (the issue's 2.2 KB)."""
+def chat_body(target_bytes: int = 2200, *, models: Sequence[str] = ()) -> bytes:
+    """A realistic multi-turn chat request of about `target_bytes` of JSON (the issue's 2.2 KB),
+    limited to the candidate `models` if any are given."""
     system = (
         "You are a senior engineer at an invoicing company. Answer precisely, show the corrected code, "
         "and explain the cost of each step."
@@ -428,6 +429,8 @@ def chat_body(target_bytes: int = 2200) -> bytes:
         {"role": "user", "content": follow},
     ]
     body: dict[str, Any] = {"messages": messages, "user": "bench-user", "metadata": {"team": "billing"}}
+    if models:
+        body["models"] = list(models)
     filler = " Context: the invoices are in EUR and USD; amounts have two decimals; lines may repeat."
     while len(json.dumps(body).encode()) < target_bytes:
         messages[3]["content"] += filler

@@ -85,10 +85,7 @@ def child(endpoint: str, requests: int) -> None:
 
 def bench_body() -> bytes:
     """The bench's chat body, limited to the candidates --models named (SCOPE_BENCH_MODELS), if any."""
-    models = [m for m in os.environ.get("SCOPE_BENCH_MODELS", "").split(",") if m]
-    if not models:
-        return chat_body()
-    return json.dumps(dict(json.loads(chat_body()), models=models)).encode()
+    return chat_body(models=[m for m in os.environ.get("SCOPE_BENCH_MODELS", "").split(",") if m])
 
 
 def stage_calls(key: str) -> dict[str, Any]:

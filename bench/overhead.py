@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="route with the tier prior (default: import routellm-gsm8k and route with a trained predictor)",
     )
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated candidates each route request is limited to (e.g. the models the "
+        "predictor knows, so the chosen model's explanation runs the trees' contributions); default: all",
+    )
     args = parser.parse_args(argv)
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prior:
         version = activate_trained_predictor(env)
         say(f"active predictor: {version or 'none (no data set found: the tier prior routes)'}")
-    body = chat_body()
+    body = chat_body(models=[m for m in args.models.split(",") if m])
     if args.in_process_only:
         in_process_figures(env, body=body, key=key)
         return 0
