@@ -16,25 +16,24 @@ from django.db.models import Field
 
 from routing.models import DecisionLog
 
-Encoder = Callable[[Any], str]
+Encoder = Callable[[Any], bytes]
 
 
-def _escape(text: str) -> str:
-    # COPY text format: backslash, newline, carriage return and tab are the only specials
-    if "\\" in text:
-        text = text.replace("\\", "\\\\")
-    if "\n" in text:
-        text = text.replace("\n", "\\n")
-    if "\r" in text:
-        text = text.replace("\r", "\\r")
-    if "\t" in text:
-        text = text.replace("\t", "\\t")
-    return text
+def _escape(text: bytes) -> bytes:
+    # COPY text format: backslash, newline, carriage return and tab are the only specials (a
+    # bytes.replace that finds nothing returns its input without copying it)
+    return text.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+
+
+def _escape_json(text: bytes) -> bytes:
+    # compact JSON holds no raw newline, carriage return or tab (inside strings JSON escapes them,
+    # and these encoders put no whitespace between tokens): only its backslashes need escaping
+    return text.replace(b"\\", b"\\\\")
 
 
 def _json_encoder(field: Field[Any, Any]) -> Encoder:
     cls = getattr(field, "encoder", None)
-    return lambda value: _escape(json.dumps(value, cls=cls))
+    return lambda value: _escape_json(json.dumps(value, cls=cls).encode())
 
 
 def _encoder(field: Field[Any, Any]) -> Encoder:
@@ -42,11 +41,11 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
     if kind == "JSONField":
         return _json_encoder(field)
     if kind == "BooleanField":
-        return lambda value: "t" if value else "f"
+        return lambda value: b"t" if value else b"f"
     if kind == "FloatField":
-        return lambda value: repr(float(value))
+        return lambda value: repr(float(value)).encode()
     if kind == "DateTimeField":
-        return lambda value: value.isoformat()
+        return lambda value: value.isoformat().encode()
     if kind in {
         "UUIDField",
         "PositiveIntegerField",
@@ -55,8 +54,8 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
         "BigIntegerField",
         "BigAutoField",
     }:
-        return str
-    return lambda value: _escape(str(value))  # text, varchar, and the text key of ApiKey
+        return lambda value: str(value).encode()
+    return lambda value: _escape(str(value).encode())  # text, varchar, and the text key of ApiKey
 
 
 @lru_cache(maxsize=1)
@@ -76,20 +75,31 @@ def decision_copy_column_count() -> int:
     return len(_columns())
 
 
-def decision_copy_line(row: DecisionLog, json_texts: Mapping[str, str] | None = None) -> bytes:
-    """The row as one COPY text line ending in a newline.
+def decision_copy_line(row: DecisionLog, json_utf8: Mapping[str, bytes] | None = None) -> bytes:
+    """The row as one COPY text line ending in a newline (see decision_copy_values_line)."""
+    return decision_copy_values_line(
+        {attname: getattr(row, attname) for attname, _, _ in _columns()}, json_utf8
+    )
 
-    `json_texts` may give a JSON column's text already encoded (routing.audit.canonical_text, the
-    text its row hash covers); other columns are encoded here.
+
+def decision_copy_values_line(
+    values: Mapping[str, Any], json_utf8: Mapping[str, bytes] | None = None
+) -> bytes:
+    """A row given as its column values (by attname, as a DecisionLog holds them) as one COPY text
+    line ending in a newline.
+
+    `json_utf8` may give a JSON column's text already encoded (routing.audit's canonical JSON, the
+    text its row hash covers, UTF-8); other columns are encoded here. The line is built as bytes:
+    one non-ASCII character anywhere made encoding a joined str cost more than building it.
     """
-    texts = json_texts or {}
+    texts = json_utf8 or {}
     cells = []
     for attname, encode, is_json in _columns():
-        value = getattr(row, attname)
+        value = values[attname]
         if value is None:
-            cells.append("\\N")
+            cells.append(b"\\N")
         elif is_json and attname in texts:
-            cells.append(_escape(texts[attname]))
+            cells.append(_escape_json(texts[attname]))
         else:
             cells.append(encode(value))
-    return ("\t".join(cells) + "\n").encode()
+    return b"\t".join(cells) + b"\n"

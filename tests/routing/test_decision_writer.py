@@ -206,6 +206,53 @@ def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> Non
     assert a.alpha is None and a.policy_version is None and a.cache_hit is False
 
 
+@pytest.mark.parametrize("with_key", [True, False], ids=["api key", "no api key"])
+def test_a_logged_row_is_the_instance_and_the_stored_row_the_orm_would_make(
+    via_writer: DecisionWriter, with_key: bool
+) -> None:
+    """decision_log_write builds its row from one dict of values instead of DecisionLog(...), and
+    stores it through a COPY line built from the same dict: the instance it returns must be the
+    one the constructor makes, and the row the writer commits the one the ORM's INSERT stores."""
+    from django.db.models.signals import post_init, pre_init
+
+    from providers.circuit import with_circuit_health
+    from routing.selectors import model_specs
+    from routing.services.decision_log import time_ordered_uuid
+    from routing.services.route import route_decide
+
+    make_catalog()
+    make_policy("default")
+    api_key = make_api_key("same-row")[0] if with_key else None
+    metadata = {"team": TRICKY, "n": [1, 2.5, None, True], "small": 1e-05, "nested": {"b": {}, "a": []}}
+    row = route_decide(
+        messages=USER_MESSAGE(f"{TRICKY} and a long tail " * 40),
+        api_key=api_key,
+        user=TRICKY,
+        metadata=metadata,
+        catalog=with_circuit_health(model_specs()),
+    ).row
+    assert via_writer.stats.rows == 1
+    # the instance: what DecisionLog(...) builds from the same values, its state included
+    assert not pre_init.has_listeners(DecisionLog) and not post_init.has_listeners(DecisionLog)
+    values = {field.attname: row.__dict__[field.attname] for field in DecisionLog._meta.concrete_fields}
+    assert set(vars(row)) == {"_state", *values}
+    built = DecisionLog(api_key=api_key, **{k: v for k, v in values.items() if k != "api_key_id"})
+    assert {k: v for k, v in vars(row).items() if k != "_state"} == {
+        k: v for k, v in vars(built).items() if k != "_state"
+    }
+    assert vars(row._state) == vars(built._state)
+    assert (row._state.adding, row._state.db) == (True, "default" if with_key else None)
+    # the stored row: every column as the ORM's INSERT of the same values stores it
+    built.id = time_ordered_uuid()
+    built.save(force_insert=True)
+    stored, saved = DecisionLog.objects.get(id=row.id), DecisionLog.objects.get(id=built.id)
+    for name in values:
+        if name != "id":
+            assert (name, getattr(stored, name)) == (name, getattr(saved, name))
+    assert stored.metadata == metadata and stored.prompt == row.prompt and stored.user == TRICKY
+    assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}, 2) == row.row_hash
+
+
 @pytest.mark.parametrize(
     ("metadata", "expected_format"),
     [
