@@ -7,10 +7,14 @@ paths store identical values; the writer only concatenates lines and never parse
 from __future__ import annotations
 
 import json
+import math
+import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from django.db import connection
 from django.db.models import Field
 
@@ -19,10 +23,17 @@ from routing.models import DecisionLog
 Encoder = Callable[[Any], bytes]
 
 
-def _escape(text: bytes) -> bytes:
-    # COPY text format: backslash, newline, carriage return and tab are the only specials (a
-    # bytes.replace that finds nothing returns its input without copying it)
-    return text.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+def _escape(text: str) -> str:
+    # COPY text format: backslash, newline, carriage return and tab are the only specials
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\n" in text:
+        text = text.replace("\n", "\\n")
+    if "\r" in text:
+        text = text.replace("\r", "\\r")
+    if "\t" in text:
+        text = text.replace("\t", "\\t")
+    return text
 
 
 def _escape_json(text: bytes) -> bytes:
@@ -36,6 +47,28 @@ def _json_encoder(field: Field[Any, Any]) -> Encoder:
     return lambda value: _escape_json(json.dumps(value, cls=cls).encode())
 
 
+# orjson writes a UUID as str() does, a UTC datetime as isoformat() does and a finite float as the
+# shortest text that reads back as it (as repr, with other exponents: 1e-7 for 1e-07), in under half
+# the instructions of those formatters (isoformat 20k → 8k, str of a UUID 13k → 7k, three floats'
+# repr 22k → 9k); anything else takes them
+
+
+def _uuid(value: Any) -> bytes:
+    return orjson.dumps(value)[1:-1] if type(value) is uuid.UUID else str(value).encode()
+
+
+def _time(value: Any) -> bytes:
+    if type(value) is datetime and value.tzinfo is UTC:
+        return orjson.dumps(value)[1:-1]
+    return value.isoformat().encode()  # type: ignore[no-any-return]
+
+
+def _float(value: Any) -> bytes:
+    if type(value) is float and math.isfinite(value):
+        return orjson.dumps(value)
+    return repr(float(value)).encode()  # nan, inf (which orjson writes as null) and float subclasses
+
+
 def _encoder(field: Field[Any, Any]) -> Encoder:
     kind = field.get_internal_type()
     if kind == "JSONField":
@@ -43,19 +76,20 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
     if kind == "BooleanField":
         return lambda value: b"t" if value else b"f"
     if kind == "FloatField":
-        return lambda value: repr(float(value)).encode()
+        return _float
     if kind == "DateTimeField":
-        return lambda value: value.isoformat().encode()
+        return _time
+    if kind == "UUIDField":
+        return _uuid
     if kind in {
-        "UUIDField",
         "PositiveIntegerField",
         "SmallIntegerField",
         "IntegerField",
         "BigIntegerField",
         "BigAutoField",
     }:
-        return lambda value: str(value).encode()
-    return lambda value: _escape(str(value).encode())  # text, varchar, and the text key of ApiKey
+        return lambda value: b"%d" % value
+    return lambda value: _escape(str(value)).encode()  # text, varchar, and the text key of ApiKey
 
 
 @lru_cache(maxsize=1)
