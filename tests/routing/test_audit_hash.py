@@ -8,7 +8,7 @@ import io
 import json
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,14 @@ def test_a_known_row_still_hashes_to_its_recorded_hash() -> None:
     assert decision_row_hash(fields, HASH_FORMAT_JSON) == GOLDEN_ROW_HASH
     assert decision_row_hash(fields, HASH_FORMAT_ORJSON) == GOLDEN_ROW_HASH_ORJSON
     assert decision_row_hash_texts(fields)[:2] == (HASH_FORMAT_ORJSON, GOLDEN_ROW_HASH_ORJSON)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)), st.datetimes())
+def test_a_datetime_is_hashed_as_its_str_in_format_2(utc: datetime, naive: datetime) -> None:
+    # a UTC datetime's text comes from orjson's RFC 3339 writer instead of str(): it must stay str's
+    for value in (utc, naive, utc.astimezone(timezone(timedelta(hours=-3, seconds=7)))):
+        assert canonical_orjson(value) == canonical_orjson([value])[1:-1] == json.dumps(str(value)).encode()
 
 
 def jsonb_float_value(value: float) -> float | int:
