@@ -106,7 +106,7 @@ _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 def _orjson_default(value: Any) -> Any:
     if type(value) is datetime and value.tzinfo is UTC:  # a row's created_at
         # str(value) from orjson's RFC 3339 text, which for UTC is isoformat's (a test compares them):
-        # canonical_orjson of a created_at took 25k instructions with str(), 10k with this
+        # canonical_orjson of a created_at measured 25k instructions in a loop with str(), 10k with this
         return orjson.dumps(value)[1:-1].decode().replace("T", " ", 1)
     if isinstance(value, float):  # numpy.float64 and other float subclasses: the number itself
         return float(value)
