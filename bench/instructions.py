@@ -90,20 +90,24 @@ def bench_body() -> bytes:
 
 def stage_calls(key: str) -> dict[str, Any]:
     """The route path's stages as calls on one request's data (the bench's 2.2 KB chat body)."""
+    import hashlib
     import io
 
     import orjson
+    from django.utils import timezone
 
     from providers.circuit import with_circuit_health
     from routing.audit import HASHED_FIELDS, decision_row_hash_texts
     from routing.capabilities import request_capabilities
     from routing.features import extract_features, text_char_ngrams, text_ngrams
-    from routing.models import ApiKey
+    from routing.models import ApiKey, DecisionLog
     from routing.predictor.model import ScopePredictor
     from routing.route_input import route_input_validate
     from routing.selectors import model_specs
-    from routing.services.decision_copy import decision_copy_line
+    from routing.services.decision_copy import decision_copy_values_line
+    from routing.services.decision_log import _decision_row, _writer_client, time_ordered_uuid
     from routing.services.route import decision_payload, route_decide
+    from routing.storable import storable_utf8, unstorable_path
     from scope_site.parsers import JSONParser
 
     body = bench_body()
@@ -111,7 +115,17 @@ def stage_calls(key: str) -> dict[str, Any]:
     one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
     messages, features, predictor = one.messages, one.features, one.predictor
     row = one.write()
-    canonical = decision_row_hash_texts({name: getattr(row, name) for name in HASHED_FIELDS}).json_texts
+    values = {field.attname: getattr(row, field.attname) for field in DecisionLog._meta.concrete_fields}
+    canonical = decision_row_hash_texts(values).json_utf8
+    line = decision_copy_values_line(values, canonical)
+    # the writer round trip sends rows with ids of their own: a repeated id would make the writer
+    # retry its batch row by row
+    lines = iter(
+        [line.replace(str(row.id).encode(), str(time_ordered_uuid()).encode(), 1) for _ in range(5000)]
+    )
+    writer = _writer_client()
+    candidates = one.decision.candidates
+    prompt_utf8 = features.text.encode()
     calls: dict[str, Any] = {
         "route_decide (features … log write)": lambda: route_decide(
             messages=messages,
@@ -146,7 +160,22 @@ def stage_calls(key: str) -> dict[str, Any]:
             "  canonical JSON + hash": lambda: decision_row_hash_texts(
                 {name: getattr(row, name) for name in HASHED_FIELDS}
             ),
-            "  COPY line": lambda: decision_copy_line(row, canonical),
+            "  COPY line": lambda: decision_copy_values_line(values, canonical),
+            "  storability checks (prompt encoded)": lambda: (
+                storable_utf8(features.text),
+                unstorable_path(one.metadata, "metadata") or unstorable_path("bench-breakdown", "user"),
+            ),
+            "  row instance": lambda: _decision_row(values, one.api_key),
+            "  features and candidates as dicts": lambda: (
+                features.as_dict(ngrams=False),
+                [c.as_dict() for c in candidates],
+            ),
+            "  prompt sha256, id, clock": lambda: (
+                hashlib.sha256(prompt_utf8).hexdigest(),
+                time_ordered_uuid(),
+                timezone.now(),
+            ),
+            "  writer round trip": lambda: writer is not None and writer.commit(next(lines)),
             "parse + validate the body": lambda: route_input_validate(JSONParser().parse(io.BytesIO(body))),
             "answer payload + JSON": lambda: orjson.dumps(decision_payload(row)),
         }

@@ -32,10 +32,15 @@ def unstorable_path(value: Any, path: str) -> str:
 
 def unstorable_text(text: str) -> bool:
     """Whether PostgreSQL (NUL) or UTF-8 (a lone surrogate) could not store `text`."""
+    return storable_utf8(text) is None
+
+
+def storable_utf8(text: str) -> bytes | None:
+    """`text` encoded as UTF-8, or None where PostgreSQL (NUL) or UTF-8 (a lone surrogate) could not
+    store it: one encoding serves the check and whoever needs the bytes (the prompt's hash)."""
     if "\x00" in text:
-        return True
+        return None
     try:
-        text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        return True
-    return False
+        return None

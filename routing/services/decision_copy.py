@@ -7,16 +7,20 @@ paths store identical values; the writer only concatenates lines and never parse
 from __future__ import annotations
 
 import json
+import math
+import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from django.db import connection
 from django.db.models import Field
 
 from routing.models import DecisionLog
 
-Encoder = Callable[[Any], str]
+Encoder = Callable[[Any], bytes]
 
 
 def _escape(text: str) -> str:
@@ -32,9 +36,37 @@ def _escape(text: str) -> str:
     return text
 
 
+def _escape_json(text: bytes) -> bytes:
+    # compact JSON holds no raw newline, carriage return or tab (inside strings JSON escapes them,
+    # and these encoders put no whitespace between tokens): only its backslashes need escaping
+    return text.replace(b"\\", b"\\\\")
+
+
 def _json_encoder(field: Field[Any, Any]) -> Encoder:
     cls = getattr(field, "encoder", None)
-    return lambda value: _escape(json.dumps(value, cls=cls))
+    return lambda value: _escape_json(json.dumps(value, cls=cls).encode())
+
+
+# orjson writes a UUID as str() does, a UTC datetime as isoformat() does and a finite float as the
+# shortest text that reads back as it (as repr, with other exponents: 1e-7 for 1e-07), in under half
+# the instructions of those formatters (in a loop: isoformat 20k → 8k, str of a UUID 13k → 7k,
+# three floats' repr 22k → 9k); anything else takes them
+
+
+def _uuid(value: Any) -> bytes:
+    return orjson.dumps(value)[1:-1] if type(value) is uuid.UUID else str(value).encode()
+
+
+def _time(value: Any) -> bytes:
+    if type(value) is datetime and value.tzinfo is UTC:
+        return orjson.dumps(value)[1:-1]
+    return value.isoformat().encode()  # type: ignore[no-any-return]
+
+
+def _float(value: Any) -> bytes:
+    if type(value) is float and math.isfinite(value):
+        return orjson.dumps(value)
+    return repr(float(value)).encode()  # nan, inf (which orjson writes as null) and float subclasses
 
 
 def _encoder(field: Field[Any, Any]) -> Encoder:
@@ -42,21 +74,22 @@ def _encoder(field: Field[Any, Any]) -> Encoder:
     if kind == "JSONField":
         return _json_encoder(field)
     if kind == "BooleanField":
-        return lambda value: "t" if value else "f"
+        return lambda value: b"t" if value else b"f"
     if kind == "FloatField":
-        return lambda value: repr(float(value))
+        return _float
     if kind == "DateTimeField":
-        return lambda value: value.isoformat()
+        return _time
+    if kind == "UUIDField":
+        return _uuid
     if kind in {
-        "UUIDField",
         "PositiveIntegerField",
         "SmallIntegerField",
         "IntegerField",
         "BigIntegerField",
         "BigAutoField",
     }:
-        return str
-    return lambda value: _escape(str(value))  # text, varchar, and the text key of ApiKey
+        return lambda value: b"%d" % value
+    return lambda value: _escape(str(value)).encode()  # text, varchar, and the text key of ApiKey
 
 
 @lru_cache(maxsize=1)
@@ -76,20 +109,31 @@ def decision_copy_column_count() -> int:
     return len(_columns())
 
 
-def decision_copy_line(row: DecisionLog, json_texts: Mapping[str, str] | None = None) -> bytes:
-    """The row as one COPY text line ending in a newline.
+def decision_copy_line(row: DecisionLog, json_utf8: Mapping[str, bytes] | None = None) -> bytes:
+    """The row as one COPY text line ending in a newline (see decision_copy_values_line)."""
+    return decision_copy_values_line(
+        {attname: getattr(row, attname) for attname, _, _ in _columns()}, json_utf8
+    )
 
-    `json_texts` may give a JSON column's text already encoded (routing.audit.canonical_text, the
-    text its row hash covers); other columns are encoded here.
+
+def decision_copy_values_line(
+    values: Mapping[str, Any], json_utf8: Mapping[str, bytes] | None = None
+) -> bytes:
+    """A row given as its column values (by attname, as a DecisionLog holds them) as one COPY text
+    line ending in a newline.
+
+    `json_utf8` may give a JSON column's text already encoded (routing.audit's canonical JSON, the
+    text its row hash covers, UTF-8); other columns are encoded here. The line is built as bytes:
+    one non-ASCII character anywhere made encoding a joined str cost more than building it.
     """
-    texts = json_texts or {}
+    texts = json_utf8 or {}
     cells = []
     for attname, encode, is_json in _columns():
-        value = getattr(row, attname)
+        value = values[attname]
         if value is None:
-            cells.append("\\N")
+            cells.append(b"\\N")
         elif is_json and attname in texts:
-            cells.append(_escape(texts[attname]))
+            cells.append(_escape_json(texts[attname]))
         else:
             cells.append(encode(value))
-    return ("\t".join(cells) + "\n").encode()
+    return b"\t".join(cells) + b"\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -12,13 +13,19 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.db import connections
 from django.test import Client
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from psycopg import errors as psycopg_errors
 
 from routing.audit import HASHED_FIELDS, decision_row_hash, decision_row_hash_texts
@@ -206,6 +213,53 @@ def test_the_copy_line_stores_what_the_orm_stores(writer: DecisionWriter) -> Non
     assert a.alpha is None and a.policy_version is None and a.cache_hit is False
 
 
+@pytest.mark.parametrize("with_key", [True, False], ids=["api key", "no api key"])
+def test_a_logged_row_is_the_instance_and_the_stored_row_the_orm_would_make(
+    via_writer: DecisionWriter, with_key: bool
+) -> None:
+    """decision_log_write builds its row from one dict of values instead of DecisionLog(...), and
+    stores it through a COPY line built from the same dict: the instance it returns must be the
+    one the constructor makes, and the row the writer commits the one the ORM's INSERT stores."""
+    from django.db.models.signals import post_init, pre_init
+
+    from providers.circuit import with_circuit_health
+    from routing.selectors import model_specs
+    from routing.services.decision_log import time_ordered_uuid
+    from routing.services.route import route_decide
+
+    make_catalog()
+    make_policy("default")
+    api_key = make_api_key("same-row")[0] if with_key else None
+    metadata = {"team": TRICKY, "n": [1, 2.5, None, True], "small": 1e-05, "nested": {"b": {}, "a": []}}
+    row = route_decide(
+        messages=USER_MESSAGE(f"{TRICKY} and a long tail " * 40),
+        api_key=api_key,
+        user=TRICKY,
+        metadata=metadata,
+        catalog=with_circuit_health(model_specs()),
+    ).row
+    assert via_writer.stats.rows == 1
+    # the instance: what DecisionLog(...) builds from the same values, its state included
+    assert not pre_init.has_listeners(DecisionLog) and not post_init.has_listeners(DecisionLog)
+    values = {field.attname: row.__dict__[field.attname] for field in DecisionLog._meta.concrete_fields}
+    assert set(vars(row)) == {"_state", *values}
+    built = DecisionLog(api_key=api_key, **{k: v for k, v in values.items() if k != "api_key_id"})
+    assert {k: v for k, v in vars(row).items() if k != "_state"} == {
+        k: v for k, v in vars(built).items() if k != "_state"
+    }
+    assert vars(row._state) == vars(built._state)
+    assert (row._state.adding, row._state.db) == (True, "default" if with_key else None)
+    # the stored row: every column as the ORM's INSERT of the same values stores it
+    built.id = time_ordered_uuid()
+    built.save(force_insert=True)
+    stored, saved = DecisionLog.objects.get(id=row.id), DecisionLog.objects.get(id=built.id)
+    for name in values:
+        if name != "id":
+            assert (name, getattr(stored, name)) == (name, getattr(saved, name))
+    assert stored.metadata == metadata and stored.prompt == row.prompt and stored.user == TRICKY
+    assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}, 2) == row.row_hash
+
+
 @pytest.mark.parametrize(
     ("metadata", "expected_format"),
     [
@@ -233,6 +287,47 @@ def test_the_copy_line_from_the_hashed_texts_stores_what_the_orm_stores(
         assert getattr(stored, name) == getattr(row, name)
     assert stored.hash_format == hash_format == expected_format
     assert decision_row_hash({name: getattr(stored, name) for name in HASHED_FIELDS}, hash_format) == row_hash
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.5, 0.1 + 0.2, 1e-07, 2.5e-07, 1e-05, 12345678.9, 1e16, 1.7976931348623157e308, 5e-324, -0.0]
+    + [math.nan, math.inf, -math.inf],
+)
+def test_a_float_column_stores_the_very_float(writer: DecisionWriter, value: float) -> None:
+    # the COPY line writes floats as orjson prints them (1e-7, not repr's 1e-07): the same double
+    row = _row(alpha=value, predicted_cost_usd=-value, predicted_quality=np.float64(value))
+    client = WriterClient(writer.path)
+    assert client.commit(decision_copy_line(row))
+    client.close()
+    stored = DecisionLog.objects.get(id=row.id)
+    for got, expected in (
+        (stored.alpha, value),
+        (stored.predicted_cost_usd, -value),
+        (stored.predicted_quality, value),
+    ):
+        assert type(got) is float
+        assert (math.isnan(got) and math.isnan(expected)) or (
+            got == expected and math.copysign(1, got) == math.copysign(1, expected)
+        )
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(st.uuids(), st.datetimes(timezones=st.just(UTC)), st.datetimes(), st.floats())
+def test_uuid_time_and_float_cells_are_the_python_texts(
+    row_id: uuid.UUID, utc: datetime, naive: datetime, number: float
+) -> None:
+    cells = dict(
+        zip(
+            [f.attname for f in DecisionLog._meta.concrete_fields],
+            decision_copy_line(_row(id=row_id, created_at=utc, alpha=number)).rstrip(b"\n").split(b"\t"),
+            strict=True,
+        )
+    )
+    assert cells["id"] == str(row_id).encode()
+    assert cells["created_at"] == utc.isoformat().encode()
+    assert decision_copy_line(_row(created_at=naive)).split(b"\t")[1] == naive.isoformat().encode()
+    assert float(cells["alpha"]) == number or (math.isnan(number) and cells["alpha"] == b"nan")
 
 
 def test_concurrent_workers_share_commits_and_every_row_lands(writer: DecisionWriter) -> None:
