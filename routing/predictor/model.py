@@ -18,7 +18,7 @@ from routing.engine.prior import expected_output_tokens
 from routing.engine.types import ModelSpec, Prediction
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
-from routing.predictor.serving import ServingPlan
+from routing.predictor.serving import CandidateLayout, ServingPlan
 from routing.predictor.text import TextHeads, TextProjection
 from routing.predictor.trees import ForestEvaluator
 
@@ -278,7 +278,22 @@ class ScopePredictor:
         if not len(layout.positions):
             return result
         x = plan.rows(features, layout)
-        out = self.evaluator.predict(x)
+        fast = plan.fast()
+        made = None
+        if fast is not None:
+            made = fast.predictions(features, layout, x, self.evaluator.margins(x))
+        if made is None:
+            made = self._predictions_numpy(features, layout, x, self.evaluator.predict(x))
+        if len(made) == len(models):
+            return made
+        for j, prediction in zip(layout.positions.tolist(), made, strict=True):
+            result[j] = prediction
+        return result
+
+    def _predictions_numpy(
+        self, features: RequestFeatures, layout: CandidateLayout, x: np.ndarray, out: np.ndarray
+    ) -> list[Prediction]:
+        """predict()'s predictions from the design rows `x` and the trees' outputs `out` (numpy)."""
         q_all = out[:, self._quality]
         # numpy's mean and std, spelled out (the same sum, divisions and square root, fewer calls)
         quality = q_all.sum(axis=1) / len(self._quality)
@@ -302,7 +317,7 @@ class ScopePredictor:
         if slow.any():  # the tier prior's latency, as PriorPredictor computes it
             prior = layout.ttft_ms + features.input_tokens * 0.05 + tokens / layout.tokens_per_s * 1000.0
             latency[slow] = prior[slow]
-        made = list(
+        return list(
             map(
                 Prediction,
                 np.clip(quality, 0.0, 1.0).tolist(),
@@ -311,11 +326,6 @@ class ScopePredictor:
                 latency.tolist(),
             )
         )
-        if len(made) == len(models):
-            return made
-        for j, prediction in zip(layout.positions.tolist(), made, strict=True):
-            result[j] = prediction
-        return result
 
     def contributions(
         self, features: RequestFeatures, model: ModelSpec, top: int = 5
