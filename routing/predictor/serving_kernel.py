@@ -19,11 +19,11 @@ kernel declines (a tie for the last of the top centroids, whose pick is numpy's 
 
 from __future__ import annotations
 
-import array
 import ctypes
 import glob
 import logging
 import math
+import struct
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,14 +189,19 @@ static int gather_product(const Plan *p, const float *matrix, long k, const int6
 {
     float *rows = malloc((size_t)(m * k) * sizeof *rows);
     if (rows == NULL) return -1;
-    for (long i = 0; i < m; ++i) memcpy(rows + i * k, matrix + cols[i] * k, (size_t)k * sizeof *rows);
+    if (k < 16) {  /* a few heads: a call to memcpy per row would cost more than the copy */
+        for (long i = 0; i < m; ++i)
+            for (long j = 0; j < k; ++j) rows[i * k + j] = matrix[cols[i] * k + j];
+    } else {
+        for (long i = 0; i < m; ++i) memcpy(rows + i * k, matrix + cols[i] * k, (size_t)k * sizeof *rows);
+    }
     p->sgemv(ROW_MAJOR, TRANS, m, k, 1.0f, rows, k, w, 1, 0.0f, out, 1);
     free(rows);
     return 0;
 }
 
 /* The top centroids by similarity, most similar first (numpy's argpartition order on these
-   machines, checked); -1 on a tie at the cut, which the caller leaves to numpy. */
+   machines, checked); -1 on a tie at the cut (numpy's pick among equals is its own) or a NaN. */
 static int top_centroids(const Plan *p, const float *emb, const float *centroids, long c, float *sims,
                          int64_t *top, float *expo)
 {
@@ -205,21 +210,23 @@ static int top_centroids(const Plan *p, const float *emb, const float *centroids
     if (c <= TOP) {
         for (long i = 0; i < c; ++i) top[i] = i;
     } else {
-        for (long i = 0; i < k; ++i) {
-            long best = -1;
-            for (long j = 0; j < c; ++j) {
-                int taken = 0;
-                for (long t = 0; t < i; ++t) taken |= top[t] == j;
-                if (taken || sims[j] != sims[j]) { if (sims[j] != sims[j]) return -1; continue; }
-                if (best < 0 || sims[j] > sims[best]) best = j;
+        long m = 0;
+        for (long j = 0; j < c; ++j) {
+            const float v = sims[j];
+            if (v != v) return -1;
+            if (m == k && !(v > sims[top[k - 1]])) continue;
+            long at = m < k ? m++ : k - 1;
+            while (at > 0 && v > sims[top[at - 1]]) {
+                top[at] = top[at - 1];
+                --at;
             }
-            top[i] = best;
+            top[at] = j;
         }
-        for (long j = 0; j < c; ++j) {  /* another centroid as similar as the last one taken: a tie */
-            int taken = 0;
-            for (long t = 0; t < k; ++t) taken |= top[t] == j;
-            if (!taken && sims[j] == sims[top[k - 1]]) return -1;
-        }
+        const float cut = sims[top[k - 1]];
+        long equal = 0;
+        for (long j = 0; j < c; ++j) equal += sims[j] == cut;
+        for (long i = 0; i < k; ++i) equal -= sims[top[i]] == cut;
+        if (equal != 0) return -1;
     }
     float s[TOP] = {0.0f, 0.0f, 0.0f, 0.0f}, mx;
     for (long i = 0; i < k; ++i) s[i] = sims[top[i]] * 12.0f;
@@ -229,10 +236,11 @@ static int top_centroids(const Plan *p, const float *emb, const float *centroids
     return 0;
 }
 
-/* The text side of one request: emb [dim], raw heads, calibrated heads [n_known] (NaN past the
-   heads), the top centroids and their softmax exponents (exp is left to numpy: its float32 exp is
-   not libm's). option: the multiple-choice block's share of every head, or NULL. 0, or -1: numpy. */
-long scope_serving_text(const Plan *p, const int64_t *words, long n_words, const uint32_t *char_ids,
+/* The text side of one request: emb [dim], calibrated heads [n_known] (NaN past the heads), the
+   top centroids and their softmax exponents (exp is left to numpy: its float32 exp is not libm's).
+   request: n_req float64 values, then n_words int64 word ids and their n_words int64 counts.
+   option: the multiple-choice block's share of every head, or NULL. 0, or -1: numpy. */
+long scope_serving_text(const Plan *p, const char *request, long n_words, const uint32_t *char_ids,
                         const uint16_t *char_counts, long n_chars, const float *option, float *emb,
                         double *head, int64_t *top, float *expo, float *sims)
 {
@@ -243,6 +251,7 @@ long scope_serving_text(const Plan *p, const int64_t *words, long n_words, const
     float *acc = malloc((size_t)(nh > p->dim ? nh : p->dim) * sizeof *acc);
     long result = -1;
     if (!cols || !w || !sq || !acc) goto done;
+    const int64_t *words = (const int64_t *)(request + p->n_req * sizeof(double));
     const long m = tfidf_words(p, words, words + n_words, n_words, cols, w);
     if (m < 0) goto done;
     normalise(w, sq, m);
@@ -313,7 +322,7 @@ static void assignment(const int64_t *top, const float *e, long c, double *weigh
 /* The design rows [n_rows, width] of the known candidates `columns` (anchor-table columns), from
    scope_serving_text's results (expo now holding numpy's exp of the exponents). template: the
    candidates' rows with the model-side columns filled. 0, or -1 (no memory). */
-long scope_serving_rows(const Plan *p, const double *values, const float *emb, const double *head,
+long scope_serving_rows(const Plan *p, const char *request, const float *emb, const double *head,
                         const int64_t *top, const float *expo, const int64_t *columns, long n_rows,
                         const float *template, float *out)
 {
@@ -337,6 +346,7 @@ long scope_serving_rows(const Plan *p, const double *values, const float *emb, c
     }
     const double mean_f = nan_mean(local_f, k, scratch), mean_h = nan_mean(head, k, scratch);
     const long w = p->width, n_req = p->n_req + p->dim, a0 = n_req + 4, e0 = a0 + 7;
+    const double *values = (const double *)request;
     for (long r = 0; r < n_rows; ++r) {
         float *row = out + r * w;
         const long c = columns[r];
@@ -433,7 +443,7 @@ void scope_serving_libm(int which, const double *x, long n, double *out)
     for (long i = 0; i < n; ++i) out[i] = which == 0 ? exp(x[i]) : (which == 1 ? expm1(x[i]) : log1p(x[i]));
 }
 """
-_P, _L, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+_P, _L, _D, _B = ctypes.c_void_p, ctypes.c_long, ctypes.c_double, ctypes.c_char_p  # bytes pass without a copy
 TOP = 4
 LOG_TF_SIZE = 1 << 16  # counts are uint16 (characters) or at most 2 * NGRAM_MAX_WORDS (words)
 
@@ -513,10 +523,10 @@ class ServingKernel:
         self.path = path
         self._lib = ctypes.CDLL(str(path))  # kept: the functions must not outlive their library
         self.text = self._lib.scope_serving_text
-        self.text.argtypes = (_P, _P, _L, ctypes.c_char_p, ctypes.c_char_p, _L, _P, _P, _P, _P, _P, _P)
+        self.text.argtypes = (_P, _B, _L, _B, _B, _L, _P, _P, _P, _P, _P, _P)
         self.text.restype = _L
         self.rows = self._lib.scope_serving_rows
-        self.rows.argtypes = (_P, _P, _P, _P, _P, _P, _P, _L, _P, _P)
+        self.rows.argtypes = (_P, _B, _P, _P, _P, _P, _P, _L, _P, _P)
         self.rows.restype = _L
         self.post = self._lib.scope_serving_post
         self.post.argtypes = (_P, _P, _L, _P, _L, _P, _P, _D, _D, _P, _P, _P, _P)
@@ -690,6 +700,7 @@ class BoundPlan:
             p._local_n,
             p.decomposed_share,
         )
+        self._n_req = plan.n_req
         self._plan_at = ctypes.addressof(self._plan)
         self._post_at = ctypes.addressof(self._post)
         self._buffers = _Buffers(dim, plan.n_known, max(n_coarse, n_fine))
@@ -697,8 +708,11 @@ class BoundPlan:
     def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray | None:
         """ServingPlan.rows' design rows, or None when the kernel leaves the request to numpy."""
         b = self._buffers
-        ids = features.ngram_ids
-        bag = array.array("q", ids + features.ngram_counts) if ids else _NO_BAG
+        ids, values = features.ngram_ids, features.values
+        if len(values) != self._n_req:
+            return None
+        # one struct.pack: about 100 instructions per number, against 250-300 for array.array or numpy
+        request = struct.pack(f"{len(values)}d{2 * len(ids)}q", *values, *ids, *features.ngram_counts)
         option = 0
         if self._options:
             share = self.plan._p.heads.option_value(features.text)
@@ -707,7 +721,7 @@ class BoundPlan:
                 option = option_values.ctypes.data
         if self.kernel.text(
             self._plan_at,
-            bag.buffer_info()[0],
+            request,
             len(ids),
             features.char_ids,
             features.char_counts,
@@ -717,12 +731,11 @@ class BoundPlan:
         ):
             return None
         np.exp(b.expo, out=b.expo)
-        values = array.array("d", features.values)
         out = np.empty((len(layout.columns), self.width), dtype=np.float32)
         emb, head, top, expo, _ = b.addresses
         if self.kernel.rows(
             self._plan_at,
-            values.buffer_info()[0],
+            request,
             emb,
             head,
             top,
@@ -761,9 +774,6 @@ class BoundPlan:
         ):
             return None
         return list(map(Prediction, *out.tolist()))
-
-
-_NO_BAG = array.array("q", [0])
 
 
 PROBE_TEXTS = (
