@@ -146,6 +146,23 @@ class CompiledForest:
         self._pointers = tuple(a.ctypes.data for a in (self._split_at, self._thresholds, self._leaves))
         self._tail = (self._booster_of.ctypes.data, self.n_boosters, self._base.ctypes.data)
 
+    def margins_into(self, x: int, rows: int, stride: int, buf: int, node: int, out: int) -> None:
+        """margins() between raw addresses: rows [rows, stride] float32 (stride >= n_features), scratch
+        buf (rows * 2 * n_features float32) and node (rows int32), out [rows, n_boosters] float64."""
+        self._fn(
+            x,
+            rows,
+            stride,
+            self.n_features,
+            *self._pointers,
+            self._n_trees,
+            self._depth,
+            *self._tail,
+            buf,
+            node,
+            out,
+        )
+
     def margins(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] < self.n_features:

@@ -277,12 +277,10 @@ class ScopePredictor:
         result = [unknown] * len(models)
         if not len(layout.positions):
             return result
-        x = plan.rows(features, layout)
         fast = plan.fast()
-        made = None
-        if fast is not None:
-            made = fast.predictions(features, layout, x, self.evaluator.margins(x))
+        made = fast.predict(features, layout) if fast is not None else None
         if made is None:
+            x = plan.rows(features, layout)
             made = self._predictions_numpy(features, layout, x, self.evaluator.predict(x))
         if len(made) == len(models):
             return made

@@ -22,7 +22,7 @@ from routing.engine.prior import _TIER_SPEED
 from routing.engine.types import ModelSpec
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, SHARPNESS, SHRINK, TOP_CENTROIDS
-from routing.predictor.serving_kernel import BoundPlan, ServingKernel, probe_requests, serving_kernel
+from routing.predictor.serving_kernel import BoundPlan, ServingKernel, serving_kernel
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
@@ -168,19 +168,9 @@ class ServingPlan:
         except ValueError as exc:
             log.info("predictor %s serves without the serving kernel: %s", self._p.version, exc)
             return None
-        layout = self.probe_layout()
-        for features in probe_requests(self._p):
-            x = bound.rows(features, layout)
-            if x is None:
-                continue
-            expected = self._rows_numpy(features, layout)
-            margins = self._p.evaluator.margins(x)
-            made = bound.predictions(features, layout, x, margins.copy())
-            if not np.array_equal(x, expected, equal_nan=True) or made != self._p._predictions_numpy(
-                features, layout, x, self._p.evaluator.predict(x)
-            ):
-                log.error("serving kernel disagrees with numpy on predictor %s: not used", self._p.version)
-                return None
+        if not bound.rows_agree():
+            log.error("serving kernel's rows disagree with numpy on predictor %s: not used", self._p.version)
+            return None
         return bound
 
     def probe_layout(self) -> CandidateLayout:

@@ -33,7 +33,7 @@ import numpy as np
 from routing.engine.prior import expected_output_tokens
 from routing.engine.types import Prediction
 from routing.features import RequestFeatures
-from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
+from routing.predictor.compiled import CompiledForest, ensure_kernel, install_kernel, library_path
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 SERVING_KERNEL_VERSION = 1
 SERVING_KERNEL_SOURCE = r"""
+#if defined(__GNUC__) && !defined(__clang__)
+/* short copy loops (a gathered row of 2 heads) stay loops, not a call to memcpy each */
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -189,7 +193,7 @@ static int gather_product(const Plan *p, const float *matrix, long k, const int6
 {
     float *rows = malloc((size_t)(m * k) * sizeof *rows);
     if (rows == NULL) return -1;
-    if (k < 16) {  /* a few heads: a call to memcpy per row would cost more than the copy */
+    if (k < 16) {  /* a few heads: a call to memcpy per row costs more than the copy */
         for (long i = 0; i < m; ++i)
             for (long j = 0; j < k; ++j) rows[i * k + j] = matrix[cols[i] * k + j];
     } else {
@@ -595,16 +599,28 @@ def serving_kernel_ensure(cache_dir: Path) -> None:
 
 
 class _Buffers(threading.local):
-    """One request's intermediate results, one set per thread."""
+    """One request's intermediate results and outputs, one set per thread, for up to `rows` rows."""
 
-    def __init__(self, dim: int, n_known: int, n_sims: int) -> None:
+    def __init__(self, dim: int, n_known: int, n_sims: int, width: int, n_boosters: int, rows: int) -> None:
+        self.rows = rows
         self.emb = np.empty(dim, dtype=np.float32)
         self.head = np.empty(n_known, dtype=np.float64)
         self.top = np.empty(2 * TOP, dtype=np.int64)
         self.expo = np.empty(2 * TOP, dtype=np.float32)
         self.sims = np.empty(n_sims, dtype=np.float32)
-        # raw addresses once: `array.ctypes.data` costs microseconds on every access
-        self.addresses = tuple(a.ctypes.data for a in (self.emb, self.head, self.top, self.expo, self.sims))
+        self.x = np.empty((rows, width), dtype=np.float32)
+        self.margins = np.empty((rows, n_boosters), dtype=np.float64)
+        self.forest = np.empty(rows * 2 * width, dtype=np.float32)  # the forest kernel's scratch
+        self.node = np.empty(rows, dtype=np.int32)
+        self.out = np.empty((4, rows), dtype=np.float64)  # quality, uncertainty, tokens, latency
+        # raw addresses once: `array.ctypes.data` costs about 11k instructions on every access
+        self.text = tuple(a.ctypes.data for a in (self.emb, self.head, self.top, self.expo, self.sims))
+        self.x_at, self.margins_at = self.x.ctypes.data, self.margins.ctypes.data
+        self.forest_at, self.node_at, self.out_at = (
+            self.forest.ctypes.data,
+            self.node.ctypes.data,
+            self.out.ctypes.data,
+        )
 
 
 def _array(keep: list[np.ndarray], a: np.ndarray, dtype: type) -> int:
@@ -703,14 +719,23 @@ class BoundPlan:
         self._n_req = plan.n_req
         self._plan_at = ctypes.addressof(self._plan)
         self._post_at = ctypes.addressof(self._post)
-        self._buffers = _Buffers(dim, plan.n_known, max(n_coarse, n_fine))
+        self._no_tokens = p._tokens is None
+        self._forest: CompiledForest | None = None  # the compiled trees the predictions were checked with
+        self._forest_agrees = False
+        self._sizes = (dim, plan.n_known, max(n_coarse, n_fine), self.width, len(p.roles))
+        self._local = _Buffers(*self._sizes, max(plan.n_known, 1))
 
-    def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray | None:
-        """ServingPlan.rows' design rows, or None when the kernel leaves the request to numpy."""
-        b = self._buffers
+    def _buffers(self, rows: int) -> _Buffers:
+        b = self._local
+        if b.rows < rows:  # a candidate list with a model twice: more rows than known models
+            b = self._local = _Buffers(*self._sizes, rows)
+        return b
+
+    def _rows(self, features: RequestFeatures, layout: CandidateLayout, b: _Buffers) -> bool:
+        """The design rows into b.x[:len(layout.columns)]; False when the kernel leaves the request to numpy."""
         ids, values = features.ngram_ids, features.values
         if len(values) != self._n_req:
-            return None
+            return False
         # one struct.pack: about 100 instructions per number, against 250-300 for array.array or numpy
         request = struct.pack(f"{len(values)}d{2 * len(ids)}q", *values, *ids, *features.ngram_counts)
         option = 0
@@ -727,53 +752,90 @@ class BoundPlan:
             features.char_counts,
             len(features.char_ids) // 4,
             option,
-            *b.addresses,
+            *b.text,
         ):
-            return None
+            return False
         np.exp(b.expo, out=b.expo)
-        out = np.empty((len(layout.columns), self.width), dtype=np.float32)
-        emb, head, top, expo, _ = b.addresses
-        if self.kernel.rows(
-            self._plan_at,
-            request,
-            emb,
-            head,
-            top,
-            expo,
-            layout.addresses[0],
-            len(layout.columns),
-            layout.addresses[1],
-            out.ctypes.data,
-        ):
-            return None
-        return out
+        emb, head, top, expo, _ = b.text
+        columns, template, _, _ = layout.addresses
+        n = len(layout.columns)
+        return not self.kernel.rows(
+            self._plan_at, request, emb, head, top, expo, columns, n, template, b.x_at
+        )
 
-    def predictions(
-        self, features: RequestFeatures, layout: CandidateLayout, x: np.ndarray, margins: np.ndarray
+    def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray | None:
+        """ServingPlan.rows' design rows, or None when the kernel leaves the request to numpy."""
+        n = len(layout.columns)
+        b = self._buffers(n)
+        return b.x[:n].copy() if self._rows(features, layout, b) else None
+
+    def rows_agree(self) -> bool:
+        """The numpy path's rows on probe requests (every known model a candidate)."""
+        layout = self.plan.probe_layout()
+        for features in probe_requests(self.plan._p):
+            x = self.rows(features, layout)
+            if x is not None and not np.array_equal(
+                x, self.plan._rows_numpy(features, layout), equal_nan=True
+            ):
+                return False
+        return True
+
+    def _predictions_agree(self, forest: CompiledForest) -> bool:
+        """The numpy path's predictions (from the same compiled trees) on probe requests."""
+        p, layout = self.plan._p, self.plan.probe_layout()
+        for features in probe_requests(p):
+            made = self._predict(features, layout, forest)
+            if made is None:
+                continue
+            x = self.plan._rows_numpy(features, layout)
+            if made != p._predictions_numpy(features, layout, x, p.evaluator.predict(x)):
+                return False
+        return True
+
+    def predict(self, features: RequestFeatures, layout: CandidateLayout) -> list[Prediction] | None:
+        """ScopePredictor.predict's predictions of the known candidates: rows, compiled trees and
+        post-processing without a numpy array in between; None when the trees are not compiled (yet)
+        or the kernel leaves the request to numpy. Checked on probe requests with each compiled forest."""
+        forest = self.plan._p.evaluator.compiled
+        if not isinstance(forest, CompiledForest):
+            return None
+        if forest is not self._forest:
+            agrees = self._predictions_agree(forest)
+            if not agrees:
+                log.error(
+                    "serving kernel's predictions disagree with numpy on %s: not used", self.plan._p.version
+                )
+            self._forest, self._forest_agrees = forest, agrees
+        return self._predict(features, layout, forest) if self._forest_agrees else None
+
+    def _predict(
+        self, features: RequestFeatures, layout: CandidateLayout, forest: CompiledForest
     ) -> list[Prediction] | None:
-        """predict()'s predictions from the rows and the trees' raw margins (changed in place), or None."""
-        p = self.plan._p
-        n = len(x)
-        out = np.empty((4, n), dtype=np.float64)
-        at = out.ctypes.data
-        expected = expected_output_tokens(features) if p._tokens is None else math.nan
+        n = len(layout.columns)
+        b = self._buffers(n)
+        if not self._rows(features, layout, b):
+            return None
+        forest.margins_into(b.x_at, n, self.width, b.forest_at, b.node_at, b.margins_at)
+        expected = expected_output_tokens(features) if self._no_tokens else math.nan
+        at = b.out_at
+        _, _, ttft, tokens_per_s = layout.addresses
         if self.kernel.post(
             self._post_at,
-            margins.ctypes.data,
+            b.margins_at,
             n,
-            x.ctypes.data,
-            x.shape[1],
-            layout.addresses[2],
-            layout.addresses[3],
+            b.x_at,
+            self.width,
+            ttft,
+            tokens_per_s,
             expected,
             features.input_tokens * 0.05,
             at,
-            at + 8 * n,
-            at + 16 * n,
-            at + 24 * n,
+            at + 8 * b.rows,
+            at + 16 * b.rows,
+            at + 24 * b.rows,
         ):
             return None
-        return list(map(Prediction, *out.tolist()))
+        return list(map(Prediction, *b.out[:, :n].tolist()))
 
 
 PROBE_TEXTS = (

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from routing.engine.types import ModelSpec
 from routing.features import extract_prompt_features
-from routing.predictor import serving_kernel
+from routing.predictor import compiled, serving_kernel
 from routing.predictor.fit import fit_predictor
 from routing.predictor.model import ScopePredictor
 from routing.predictor.serving_kernel import probe_requests, serving_kernel_install
@@ -27,13 +28,30 @@ def clean_kernel() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def predictor() -> ScopePredictor:
+def trained() -> ScopePredictor:
     train, feats = examples(160, seed=3)
     rng = np.random.default_rng(5)
     train = [replace(ex, latency_ms=float(rng.uniform(200, 900))) for ex in train]
     p = fit_predictor(train, infos(), seed=1, params=FAST).predictor
     anchors = [(f, float(topic == "law"), None) for topic, f in feats[:60]]
     return p.with_anchor_model("anchor-only", anchors)
+
+
+@pytest.fixture
+def predictor(trained: ScopePredictor, tmp_path: Path) -> Iterator[ScopePredictor]:
+    """The trained predictor with its trees compiled (the kernel's predictions need them), as a
+    fresh object (a fresh serving plan)."""
+    forest = compiled.compile_forest(trained.evaluator, tmp_path)
+    assert forest is not None
+    trained.evaluator.use_compiled(forest)
+    yield _copy(trained)
+    trained.evaluator.use_compiled(None)
+
+
+def _copy(p: ScopePredictor) -> ScopePredictor:
+    return ScopePredictor(
+        p.version, p.projection, p.anchors, p.heads, p.evaluator, p.roles, p.boosters, p.metadata
+    )
 
 
 def _specs() -> list[ModelSpec]:
@@ -73,12 +91,32 @@ def test_rows_and_predictions_are_the_numpy_paths_to_the_bit(
     served = 0
     for features, rows, made in zip(requests, numpy_rows, numpy_predictions, strict=True):
         layout = predictor.plan.layout(specs)
-        fast = predictor.plan.fast().rows(features, layout)
+        bound = predictor.plan.fast()
+        assert bound is not None
+        fast = bound.rows(features, layout)
         if fast is not None:
             served += 1
             np.testing.assert_array_equal(fast, rows)
         assert predictor.predict(features, specs) == made
     assert served >= len(requests) - 3  # only ties for the last top centroid go to numpy
+    bound = predictor.plan.fast()
+    assert bound is not None
+    assert bound.predict(requests[0], predictor.plan.layout(specs)) is not None
+
+
+def test_without_compiled_trees_the_kernel_still_makes_the_rows(
+    tmp_path: Path, clean_kernel: None, trained: ScopePredictor
+) -> None:
+    p = _copy(trained)
+    specs = _specs()
+    features = _requests(p)[0]
+    expected = p.predict(features, specs)
+    assert serving_kernel_install(tmp_path)
+    fast = p.plan.fast()
+    assert fast is not None
+    assert fast.predict(features, p.plan.layout(specs)) is None
+    assert fast.rows(features, p.plan.layout(specs)) is not None
+    assert p.predict(features, specs) == expected
 
 
 def test_the_batched_path_still_agrees_with_the_kernel(
@@ -95,34 +133,42 @@ def test_the_batched_path_still_agrees_with_the_kernel(
             assert p.output_tokens == pytest.approx(batch.output_tokens[0, j], rel=1e-9)
 
 
-def test_a_kernel_that_disagrees_is_not_used(
+def _one_ulp_up(fn: Callable[..., int], at: int) -> Callable[..., int]:
+    """`fn` with the first float of the output at args[at] (an address) one ulp higher."""
+
+    def changed(*args: int) -> int:
+        result = fn(*args)
+        out = (ctypes.c_float if at == -1 else ctypes.c_double).from_address(args[at])
+        out.value = float(np.nextafter(np.float32(out.value) if at == -1 else out.value, np.inf))
+        return result
+
+    return changed
+
+
+def test_rows_that_disagree_are_not_used(
     tmp_path: Path, clean_kernel: None, predictor: ScopePredictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert serving_kernel_install(tmp_path)
     kernel = serving_kernel.serving_kernel()
     assert kernel is not None
-    real_rows = kernel.rows
+    monkeypatch.setattr(kernel, "rows", _one_ulp_up(kernel.rows, -1))
+    assert predictor.plan.fast() is None
 
-    def off_by_one_ulp(*args: object) -> int:
-        result = int(real_rows(*args))
-        out = np.ctypeslib.as_array(
-            (np.ctypeslib.ctypes.c_float * 1).from_address(int(args[-1]))  # type: ignore[call-overload]
-        )
-        out[0] = np.nextafter(out[0], np.float32(np.inf))
-        return result
 
-    monkeypatch.setattr(kernel, "rows", off_by_one_ulp)
-    plan = ScopePredictor(
-        predictor.version,
-        predictor.projection,
-        predictor.anchors,
-        predictor.heads,
-        predictor.evaluator,
-        predictor.roles,
-        predictor.boosters,
-        predictor.metadata,
-    ).plan
-    assert plan.fast() is None
+def test_predictions_that_disagree_are_not_used(
+    tmp_path: Path, clean_kernel: None, predictor: ScopePredictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert serving_kernel_install(tmp_path)
+    kernel = serving_kernel.serving_kernel()
+    assert kernel is not None
+    monkeypatch.setattr(kernel, "post", _one_ulp_up(kernel.post, 9))  # the first quality
+    specs = _specs()
+    features = _requests(predictor)[0]
+    fast = predictor.plan.fast()
+    assert fast is not None, "the rows agree"
+    assert fast.predict(features, predictor.plan.layout(specs)) is None
+    monkeypatch.undo()
+    assert predictor.predict(features, specs) == _copy(predictor).predict(features, specs)
 
 
 def test_without_a_compiler_numpy_keeps_serving(
