@@ -332,13 +332,17 @@ class ScopePredictor:
         layout = self.plan.layout([model])
         if not len(layout.positions) or not self._quality:
             return []
-        x = self.plan.rows(features, layout)
-        contrib = self.evaluator.contributions(x[0], self._quality[0])
+        fast = self.plan.fast()
+        got = fast.contributions(features, layout) if fast is not None else None
+        if got is None:
+            x = self.plan.rows(features, layout)
+            got = x[0], self.evaluator.contributions(x[0], self._quality[0])
+        row, contrib = got
         order = np.argsort(-np.abs(contrib[:-1]))[:top]
         return [
             {
                 "feature": self.names[i],
-                "value": _jsonable(x[0, i]),
+                "value": _jsonable(row[i]),
                 "contribution": round(float(contrib[i]), 5),
             }
             for i in order

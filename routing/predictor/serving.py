@@ -168,7 +168,7 @@ class ServingPlan:
         except ValueError as exc:
             log.info("predictor %s serves without the serving kernel: %s", self._p.version, exc)
             return None
-        if not bound.rows_agree():
+        if not bound.agrees():
             log.error("serving kernel's rows disagree with numpy on predictor %s: not used", self._p.version)
             return None
         return bound

@@ -441,6 +441,34 @@ long scope_serving_post(const Post *q, double *m, long n, const float *rows, lon
     return 0;
 }
 
+/* ForestEvaluator.contributions: XGBoost's approximate (Saabas) contributions of one row x [nf] to
+   one booster's margin, out [nf + 1] with the bias last. The booster's complete trees: features,
+   thresholds, default_left [n_trees, 2^depth - 1], node means [n_trees, 2^(depth+1) - 1]. As numpy
+   does it: level by level over every tree, each change of node mean added to its split's feature
+   in float64. node, scratch: n_trees each. */
+void scope_saabas(const float *x, long nf, const int32_t *features, const float *thr, const uint8_t *dleft,
+                  const float *means, long n_trees, int depth, double base, int64_t *node, float *scratch,
+                  double *out)
+{
+    const long n_int = (1L << depth) - 1, n_nodes = 2 * n_int + 1;
+    for (long i = 0; i <= nf; ++i) out[i] = 0.0;
+    for (long t = 0; t < n_trees; ++t) {
+        scratch[t] = means[t * n_nodes];
+        node[t] = 0;
+    }
+    out[nf] = base + (double)sum_f32(scratch, n_trees);
+    for (int level = 0; level < depth; ++level) {
+        for (long t = 0; t < n_trees; ++t) {
+            const long n = node[t], at = t * n_int + n;
+            const int32_t f = features[at];
+            const float v = x[f];
+            const long child = 2 * n + 2 - (v < thr[at] || (v != v && dleft[at]));
+            out[f] += (double)(means[t * n_nodes + child] - means[t * n_nodes + n]);
+            node[t] = child;
+        }
+    }
+}
+
 /* libm's exp, expm1 and log1p, which the kernel uses where numpy's float64 ufuncs are libm's (checked) */
 void scope_serving_libm(int which, const double *x, long n, double *out)
 {
@@ -535,6 +563,9 @@ class ServingKernel:
         self.post = self._lib.scope_serving_post
         self.post.argtypes = (_P, _P, _L, _P, _L, _P, _P, _D, _D, _P, _P, _P, _P)
         self.post.restype = _L
+        self.saabas = self._lib.scope_saabas
+        self.saabas.argtypes = (_P, _L, _P, _P, _P, _P, _L, ctypes.c_int, _D, _P, _P, _P)
+        self.saabas.restype = None
         self._libm = self._lib.scope_serving_libm
         self._libm.argtypes = (ctypes.c_int, _P, _L, _P)
         self._libm.restype = None
@@ -601,8 +632,12 @@ def serving_kernel_ensure(cache_dir: Path) -> None:
 class _Buffers(threading.local):
     """One request's intermediate results and outputs, one set per thread, for up to `rows` rows."""
 
-    def __init__(self, dim: int, n_known: int, n_sims: int, width: int, n_boosters: int, rows: int) -> None:
+    def __init__(
+        self, dim: int, n_known: int, n_sims: int, width: int, n_boosters: int, n_trees: int, rows: int
+    ) -> None:
         self.rows = rows
+        self.features: RequestFeatures | None = None  # whose text side the buffers hold, packed as `request`
+        self.request = b""
         self.emb = np.empty(dim, dtype=np.float32)
         self.head = np.empty(n_known, dtype=np.float64)
         self.top = np.empty(2 * TOP, dtype=np.int64)
@@ -613,6 +648,9 @@ class _Buffers(threading.local):
         self.forest = np.empty(rows * 2 * width, dtype=np.float32)  # the forest kernel's scratch
         self.node = np.empty(rows, dtype=np.int32)
         self.out = np.empty((4, rows), dtype=np.float64)  # quality, uncertainty, tokens, latency
+        self.contributions = np.empty(width + 1, dtype=np.float64)
+        self.tree_node = np.empty(max(n_trees, 1), dtype=np.int64)
+        self.tree_scratch = np.empty(max(n_trees, 1), dtype=np.float32)
         # raw addresses once: `array.ctypes.data` costs about 11k instructions on every access
         self.text = tuple(a.ctypes.data for a in (self.emb, self.head, self.top, self.expo, self.sims))
         self.x_at, self.margins_at = self.x.ctypes.data, self.margins.ctypes.data
@@ -621,6 +659,7 @@ class _Buffers(threading.local):
             self.node.ctypes.data,
             self.out.ctypes.data,
         )
+        self.saabas = tuple(a.ctypes.data for a in (self.tree_node, self.tree_scratch, self.contributions))
 
 
 def _array(keep: list[np.ndarray], a: np.ndarray, dtype: type) -> int:
@@ -722,7 +761,17 @@ class BoundPlan:
         self._no_tokens = p._tokens is None
         self._forest: CompiledForest | None = None  # the compiled trees the predictions were checked with
         self._forest_agrees = False
-        self._sizes = (dim, plan.n_known, max(n_coarse, n_fine), self.width, len(p.roles))
+        first = p.evaluator.ensembles[p._quality[0]]  # contributions() explains the first quality booster
+        self._saabas = (
+            _array(keep, first.features, np.int32),
+            _array(keep, first.thresholds, np.float32),
+            _array(keep, first.default_left.view(np.uint8), np.uint8),
+            _array(keep, first.node_means, np.float32),
+            first.n_trees,
+            first.depth,
+            float(first.base_margin),
+        )
+        self._sizes = (dim, plan.n_known, max(n_coarse, n_fine), self.width, len(p.roles), first.n_trees)
         self._local = _Buffers(*self._sizes, max(plan.n_known, 1))
 
     def _buffers(self, rows: int) -> _Buffers:
@@ -732,7 +781,23 @@ class BoundPlan:
         return b
 
     def _rows(self, features: RequestFeatures, layout: CandidateLayout, b: _Buffers) -> bool:
-        """The design rows into b.x[:len(layout.columns)]; False when the kernel leaves the request to numpy."""
+        """The design rows into b.x[:len(layout.columns)]; False when the kernel leaves the request to numpy.
+
+        The text side is kept per thread for the last request (`features` are immutable): the
+        contributions of the chosen model, asked right after predict(), reuse it."""
+        if features is not b.features:
+            b.features = None
+            if not self._text(features, b):
+                return False
+            b.features = features
+        emb, head, top, expo, _ = b.text
+        columns, template, _, _ = layout.addresses
+        n = len(layout.columns)
+        return not self.kernel.rows(
+            self._plan_at, b.request, emb, head, top, expo, columns, n, template, b.x_at
+        )
+
+    def _text(self, features: RequestFeatures, b: _Buffers) -> bool:
         ids, values = features.ngram_ids, features.values
         if len(values) != self._n_req:
             return False
@@ -756,12 +821,8 @@ class BoundPlan:
         ):
             return False
         np.exp(b.expo, out=b.expo)
-        emb, head, top, expo, _ = b.text
-        columns, template, _, _ = layout.addresses
-        n = len(layout.columns)
-        return not self.kernel.rows(
-            self._plan_at, request, emb, head, top, expo, columns, n, template, b.x_at
-        )
+        b.request = request
+        return True
 
     def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray | None:
         """ServingPlan.rows' design rows, or None when the kernel leaves the request to numpy."""
@@ -769,16 +830,33 @@ class BoundPlan:
         b = self._buffers(n)
         return b.x[:n].copy() if self._rows(features, layout, b) else None
 
-    def rows_agree(self) -> bool:
-        """The numpy path's rows on probe requests (every known model a candidate)."""
-        layout = self.plan.probe_layout()
-        for features in probe_requests(self.plan._p):
-            x = self.rows(features, layout)
-            if x is not None and not np.array_equal(
-                x, self.plan._rows_numpy(features, layout), equal_nan=True
+    def agrees(self) -> bool:
+        """The numpy path's rows and contributions on probe requests (every known model a candidate)."""
+        p, layout = self.plan._p, self.plan.probe_layout()
+        for features in probe_requests(p):
+            rows = self.rows(features, layout)
+            if rows is None:
+                continue
+            x = self.plan._rows_numpy(features, layout)
+            got = self.contributions(features, layout)  # the same request: its text side is reused
+            if (
+                not np.array_equal(rows, x, equal_nan=True)
+                or got is None
+                or not np.array_equal(got[1], p.evaluator.contributions(x[0], p._quality[0]))
             ):
                 return False
         return True
+
+    def contributions(
+        self, features: RequestFeatures, layout: CandidateLayout
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the first candidate's design row, ForestEvaluator.contributions of it for the first quality
+        booster), or None when the kernel leaves the request to numpy."""
+        b = self._buffers(len(layout.columns))
+        if not len(layout.columns) or not self._rows(features, layout, b):
+            return None
+        self.kernel.saabas(b.x_at, self.width, *self._saabas, *b.saabas)
+        return b.x[0].copy(), b.contributions.copy()
 
     def _predictions_agree(self, forest: CompiledForest) -> bool:
         """The numpy path's predictions (from the same compiled trees) on probe requests."""

@@ -179,3 +179,19 @@ def test_without_a_compiler_numpy_keeps_serving(
     assert serving_kernel_install(tmp_path) is False
     assert predictor.plan.fast() is None
     assert predictor.predict(_requests(predictor)[0], _specs())[0].known
+
+
+def test_contributions_are_the_numpy_paths_after_predict_and_for_other_requests(
+    tmp_path: Path, clean_kernel: None, predictor: ScopePredictor
+) -> None:
+    specs = _specs()
+    requests = _requests(predictor)[:12]
+    expected = [[predictor.contributions(f, s, top=8) for s in specs] for f in requests]
+    assert serving_kernel_install(tmp_path)
+    assert predictor.plan.fast() is not None
+    for features, wanted in zip(requests, expected, strict=True):
+        predictor.predict(features, specs)  # the text side the chosen model's contributions reuse
+        assert [predictor.contributions(features, s, top=8) for s in specs] == wanted
+    # another request's contributions without predict() first: nothing of the last request is reused
+    assert [predictor.contributions(requests[3], s, top=8) for s in specs] == expected[3]
+    assert any(wanted[0] for wanted in expected) and expected[0][-1] == []  # brand-new: none
