@@ -629,8 +629,8 @@ def serving_kernel_ensure(cache_dir: Path) -> None:
     ensure_kernel(serving_kernel_install, serving_kernel_in_use, cache_dir, "scope-serving-compile")
 
 
-class _Buffers(threading.local):
-    """One request's intermediate results and outputs, one set per thread, for up to `rows` rows."""
+class _Buffers:
+    """One request's intermediate results and outputs for up to `rows` rows (one set per thread)."""
 
     def __init__(
         self, dim: int, n_known: int, n_sims: int, width: int, n_boosters: int, n_trees: int, rows: int
@@ -772,12 +772,12 @@ class BoundPlan:
             float(first.base_margin),
         )
         self._sizes = (dim, plan.n_known, max(n_coarse, n_fine), self.width, len(p.roles), first.n_trees)
-        self._local = _Buffers(*self._sizes, max(plan.n_known, 1))
+        self._local = threading.local()  # .buffers: a plain object, whose attributes are cheaper to read
 
     def _buffers(self, rows: int) -> _Buffers:
-        b = self._local
-        if b.rows < rows:  # a candidate list with a model twice: more rows than known models
-            b = self._local = _Buffers(*self._sizes, rows)
+        b: _Buffers | None = getattr(self._local, "buffers", None)
+        if b is None or b.rows < rows:  # a new thread, or more rows (a model twice in the list)
+            b = self._local.buffers = _Buffers(*self._sizes, max(rows, self._sizes[1], 1))
         return b
 
     def _rows(self, features: RequestFeatures, layout: CandidateLayout, b: _Buffers) -> bool:

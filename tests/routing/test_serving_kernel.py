@@ -195,3 +195,16 @@ def test_contributions_are_the_numpy_paths_after_predict_and_for_other_requests(
     # another request's contributions without predict() first: nothing of the last request is reused
     assert [predictor.contributions(requests[3], s, top=8) for s in specs] == expected[3]
     assert any(wanted[0] for wanted in expected) and expected[0][-1] == []  # brand-new: none
+
+
+def test_a_candidate_list_with_more_rows_than_known_models_is_served_alike(
+    tmp_path: Path, clean_kernel: None, predictor: ScopePredictor
+) -> None:
+    specs = _specs() * 3  # every model three times: more rows than the kernel's first buffers hold
+    features = _requests(predictor)[1]
+    expected = predictor.predict(features, specs)
+    assert serving_kernel_install(tmp_path)
+    bound = predictor.plan.fast()
+    assert bound is not None
+    assert bound.predict(features, predictor.plan.layout(specs)) is not None
+    assert predictor.predict(features, specs) == expected
