@@ -140,18 +140,16 @@ def stage_calls(key: str) -> dict[str, Any]:
         calls.update(
             {
                 "    design rows (text side + anchors)": lambda: predictor.plan.rows(next(fresh), layout),
+                "      the same, numpy path": lambda: predictor.plan._rows_numpy(features, layout),
                 "      word TF-IDF weights": lambda: projection.weights(
                     features.ngram_ids, features.ngram_counts
                 ),
                 "      character TF-IDF weights": lambda: projection.char_weights(features),
                 "    trees": lambda: predictor.evaluator.predict(x),
-                "      design rows, numpy path": lambda: predictor.plan._rows_numpy(features, layout),
             }
         )
-        if known is not None:  # decide() explains a chosen known model with its contributions
-            calls["  contributions of a known model, after predict"] = lambda: predictor.contributions(
-                features, known
-            )
+        if known is not None:  # decide() explains a chosen known model, right after predict()
+            calls["  contributions of a known model"] = lambda: predictor.contributions(features, known)
     calls.update(
         {
             "log write (row, hash, writer)": one.write,

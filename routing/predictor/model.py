@@ -34,6 +34,8 @@ EXTRA_FEATURES = ("anchor_all_local", "text_head_all", "local_minus_all", "head_
 # decision log (one answering model per request) gives it that much less say, so live feedback
 # moves the predicted quality as much as the data it is in (fit.py stores the share it used).
 DECOMPOSED_SHARE = 0.5
+# a model the predictor knows nothing about (frozen: one object serves every such candidate)
+UNKNOWN = Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
 
 
 def design_names(text_dim: int) -> tuple[str, ...]:
@@ -273,10 +275,8 @@ class ScopePredictor:
             return []
         plan = self.plan
         layout = plan.layout(models)
-        unknown = Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
-        result = [unknown] * len(models)
         if not len(layout.positions):
-            return result
+            return [UNKNOWN] * len(models)
         fast = plan.fast()
         made = fast.predict(features, layout) if fast is not None else None
         if made is None:
@@ -284,6 +284,7 @@ class ScopePredictor:
             made = self._predictions_numpy(features, layout, x, self.evaluator.predict(x))
         if len(made) == len(models):
             return made
+        result = [UNKNOWN] * len(models)
         for j, prediction in zip(layout.positions.tolist(), made, strict=True):
             result[j] = prediction
         return result
