@@ -883,7 +883,10 @@ class BoundPlan:
                 log.error(
                     "serving kernel's predictions disagree with numpy on %s: not used", self.plan._p.version
                 )
-            self._forest, self._forest_agrees = forest, agrees
+            # the verdict before the forest it is about: another thread that reads the new verdict
+            # with the old forest only falls back to numpy or checks again
+            self._forest_agrees = agrees
+            self._forest = forest
         return self._predict(features, layout, forest) if self._forest_agrees else None
 
     def _predict(
