@@ -88,10 +88,17 @@ def bench_body() -> bytes:
     return chat_body(models=[m for m in os.environ.get("SCOPE_BENCH_MODELS", "").split(",") if m])
 
 
+def decide_anew(one: OneDecision, features: Any) -> Any:
+    one.features = features
+    return one.decide()
+
+
 def stage_calls(key: str) -> dict[str, Any]:
     """The route path's stages as calls on one request's data (the bench's 2.2 KB chat body)."""
+    import dataclasses
     import hashlib
     import io
+    import itertools
 
     import orjson
     from django.utils import timezone
@@ -114,6 +121,10 @@ def stage_calls(key: str) -> dict[str, Any]:
     data = route_input_validate(JSONParser().parse(io.BytesIO(body)))
     one = OneDecision.prepare(data, ApiKey.objects.get(name=key))
     messages, features, predictor = one.messages, one.features, one.predictor
+    # equal copies of the request's features, taken in turn: the serving kernel keeps the text side of
+    # the last features object it saw (for contributions right after predict), so a loop over one
+    # object would count that reuse instead of a new request's work
+    fresh = itertools.cycle([dataclasses.replace(features) for _ in range(8)])
     row = one.write()
     values = {field.attname: getattr(row, field.attname) for field in DecisionLog._meta.concrete_fields}
     canonical = decision_row_hash_texts(values).json_utf8
@@ -137,16 +148,18 @@ def stage_calls(key: str) -> dict[str, Any]:
         "features": lambda: extract_features(messages, one.metadata),
         "  word n-grams (words, hashing)": lambda: text_ngrams(features.text),
         "  character n-grams": lambda: text_char_ngrams(features.text),
-        "decide, with predict": one.decide,
-        "  predict": lambda: predictor.predict(features, one.specs),
+        "decide, with predict": lambda: decide_anew(one, next(fresh)),
+        "  predict": lambda: predictor.predict(next(fresh), one.specs),
     }
     if isinstance(predictor, ScopePredictor):
         layout = predictor.plan.layout(one.specs)
         x = predictor.plan.rows(features, layout)
         projection = predictor.projection
+        known = next((s for s in one.specs if s.name in predictor.anchors.index), None)
         calls.update(
             {
-                "    design rows (text side + anchors)": lambda: predictor.plan.rows(features, layout),
+                "    design rows (text side + anchors)": lambda: predictor.plan.rows(next(fresh), layout),
+                "      the same, numpy path": lambda: predictor.plan._rows_numpy(features, layout),
                 "      word TF-IDF weights": lambda: projection.weights(
                     features.ngram_ids, features.ngram_counts
                 ),
@@ -154,6 +167,8 @@ def stage_calls(key: str) -> dict[str, Any]:
                 "    trees": lambda: predictor.evaluator.predict(x),
             }
         )
+        if known is not None:  # decide() explains a chosen known model, right after predict()
+            calls["  contributions of a known model"] = lambda: predictor.contributions(features, known)
     calls.update(
         {
             "log write (row, hash, writer)": one.write,

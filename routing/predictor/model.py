@@ -8,7 +8,6 @@ can never disagree. Serving evaluates every booster in one vectorised pass (tree
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from routing.engine.prior import expected_output_tokens
 from routing.engine.types import ModelSpec, Prediction
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, AnchorTable
-from routing.predictor.serving import ServingPlan
+from routing.predictor.serving import CandidateLayout, ServingPlan
 from routing.predictor.text import TextHeads, TextProjection
 from routing.predictor.trees import ForestEvaluator
 
@@ -35,6 +34,8 @@ EXTRA_FEATURES = ("anchor_all_local", "text_head_all", "local_minus_all", "head_
 # decision log (one answering model per request) gives it that much less say, so live feedback
 # moves the predicted quality as much as the data it is in (fit.py stores the share it used).
 DECOMPOSED_SHARE = 0.5
+# a model the predictor knows nothing about (frozen: one object serves every such candidate)
+UNKNOWN = Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
 
 
 def design_names(text_dim: int) -> tuple[str, ...]:
@@ -146,9 +147,6 @@ class ScopePredictor:
         self._infos: dict[tuple[str, float, float, int, int], ModelInfo] = {}
         self._vectors: dict[ModelInfo, tuple[float, float, float, float]] = {}
         self._plan: ServingPlan | None = None
-        # per thread, the last request's design rows: the decision's explanation then reads the
-        # chosen model's row instead of building it again (contributions)
-        self._recent = threading.local()
 
     @property
     def plan(self) -> ServingPlan:
@@ -277,13 +275,24 @@ class ScopePredictor:
             return []
         plan = self.plan
         layout = plan.layout(models)
-        unknown = Prediction(quality=0.5, uncertainty=0.5, output_tokens=256.0, latency_ms=0.0, known=False)
-        result = [unknown] * len(models)
         if not len(layout.positions):
-            return result
-        x = plan.rows(features, layout)
-        self._recent.rows = (features, layout, x)
-        out = self.evaluator.predict(x)
+            return [UNKNOWN] * len(models)
+        fast = plan.fast()
+        made = fast.predict(features, layout) if fast is not None else None
+        if made is None:
+            x = plan.rows(features, layout)
+            made = self._predictions_numpy(features, layout, x, self.evaluator.predict(x))
+        if len(made) == len(models):
+            return made
+        result = [UNKNOWN] * len(models)
+        for j, prediction in zip(layout.positions.tolist(), made, strict=True):
+            result[j] = prediction
+        return result
+
+    def _predictions_numpy(
+        self, features: RequestFeatures, layout: CandidateLayout, x: np.ndarray, out: np.ndarray
+    ) -> list[Prediction]:
+        """predict()'s predictions from the design rows `x` and the trees' outputs `out` (numpy)."""
         q_all = out[:, self._quality]
         # numpy's mean and std, spelled out (the same sum, divisions and square root, fewer calls)
         quality = q_all.sum(axis=1) / len(self._quality)
@@ -307,7 +316,7 @@ class ScopePredictor:
         if slow.any():  # the tier prior's latency, as PriorPredictor computes it
             prior = layout.ttft_ms + features.input_tokens * 0.05 + tokens / layout.tokens_per_s * 1000.0
             latency[slow] = prior[slow]
-        made = list(
+        return list(
             map(
                 Prediction,
                 np.clip(quality, 0.0, 1.0).tolist(),
@@ -316,11 +325,6 @@ class ScopePredictor:
                 latency.tolist(),
             )
         )
-        if len(made) == len(models):
-            return made
-        for j, prediction in zip(layout.positions.tolist(), made, strict=True):
-            result[j] = prediction
-        return result
 
     def contributions(
         self, features: RequestFeatures, model: ModelSpec, top: int = 5
@@ -328,13 +332,15 @@ class ScopePredictor:
         """Top Saabas (XGBoost approx pred_contribs) contributions to the model's quality logit."""
         if not self._quality:
             return []
-        row = self._recent_row(features, model)
-        if row is None:
-            layout = self.plan.layout([model])
-            if not len(layout.positions):
-                return []
-            row = self.plan.rows(features, layout)[0]
-        contrib = self.evaluator.contributions(row, self._quality[0])
+        layout = self.plan.layout([model])
+        if not len(layout.positions):
+            return []
+        fast = self.plan.fast()
+        got = fast.contributions(features, layout) if fast is not None else None
+        if got is None:
+            x = self.plan.rows(features, layout)
+            got = x[0], self.evaluator.contributions(x[0], self._quality[0])
+        row, contrib = got
         order = np.argsort(-np.abs(contrib[:-1]))[:top]
         return [
             {
@@ -345,21 +351,6 @@ class ScopePredictor:
             for i in order
             if contrib[i] != 0.0
         ]
-
-    def _recent_row(self, features: RequestFeatures, model: ModelSpec) -> np.ndarray | None:
-        """`model`'s design row from this thread's last `predict`, if that was for `features` (the
-        same object) and listed `model` (the same object) among its known candidates; else None.
-
-        A row does not depend on the other candidates, so it equals the row built for `model` alone.
-        """
-        recent = getattr(self._recent, "rows", None)
-        if recent is None or recent[0] is not features:
-            return None
-        layout, x = recent[1], recent[2]
-        for j, spec in enumerate(layout.specs):
-            if spec is model:
-                return x[sum(layout.known[:j])] if layout.known[j] else None
-        return None
 
 
 def _jsonable(v: float) -> float | None:

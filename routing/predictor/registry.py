@@ -35,6 +35,7 @@ from routing.engine.types import Predictor
 from routing.predictor.artifact import ArtifactError, unpack
 from routing.predictor.compiled import compile_forest, load_cached
 from routing.predictor.model import ScopePredictor
+from routing.predictor.serving_kernel import serving_kernel_ensure, serving_kernel_install
 from routing.services.counters import CACHE_ERRORS, warn_degraded
 from routing.text_kernel import text_kernel_ensure, text_kernel_install
 
@@ -159,6 +160,7 @@ def predictor_precompile(predictor: ScopePredictor) -> bool:
         return False
     char_kernel_install(cache_dir)  # the request features' character n-grams, compiled the same way
     text_kernel_install(cache_dir)  # ... and their words and character counts (ASCII text)
+    serving_kernel_install(cache_dir)  # ... and the one-request path's rows and predictions
     try:
         compiled = compile_forest(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - activation must not fail for a speed-up; processes retry on load
@@ -175,6 +177,7 @@ def _accelerate(predictor: ScopePredictor) -> None:
         return
     char_kernel_ensure(cache_dir)
     text_kernel_ensure(cache_dir)
+    serving_kernel_ensure(cache_dir)
     try:
         compiled = load_cached(predictor.evaluator, cache_dir)
     except Exception:  # noqa: BLE001 - compiled trees are a speed-up; numpy serves without them

@@ -10,6 +10,7 @@ The arithmetic is the batched path's, operation for operation, so the rows are b
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from routing.engine.prior import _TIER_SPEED
 from routing.engine.types import ModelSpec
 from routing.features import FEATURE_NAMES, RequestFeatures
 from routing.predictor.anchors import ANCHOR_FEATURES, SHARPNESS, SHRINK, TOP_CENTROIDS
+from routing.predictor.serving_kernel import BoundPlan, ServingKernel, serving_kernel
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
+
+log = logging.getLogger(__name__)
 
 _LIST_CACHE = 256  # candidate lists remembered per predictor
 _SPEC_CACHE = 20_000
@@ -41,6 +45,26 @@ class CandidateLayout:
     template: np.ndarray  # float32 [n_known, F]: model-side design columns, copied per request
     ttft_ms: np.ndarray  # float64 [n_known]: the tier prior's latency terms (used without a latency model)
     tokens_per_s: np.ndarray
+    addresses: tuple[int, int, int, int]  # of columns, template, ttft_ms, tokens_per_s (the C kernel's)
+
+
+def _layout(
+    specs: tuple[ModelSpec, ...],
+    positions: np.ndarray,
+    columns: np.ndarray,
+    vectors: np.ndarray,
+    known: tuple[bool, ...],
+    template: np.ndarray,
+    ttft_ms: np.ndarray,
+    tokens_per_s: np.ndarray,
+) -> CandidateLayout:
+    """A CandidateLayout with its arrays' addresses (contiguous arrays, read by the serving kernel)."""
+    arrays = (columns, template, ttft_ms, tokens_per_s)
+    assert all(a.flags.c_contiguous for a in arrays)
+    a, b, c, d = (int(a.ctypes.data) for a in arrays)
+    return CandidateLayout(
+        specs, positions, columns, vectors, known, template, ttft_ms, tokens_per_s, (a, b, c, d)
+    )
 
 
 class ServingPlan:
@@ -70,6 +94,8 @@ class ServingPlan:
             tuple[str, float, float, int, int], tuple[int, tuple[float, float, float, float]]
         ] = {}
         self._lists: OrderedDict[tuple[int, ...], CandidateLayout] = OrderedDict()
+        self._kernel: ServingKernel | None = None
+        self._fast: BoundPlan | None = None
 
     # --- candidate side (memoised) ---------------------------------------------------------
     def layout(self, models: Sequence[ModelSpec]) -> CandidateLayout:
@@ -90,7 +116,7 @@ class ServingPlan:
                 positions.append(j)
                 columns.append(col)
                 vectors.append(vector)
-        layout = CandidateLayout(
+        layout = _layout(
             specs=tuple(models),
             positions=np.asarray(positions, dtype=np.int64),
             columns=np.asarray(columns, dtype=np.int64),
@@ -126,9 +152,54 @@ class ServingPlan:
             hit = self._specs[key] = (self._p.anchors.index.get(spec.name, -1), self._p._vector(info))
         return hit
 
+    # --- the compiled kernel (serving_kernel.py) --------------------------------------------------
+    def fast(self) -> BoundPlan | None:
+        """This plan on the serving kernel once one is installed and gave the numpy path's results here."""
+        kernel = serving_kernel()
+        if kernel is not self._kernel:
+            self._kernel, self._fast = kernel, None
+            if kernel is not None:
+                self._fast = self._bind(kernel)
+        return self._fast
+
+    def _bind(self, kernel: ServingKernel) -> BoundPlan | None:
+        try:
+            bound = BoundPlan(kernel, self)
+        except ValueError as exc:
+            log.info("predictor %s serves without the serving kernel: %s", self._p.version, exc)
+            return None
+        if not bound.agrees():
+            log.error("serving kernel's rows disagree with numpy on predictor %s: not used", self._p.version)
+            return None
+        return bound
+
+    def probe_layout(self) -> CandidateLayout:
+        """Every known model as a candidate (made-up model-side columns): the kernel's check."""
+        k = self.n_known
+        columns = np.arange(k, dtype=np.int64)
+        vectors = [(0.5, 1.0, 2.0, 9.0)] * k
+        return _layout(
+            specs=(),
+            positions=columns,
+            columns=columns,
+            vectors=np.asarray(vectors, dtype=np.float64),
+            known=(True,) * k,
+            template=self._template(columns, vectors),
+            ttft_ms=np.full(k, 300.0),
+            tokens_per_s=np.full(k, 80.0),
+        )
+
     # --- request side ------------------------------------------------------------------------
     def rows(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray:
         """Design rows [n_known candidates, F] (float32), equal to `ScopePredictor.design`'s rows."""
+        fast = self.fast()
+        if fast is not None:
+            x = fast.rows(features, layout)
+            if x is not None:
+                return x
+        return self._rows_numpy(features, layout)
+
+    def _rows_numpy(self, features: RequestFeatures, layout: CandidateLayout) -> np.ndarray:
         p = self._p
         cols, w = p.projection.weights(features.ngram_ids, features.ngram_counts)
         emb = np.empty((1, self.dim), dtype=np.float32)

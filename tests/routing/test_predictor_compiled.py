@@ -52,6 +52,19 @@ def test_compiled_trees_equal_xgboost_inplace_predict_with_missing_values(tmp_pa
 
 
 @needs_cc
+def test_a_few_rows_walk_their_trees_alone_to_the_same_margins(tmp_path: Path) -> None:
+    quality, length, _ = _boosters(4)
+    evaluator = _evaluator(quality, length)
+    forest = compiled.compile_forest(evaluator, tmp_path)
+    assert forest is not None
+    rows = compiled.probe_rows(evaluator, 64, seed=6)
+    everything = forest.margins(rows)
+    for n in (1, 2, 5, 15, 16, 17):  # below 16 rows each row walks alone; from 16, level by level
+        np.testing.assert_array_equal(forest.margins(rows[:n]), everything[:n])
+        np.testing.assert_allclose(forest.margins(rows[:n]), evaluator.margins_numpy(rows[:n]), atol=1e-9)
+
+
+@needs_cc
 def test_a_compiled_library_is_reused_from_the_cache_without_a_compiler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

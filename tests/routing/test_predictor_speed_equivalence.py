@@ -152,41 +152,6 @@ def test_contributions_sum_each_feature_in_the_level_by_level_order(predictor: S
                 )
 
 
-def test_contributions_read_the_last_predicted_row_only_for_the_same_request_and_model(
-    predictor: ScopePredictor,
-) -> None:
-    specs = _candidates()
-    requests = _requests()
-    fresh = ScopePredictor(
-        predictor.version,
-        predictor.projection,
-        predictor.anchors,
-        predictor.heads,
-        predictor.evaluator,
-        predictor.roles,
-        predictor.boosters,
-        predictor.metadata,
-    )
-    for features, other in zip(requests, requests[1:], strict=False):
-        predictor.predict(features, specs)
-        for spec in specs:
-            row = predictor._recent_row(features, spec)
-            alone = predictor.plan.layout([spec])
-            if not len(alone.positions):
-                assert row is None
-                continue
-            assert row is not None
-            np.testing.assert_array_equal(row, predictor.plan.rows(features, alone)[0])
-            # nothing predicted by `fresh`: it builds the row itself
-            assert predictor.contributions(features, spec, top=8) == fresh.contributions(
-                features, spec, top=8
-            )
-            # another request, or an equal spec that is not the listed object: not the stored row
-            assert predictor._recent_row(other, spec) is None
-            assert predictor._recent_row(features, replace(spec)) is None
-            assert predictor.contributions(other, spec, top=8) == fresh.contributions(other, spec, top=8)
-
-
 def test_candidate_lists_are_memoised_by_identity_and_rebuilt_for_new_objects(
     predictor: ScopePredictor,
 ) -> None:
