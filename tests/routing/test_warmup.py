@@ -14,6 +14,7 @@ from feedback.services.registry import predictor_version_activate, predictor_ver
 from feedback.services.training import predictor_train
 from routing import selectors
 from routing.predictor import registry
+from routing.predictor.serving_kernel import serving_kernel
 from routing.services import warmup
 from tests.factories import make_catalog, make_policy
 from tests.routing import predictor_data as data
@@ -51,6 +52,11 @@ def test_after_warm_up_the_route_path_loads_nothing(
     with django_assert_num_queries(0):  # what a first request needs is in memory already
         assert registry.active_predictor().version == "warm"  # type: ignore[union-attr]
         assert selectors.model_specs()
+    # the serving kernel (installed with the trees at activation) is bound to the predictor and
+    # checked: no request pays for the check
+    plan = registry.active_scope_predictor().plan  # type: ignore[union-attr]
+    assert serving_kernel() is not None
+    assert plan._kernel is serving_kernel() and plan._fast is not None
 
 
 @pytest.mark.django_db
