@@ -245,7 +245,7 @@ _STAGES = (
     ("routing.services.route", "decide", "decide (with predict)"),
     ("routing.services.route", "decision_log_write", "log write (row, hash, hand-over)"),
     ("routing.services.decision_log", "decision_row_hash_texts", "  canonical JSON + hash"),
-    ("routing.services.decision_log", "decision_copy_line", "  COPY line"),
+    ("routing.services.decision_log", "decision_copy_values_line", "  COPY line"),
     ("routing.services.decision_writer.WriterClient", "commit", "  writer round trip"),
     ("routing.api", "decision_payload", "answer payload"),
 )
