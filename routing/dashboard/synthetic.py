@@ -30,6 +30,7 @@ from routing.features import extract_features
 from routing.models import DecisionLog
 from routing.predictor.registry import active_predictor
 from routing.selectors import model_specs, policy_spec
+from routing.services.decision_log import decision_fields
 from routing.services.route import strategies
 
 _TOPICS = (
@@ -90,24 +91,11 @@ def _pool(size: int, policies: list[str], rng: random.Random) -> list[_Pooled]:
         fields = {
             "kind": "route",
             "api_key_name": "",
-            "policy_slug": policy.slug,
-            "policy_version": policy.version,
-            "strategy": decision.strategy,
-            "predictor_version": decision.predictor_version,
-            "alpha": decision.alpha,
-            "chosen_model": decision.model.name if decision.model else "",
-            "chosen_provider": decision.model.provider if decision.model else "",
-            "fallbacks": list(decision.fallbacks),
-            "candidates": [c.as_dict() for c in decision.candidates],
-            "explanation": dict(decision.explanation),
-            "features": features.as_dict(ngrams=False),  # the prompt is stored, as on the live path
-            "feature_schema": features.schema_version,
-            "prompt": text,
+            # the prompt is stored, as on the live path by default
+            **decision_fields(decision=decision, features=features, policy=policy, redacted=False),
             "prompt_sha256": hashlib.sha256(features.text.encode()).hexdigest(),
             "metadata": metadata,
             "cache_hit": False,
-            "predicted_cost_usd": chosen.cost_usd if chosen else None,
-            "predicted_quality": chosen.prediction.quality if chosen and chosen.prediction else None,
         }
         canon = {k: canonical_text(fields[k]) for k in HASHED_FIELDS if k in fields and k not in _PER_ROW}
         latency = chosen.prediction.latency_ms if chosen and chosen.prediction else None

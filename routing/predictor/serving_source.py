@@ -27,49 +27,30 @@ typedef void (*dgemv_fn)(int, int, int64_t, int64_t, double, const double *, int
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, TOP = 4 };
 
 /* numpy's pairwise summation (add.reduce over a contiguous run), in float and in double */
-static float sum_f32(const float *a, long n)
-{
-    if (n < 8) {
-        float res = 0.0f;
-        for (long i = 0; i < n; ++i) res += a[i];
-        return res;
+#define PAIRWISE_SUM(NAME, T)                                                  \
+    static T NAME(const T *a, long n)                                          \
+    {                                                                          \
+        if (n < 8) {                                                           \
+            T res = 0;                                                         \
+            for (long i = 0; i < n; ++i) res += a[i];                          \
+            return res;                                                        \
+        }                                                                      \
+        if (n <= 128) {                                                        \
+            T r[8], res;                                                       \
+            long i;                                                            \
+            for (int j = 0; j < 8; ++j) r[j] = a[j];                           \
+            for (i = 8; i < n - (n % 8); i += 8)                               \
+                for (int j = 0; j < 8; ++j) r[j] += a[i + j];                  \
+            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); \
+            for (; i < n; ++i) res += a[i];                                    \
+            return res;                                                        \
+        }                                                                      \
+        long n2 = n / 2;                                                       \
+        n2 -= n2 % 8;                                                          \
+        return NAME(a, n2) + NAME(a + n2, n - n2);                             \
     }
-    if (n <= 128) {
-        float r[8], res;
-        long i;
-        for (int j = 0; j < 8; ++j) r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; ++i) res += a[i];
-        return res;
-    }
-    long n2 = n / 2;
-    n2 -= n2 % 8;
-    return sum_f32(a, n2) + sum_f32(a + n2, n - n2);
-}
-
-static double sum_f64(const double *a, long n)
-{
-    if (n < 8) {
-        double res = 0.0;
-        for (long i = 0; i < n; ++i) res += a[i];
-        return res;
-    }
-    if (n <= 128) {
-        double r[8], res;
-        long i;
-        for (int j = 0; j < 8; ++j) r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; ++i) res += a[i];
-        return res;
-    }
-    long n2 = n / 2;
-    n2 -= n2 % 8;
-    return sum_f64(a, n2) + sum_f64(a + n2, n - n2);
-}
+PAIRWISE_SUM(sum_f32, float)
+PAIRWISE_SUM(sum_f64, double)
 
 typedef struct {
     sgemv_fn sgemv;

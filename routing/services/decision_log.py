@@ -46,17 +46,42 @@ def decision_log_write(
     if prompt_utf8 is None or unstorable:
         where = "messages" if prompt_utf8 is None else unstorable
         raise InvalidRequest(f"{where}: {UNSTORABLE_TEXT}", code="invalid_request")
-    chosen = decision.chosen
-    prediction = chosen.prediction if chosen else None
     redacted = settings.SCOPE_PROMPT_STORAGE == "redacted"
-    # the row's values by attname, in column order: hashed, encoded as a COPY line and held by the
-    # returned row from this one dict
+    # the row's values by attname: hashed, encoded as a COPY line and held by the returned row from
+    # this one dict
     values: dict[str, Any] = {
         "id": time_ordered_uuid(),
         "created_at": timezone.now(),
         "kind": kind,
         "api_key_id": api_key.pk if api_key else None,
         "api_key_name": api_key.name if api_key else "",
+        **decision_fields(decision=decision, features=features, policy=policy, redacted=redacted),
+        "prompt_sha256": hashlib.sha256(prompt_utf8).hexdigest(),
+        "user": user,
+        "metadata": dict(metadata or {}),
+        "experiment": experiment,
+        "arm": arm,
+        "cache_hit": cache_hit,
+        "row_hash": "",
+        "hash_format": HASH_FORMAT_JSON,
+        "checkpoint_id": None,
+    }
+    values["hash_format"], values["row_hash"], json_utf8, jsonb_values = decision_row_hash_texts(values)
+    values.update(jsonb_values)  # a -0.0 in SCOPE's own numbers: the row holds what was hashed
+    row = _decision_row(values, api_key)
+    # durable: the row is committed before the caller answers the request
+    _insert_durably(row, lambda: decision_copy_values_line(values, json_utf8))
+    return row
+
+
+def decision_fields(
+    *, decision: Decision, features: RequestFeatures, policy: PolicySpec, redacted: bool
+) -> dict[str, Any]:
+    """A decision row's values that follow from the decision, its request's features and policy
+    (DecisionLog attnames); the live path and the dashboard's synthetic history both use them."""
+    chosen = decision.chosen
+    prediction = chosen.prediction if chosen else None
+    return {
         "policy_slug": policy.slug,
         "policy_version": policy.version,
         "strategy": decision.strategy,
@@ -71,24 +96,9 @@ def decision_log_write(
         "features": features.as_dict(ngrams=redacted),
         "feature_schema": features.schema_version,
         "prompt": "" if redacted else features.text,
-        "prompt_sha256": hashlib.sha256(prompt_utf8).hexdigest(),
-        "user": user,
-        "metadata": dict(metadata or {}),
-        "experiment": experiment,
-        "arm": arm,
-        "cache_hit": cache_hit,
         "predicted_cost_usd": chosen.cost_usd if chosen else None,
         "predicted_quality": prediction.quality if prediction else None,
-        "row_hash": "",
-        "hash_format": HASH_FORMAT_JSON,
-        "checkpoint_id": None,
     }
-    values["hash_format"], values["row_hash"], json_utf8, jsonb_values = decision_row_hash_texts(values)
-    values.update(jsonb_values)  # a -0.0 in SCOPE's own numbers: the row holds what was hashed
-    row = _decision_row(values, api_key)
-    # durable: the row is committed before the caller answers the request
-    _insert_durably(row, lambda: decision_copy_values_line(values, json_utf8))
-    return row
 
 
 def _decision_row(values: dict[str, Any], api_key: ApiKey | None) -> DecisionLog:
