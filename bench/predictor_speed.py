@@ -203,6 +203,14 @@ def main() -> None:
             compiled = compile_forest(predictor.evaluator, cache)
             predictor.evaluator.use_compiled(compiled)
             evaluator = "compiled" if compiled is not None else "numpy (compilation failed)"
+            try:  # the one-request path's rows and predictions in C (checkouts before it: numpy)
+                from routing.predictor.serving_kernel import serving_kernel_install
+            except ImportError:
+                pass
+            else:
+                serving_kernel_install(cache)
+                served = predictor.plan.fast() is not None
+                evaluator += "; rows: " + ("serving kernel" if served else "numpy (kernel not used)")
     counts = [e.n_trees for e in predictor.evaluator.ensembles]
     print(
         f"ready in {time.perf_counter() - started:.1f} s: {len(predictor.anchors.models)} known models, "
