@@ -6,7 +6,7 @@ import numpy as np
 
 from routing.features import RequestFeatures, extract_prompt_features
 from routing.predictor.fit import FitParams, TrainingExample
-from routing.predictor.model import ModelInfo
+from routing.predictor.model import ModelInfo, ScopePredictor
 
 TOPICS = {
     "algebra": "solve equation polynomial root variable coefficient quadratic factor",
@@ -56,3 +56,18 @@ def examples(
 
 def infos() -> list[ModelInfo]:
     return [ModelInfo(m, PRICES[m][0], PRICES[m][1], 8192, None) for m in SKILLS]
+
+
+def served_predictor() -> ScopePredictor:
+    """A FAST predictor with every serving part: a latency booster (part of the single pass) and a
+    model known only from a small anchor evaluation ("anchor-only": no text head, NaN features)."""
+    from dataclasses import replace
+
+    from routing.predictor.fit import fit_predictor
+
+    train, feats = examples(160, seed=3)
+    rng = np.random.default_rng(5)
+    train = [replace(ex, latency_ms=float(rng.uniform(200, 900))) for ex in train]
+    p = fit_predictor(train, infos(), seed=1, params=FAST).predictor
+    anchors = [(f, float(topic == "law"), None) for topic, f in feats[:60]]
+    return p.with_anchor_model("anchor-only", anchors)

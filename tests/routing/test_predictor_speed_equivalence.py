@@ -13,7 +13,7 @@ from routing.features import extract_prompt_features
 from routing.predictor.fit import fit_predictor
 from routing.predictor.model import ScopePredictor
 from routing.predictor.trees import ForestEvaluator, ensemble_from_json
-from tests.routing.predictor_data import FAST, PRICES, SKILLS, examples, infos, prompts
+from tests.routing.predictor_data import FAST, PRICES, SKILLS, examples, infos, prompts, served_predictor
 
 TOL = 1e-5
 
@@ -33,11 +33,7 @@ def _spec(name: str, tier: int = 2) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def predictor() -> ScopePredictor:
-    train, feats = examples(160, seed=3)
-    rng = np.random.default_rng(5)
-    # with latencies, so the latency booster is part of the single pass too
-    train = [replace(ex, latency_ms=float(rng.uniform(200, 900))) for ex in train]
-    p = fit_predictor(train, infos(), seed=1, params=FAST).predictor
+    p = served_predictor()
     assert p.roles == [
         "quality",
         "quality",
@@ -48,9 +44,8 @@ def predictor() -> ScopePredictor:
         "tokens",
         "latency",
     ]
-    # a model known only from a small anchor evaluation: no text head (NaN features)
-    anchors = [(f, float(topic == "law"), None) for topic, f in feats[:60]]
-    return p.with_anchor_model("anchor-only", anchors)
+    assert "anchor-only" in p.anchors.index
+    return p
 
 
 def _requests() -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ import pytest
 from routing.engine.types import ModelSpec
 from routing.features import extract_prompt_features
 from routing.predictor import compiled, serving_kernel
-from routing.predictor.fit import fit_predictor
 from routing.predictor.model import ScopePredictor
 from routing.predictor.serving_kernel import probe_requests, serving_kernel_install
-from tests.routing.predictor_data import FAST, PRICES, SKILLS, examples, infos, prompts
+from tests.routing.predictor_data import PRICES, SKILLS, prompts, served_predictor
 
 
 @pytest.fixture
@@ -29,12 +27,7 @@ def clean_kernel() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def trained() -> ScopePredictor:
-    train, feats = examples(160, seed=3)
-    rng = np.random.default_rng(5)
-    train = [replace(ex, latency_ms=float(rng.uniform(200, 900))) for ex in train]
-    p = fit_predictor(train, infos(), seed=1, params=FAST).predictor
-    anchors = [(f, float(topic == "law"), None) for topic, f in feats[:60]]
-    return p.with_anchor_model("anchor-only", anchors)
+    return served_predictor()
 
 
 @pytest.fixture
