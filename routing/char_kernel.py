@@ -154,7 +154,9 @@ class CharKernel:
     def ascii(self, lowered: bytes) -> tuple[bytes, bytes]:
         """Of lowered ASCII text as it comes: the kernel splits, joins, cuts and maps the digits."""
         b = self._buffers
-        m = self._ascii_fn(lowered, len(lowered), b.size, *b.ascii_addresses)
+        if b.size < features.CHAR_MAX_CHARS:  # a kernel made with smaller buffers
+            b = _Buffers(features.CHAR_MAX_CHARS)
+        m = self._ascii_fn(lowered, len(lowered), features.CHAR_MAX_CHARS, *b.ascii_addresses)
         return b.ids[:m].tobytes(), b.counts[:m].tobytes()
 
 
