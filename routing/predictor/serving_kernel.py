@@ -390,8 +390,18 @@ class BoundPlan:
         post-processing without a numpy array in between; None when the trees are not compiled (yet)
         or the kernel leaves the request to numpy. Checked on probe requests with each compiled forest."""
         forest = self.plan._p.evaluator.compiled
-        if not isinstance(forest, CompiledForest):
+        if not isinstance(forest, CompiledForest) or not self._checked(forest):
             return None
+        return self._predict(features, layout, forest)
+
+    def check_forest(self) -> None:
+        """Check the predictions with the compiled trees now (warm-up), not in the first request."""
+        forest = self.plan._p.evaluator.compiled
+        if isinstance(forest, CompiledForest):
+            self._checked(forest)
+
+    def _checked(self, forest: CompiledForest) -> bool:
+        """Whether the predictions with `forest` equalled the numpy path's (checked once per forest)."""
         if forest is not self._forest:
             agrees = self._predictions_agree(forest)
             if not agrees:
@@ -402,7 +412,7 @@ class BoundPlan:
             # with the old forest only falls back to numpy or checks again
             self._forest_agrees = agrees
             self._forest = forest
-        return self._predict(features, layout, forest) if self._forest_agrees else None
+        return self._forest_agrees
 
     def _predict(
         self, features: RequestFeatures, layout: CandidateLayout, forest: CompiledForest

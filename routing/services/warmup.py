@@ -35,10 +35,12 @@ def warm_process() -> Warmed:
     try:
         models = len(catalog_snapshot().models)
         predictor = active_scope_predictor()
-        if predictor is not None:
-            # the serving kernel's check against numpy on this predictor (about 15 requests' worth of
-            # numpy work) runs now rather than in the first request (when the kernel is installed)
-            predictor.plan.fast()
+        fast = predictor.plan.fast() if predictor is not None else None
+        if fast is not None:
+            # the serving kernel's checks against numpy on this predictor (its rows, and its
+            # predictions with the compiled trees: about 15 requests' worth of numpy work each) run
+            # now rather than in the first request
+            fast.check_forest()
     except Exception as exc:  # noqa: BLE001 - a database that is down must not stop a worker booting
         log.warning(
             "warm-up skipped (%s: %s); the first request loads what it needs", type(exc).__name__, exc

@@ -57,6 +57,8 @@ def test_after_warm_up_the_route_path_loads_nothing(
     plan = registry.active_scope_predictor().plan  # type: ignore[union-attr]
     assert serving_kernel() is not None
     assert plan._kernel is serving_kernel() and plan._fast is not None
+    forest = registry.active_scope_predictor().evaluator.compiled  # type: ignore[union-attr]
+    assert forest is not None and plan._fast._forest is forest and plan._fast._forest_agrees
 
 
 @pytest.mark.django_db
