@@ -85,6 +85,7 @@ def main() -> int:
     from routing.route_input import route_input_validate
     from routing.serializers import RouteInputSerializer
     from routing.services.api_keys import api_key_create
+    from routing.services.decision_copy import decision_copy_line
     from routing.services.decision_log import _insert_durably, time_ordered_uuid
     from routing.services.route import route_decide
     from scope_site.cache import RedisCache
@@ -103,11 +104,15 @@ def main() -> int:
         row.id = time_ordered_uuid()
         return row
 
+    def own_write() -> None:
+        row = fresh_row()
+        _insert_durably(row, lambda: decision_copy_line(row))
+
     def orm_write() -> None:
         with transaction.atomic(durable=True):
             fresh_row().save(force_insert=True)
 
-    compare("write", orm_write, lambda: _insert_durably(fresh_row()), runs=300, backend_pid=backend_pid)
+    compare("write", orm_write, own_write, runs=300, backend_pid=backend_pid)
 
     def serializer() -> None:
         RouteInputSerializer(data=body).is_valid(raise_exception=True)

@@ -171,19 +171,7 @@ class CompiledForest:
         out = np.empty((rows, self.n_boosters), dtype=np.float64)
         buf = np.empty(rows * 2 * self.n_features, dtype=np.float32)
         node = np.empty(rows, dtype=np.int32)
-        self._fn(
-            x.ctypes.data,
-            rows,
-            x.shape[1],
-            self.n_features,
-            *self._pointers,
-            self._n_trees,
-            self._depth,
-            *self._tail,
-            buf.ctypes.data,
-            node.ctypes.data,
-            out.ctypes.data,
-        )
+        self.margins_into(x.ctypes.data, rows, x.shape[1], buf.ctypes.data, node.ctypes.data, out.ctypes.data)
         return out
 
 
@@ -196,11 +184,6 @@ def source_key(name: str, version: int, source: str) -> str:
 
 def library_path(cache_dir: Path, name: str, version: int, source: str) -> Path:
     return Path(cache_dir) / f"{name}-kernel-{source_key(name, version, source)}.so"
-
-
-def kernel_key() -> str:
-    """The forest kernel library's name."""
-    return source_key("forest", KERNEL_VERSION, KERNEL_SOURCE)
 
 
 def probe_rows(evaluator: ForestEvaluator, n: int = 256, seed: int = 0) -> np.ndarray:

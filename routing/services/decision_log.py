@@ -21,7 +21,7 @@ from routing.audit import HASH_FORMAT_JSON, decision_row_hash_texts
 from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
-from routing.services.decision_copy import decision_copy_line, decision_copy_values_line
+from routing.services.decision_copy import decision_copy_values_line
 from routing.services.decision_writer import WriterClient
 from routing.storable import UNSTORABLE_TEXT, storable_utf8, unstorable_path
 from scope_site.errors import InvalidRequest
@@ -130,11 +130,11 @@ def time_ordered_uuid() -> uuid.UUID:
     return uuid.UUID(int=value | random & (2**62 - 1))
 
 
-def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes] | None = None) -> None:
+def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
     """Commit one new row before returning; raises (nothing answered) if it cannot be committed.
 
-    `copy_line`, when given, builds the row's COPY line from the values it was built from, with its
-    JSON columns in the text that was hashed; else the line is encoded from the row.
+    `copy_line` builds the row's COPY line (for the writer) from the values the row was built from,
+    with its JSON columns in the text that was hashed; only called when the writer takes the row.
 
     On PostgreSQL, outside any transaction: when a group-commit writer runs beside this process
     (`make serve` starts one), the row goes to it and this returns once the writer has committed
@@ -154,7 +154,7 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes] | None = No
         return
     client = _writer_client()
     if client is not None and not db.in_atomic_block:
-        if client.commit(copy_line() if copy_line is not None else decision_copy_line(row)):
+        if client.commit(copy_line()):
             return
         # the writer may have committed it before its answer was lost: never a second row
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")

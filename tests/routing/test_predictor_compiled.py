@@ -115,7 +115,7 @@ def test_a_library_that_disagrees_with_the_numpy_evaluator_is_refused(tmp_path: 
         " const float *c, long t, int d, const int *e, long nb, const double *base, float *buf, int *node,"
         " double *out) { for (long i = 0; i < rows * nb; ++i) out[i] = 0.0; }\n"
     )
-    library = tmp_path / f"forest-kernel-{compiled.kernel_key()}.so"
+    library = compiled._library(tmp_path)
     subprocess.run([str(compiled._compiler()), *compiled.CFLAGS, "-o", str(library), str(source)], check=True)
     assert compiled.load_cached(evaluator, tmp_path) is None
     assert compiled.compile_forest(evaluator, tmp_path) is None  # the cached library is not trusted either
