@@ -9,11 +9,12 @@ request means) and the predictions from the trees' margins.
 The results are numpy's to the bit, not merely close, because the kernel repeats numpy's own
 operations: its matrix products call numpy's BLAS (cblas_sgemv/dgemv of the OpenBLAS numpy ships,
 with the arguments numpy passes), its sums numpy's pairwise summation, 1 + log(count) comes from a
-table numpy computed, and float32 exp (numpy's own SIMD code, not libm's) is left to one numpy call
-between the first two. Float64 exp, expm1 and log1p are libm's, which is what numpy uses on CPUs
-without AVX-512; the library is installed only after they gave numpy's results, and a plan uses
-it only after its rows and predictions equalled the numpy path's on probe requests. Without a C
-compiler, numpy's BLAS or agreement, the numpy path keeps serving; it also serves the requests the
+table numpy computed, and exp, expm1 and log1p are numpy's own inner loops, taken from its ufuncs
+(numpy_loops): on CPUs with AVX-512 numpy computes them with SIMD code of its own, whose last bit
+differs from libm's in about one value in twenty. The library is installed only after those loops,
+called as the kernel calls them, gave numpy's results on whole arrays, and a plan uses it only
+after its rows and predictions equalled the numpy path's on probe requests. Without a C compiler,
+numpy's BLAS, its loops or agreement, the numpy path keeps serving; it also serves the requests the
 kernel declines (a tie for the last of the top centroids, whose pick is numpy's argpartition's).
 """
 
@@ -63,6 +64,42 @@ def numpy_blas() -> tuple[int, int]:
     return addresses[0], addresses[1]
 
 
+class _UFuncHead(ctypes.Structure):
+    """The leading fields of numpy's PyUFuncObject (numpy/ufuncobject.h, the same in numpy 1.x and 2.x)."""
+
+    _fields_ = [
+        ("ob_refcnt", ctypes.c_ssize_t),
+        ("ob_type", ctypes.c_void_p),
+        ("nin", ctypes.c_int),
+        ("nout", ctypes.c_int),
+        ("nargs", ctypes.c_int),
+        ("identity", ctypes.c_int),
+        ("functions", ctypes.POINTER(ctypes.c_void_p)),
+        ("data", ctypes.POINTER(ctypes.c_void_p)),
+        ("ntypes", ctypes.c_int),
+        ("reserved1", ctypes.c_int),
+        ("name", ctypes.c_char_p),
+        ("types", ctypes.POINTER(ctypes.c_char)),
+    ]
+
+
+def numpy_loop(ufunc: np.ufunc, dtype: type) -> tuple[int, int]:
+    """(inner loop, its data) of a one-input ufunc for `dtype` in and out: the function numpy calls on
+    each run of an array, with the CPU's SIMD version already picked; OSError when not found."""
+    head = _UFuncHead.from_address(id(ufunc))  # CPython: id() is the object's address
+    if head.name != ufunc.__name__.encode() or (head.nin, head.nout) != (1, 1) or not 0 < head.ntypes < 1024:
+        raise OSError(f"numpy's {ufunc.__name__} is not laid out as numpy/ufuncobject.h says")
+    num = bytes([np.dtype(dtype).num])
+    for i in range(head.ntypes):
+        if head.types[2 * i] == num and head.types[2 * i + 1] == num and head.functions[i]:
+            return int(head.functions[i]), int(head.data[i] or 0)
+    raise OSError(f"numpy's {ufunc.__name__} has no {np.dtype(dtype)} loop")
+
+
+# the kernel's order (its NP_EXP, NP_EXPM1, NP_LOG1P, NP_EXP_F32)
+NUMPY_LOOPS = ((np.exp, np.float64), (np.expm1, np.float64), (np.log1p, np.float64), (np.exp, np.float32))
+
+
 class ServingKernel:
     """The library's three functions, with numpy's BLAS to call."""
 
@@ -81,28 +118,39 @@ class ServingKernel:
         self.saabas = self._lib.scope_saabas
         self.saabas.argtypes = (_P, _L, _P, _P, _P, _P, _L, ctypes.c_int, _D, _P, _P, _P)
         self.saabas.restype = None
-        self._libm = self._lib.scope_serving_libm
-        self._libm.argtypes = (ctypes.c_int, _P, _L, _P)
-        self._libm.restype = None
+        self._each = self._lib.scope_serving_numpy_each
+        self._each.argtypes = (ctypes.c_int, _P, _L, _P)
+        self._each.restype = None
         self.blas = numpy_blas()
+        loops = [numpy_loop(ufunc, dtype) for ufunc, dtype in NUMPY_LOOPS]
+        use = self._lib.scope_serving_use_numpy
+        use.argtypes = (_P, _P)
+        use.restype = None
+        use(
+            (ctypes.c_void_p * len(loops))(*(fn for fn, _ in loops)),
+            (ctypes.c_void_p * len(loops))(*(data for _, data in loops)),
+        )
 
-    def libm(self, which: int, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float64)
+    def numpy_each(self, which: int, x: np.ndarray) -> np.ndarray:
+        """numpy's loop `which` (NUMPY_LOOPS' order) applied by the kernel, one element per call."""
+        x = np.ascontiguousarray(x, dtype=NUMPY_LOOPS[which][1])
         out = np.empty_like(x)
-        self._libm(which, x.ctypes.data, len(x), out.ctypes.data)
+        self._each(which, x.ctypes.data, len(x), out.ctypes.data)
         return out
 
 
 def _agrees(kernel: ServingKernel) -> bool:
-    """libm's exp, expm1 and log1p are numpy's here (numpy's own SIMD versions serve on AVX-512 CPUs)."""
+    """numpy's loops, called one element at a time as the kernel calls them, give what numpy gives
+    for whole arrays (its SIMD code handles a lone element as it handles the array's last ones)."""
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(size=4096) * 8.0, rng.uniform(-40.0, 40.0, size=4096)])
+    edges = [0.0, -0.0, 1e-300, -1e-300, 88.7, 89.0, -104.0, 709.0, 710.0, -745.0, np.inf, -np.inf, np.nan]
+    x = np.concatenate([rng.normal(size=4096) * 8.0, rng.uniform(-40.0, 40.0, size=4096), edges])
     nonneg = np.abs(np.concatenate([x, rng.uniform(0.0, 3000.0, size=4096)]))
-    return (
-        np.array_equal(kernel.libm(0, x), np.exp(x))
-        and np.array_equal(kernel.libm(1, x), np.expm1(x))
-        and np.array_equal(kernel.libm(2, nonneg), np.log1p(nonneg))
-    )
+    with np.errstate(over="ignore", under="ignore"):
+        return all(
+            np.array_equal(kernel.numpy_each(which, values), ufunc(values.astype(dtype)), equal_nan=True)
+            for which, ((ufunc, dtype), values) in enumerate(zip(NUMPY_LOOPS, (x, x, nonneg, x), strict=True))
+        )
 
 
 _kernel: ServingKernel | None = None
@@ -335,7 +383,6 @@ class BoundPlan:
             *b.text,
         ):
             return False
-        np.exp(b.expo, out=b.expo)
         b.request = request
         return True
 

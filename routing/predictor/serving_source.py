@@ -52,6 +52,39 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, TOP = 4 };
 PAIRWISE_SUM(sum_f32, float)
 PAIRWISE_SUM(sum_f64, double)
 
+/* numpy's own inner loops of its float64 exp, expm1 and log1p and its float32 exp, as its ufuncs
+   hold them (serving_kernel.numpy_loops): on CPUs with AVX-512 numpy computes these with SIMD code
+   of its own, whose last bit can differ from libm's, so the kernel calls numpy's code, never libm's. */
+typedef void (*ufunc_loop)(char **args, const long *n, const long *steps, void *data);
+enum { NP_EXP, NP_EXPM1, NP_LOG1P, NP_EXP_F32, NP_LOOPS };
+static ufunc_loop np_loop[NP_LOOPS];
+static void *np_data[NP_LOOPS];
+
+void scope_serving_use_numpy(void *const *loops, void *const *data)
+{
+    for (int i = 0; i < NP_LOOPS; ++i) {
+        np_loop[i] = (ufunc_loop)loops[i];
+        np_data[i] = data[i];
+    }
+}
+
+static double np_f64(int which, double x)
+{
+    double out;
+    char *args[2] = {(char *)&x, (char *)&out};
+    const long n = 1, steps[2] = {sizeof x, sizeof out};
+    np_loop[which](args, &n, steps, np_data[which]);
+    return out;
+}
+
+/* np.exp(a, out=a) of n contiguous floats */
+static void np_exp_f32_inplace(float *a, long n)
+{
+    char *args[2] = {(char *)a, (char *)a};
+    const long steps[2] = {sizeof *a, sizeof *a};
+    np_loop[NP_EXP_F32](args, &n, steps, np_data[NP_EXP_F32]);
+}
+
 typedef struct {
     sgemv_fn sgemv;
     dgemv_fn dgemv;
@@ -189,7 +222,7 @@ static int top_centroids(const Plan *p, const float *emb, const float *centroids
 }
 
 /* The text side of one request: emb [dim], calibrated heads [n_known] (NaN past the heads), the
-   top centroids and their softmax exponents (exp is left to numpy: its float32 exp is not libm's).
+   top centroids and the exps of their softmax exponents.
    request: n_req float64 values, then n_words int64 word ids and their n_words int64 counts.
    option: the multiple-choice block's share of every head, or NULL. 0, or -1: numpy. */
 long scope_serving_text(const Plan *p, const char *request, long n_words, const uint32_t *char_ids,
@@ -237,13 +270,14 @@ long scope_serving_text(const Plan *p, const char *request, long n_words, const 
     for (long j = 0; j < nh; ++j) {
         double raw = (double)value[j];
         raw += option != NULL ? (double)option[j] : 0.0;
-        if (p->platt_on != NULL && p->platt_on[j]) raw = 1.0 / (1.0 + exp(-(p->platt_a[j] * raw + p->platt_b[j])));
+        if (p->platt_on != NULL && p->platt_on[j]) raw = 1.0 / (1.0 + np_f64(NP_EXP, -(p->platt_a[j] * raw + p->platt_b[j])));
         head[j] = raw;
     }
     for (long j = nh; j < p->n_known; ++j) head[j] = NAN;
 
     if (top_centroids(p, emb, p->coarse, p->n_coarse, sims, top, expo)) goto done;
     if (top_centroids(p, emb, p->fine, p->n_fine, sims, top + TOP, expo + TOP)) goto done;
+    np_exp_f32_inplace(expo, 2 * TOP);  /* the softmax numerators, as np.exp(expo, out=expo) */
     result = 0;
 done:
     free(cols);
@@ -272,7 +306,7 @@ static void assignment(const int64_t *top, const float *e, long c, double *weigh
 }
 
 /* The design rows [n_rows, width] of the known candidates `columns` (anchor-table columns), from
-   scope_serving_text's results (expo now holding numpy's exp of the exponents). template: the
+   scope_serving_text's results. template: the
    candidates' rows with the model-side columns filled. 0, or -1 (no memory). */
 long scope_serving_rows(const Plan *p, const char *request, const float *emb, const double *head,
                         const int64_t *top, const float *expo, const int64_t *columns, long n_rows,
@@ -307,7 +341,7 @@ long scope_serving_rows(const Plan *p, const char *request, const float *emb, co
         memcpy(row + p->n_req, emb, (size_t)p->dim * sizeof *row);
         row[a0 + 2] = (float)local_c[c];
         row[a0 + 3] = (float)local_f[c];
-        row[a0 + 4] = (float)log1p(fine[k + c]);
+        row[a0 + 4] = (float)np_f64(NP_LOG1P, fine[k + c]);
         row[a0 + 6] = (float)local_t[c];
         row[e0] = (float)head[c];
         row[e0 + 1] = (float)mean_f;
@@ -358,7 +392,7 @@ long scope_serving_post(const Post *q, double *m, long n, const float *rows, lon
     for (long r = 0; r < n; ++r) {
         double *o = m + r * nb;
         for (long j = 0; j < nb; ++j)
-            if (q->logistic[j]) o[j] = 1.0 / (1.0 + exp(-o[j]));
+            if (q->logistic[j]) o[j] = 1.0 / (1.0 + np_f64(NP_EXP, -o[j]));
         double qual = role_mean(o, q->quality, nq, scratch), spread = 0.0;
         if (nq > 1) {
             for (long i = 0; i < nq; ++i) {
@@ -373,16 +407,16 @@ long scope_serving_post(const Post *q, double *m, long n, const float *rows, lon
             const double blended = (1.0 - q->share) * qual + q->share * (mean + relative);
             qual = blended < 0.0 ? 0.0 : (blended > 1.0 ? 1.0 : blended);
         }
-        double local_n = expm1((double)rows[r * width + q->local_n]);
+        double local_n = np_f64(NP_EXPM1, (double)rows[r * width + q->local_n]);
         if (local_n != local_n) local_n = 0.0;
         uncertainty[r] = sqrt(spread * spread + qual * (1.0 - qual) / (1.0 + local_n));
         quality[r] = qual < 0.0 ? 0.0 : (qual > 1.0 ? 1.0 : qual);
-        double t = q->tokens >= 0 ? expm1(o[q->tokens]) : NAN;
+        double t = q->tokens >= 0 ? np_f64(NP_EXPM1, o[q->tokens]) : NAN;
         t = t != t ? t : (t >= 1.0 ? t : 1.0);
         if (t != t) t = expected_tokens;
         if (t != t) return -1;
         tokens[r] = t;
-        double lat = q->latency >= 0 ? expm1(o[q->latency]) : NAN;
+        double lat = q->latency >= 0 ? np_f64(NP_EXPM1, o[q->latency]) : NAN;
         if (lat != lat) lat = ttft[r] + input_term + t / tokens_per_s[r] * 1000.0;
         latency[r] = lat;
     }
@@ -417,10 +451,19 @@ void scope_saabas(const float *x, long nf, const int32_t *features, const float 
     }
 }
 
-/* libm's exp, expm1 and log1p, which the kernel uses where numpy's float64 ufuncs are libm's (checked) */
-void scope_serving_libm(int which, const double *x, long n, double *out)
+/* numpy's loop `which` as the kernel calls it, one element at a time (float for NP_EXP_F32, else
+   double): installed only after it gave numpy's own results on whole arrays */
+void scope_serving_numpy_each(int which, const void *x, long n, void *out)
 {
-    for (long i = 0; i < n; ++i) out[i] = which == 0 ? exp(x[i]) : (which == 1 ? expm1(x[i]) : log1p(x[i]));
+    for (long i = 0; i < n; ++i) {
+        if (which == NP_EXP_F32) {
+            float v = ((const float *)x)[i];
+            np_exp_f32_inplace(&v, 1);
+            ((float *)out)[i] = v;
+        } else {
+            ((double *)out)[i] = np_f64(which, ((const double *)x)[i]);
+        }
+    }
 }
 """
 _P, _L, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double

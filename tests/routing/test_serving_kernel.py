@@ -201,3 +201,31 @@ def test_a_candidate_list_with_more_rows_than_known_models_is_served_alike(
     assert bound is not None
     assert bound.predict(features, predictor.plan.layout(specs)) is not None
     assert predictor.predict(features, specs) == expected
+
+
+def test_the_kernels_math_is_numpys_own_loops(tmp_path: Path, clean_kernel: None) -> None:
+    """exp, expm1 and log1p come from numpy's ufuncs (on AVX-512 CPUs they are not libm's), and the
+    install check compares them with numpy: a loop of the wrong function is refused."""
+    assert serving_kernel_install(tmp_path)
+    kernel = serving_kernel.serving_kernel()
+    assert kernel is not None
+    x = np.linspace(-30.0, 30.0, 1001)
+    np.testing.assert_array_equal(kernel.numpy_each(1, x), np.expm1(x))
+    np.testing.assert_array_equal(kernel.numpy_each(3, x), np.exp(x.astype(np.float32)))
+    with pytest.raises(OSError):
+        serving_kernel.numpy_loop(np.add, np.float64)  # two inputs
+    with pytest.raises(OSError):
+        serving_kernel.numpy_loop(np.exp, np.int64)  # no integer loop
+
+
+def test_a_kernel_given_the_wrong_loop_is_not_installed(
+    tmp_path: Path, clean_kernel: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = serving_kernel.numpy_loop
+
+    def exp_for_expm1(ufunc: np.ufunc, dtype: type) -> tuple[int, int]:
+        return real(np.exp if ufunc is np.expm1 else ufunc, dtype)
+
+    monkeypatch.setattr(serving_kernel, "numpy_loop", exp_for_expm1)
+    assert serving_kernel_install(tmp_path) is False
+    assert serving_kernel.serving_kernel() is None
