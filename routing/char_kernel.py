@@ -18,38 +18,47 @@ import numpy as np
 from routing import features
 from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
 
-CHAR_KERNEL_VERSION = 2
+CHAR_KERNEL_VERSION = 3
 _SYMBOL = "scope_char_ngrams"
 _ASCII_SYMBOL = "scope_char_ngrams_ascii"
 CHAR_KERNEL_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
-/* Sort m 16-bit keys (two 8-bit counting passes) and write each distinct key + base with its count. */
-static long runs(uint16_t *keys, uint16_t *tmp, long m, uint32_t base, uint32_t *ids, uint16_t *counts)
+/* Each distinct one of m 16-bit keys + base, in increasing order, with its count (mod 2^16, as
+   numpy's cast of the counts to uint16): counted in `table` (65,536 counters) and found again in
+   order through `seen` (a bitmap of 1,024 words), both all zero before and after: an entry is
+   cleared as it is read. No sort: on the bench's 2 KB prompt the whole call took 21-28 us in a
+   loop, against 35-42 us with a two-pass radix sort of the keys (2026-11-30). */
+static long runs(const uint16_t *keys, long m, uint32_t base, uint16_t *table, uint64_t *seen,
+                 uint32_t *ids, uint16_t *counts)
 {
-    long c0[257], c1[257];
-    memset(c0, 0, sizeof c0);
-    memset(c1, 0, sizeof c1);
-    for (long i = 0; i < m; ++i) { c0[(keys[i] & 255) + 1]++; c1[(keys[i] >> 8) + 1]++; }
-    for (int b = 0; b < 256; ++b) { c0[b + 1] += c0[b]; c1[b + 1] += c1[b]; }
-    for (long i = 0; i < m; ++i) tmp[c0[keys[i] & 255]++] = keys[i];
-    for (long i = 0; i < m; ++i) keys[c1[tmp[i] >> 8]++] = tmp[i];
+    for (long i = 0; i < m; ++i) {
+        const unsigned k = keys[i];
+        table[k]++;
+        seen[k >> 6] |= (uint64_t)1 << (k & 63);
+    }
     long out = 0;
-    for (long i = 0; i < m;) {
-        long j = i + 1;
-        while (j < m && keys[j] == keys[i]) ++j;
-        ids[out] = base + keys[i];
-        counts[out] = (uint16_t)(j - i);
-        ++out;
-        i = j;
+    for (long w = 0; w < 1024; ++w) {
+        uint64_t bits = seen[w];
+        if (!bits) continue;
+        seen[w] = 0;
+        do {
+            const long k = (w << 6) | __builtin_ctzll(bits);
+            ids[out] = base + (uint32_t)k;
+            counts[out] = table[k];
+            table[k] = 0;
+            ++out;
+            bits &= bits - 1;
+        } while (bits);
     }
     return out;
 }
 
-/* cp: n code points; h: n, keys/tmp: n scratch; ids/counts: room for 3n. Returns how many written. */
-long scope_char_ngrams(const uint32_t *cp, long n, uint32_t *h, uint16_t *keys, uint16_t *tmp,
-                       uint32_t *ids, uint16_t *counts)
+/* cp: n code points; h: n, keys: n scratch; table/seen: runs()'s; ids/counts: room for 3n.
+   Returns how many written. */
+long scope_char_ngrams(const uint32_t *cp, long n, uint32_t *h, uint16_t *keys, uint16_t *table,
+                       uint64_t *seen, uint32_t *ids, uint16_t *counts)
 {
     const uint32_t mix = 0x9E3779B1u, final = 0x2C1B3C6Du;
     const uint32_t salt[3] = {0x85EBCA6Bu, 0xC2B2AE35u, 0x27D4EB2Fu};
@@ -62,7 +71,7 @@ long scope_char_ngrams(const uint32_t *cp, long n, uint32_t *h, uint16_t *keys, 
             h[i] = (h[i] * mix) ^ cp[i + k - 1];
             keys[i] = (uint16_t)(((h[i] ^ salt[k - 2]) * final) >> 16);
         }
-        total += runs(keys, tmp, m, (uint32_t)(k - 2) << 16, ids + total, counts + total);
+        total += runs(keys, m, (uint32_t)(k - 2) << 16, table, seen, ids + total, counts + total);
     }
     return total;
 }
@@ -71,8 +80,8 @@ long scope_char_ngrams(const uint32_t *cp, long n, uint32_t *h, uint16_t *keys, 
    split at str.split()'s ASCII whitespace (space, \t \n \v \f \r and \x1c-\x1f) joined by one
    space, cut at max_chars, digits 1-9 read as 0. cp: room for max_chars code points. */
 long scope_char_ngrams_ascii(const unsigned char *s, long len, long max_chars, uint32_t *cp,
-                             uint32_t *h, uint16_t *keys, uint16_t *tmp, uint32_t *ids,
-                             uint16_t *counts)
+                             uint32_t *h, uint16_t *keys, uint16_t *table, uint64_t *seen,
+                             uint32_t *ids, uint16_t *counts)
 {
     long n = 0;
     int gap = 0;
@@ -90,7 +99,7 @@ long scope_char_ngrams_ascii(const unsigned char *s, long len, long max_chars, u
         cp[n++] = (c >= '1' && c <= '9') ? '0' : c;
     }
     if (n < 2) return 0;
-    return scope_char_ngrams(cp, n, h, keys, tmp, ids, counts);
+    return scope_char_ngrams(cp, n, h, keys, table, seen, ids, counts);
 }
 """
 _P, _L = ctypes.c_void_p, ctypes.c_long
@@ -118,12 +127,15 @@ class _Buffers(threading.local):
         self.size = size
         self.h = np.empty(size, dtype=np.uint32)
         self.keys = np.empty(size, dtype=np.uint16)
-        self.tmp = np.empty(size, dtype=np.uint16)
+        self.table = np.zeros(1 << 16, dtype=np.uint16)  # runs()'s counters and bitmap: zero between calls
+        self.seen = np.zeros(1024, dtype=np.uint64)
         self.ids = np.empty(3 * size, dtype="<u4")
         self.counts = np.empty(3 * size, dtype="<u2")
         self.cp = np.empty(size, dtype=np.uint32)  # the ASCII entry's prepared code points
         # raw addresses once: `array.ctypes.data` costs microseconds on every access
-        self.addresses = tuple(a.ctypes.data for a in (self.h, self.keys, self.tmp, self.ids, self.counts))
+        self.addresses = tuple(
+            a.ctypes.data for a in (self.h, self.keys, self.table, self.seen, self.ids, self.counts)
+        )
         self.ascii_addresses = (self.cp.ctypes.data, *self.addresses)
 
 
@@ -134,11 +146,11 @@ class CharKernel:
         self.path = path
         self._lib = ctypes.CDLL(str(path))  # kept: the function must not outlive its library
         fn = getattr(self._lib, _SYMBOL)
-        fn.argtypes = (ctypes.c_char_p, _L, _P, _P, _P, _P, _P)  # bytes pass without a copy
+        fn.argtypes = (ctypes.c_char_p, _L, _P, _P, _P, _P, _P, _P)  # bytes pass without a copy
         fn.restype = _L
         self._fn = fn
         ascii_fn = getattr(self._lib, _ASCII_SYMBOL)
-        ascii_fn.argtypes = (ctypes.c_char_p, _L, _L, _P, _P, _P, _P, _P, _P)
+        ascii_fn.argtypes = (ctypes.c_char_p, _L, _L, _P, _P, _P, _P, _P, _P, _P)
         ascii_fn.restype = _L
         self._ascii_fn = ascii_fn
         self._buffers = _Buffers(size)
