@@ -1,15 +1,16 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
 from routing.engine.conditions import ConditionError, evaluate, validate_condition
 from routing.engine.decide import UnknownStrategy, decide, with_prior_for_unknown
-from routing.engine.prior import PriorPredictor
+from routing.engine.prior import PriorPredictor, expected_output_tokens, request_difficulty
 from routing.engine.strategies import load_strategies
 from routing.engine.types import ModelSpec, PolicySpec, Prediction, RouteOptions, Rule
-from routing.features import extract_features
+from routing.features import FEATURE_NAMES, RequestFeatures, extract_features
 
 STRATEGIES = load_strategies(["longest-name=tests.routing.custom_strategy.LongestNameStrategy"])
 
@@ -261,3 +262,37 @@ def test_models_a_predictor_has_no_data_for_get_the_tier_prior() -> None:
     assert filled[0] is trained  # what the predictor knows stays
     prior = PriorPredictor().predict(FEATURES, [CATALOG[1]])[0]
     assert filled[1] == prior and filled[1] != untrained  # the live path's and the shadow's prior
+
+
+def _named_features(**named: float) -> RequestFeatures:
+    """Features whose values are 0 but for the named ones (FEATURE_NAMES' names)."""
+    values = [named.pop(name, 0.0) for name in FEATURE_NAMES]
+    assert not named, f"not feature names: {sorted(named)}"
+    return RequestFeatures(values=tuple(values), text="", input_tokens=1)
+
+
+@pytest.mark.parametrize(
+    ("named", "difficulty"),
+    [
+        ({}, 0.0),
+        ({"log_tokens": 8.0}, 0.18),
+        ({"code_signal": 4.0}, 0.22),
+        ({"math_signal": 8.0}, 0.22),
+        ({"reasoning_signal": 1.5}, 0.09),
+        ({"n_user_turns": 4.0}, 0.08),
+        ({"multilingual": 1.0}, 0.07),
+        ({"multiple_choice": 1.0}, 0.05),
+        ({"log_tokens": 8.0, "extraction_signal": 3.0}, 0.08),
+        ({"creative_signal": 9.0, "max_tokens_log": 9.0, "temperature": 1.0}, 0.0),  # not read
+    ],
+)
+def test_the_priors_difficulty_reads_each_named_value(named: dict[str, float], difficulty: float) -> None:
+    assert request_difficulty(_named_features(**named)) == pytest.approx(difficulty)
+
+
+def test_the_priors_output_length_reads_each_named_value() -> None:
+    assert expected_output_tokens(_named_features()) == 220.0
+    assert expected_output_tokens(_named_features(code_signal=2.0, creative_signal=2.0)) == 545.0
+    assert expected_output_tokens(_named_features(reasoning_signal=3.0, math_signal=4.0)) == 420.0
+    assert expected_output_tokens(_named_features(multiple_choice=1.0)) == 110.0
+    assert expected_output_tokens(_named_features(max_tokens_log=math.log1p(100))) == pytest.approx(100.0)
