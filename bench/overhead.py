@@ -15,6 +15,7 @@ each stage of one decision and the predictor's time as the candidate list grows.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -55,6 +56,15 @@ def post_once(url: str, body: bytes, key: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return int(response.status)
+
+
+def served_compiled(base_url: str) -> str:
+    """What /healthz says of the answering worker's compiled kernels: a kernel refused on this CPU
+    leaves numpy serving (the same results, slower), which the figures below would otherwise hide."""
+    with urllib.request.urlopen(f"{base_url}/healthz", timeout=10) as response:
+        parts = json.loads(response.read())["acceleration"]
+    numpy = ", ".join(parts["numpy"]) or "nothing"
+    return f"compiled in the worker that answered /healthz: {', '.join(parts['compiled']) or 'nothing'}; numpy: {numpy}"
 
 
 def median(values: list[float]) -> float:
@@ -122,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for endpoint in ENDPOINTS:  # warm-up: imports, connections, catalog snapshot in every worker
             warm_up(f"{server.base_url}/api/v1/{endpoint}", script=script)
+        say(served_compiled(server.base_url))
         for round_no in range(args.rounds):
             for clients in connections:
                 order = ENDPOINTS if round_no % 2 == 0 else tuple(reversed(ENDPOINTS))

@@ -57,6 +57,18 @@ def _check_default_policy() -> dict[str, object]:
     }
 
 
+def _acceleration() -> dict[str, list[str]]:
+    """Informational, not a check: which parts of routing this process runs compiled (each worker
+    answers for itself). A part under `numpy` gives the same results, slower; the log says why."""
+    from routing.predictor.registry import acceleration
+
+    parts = acceleration()
+    return {
+        "compiled": [name for name, on in parts.items() if on],
+        "numpy": [name for name, on in parts.items() if not on],
+    }
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     database = _check_database()
@@ -68,4 +80,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["decision_writer"] = writer
     healthy = all(check["ok"] for check in checks.values())
     status = "ok" if healthy else ("degraded" if database["ok"] else "down")
-    return JsonResponse({"status": status, "checks": checks}, status=200 if database["ok"] else 503)
+    return JsonResponse(
+        {"status": status, "checks": checks, "acceleration": _acceleration()},
+        status=200 if database["ok"] else 503,
+    )

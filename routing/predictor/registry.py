@@ -32,8 +32,9 @@ from django.core.cache import cache
 
 from routing.char_kernel import char_kernel_ensure, char_kernel_install
 from routing.engine.types import Predictor
+from routing.features import char_kernel_in_use, text_kernel_in_use
 from routing.predictor.artifact import ArtifactError, unpack
-from routing.predictor.compiled import compile_forest, load_cached
+from routing.predictor.compiled import CompiledForest, compile_forest, load_cached
 from routing.predictor.model import ScopePredictor
 from routing.predictor.serving_kernel import serving_kernel_ensure, serving_kernel_install
 from routing.services.counters import CACHE_ERRORS, warn_degraded
@@ -145,6 +146,21 @@ def active_scope_predictor() -> ScopePredictor | None:
             _state.anchor_signature = ()
             _refresh_anchor_models()
         return _state.predictor
+
+
+def acceleration() -> dict[str, bool]:
+    """Which parts of the route path's arithmetic this process serves compiled (True), and which
+    numpy or Python serves (False): a kernel still compiling, missing (no C compiler) or refused for
+    not giving the reference's results to the bit. Either way the results are the same; only the
+    speed differs (a refused serving kernel cost about a fifth of the throughput in
+    bench-overhead). Reads what is loaded: nothing is loaded or compiled here. The predictor's
+    parts are listed only while a trained predictor is active."""
+    parts = {"character_ngrams": char_kernel_in_use(), "text_counts": text_kernel_in_use()}
+    predictor = _state.predictor
+    if predictor is not None:
+        parts["predictor_rows"] = predictor.plan.fast() is not None
+        parts["predictor_trees"] = isinstance(predictor.evaluator.compiled, CompiledForest)
+    return parts
 
 
 def _forest_dir() -> Path | None:

@@ -229,3 +229,23 @@ def test_a_kernel_given_the_wrong_loop_is_not_installed(
     monkeypatch.setattr(serving_kernel, "numpy_loop", exp_for_expm1)
     assert serving_kernel_install(tmp_path) is False
     assert serving_kernel.serving_kernel() is None
+
+
+def test_the_process_says_which_parts_serve_compiled(
+    tmp_path: Path, clean_kernel: None, predictor: ScopePredictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """registry.acceleration() (shown by /healthz): a refused serving kernel shows as not compiled."""
+    from routing.predictor import registry
+
+    monkeypatch.setattr(registry._state, "predictor", None)
+    assert set(registry.acceleration()) == {"character_ngrams", "text_counts"}
+    monkeypatch.setattr(registry._state, "predictor", predictor)
+    assert registry.acceleration()["predictor_trees"] is True  # the fixture compiled them
+    assert registry.acceleration()["predictor_rows"] is False  # no serving kernel installed
+    assert serving_kernel_install(tmp_path)
+    assert registry.acceleration()["predictor_rows"] is True
+    kernel = serving_kernel.serving_kernel()
+    assert kernel is not None
+    monkeypatch.setattr(kernel, "rows", _one_ulp_up(kernel.rows, -1))  # refused by the plan's check
+    monkeypatch.setattr(predictor.plan, "_kernel", None)
+    assert registry.acceleration()["predictor_rows"] is False

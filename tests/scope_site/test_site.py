@@ -44,6 +44,20 @@ def test_healthz_checks_the_database_cache_and_default_policy(settings: Any) -> 
 
 
 @pytest.mark.django_db
+def test_healthz_says_which_parts_of_routing_run_compiled_in_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from routing import features
+
+    make_policy("default")
+    monkeypatch.setattr(features, "_char_kernel", None)  # as when the kernel was refused
+    body = Client().get("/healthz").json()
+    assert body["status"] == "ok"  # the same results, slower: not a failed check
+    assert "character_ngrams" in body["acceleration"]["numpy"]
+    assert "character_ngrams" not in body["acceleration"]["compiled"]
+
+
+@pytest.mark.django_db
 def test_healthz_says_degraded_when_the_decision_writer_is_gone_and_ok_when_it_listens(
     settings: Any, tmp_path: Path
 ) -> None:
