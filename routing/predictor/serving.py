@@ -169,7 +169,10 @@ class ServingPlan:
             log.info("predictor %s serves without the serving kernel: %s", self._p.version, exc)
             return None
         if not bound.agrees():
-            log.error("serving kernel's rows disagree with numpy on predictor %s: not used", self._p.version)
+            log.error(
+                "serving kernel's rows or contributions disagree with numpy on predictor %s: not used",
+                self._p.version,
+            )
             return None
         return bound
 
