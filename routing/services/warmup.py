@@ -30,7 +30,9 @@ class Warmed:
 
 
 def warm_process() -> Warmed:
-    """Catalog snapshot and active predictor loaded in this process; never raises."""
+    """Catalog snapshot, active predictor and the compiled kernels (the features' ones even when no
+    predictor is active; each at once if its library is cached, else compiled in the background)
+    loaded in this process; never raises."""
     started = time.perf_counter()
     try:
         models = len(catalog_snapshot().models)

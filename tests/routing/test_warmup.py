@@ -3,6 +3,7 @@ post_worker_init), and a database that is down does not stop it from booting."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from django.db import OperationalError
 
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.training import predictor_train
-from routing import selectors
+from routing import features, selectors
+from routing.char_kernel import char_kernel_install
+from routing.management.commands import run_embedded
 from routing.predictor import registry
 from routing.predictor.serving_kernel import serving_kernel
 from routing.services import warmup
+from routing.text_kernel import text_kernel_install
 from tests.factories import make_catalog, make_policy
 from tests.routing import predictor_data as data
 
@@ -79,3 +83,56 @@ def test_a_database_that_is_down_does_not_stop_a_worker_booting(
     warmed = warmup.warm_process()
     assert warmed.error == "OperationalError: connection refused"
     assert "warm-up skipped" in caplog.text
+
+
+@pytest.fixture
+def new_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has not installed the features' kernels yet (restored afterwards)."""
+    monkeypatch.setattr(features, "_char_kernel", None)
+    monkeypatch.setattr(features, "_text_kernel", None)
+    monkeypatch.setattr(registry, "_features_accelerated_in", 0)
+
+
+@pytest.mark.django_db
+def test_without_a_trained_predictor_the_features_still_run_compiled(new_process: None) -> None:
+    """A fresh install routes with the tier prior until a predictor is trained: its requests' features
+    are compiled too (numpy took about 5x as long), once the background compile is done."""
+    make_catalog()
+    warmed = warmup.warm_process()
+    assert (warmed.predictor_version, warmed.error) == ("", "")
+    deadline = time.monotonic() + 120
+    while not all(registry.acceleration().values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert registry.acceleration() == {"character_ngrams": True, "text_counts": True}
+
+
+@pytest.mark.django_db
+def test_a_process_whose_library_is_cached_installs_the_features_kernels_at_once(
+    new_process: None, tmp_path: Path
+) -> None:
+    assert char_kernel_install(tmp_path / "forests") and text_kernel_install(tmp_path / "forests")
+    features.use_char_kernel(None)  # that was another process
+    features.use_text_kernel(None)
+    assert registry.active_scope_predictor() is None
+    assert registry.acceleration() == {"character_ngrams": True, "text_counts": True}
+
+
+@pytest.mark.django_db
+def test_with_compiling_off_numpy_serves_the_features(
+    new_process: None, settings: Any, tmp_path: Path
+) -> None:
+    settings.SCOPE_PREDICTOR_COMPILE = False
+    warmup.warm_process()
+    assert registry.acceleration() == {"character_ngrams": False, "text_counts": False}
+    assert not (tmp_path / "forests").exists()
+
+
+def test_make_run_warms_its_server_process_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(run_embedded, "periodic_tasks_start", lambda: calls.append("periodic"))
+    monkeypatch.setattr(run_embedded, "warm_process", lambda: calls.append("warm"))
+    monkeypatch.setattr(
+        run_embedded.RunserverCommand, "inner_run", lambda self, *a, **kw: calls.append("serve")
+    )
+    run_embedded.Command().inner_run()
+    assert calls == ["periodic", "warm", "serve"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.commands.runserver import Command as RunserverCommand
 
+from routing.services.warmup import warm_process
 from scope_site.embedded import periodic_tasks_start
 
 
@@ -14,4 +15,5 @@ class Command(RunserverCommand):
 
     def inner_run(self, *args: Any, **options: Any) -> None:
         periodic_tasks_start()  # in the serving process (the autoreloader's child), once per start
+        warm_process()  # catalog, predictor and compiled kernels before the first request, as `make serve`
         super().inner_run(*args, **options)
