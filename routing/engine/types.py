@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +91,13 @@ class Candidate:
             self.excluded_reason = reason
 
     def as_dict(self) -> dict[str, Any]:
+        """The candidate as logged and answered, its numbers to a few decimals (`to_decimals`)."""
+        try:
+            return self._as_dict(to_decimals)
+        except (OverflowError, ValueError):  # an infinity or a NaN: round() keeps it as it is
+            return self._as_dict(round)
+
+    def _as_dict(self, rounded: Callable[[float, int], float]) -> dict[str, Any]:
         p = self.prediction
         return {
             "model": self.model.name,
@@ -98,19 +105,33 @@ class Candidate:
             "tier": self.model.tier,
             "eligible": self.eligible,
             "excluded_reason": self.excluded_reason or None,
-            "utility": None if self.utility is None else round(self.utility, 6),
+            "utility": None if self.utility is None else rounded(self.utility, 6),
             "rank": self.rank,
             "predictions": None
             if p is None
             else {
-                "quality": round(p.quality, 4),
-                "uncertainty": round(p.uncertainty, 4),
-                "output_tokens": round(p.output_tokens, 1),
-                "latency_ms": round(p.latency_ms, 1),
-                "cost_usd": round(self.cost_usd, 8),
+                "quality": rounded(p.quality, 4),
+                "uncertainty": rounded(p.uncertainty, 4),
+                "output_tokens": rounded(p.output_tokens, 1),
+                "latency_ms": rounded(p.latency_ms, 1),
+                "cost_usd": rounded(self.cost_usd, 8),
                 "known": p.known,
             },
         }
+
+
+_POW10 = tuple(10.0**n for n in range(16))
+
+
+def to_decimals(x: float, digits: int) -> float:
+    """x to `digits` decimals: x * 10**digits to the nearest integer (halves to even), divided back.
+
+    round(x, digits) rounds x's exact decimal value instead; the two differ only where
+    x * 10**digits lands within an ulp of a half. round() formats and parses the number (about
+    3,500 instructions, 48 times per request) and took twice as long for a candidate's numbers.
+    Raises OverflowError or ValueError for an infinity or a NaN."""
+    scale = _POW10[digits]
+    return round(x * scale) / scale
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,22 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from routing.engine.conditions import ConditionError, evaluate, validate_condition
 from routing.engine.decide import UnknownStrategy, decide, with_prior_for_unknown
 from routing.engine.prior import PriorPredictor, expected_output_tokens, request_difficulty
 from routing.engine.strategies import load_strategies
-from routing.engine.types import ModelSpec, PolicySpec, Prediction, RouteOptions, Rule
+from routing.engine.types import (
+    Candidate,
+    ModelSpec,
+    PolicySpec,
+    Prediction,
+    RouteOptions,
+    Rule,
+    to_decimals,
+)
 from routing.features import FEATURE_NAMES, RequestFeatures, extract_features
 
 STRATEGIES = load_strategies(["longest-name=tests.routing.custom_strategy.LongestNameStrategy"])
@@ -296,3 +306,34 @@ def test_the_priors_output_length_reads_each_named_value() -> None:
     assert expected_output_tokens(_named_features(reasoning_signal=3.0, math_signal=4.0)) == 420.0
     assert expected_output_tokens(_named_features(multiple_choice=1.0)) == 110.0
     assert expected_output_tokens(_named_features(max_tokens_log=math.log1p(100))) == pytest.approx(100.0)
+
+
+@given(
+    x=st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False),
+    digits=st.sampled_from([1, 4, 6, 8]),
+)
+def test_to_decimals_is_round_but_for_a_near_half(x: float, digits: int) -> None:
+    got = to_decimals(x, digits)
+    assert got == round(got, digits)  # a number of that many decimals
+    assert abs(got - round(x, digits)) <= 1.000001 * 10.0**-digits  # at most one in the last decimal
+    if abs(x * 10**digits - round(x * 10**digits)) < 0.49:  # not near a half: the same as round()
+        assert got == round(x, digits)
+
+
+def test_a_candidate_with_a_number_that_is_not_finite_is_logged_as_it_is() -> None:
+    spec = CATALOG[0]
+    finite = Candidate(
+        model=spec, prediction=Prediction(0.72345678, 0.1, 321.06, 812.349), cost_usd=1.23456e-5
+    )
+    assert finite.as_dict()["predictions"] == {
+        "quality": 0.7235,
+        "uncertainty": 0.1,
+        "output_tokens": 321.1,
+        "latency_ms": 812.3,
+        "cost_usd": 1.235e-05,
+        "known": True,
+    }
+    odd = Candidate(model=spec, prediction=Prediction(math.nan, 0.1, math.inf, 812.349), utility=-math.inf)
+    logged = odd.as_dict()
+    assert math.isnan(logged["predictions"]["quality"]) and logged["predictions"]["output_tokens"] == math.inf
+    assert logged["utility"] == -math.inf and logged["predictions"]["latency_ms"] == 812.3
