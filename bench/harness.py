@@ -372,6 +372,19 @@ def _is_writer(pid: int) -> bool:
         return False
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(idle, stolen, all) clock ticks of every CPU so far, from /proc/stat: idle counts iowait too;
+    stolen is the time the hypervisor ran something else while this machine had work."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], fields[7], sum(fields)
+
+
+def machine_shares(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[float, float]:
+    """(busy, stolen) shares of every CPU's time between two machine_ticks() readings."""
+    idle, stolen, total = (b - a for a, b in zip(before, after, strict=True))
+    return (1.0 - idle / total, stolen / total) if total else (0.0, 0.0)
+
+
 def postgres_backends_cpu(database_url: str) -> float:
     """CPU seconds used so far by the PostgreSQL backends connected to this database."""
     result = subprocess.run(

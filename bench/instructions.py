@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ from bench.harness import (  # noqa: E402
 )
 
 WARM_UP_REQUESTS = 30
+FLUSH_BYTES = 16 << 20
+FLUSH_FUNCTION = "crc32_z"
+# --cold's simulated caches: this machine's L1 (32 KB instructions, 48 KB data) and its 2 MB L2 as
+# the last level, so a "last-level miss" is a line that had to come from L3 or memory
+CACHE_SIM = ("--cache-sim=yes", "--I1=32768,8,64", "--D1=49152,12,64", "--LL=2097152,16,64")
 REFRESH_SETTINGS = (
     "SCOPE_CATALOG_TTL_SECONDS",
     "SCOPE_PREDICTOR_CHECK_SECONDS",
@@ -77,8 +83,13 @@ def child(endpoint: str, requests: int) -> None:
                 raise SystemExit(
                     f"/api/v1/{endpoint} answered {response.status_code}: {response.content[:300]!r}"
                 )
+        # --cold: every request starts with the simulated caches flushed by reading 16 MB (in zlib's
+        # crc32_z, whose misses are left out of the count), as when other processes ran in between
+        flush = os.urandom(FLUSH_BYTES) if os.environ.get("SCOPE_BENCH_COLD") else b""
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
         for _ in range(requests):
+            if flush:
+                zlib.crc32(flush)
             client.post(f"/api/v1/{endpoint}", body, content_type="application/json")
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True, capture_output=True)
 
@@ -248,12 +259,15 @@ def top_functions(out_file: Path, count: int) -> list[str]:
     return [line.strip() for line in lines[1 : 1 + count]]  # the first is PROGRAM TOTALS
 
 
-def under_callgrind(out_file: Path, mode: str, count: int, *, env: dict[str, str]) -> None:
+def under_callgrind(
+    out_file: Path, mode: str, count: int, *, env: dict[str, str], options: tuple[str, ...] = ()
+) -> None:
     subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            *options,
             f"--callgrind-out-file={out_file}",
             sys.executable,
             __file__,
@@ -267,6 +281,35 @@ def under_callgrind(out_file: Path, mode: str, count: int, *, env: dict[str, str
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def cold_misses(out_file: Path, count: int) -> tuple[dict[str, float], list[tuple[float, str]]]:
+    """Per request: {event: count} without the flush's own, and the functions by last-level misses."""
+    text = subprocess.run(
+        ["callgrind_annotate", "--sort=DLmr", str(out_file)], capture_output=True, text=True, check=True
+    ).stdout
+    events = re.search(r"^Events shown:\s+(.+)$", text, re.MULTILINE)
+    if events is None:
+        raise SystemExit(f"no events in {out_file}")
+    names = events.group(1).split()
+    total: dict[str, float] = {}
+    functions: list[tuple[float, str]] = []
+    for line in text.splitlines():
+        values = re.findall(r"([\d,]+|\.)(?: \(\s*[\d.]+%\))?\s+", line[: line.rfind(" ") + 1])
+        if len(values) < len(names) or not re.match(r"^\s*[\d,]+ \(", line):
+            continue
+        row = {
+            name: 0.0 if v == "." else float(v.replace(",", ""))
+            for name, v in zip(names, values, strict=False)
+        }
+        where = line.split(")")[-1].strip() if "PROGRAM TOTALS" in line else line.rsplit("%)", 1)[-1].strip()
+        if "PROGRAM TOTALS" in line:
+            total = row
+        elif FLUSH_FUNCTION in where:
+            total = {name: total[name] - row[name] for name in names}
+        else:
+            functions.append(((row["ILmr"] + row["DLmr"] + row["DLmw"]) / count, where))
+    return {name: value / count for name, value in total.items()}, sorted(functions, reverse=True)
 
 
 def stage_totals(out_file: Path, names: list[str]) -> list[tuple[str, int]]:
@@ -304,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated candidates the request is limited to (e.g. the models the predictor "
         "knows, so the chosen model's explanation runs the trees' contributions); default: all",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="also count simulated cache misses per request, every request starting with the caches "
+        "flushed (slower: about 2 minutes per endpoint at 40 requests)",
     )
     parser.add_argument("--child", nargs=2, metavar=("ENDPOINT", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -363,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  costliest C functions of the route (own instructions, all {args.requests} requests):")
                 for line in top_functions(out_file, args.top):
                     say(f"    {line[:150]}")
+        if args.cold:
+            cold_report(work, args, child_env)
         if args.stages:
             out_file = work / "callgrind.stages.out"
             labels = work / "stage-labels.json"
@@ -382,6 +433,36 @@ def main(argv: list[str] | None = None) -> int:
         f"(routing adds {(per_request['route'] - per_request['noop']) / 1e6:.2f} M instructions per request)"
     )
     return 0
+
+
+def cold_report(work: Path, args: argparse.Namespace, child_env: dict[str, str]) -> None:
+    """Cache misses per request from cold caches (--cold): what a request pays when other processes
+    (the other workers, PostgreSQL, the writer, the load generator) ran on its CPU in between."""
+    say(
+        "from cold caches (flushed before every request; simulated L1 32 KB + 48 KB, last level 2 MB), "
+        "per request:"
+    )
+    misses: dict[str, dict[str, float]] = {}
+    for endpoint in ("noop", "route"):
+        out_file = work / f"callgrind.{endpoint}.cold.out"
+        under_callgrind(
+            out_file, endpoint, args.requests, env=dict(child_env, SCOPE_BENCH_COLD="1"), options=CACHE_SIM
+        )
+        per, functions = cold_misses(out_file, args.requests)
+        misses[endpoint] = per
+        say(
+            f"  {endpoint:>5}: L1 misses {(per['I1mr'] + per['D1mr'] + per['D1mw']) / 1e3:6.1f} k "
+            f"(instructions {per['I1mr'] / 1e3:.1f} k), last-level misses "
+            f"{(per['ILmr'] + per['DLmr'] + per['DLmw']) / 1e3:6.1f} k "
+            f"(instructions {per['ILmr'] / 1e3:.1f} k, data read {per['DLmr'] / 1e3:.1f} k, "
+            f"written {per['DLmw'] / 1e3:.1f} k)"
+        )
+        if args.top and endpoint == "route":
+            say("    functions with the most last-level misses per request:")
+            for count, where in functions[: args.top]:
+                say(f"      {count:8.0f}  {where[:130]}")
+    ll = {e: m["ILmr"] + m["DLmr"] + m["DLmw"] for e, m in misses.items()}
+    say(f"  last-level misses, noop/route: {ll['noop'] / ll['route']:.3f}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from bench.harness import (  # noqa: E402
     bench_env,
     chat_body,
     count_decisions,
+    machine_shares,
+    machine_ticks,
     postgres_backends_cpu,
     prepare_database,
     process_tree_cpu_split,
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, int], list[WrkResult]] = {}
     cpu_ms: dict[tuple[str, int], list[float]] = {}  # server + PostgreSQL CPU per request
     cpu_parts: dict[tuple[str, int], list[dict[str, float]]] = {}  # the same, per part
+    machine: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (busy, stolen) shares per run
     answered = logged = 0
     with scope_server(env, workers=args.workers, log_dir=work) as server:
         for endpoint in ENDPOINTS:
@@ -139,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                 for endpoint in order:
                     before = count_decisions(database_url, key_name) if endpoint == "route" else 0
                     cpu_before = cpu_now(server.process.pid, database_url)
+                    ticks_before = machine_ticks()
                     result = run_wrk(
                         f"{server.base_url}/api/v1/{endpoint}",
                         script=script,
                         connections=clients,
                         seconds=args.duration,
                     )
+                    busy, stolen = machine_shares(ticks_before, machine_ticks())
+                    machine.setdefault((endpoint, clients), []).append((busy, stolen))
                     cpu_after = cpu_now(server.process.pid, database_url)
                     per_request = {
                         part: 1000 * (cpu_after[part] - cpu_before[part]) / max(result.requests, 1)
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                     say(
                         f"  round {round_no + 1} {endpoint:>5} c={clients:<3} {result.rps:8.0f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}  "
-                        f"socket errors {result.socket_errors}  CPU {cpu_ms[(endpoint, clients)][-1]:.2f} ms/req"
+                        f"socket errors {result.socket_errors}  CPU {cpu_ms[(endpoint, clients)][-1]:.2f} ms/req  "
+                        f"machine busy {busy:.0%} (stolen {stolen:.0%})"
                     )
 
     say()
@@ -187,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  CPU per request at {clients} clients (gunicorn workers + PostgreSQL backends): noop "
             f"{median(cpu_ms[('noop', clients)]):.2f} ms, route {median(cpu_ms[('route', clients)]):.2f} ms; "
             f"noop/route CPU ratio {cpu_ratio:.2f} (the throughput ratio on an otherwise idle machine)"
+        )
+        say(
+            "  every CPU of the machine busy (wrk and all else included), medians over rounds: "
+            + ", ".join(
+                f"{endpoint} {median([m[0] for m in machine[(endpoint, clients)]]):.0%} "
+                f"(stolen {median([m[1] for m in machine[(endpoint, clients)]]):.0%})"
+                for endpoint in ENDPOINTS
+            )
         )
         for endpoint in ENDPOINTS:
             parts = cpu_parts[(endpoint, clients)]

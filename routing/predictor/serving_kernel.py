@@ -27,7 +27,7 @@ import math
 import struct
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,7 +35,15 @@ from routing.engine.prior import expected_output_tokens
 from routing.engine.types import Prediction
 from routing.features import RequestFeatures
 from routing.predictor.compiled import CompiledForest, ensure_kernel, install_kernel, library_path
-from routing.predictor.serving_source import SERVING_KERNEL_SOURCE, Plan, Post
+from routing.predictor.serving_source import (
+    CHAR_SLOT,
+    SERVING_KERNEL_SOURCE,
+    VOCAB_SLOT,
+    Plan,
+    Post,
+    char_table,
+    vocab_table,
+)
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
@@ -225,7 +233,7 @@ class _Buffers:
         self.saabas = tuple(a.ctypes.data for a in (self.tree_node, self.tree_scratch, self.contributions))
 
 
-def _array(keep: list[np.ndarray], a: np.ndarray, dtype: type) -> int:
+def _array(keep: list[np.ndarray], a: np.ndarray, dtype: type | np.dtype[Any]) -> int:
     """The address of `a` as a contiguous array of `dtype` (kept alive in `keep`); ValueError if it is
     not of that dtype already (the kernel would compute in another precision than numpy)."""
     if a.dtype != np.dtype(dtype):
@@ -267,16 +275,20 @@ class BoundPlan:
         if self._options and heads.option_coef.dtype != np.float32:
             raise ValueError("option coefficients not in float32")
         self.width = p.evaluator.n_features
+        if proj.vocab.dtype != np.int64 or proj.idf.dtype != np.float32 or proj.char_idf.dtype != np.float32:
+            raise ValueError("a vocabulary not in int64 ids and float32 idf")
+        words, word_bits = vocab_table(proj.vocab, proj.idf)
         self._plan = Plan(
             kernel.blas[0],
             kernel.blas[1],
             _array(keep, log_tf, np.float32),
             LOG_TF_SIZE,
-            _array(keep, proj.vocab, np.int64),
-            _array(keep, proj.idf, np.float32),
+            _array(keep, words, VOCAB_SLOT),
+            word_bits,
             len(proj.vocab),
-            _array(keep, proj._char_columns, np.int32) if len(proj.char_vocab) else 0,
-            _array(keep, proj.char_idf, np.float32) if len(proj.char_vocab) else 0,
+            _array(keep, char_table(proj._char_columns, proj.char_idf), CHAR_SLOT)
+            if len(proj.char_vocab)
+            else 0,
             len(proj._char_columns) if len(proj.char_vocab) else 0,
             _array(keep, proj.components, np.float32),
             dim,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+
 SERVING_KERNEL_SOURCE = r"""
 #if defined(__GNUC__) && !defined(__clang__)
 /* short copy loops (a gathered row of 2 heads) stay loops, not a call to memcpy each */
@@ -85,16 +87,20 @@ static void np_exp_f32_inplace(float *a, long n)
     np_loop[NP_EXP_F32](args, &n, steps, np_data[NP_EXP_F32]);
 }
 
+/* A word of the vocabulary in its open-addressing table (col -1: an empty slot), and a character
+   bucket (col -1: not in the vocabulary): each look-up reads one slot, column and idf together */
+typedef struct { int64_t id; int32_t col; float idf; } VocabSlot;
+typedef struct { int32_t col; float idf; } CharSlot;
+
 typedef struct {
     sgemv_fn sgemv;
     dgemv_fn dgemv;
     const float *log_tf;          /* 1 + log(count) as numpy computes it in float32, for counts < n_log_tf */
     long n_log_tf;
-    const int64_t *vocab;         /* word vocabulary (sorted) */
-    const float *idf;
+    const VocabSlot *vocab;       /* 2^vocab_bits slots, at most half of them used */
+    long vocab_bits;
     long n_vocab;
-    const int32_t *char_columns;  /* every character bucket's column or -1 */
-    const float *char_idf;
+    const CharSlot *chars;        /* every character bucket */
     long n_char_table;
     const float *components;      /* [V, dim] */
     long dim;
@@ -119,25 +125,28 @@ typedef struct {
     long width;                   /* design row width */
 } Plan;
 
+#define VOCAB_MIX 0x9E3779B97F4A7C15ull
+
 /* (columns, L2-normalised sublinear TF-IDF weights) of one bag; returns how many, or -1 */
 static long tfidf_words(const Plan *p, const int64_t *ids, const int64_t *counts, long n, int64_t *cols,
                         float *w)
 {
     long m = 0;
     if (n == 0 || p->n_vocab == 0) return 0;
+    const uint64_t mask = ((uint64_t)1 << p->vocab_bits) - 1;
     for (long i = 0; i < n; ++i) {
         const int64_t id = ids[i];
-        long lo = 0, hi = p->n_vocab;  /* searchsorted, side left */
-        while (lo < hi) {
-            const long mid = lo + (hi - lo) / 2;
-            if (p->vocab[mid] < id) lo = mid + 1; else hi = mid;
+        uint64_t at = ((uint64_t)id * VOCAB_MIX) >> (64 - p->vocab_bits);  /* as vocab_table() */
+        const VocabSlot *slot = p->vocab + at;
+        while (slot->col >= 0 && slot->id != id) {
+            at = (at + 1) & mask;
+            slot = p->vocab + at;
         }
-        if (lo > p->n_vocab - 1) lo = p->n_vocab - 1;
-        if (p->vocab[lo] != id) continue;
+        if (slot->col < 0) continue;  /* not in the vocabulary */
         const long c = (long)counts[i];
         if (c < 0 || c >= p->n_log_tf) return -1;
-        cols[m] = lo;
-        w[m] = p->log_tf[c] * p->idf[lo];
+        cols[m] = slot->col;
+        w[m] = p->log_tf[c] * slot->idf;
         ++m;
     }
     return m;
@@ -150,11 +159,11 @@ static long tfidf_chars(const Plan *p, const uint32_t *ids, const uint16_t *coun
     if (n == 0 || p->n_char_table == 0) return 0;
     if ((long)ids[n - 1] >= p->n_char_table) return -1;  /* ids are sorted */
     for (long i = 0; i < n; ++i) {
-        const int32_t col = p->char_columns[ids[i]];
-        if (col < 0) continue;
+        const CharSlot slot = p->chars[ids[i]];
+        if (slot.col < 0) continue;
         if ((long)counts[i] >= p->n_log_tf) return -1;
-        cols[m] = col;
-        w[m] = p->log_tf[counts[i]] * p->char_idf[col];
+        cols[m] = slot.col;
+        w[m] = p->log_tf[counts[i]] * slot.idf;
         ++m;
     }
     return m;
@@ -467,6 +476,36 @@ void scope_serving_numpy_each(int which, const void *x, long n, void *out)
 }
 """
 _P, _L, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+VOCAB_MIX = 0x9E3779B97F4A7C15  # the C VOCAB_MIX: a word id's slot is the top bits of id * VOCAB_MIX
+VOCAB_SLOT = np.dtype([("id", "<i8"), ("col", "<i4"), ("idf", "<f4")])  # the C VocabSlot
+CHAR_SLOT = np.dtype([("col", "<i4"), ("idf", "<f4")])  # the C CharSlot
+
+
+def vocab_table(vocab: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, int]:
+    """The kernel's open-addressing table of the word vocabulary and its bits (2^bits slots, at least
+    twice as many as words): a word's slot is the top bits of id * VOCAB_MIX (mod 2^64), the next
+    free one on a collision. A look-up reads about one slot where the binary search over the sorted
+    ids read a dozen, most of them cache lines no other look-up of the request had brought in. A
+    repeated id keeps its first column, as numpy's searchsorted finds."""
+    bits = max(1, int(2 * len(vocab) - 1).bit_length())
+    table = np.zeros(1 << bits, dtype=VOCAB_SLOT)
+    table["col"] = -1
+    mask = (1 << bits) - 1
+    home = (vocab.astype(np.int64).view(np.uint64) * np.uint64(VOCAB_MIX)) >> np.uint64(64 - bits)
+    for col, (word, at) in enumerate(zip(vocab.tolist(), home.tolist(), strict=True)):
+        while table["col"][at] >= 0 and table["id"][at] != word:
+            at = (at + 1) & mask
+        if table["col"][at] < 0:
+            table[at] = (word, col, idf[col])
+    return table, bits
+
+
+def char_table(columns: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """Every character bucket's column (-1: not in the vocabulary) beside its idf, for the kernel."""
+    table = np.zeros(len(columns), dtype=CHAR_SLOT)
+    table["col"] = columns
+    table["idf"] = np.where(columns >= 0, idf[np.maximum(columns, 0)], 0.0)
+    return table
 
 
 class Plan(ctypes.Structure):
@@ -478,10 +517,9 @@ class Plan(ctypes.Structure):
         ("log_tf", _P),
         ("n_log_tf", _L),
         ("vocab", _P),
-        ("idf", _P),
+        ("vocab_bits", _L),
         ("n_vocab", _L),
-        ("char_columns", _P),
-        ("char_idf", _P),
+        ("chars", _P),
         ("n_char_table", _L),
         ("components", _P),
         ("dim", _L),

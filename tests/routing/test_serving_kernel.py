@@ -14,6 +14,7 @@ from routing.features import extract_prompt_features
 from routing.predictor import compiled, serving_kernel
 from routing.predictor.model import ScopePredictor
 from routing.predictor.serving_kernel import probe_requests, serving_kernel_install
+from routing.predictor.serving_source import VOCAB_MIX, char_table, vocab_table
 from tests.routing.predictor_data import PRICES, SKILLS, prompts, served_predictor
 
 
@@ -249,3 +250,34 @@ def test_the_process_says_which_parts_serve_compiled(
     monkeypatch.setattr(kernel, "rows", _one_ulp_up(kernel.rows, -1))  # refused by the plan's check
     monkeypatch.setattr(predictor.plan, "_kernel", None)
     assert registry.acceleration()["predictor_rows"] is False
+
+
+def _look_up(table: np.ndarray, bits: int, word: int) -> tuple[int, float] | None:
+    """The kernel's probe of its word table (tfidf_words), step for step."""
+    at = ((word & (2**64 - 1)) * VOCAB_MIX & (2**64 - 1)) >> (64 - bits)
+    while table["col"][at] >= 0 and table["id"][at] != word:
+        at = (at + 1) & ((1 << bits) - 1)
+    return None if table["col"][at] < 0 else (int(table["col"][at]), float(table["idf"][at]))
+
+
+def test_the_word_table_finds_each_word_at_its_column_and_nothing_else() -> None:
+    rng = np.random.default_rng(7)
+    # ids that share a home slot (a multiple of 2^61 apart), negative ids and a repeated id
+    words = np.concatenate([rng.integers(-(2**40), 2**40, 500), np.arange(6) * 2**61, [123, 123]])
+    idf = rng.random(len(words)).astype(np.float32)
+    table, bits = vocab_table(words.astype(np.int64), idf)
+    assert len(table) == 1 << bits >= 2 * len(words)
+    for col, word in enumerate(words.tolist()):
+        first = words.tolist().index(word)  # numpy's searchsorted finds a repeated id's first column
+        assert _look_up(table, bits, word) == (first, float(idf[first])) or col != first
+    for absent in (-1, 0, 1, 2**62 + 5, int(words.max()) + 1):
+        if absent not in words:
+            assert _look_up(table, bits, absent) is None
+
+
+def test_the_character_table_holds_each_bucket_column_and_its_idf() -> None:
+    columns = np.array([-1, 2, 0, -1, 1], dtype=np.int32)
+    idf = np.array([1.5, 2.5, 3.5], dtype=np.float32)
+    table = char_table(columns, idf)
+    assert table["col"].tolist() == [-1, 2, 0, -1, 1]
+    assert table["idf"].tolist() == [0.0, 3.5, 1.5, 0.0, 2.5]
