@@ -275,8 +275,10 @@ class BoundPlan:
         if self._options and heads.option_coef.dtype != np.float32:
             raise ValueError("option coefficients not in float32")
         self.width = p.evaluator.n_features
-        if proj.vocab.dtype != np.int64 or proj.idf.dtype != np.float32 or proj.char_idf.dtype != np.float32:
-            raise ValueError("a vocabulary not in int64 ids and float32 idf")
+        if proj.vocab.dtype != np.int64 or proj.idf.dtype != np.float32:
+            raise ValueError("a word vocabulary not in int64 ids and float32 idf")
+        if len(proj.char_vocab) and proj.char_idf.dtype != np.float32:
+            raise ValueError("a character vocabulary not in float32 idf")
         words, word_bits = vocab_table(proj.vocab, proj.idf)
         self._plan = Plan(
             kernel.blas[0],

@@ -488,15 +488,26 @@ def vocab_table(vocab: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, int]:
     ids read a dozen, most of them cache lines no other look-up of the request had brought in. A
     repeated id keeps its first column, as numpy's searchsorted finds."""
     bits = max(1, int(2 * len(vocab) - 1).bit_length())
-    table = np.zeros(1 << bits, dtype=VOCAB_SLOT)
-    table["col"] = -1
     mask = (1 << bits) - 1
     home = (vocab.astype(np.int64).view(np.uint64) * np.uint64(VOCAB_MIX)) >> np.uint64(64 - bits)
+    slot_of: dict[int, int] = {}  # word id -> its slot
+    taken = bytearray(1 << bits)
+    slots, columns = [], []
     for col, (word, at) in enumerate(zip(vocab.tolist(), home.tolist(), strict=True)):
-        while table["col"][at] >= 0 and table["id"][at] != word:
+        if word in slot_of:
+            continue  # a repeated id keeps its first column
+        while taken[at]:
             at = (at + 1) & mask
-        if table["col"][at] < 0:
-            table[at] = (word, col, idf[col])
+        taken[at] = 1
+        slot_of[word] = at
+        slots.append(at)
+        columns.append(col)
+    table = np.zeros(1 << bits, dtype=VOCAB_SLOT)
+    table["col"] = -1
+    at_, col_ = np.array(slots, dtype=np.int64), np.array(columns, dtype=np.int64)
+    table["id"][at_] = vocab[col_]
+    table["col"][at_] = col_
+    table["idf"][at_] = idf[col_]
     return table, bits
 
 
