@@ -10,7 +10,11 @@ starts, the catalog and predictor load and 30 warm-up requests pass; it is switc
 with Django's test client (no sockets), rows through a group-commit writer in its own process, as
 under `make serve`; the writer and PostgreSQL are not counted.
 
-    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/instructions.py [--requests 100] [--top 15] [--stages]
+    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/instructions.py [--requests 100] [--top 15] [--stages] [--cold]
+
+--cold also counts simulated cache misses per request with the caches flushed before every request
+(callgrind's cache model, this machine's L1 sizes and its 2 MB L2 as the last level): what a request
+pays when other processes ran on its CPU in between, which instructions alone do not show.
 
 --stages also counts each route stage alone (features, predict and its parts, the log write and
 its parts, …), called in a loop on one request's data, each into a callgrind dump of its own.
