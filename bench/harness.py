@@ -65,7 +65,20 @@ def activate_trained_predictor(env: Mapping[str, str], source: str = "routellm-g
     trained predictor (with its anchors) for them and the conservative path for the rest: the
     route overhead is measured with real inference, not the tier prior.
     """
-    active = manage(
+    active = active_predictor_name(env)
+    if active:
+        return active
+    folder = Path(env.get("SCOPE_DATA_DIR") or ROOT.parent / "shared" / "data") / source
+    if not (folder / "outcomes.jsonl").exists():
+        return ""
+    manage(env, "import_outcomes", str(folder / "outcomes.jsonl"), "--models", str(folder / "models.json"))
+    out = manage(env, "train_predictor", "--source", source, "--activate")
+    return next((line.split()[2] for line in out.splitlines() if line.startswith("stored predictor")), "")
+
+
+def active_predictor_name(env: Mapping[str, str]) -> str:
+    """The name of the predictor version active in the database, or ""."""
+    out = manage(
         env,
         "shell",
         "-v",
@@ -74,14 +87,18 @@ def activate_trained_predictor(env: Mapping[str, str], source: str = "routellm-g
         "from feedback.models import PredictorVersion as P; v = P.objects.filter(is_active=True).first(); "
         "print(v.name if v else '')",
     )
+    return out.splitlines()[-1] if out.strip() else ""
+
+
+def refuse_prior_with_active_predictor(env: Mapping[str, str]) -> None:
+    """--prior measures routing with the tier prior; a database with an active predictor would route
+    with that predictor instead, whatever the flag says."""
+    active = active_predictor_name(env)
     if active:
-        return active.splitlines()[-1]
-    folder = Path(env.get("SCOPE_DATA_DIR") or ROOT.parent / "shared" / "data") / source
-    if not (folder / "outcomes.jsonl").exists():
-        return ""
-    manage(env, "import_outcomes", str(folder / "outcomes.jsonl"), "--models", str(folder / "models.json"))
-    out = manage(env, "train_predictor", "--source", source, "--activate")
-    return next((line.split()[2] for line in out.splitlines() if line.startswith("stored predictor")), "")
+        raise SystemExit(
+            f"--prior: predictor {active} is active in this database, so it would route, not the tier "
+            "prior; point DATABASE_URL at a database without one (e.g. a new, empty one)"
+        )
 
 
 def free_port() -> int:

@@ -50,6 +50,7 @@ from bench.harness import (  # noqa: E402
     bench_env,
     chat_body,
     prepare_database,
+    refuse_prior_with_active_predictor,
     say,
     tmpdir,
 )
@@ -377,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     key_name = f"bench-instructions-{int(time.time())}"
     say(f"preparing {database_url.rsplit('@', 1)[-1]} (migrate, seed_demo, API key {key_name})")
     key = prepare_database(env, key_name)
-    if not args.prior:
+    if args.prior:
+        refuse_prior_with_active_predictor(env)
+    else:
         say(f"active predictor: {activate_trained_predictor(env) or 'none (the tier prior routes)'}")
     work = tmpdir("scope-instructions-")
     socket_path = str(work / "writer.sock")

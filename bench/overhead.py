@@ -39,6 +39,7 @@ from bench.harness import (  # noqa: E402
     postgres_backends_cpu,
     prepare_database,
     process_tree_cpu_split,
+    refuse_prior_with_active_predictor,
     run_wrk,
     say,
     scope_server,
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     key_name = f"bench-overhead-{int(time.time())}"
     say(f"preparing {database_url.rsplit('@', 1)[-1]} (migrate, seed_demo, API key {key_name})")
     key = prepare_database(env, key_name)
-    if not args.prior:
+    if args.prior:
+        refuse_prior_with_active_predictor(env)
+    else:
         version = activate_trained_predictor(env)
         say(f"active predictor: {version or 'none (no data set found: the tier prior routes)'}")
     body = chat_body(models=[m for m in args.models.split(",") if m])
