@@ -490,16 +490,16 @@ def vocab_table(vocab: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, int]:
     bits = max(1, int(2 * len(vocab) - 1).bit_length())
     mask = (1 << bits) - 1
     home = (vocab.astype(np.int64).view(np.uint64) * np.uint64(VOCAB_MIX)) >> np.uint64(64 - bits)
-    slot_of: dict[int, int] = {}  # word id -> its slot
+    placed: set[int] = set()
     taken = bytearray(1 << bits)
     slots, columns = [], []
     for col, (word, at) in enumerate(zip(vocab.tolist(), home.tolist(), strict=True)):
-        if word in slot_of:
+        if word in placed:
             continue  # a repeated id keeps its first column
         while taken[at]:
             at = (at + 1) & mask
         taken[at] = 1
-        slot_of[word] = at
+        placed.add(word)
         slots.append(at)
         columns.append(col)
     table = np.zeros(1 << bits, dtype=VOCAB_SLOT)
