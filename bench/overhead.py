@@ -4,7 +4,9 @@ Starts SCOPE with `make serve` (gunicorn sync workers) on PostgreSQL + Redis wit
 endpoint enabled, then drives POST /api/v1/route and POST /api/v1/noop (same middleware, API-key
 auth and JSON parsing; no routing, no write) with wrk at 16 and 64 concurrent clients, several
 alternating rounds, and prints medians: throughput, p50/p99, the route/noop throughput ratio,
-and decisions lost (2xx answers minus new decision rows), and plots throughput and CPU per request
+the single-INSERT floor (POST /api/v1/noop-insert, the no-op plus one committed INSERT of a small
+row, at the first concurrency: what any endpoint that durably writes a row per request could reach
+on this machine), and decisions lost (2xx answers minus new decision rows), and plots throughput and CPU per request
 by process to var/bench-overhead/overhead.png. Then, in this process, the time of
 each stage of one decision and the predictor's time as the candidate list grows.
 
@@ -48,6 +50,9 @@ from bench.harness import (  # noqa: E402
 )
 
 ENDPOINTS = ("noop", "route")
+# the no-op plus one committed INSERT of a small row: the single-INSERT floor, on this machine, at
+# the first concurrency (scope_site/noop.py)
+FLOOR = "noop-insert"
 
 
 def post_once(url: str, body: bytes, key: str) -> int:
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     machine: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (busy, stolen) shares per run
     answered = logged = 0
     with scope_server(env, workers=args.workers, log_dir=work) as server:
-        for endpoint in ENDPOINTS:
+        for endpoint in (*ENDPOINTS, FLOOR):
             status = post_once(f"{server.base_url}/api/v1/{endpoint}", body, key)
             if status != 200:
                 raise SystemExit(f"/api/v1/{endpoint} answered {status}")
@@ -136,12 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             f"SCOPE on {server.base_url} (make serve, gunicorn sync workers); body {len(body)} bytes; "
             f"wrk {args.duration:.0f} s per run, {args.rounds} rounds"
         )
-        for endpoint in ENDPOINTS:  # warm-up: imports, connections, catalog snapshot in every worker
+        for endpoint in (
+            *ENDPOINTS,
+            FLOOR,
+        ):  # warm-up: imports, connections, catalog snapshot in every worker
             warm_up(f"{server.base_url}/api/v1/{endpoint}", script=script)
         say(served_compiled(server.base_url))
         for round_no in range(args.rounds):
             for clients in connections:
-                order = ENDPOINTS if round_no % 2 == 0 else tuple(reversed(ENDPOINTS))
+                endpoints = (*ENDPOINTS, FLOOR) if clients == connections[0] else ENDPOINTS
+                order = endpoints if round_no % 2 == 0 else tuple(reversed(endpoints))
                 for endpoint in order:
                     before = count_decisions(database_url, key_name) if endpoint == "route" else 0
                     cpu_before = cpu_now(server.process.pid, database_url)
@@ -167,22 +176,23 @@ def main(argv: list[str] | None = None) -> int:
                         logged += count_decisions(database_url, key_name) - before
                         answered += result.answered_2xx
                     say(
-                        f"  round {round_no + 1} {endpoint:>5} c={clients:<3} {result.rps:8.0f} req/s  "
+                        f"  round {round_no + 1} {endpoint:>11} c={clients:<3} {result.rps:8.0f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  non-2xx {result.non_2xx}  "
                         f"socket errors {result.socket_errors}  CPU {cpu_ms[(endpoint, clients)][-1]:.2f} ms/req  "
                         f"machine busy {busy:.0%} (stolen {stolen:.0%})"
                     )
 
     say()
-    say("endpoint  clients   req/s (median)   p50 ms   p99 ms   non-2xx   socket errors   CPU ms/req")
+    say("endpoint     clients   req/s (median)   p50 ms   p99 ms   non-2xx   socket errors   CPU ms/req")
     for (endpoint, clients), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         say(
-            f"{endpoint:<8}  {clients:>7}   {median([r.rps for r in runs]):>14.0f}   "
+            f"{endpoint:<11}  {clients:>7}   {median([r.rps for r in runs]):>14.0f}   "
             f"{median([r.p50_ms for r in runs]):>6.2f}   {median([r.p99_ms for r in runs]):>6.2f}   "
             f"{sum(r.non_2xx for r in runs):>7}   {sum(r.socket_errors for r in runs):>13}   "
             f"{median(cpu_ms[(endpoint, clients)]):>10.2f}"
         )
     for clients in connections:
+        measured = [e for e in (*ENDPOINTS, FLOOR) if (e, clients) in results]
         ratios = [
             route.rps / noop.rps
             for route, noop in zip(results[("route", clients)], results[("noop", clients)], strict=True)
@@ -192,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
             "" if clients == connections[0] else f" at {clients} clients"
         )
         say(f"{label}: {median(ratios):.2f}  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        if (FLOOR, clients) in results:
+            floors = [
+                floor.rps / noop.rps
+                for floor, noop in zip(results[(FLOOR, clients)], results[("noop", clients)], strict=True)
+                if noop.rps
+            ]
+            say(
+                f"  single-INSERT floor on this machine, noop-insert/noop throughput ratio: {median(floors):.2f}  "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in floors)}; the no-op plus one committed INSERT of a "
+                "small row, nothing else)"
+            )
         cpu_ratio = median(cpu_ms[("noop", clients)]) / median(cpu_ms[("route", clients)])
         say(
             f"  CPU per request at {clients} clients (gunicorn workers + PostgreSQL backends): noop "
@@ -203,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(
                 f"{endpoint} {median([m[0] for m in machine[(endpoint, clients)]]):.0%} "
                 f"(stolen {median([m[1] for m in machine[(endpoint, clients)]]):.0%})"
-                for endpoint in ENDPOINTS
+                for endpoint in measured
             )
         )
-        for endpoint in ENDPOINTS:
+        for endpoint in measured:
             parts = cpu_parts[(endpoint, clients)]
             say(
                 f"    {endpoint}: "
@@ -245,12 +266,14 @@ def plot_overhead(
     out = Path(__file__).resolve().parent.parent / "var" / "bench-overhead" / "overhead.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    colours = {"noop": "#94a3b8", "route": "#2563eb"}
-    width = 0.38
+    colours = {"noop": "#94a3b8", "route": "#2563eb", FLOOR: "#f97316"}
+    width = 0.27
     for i, clients in enumerate(connections):
-        for j, endpoint in enumerate(ENDPOINTS):
-            runs = results[(endpoint, clients)]
-            x = i + (j - 0.5) * width
+        for j, endpoint in enumerate((*ENDPOINTS, FLOOR)):
+            runs = results.get((endpoint, clients))
+            if not runs:
+                continue
+            x = i + (j - 1) * width
             left.bar(x, median([r.rps for r in runs]), width, color=colours[endpoint],
                      label=endpoint if i == 0 else None)  # fmt: skip
             left.scatter([x] * len(runs), [r.rps for r in runs], color="black", s=10, zorder=3)

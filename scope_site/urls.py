@@ -41,6 +41,6 @@ urlpatterns = [
 ]
 
 if settings.SCOPE_ENABLE_NOOP_ENDPOINT:  # benchmark only (bench/overhead.py)
-    from scope_site.noop import NoopApi
+    from scope_site.noop import noop_urlpatterns
 
-    urlpatterns.append(path("api/v1/noop", NoopApi.as_view(), name="noop"))
+    urlpatterns += noop_urlpatterns()
