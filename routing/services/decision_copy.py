@@ -1,7 +1,9 @@
 """A DecisionLog row as one line of PostgreSQL's COPY text format (what the group-commit writer takes).
 
 The line is built in the web worker from the same column list the direct INSERT uses, so both
-paths store identical values; the writer only concatenates lines and never parses them.
+paths store identical values. The writer splits it back into its cells' texts
+(decision_writer.copy_line_values) and binds them as a prepared INSERT's parameters, which PostgreSQL reads with
+the same input functions as COPY's text format.
 """
 
 from __future__ import annotations
@@ -100,9 +102,12 @@ def _columns() -> tuple[tuple[str, Encoder, bool], ...]:
 
 
 @lru_cache(maxsize=1)
-def decision_copy_sql() -> str:
-    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in DecisionLog._meta.concrete_fields)
-    return f"COPY {connection.ops.quote_name(DecisionLog._meta.db_table)} ({columns}) FROM STDIN"
+def decision_insert_sql() -> str:
+    """The writer's prepared INSERT of one row: COPY's columns, one parameter each."""
+    fields = DecisionLog._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    return f"INSERT INTO {connection.ops.quote_name(DecisionLog._meta.db_table)} ({columns}) VALUES ({placeholders})"
 
 
 def decision_copy_column_count() -> int:

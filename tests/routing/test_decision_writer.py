@@ -520,7 +520,7 @@ def test_a_constraint_error_comes_back_as_psycopgs_exception_class(tmp_path: Pat
     try:
         assert w._commit([decision_copy_line(row)]) == [None]
         with pytest.raises(psycopg_errors.UniqueViolation):
-            w._copy([decision_copy_line(row)])
+            w._write([decision_copy_line(row)])
         assert w._commit([decision_copy_line(row)]) == [
             None
         ]  # already there: an earlier attempt committed it
@@ -684,3 +684,22 @@ def test_a_forked_child_exits_with_what_its_run_returns_or_1_if_it_raises() -> N
 
     assert ForkedChild(lambda: 3).wait(10) == 3
     assert ForkedChild(boom).wait(10) == 1
+
+
+def test_a_batch_whose_row_fails_commits_none_of_its_rows(writer: DecisionWriter) -> None:
+    """The pipelined INSERTs before one Sync are one transaction: all of them commit, or none."""
+    stored, fresh = _row(), _row()
+    assert writer._commit([decision_copy_line(stored)]) == [None]
+    with pytest.raises(psycopg_errors.UniqueViolation):
+        writer._write([decision_copy_line(fresh), decision_copy_line(stored)])
+    assert not DecisionLog.objects.filter(id=fresh.id).exists()
+    assert writer._commit([decision_copy_line(fresh)]) == [None]  # the connection is still usable
+    assert DecisionLog.objects.filter(id=fresh.id).exists()
+
+
+def test_a_writer_prepares_its_insert_again_on_a_new_connection(writer: DecisionWriter) -> None:
+    assert writer._commit([decision_copy_line(_row())]) == [None]
+    writer._reset()  # as after a lost connection
+    row = _row()
+    assert writer._commit([decision_copy_line(row)]) == [None]
+    assert DecisionLog.objects.filter(id=row.id).exists()
