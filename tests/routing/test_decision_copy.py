@@ -12,7 +12,7 @@ from routing.services.decision_writer import copy_line_values
 _TEXT = st.text(
     alphabet=st.one_of(
         st.sampled_from("\\\t\n\rNnrt"),
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     )
 )
 
