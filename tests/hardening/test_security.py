@@ -357,6 +357,7 @@ def test_production_refuses_to_start_with_a_weak_key_or_debug_on(extra: dict[str
     assert message in result.stderr
 
 
-def test_the_benchmark_noop_endpoint_is_not_mounted_by_default(api: Any, settings: Any) -> None:
+def test_the_benchmark_noop_endpoints_are_not_mounted_by_default(api: Any, settings: Any) -> None:
     assert settings.SCOPE_ENABLE_NOOP_ENDPOINT is False
     assert api("/api/v1/noop", {"messages": USER_MESSAGE("hi")}).status_code == 404
+    assert api("/api/v1/noop-insert", {"messages": USER_MESSAGE("hi")}).status_code == 404
