@@ -6,8 +6,8 @@ auth and JSON parsing; no routing, no write) with wrk at 16 and 64 concurrent cl
 alternating rounds, and prints medians: throughput, p50/p99, the route/noop throughput ratio,
 the single-INSERT floor (POST /api/v1/noop-insert, the no-op plus one committed INSERT of a small
 row, at the first concurrency: what any endpoint that durably writes a row per request could reach
-on this machine), and decisions lost (2xx answers minus new decision rows), and plots throughput and CPU per request
-by process to var/bench-overhead/overhead.png. Then, in this process, the time of
+on this machine), and decisions lost (2xx answers minus new decision rows), and plots throughput
+and CPU per request by process to var/bench-overhead/overhead.png. Then, in this process, the time of
 each stage of one decision and the predictor's time as the candidate list grows.
 
     DATABASE_URL=postgres://… REDIS_URL=redis://… make bench-overhead
@@ -141,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             f"SCOPE on {server.base_url} (make serve, gunicorn sync workers); body {len(body)} bytes; "
             f"wrk {args.duration:.0f} s per run, {args.rounds} rounds"
         )
-        for endpoint in (
-            *ENDPOINTS,
-            FLOOR,
-        ):  # warm-up: imports, connections, catalog snapshot in every worker
+        # warm-up: imports, connections, catalog snapshot in every worker
+        for endpoint in (*ENDPOINTS, FLOOR):
             warm_up(f"{server.base_url}/api/v1/{endpoint}", script=script)
         say(served_compiled(server.base_url))
         for round_no in range(args.rounds):

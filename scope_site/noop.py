@@ -35,10 +35,14 @@ class NoopApi(APIView):
 
 
 FLOOR_TABLE = "scope_bench_noop_insert"
-FLOOR_TABLE_SQL = (
-    f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
-    "(id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, messages integer NOT NULL)"
-)
+
+
+def _floor_table_sql() -> str:
+    ident = "id bigserial PRIMARY KEY" if connection.vendor == "postgresql" else "id integer PRIMARY KEY"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
+        f"({ident}, created_at timestamp with time zone NOT NULL, messages integer NOT NULL)"
+    )
 
 
 _floor_table_in: int = 0  # the pid of the process that created (or found) the table
@@ -53,7 +57,7 @@ class NoopInsertApi(NoopApi):
         response = super().post(request)
         with connection.cursor() as cursor:
             if _floor_table_in != os.getpid():
-                cursor.execute(FLOOR_TABLE_SQL)
+                cursor.execute(_floor_table_sql())
                 _floor_table_in = os.getpid()
             cursor.execute(
                 f"INSERT INTO {FLOOR_TABLE} (created_at, messages) VALUES (%s, %s)",

@@ -2,8 +2,8 @@
 
 The line is built in the web worker from the same column list the direct INSERT uses, so both
 paths store identical values. The writer splits it back into its cells' texts
-(decision_writer.copy_line_values) and binds them as a prepared INSERT's parameters, which PostgreSQL reads with
-the same input functions as COPY's text format.
+(decision_writer.copy_line_values) and binds them as a prepared INSERT's parameters, which
+PostgreSQL reads with the same input functions as COPY's text format.
 """
 
 from __future__ import annotations

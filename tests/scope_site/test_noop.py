@@ -34,6 +34,16 @@ def test_the_noop_needs_an_api_key_like_the_route(api: Any) -> None:
     assert api("/api/v1/noop-insert", {"messages": USER_MESSAGE("hi")}, key=None).status_code == 401
 
 
+def test_the_insert_floor_writes_a_row_on_any_database(transactional_db: Any, api: Any) -> None:
+    from django.db import connection
+
+    response = api("/api/v1/noop-insert", {"messages": USER_MESSAGE("hi")})
+    assert response.status_code == 200 and response.json() == {"ok": True, "messages": 1}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {FLOOR_TABLE} WHERE messages = 1")
+        assert cursor.fetchone()[0] >= 1
+
+
 @requires_postgres
 def test_the_insert_floor_commits_one_row_before_it_answers(transactional_db: Any, api: Any) -> None:
     before = _committed_rows()
