@@ -53,6 +53,7 @@ ENDPOINTS = ("noop", "route")
 # the no-op plus one committed INSERT of a small row: the single-INSERT floor, on this machine, at
 # the first concurrency (scope_site/noop.py)
 FLOOR = "noop-insert"
+ALL_ENDPOINTS = (*ENDPOINTS, FLOOR)
 
 
 def post_once(url: str, body: bytes, key: str) -> int:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     machine: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (busy, stolen) shares per run
     answered = logged = 0
     with scope_server(env, workers=args.workers, log_dir=work) as server:
-        for endpoint in (*ENDPOINTS, FLOOR):
+        for endpoint in ALL_ENDPOINTS:
             status = post_once(f"{server.base_url}/api/v1/{endpoint}", body, key)
             if status != 200:
                 raise SystemExit(f"/api/v1/{endpoint} answered {status}")
@@ -142,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             f"wrk {args.duration:.0f} s per run, {args.rounds} rounds"
         )
         # warm-up: imports, connections, catalog snapshot in every worker
-        for endpoint in (*ENDPOINTS, FLOOR):
+        for endpoint in ALL_ENDPOINTS:
             warm_up(f"{server.base_url}/api/v1/{endpoint}", script=script)
         say(served_compiled(server.base_url))
         for round_no in range(args.rounds):
             for clients in connections:
-                endpoints = (*ENDPOINTS, FLOOR) if clients == connections[0] else ENDPOINTS
+                endpoints = ALL_ENDPOINTS if clients == connections[0] else ENDPOINTS
                 order = endpoints if round_no % 2 == 0 else tuple(reversed(endpoints))
                 for endpoint in order:
                     before = count_decisions(database_url, key_name) if endpoint == "route" else 0
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{median(cpu_ms[(endpoint, clients)]):>10.2f}"
         )
     for clients in connections:
-        measured = [e for e in (*ENDPOINTS, FLOOR) if (e, clients) in results]
+        measured = [e for e in ALL_ENDPOINTS if (e, clients) in results]
         ratios = [
             route.rps / noop.rps
             for route, noop in zip(results[("route", clients)], results[("noop", clients)], strict=True)
@@ -267,7 +268,7 @@ def plot_overhead(
     colours = {"noop": "#94a3b8", "route": "#2563eb", FLOOR: "#f97316"}
     width = 0.27
     for i, clients in enumerate(connections):
-        for j, endpoint in enumerate((*ENDPOINTS, FLOOR)):
+        for j, endpoint in enumerate(ALL_ENDPOINTS):
             runs = results.get((endpoint, clients))
             if not runs:
                 continue
