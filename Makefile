@@ -35,7 +35,7 @@ serve: install
 	@$(MANAGE) migrate --noinput -v0
 	@$(MANAGE) collectstatic --noinput -v0
 	$(VENV)/bin/gunicorn scope_site.wsgi:application -c scope_site/gunicorn_conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) \
-		--worker-class sync --max-requests 20000 --max-requests-jitter 10000 --access-logfile - --timeout 120
+		--max-requests 20000 --max-requests-jitter 10000 --access-logfile - --timeout 120
 
 worker: install
 	$(VENV)/bin/celery -A scope_site.worker worker --loglevel INFO --concurrency 2

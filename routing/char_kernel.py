@@ -10,13 +10,13 @@ probe texts. Without a C compiler, or if the check fails, the numpy version keep
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from routing import features
 from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
+from scope_site.green import OsThreadLocal
 
 CHAR_KERNEL_VERSION = 3
 _SYMBOL = "scope_char_ngrams"
@@ -120,8 +120,9 @@ PROBE_TEXTS = (
 )
 
 
-class _Buffers(threading.local):
-    """Scratch and output arrays for texts of up to `size` characters, one set per thread."""
+class _Buffers(OsThreadLocal):
+    """Scratch and output arrays for texts of up to `size` characters, one set per OS thread
+    (scope_site.green)."""
 
     def __init__(self, size: int) -> None:
         self.size = size

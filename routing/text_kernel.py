@@ -18,7 +18,6 @@ probe texts. Without a C compiler, or if the check fails, the Python path keeps 
 from __future__ import annotations
 
 import ctypes
-import threading
 import zlib
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from routing import features
 from routing.feature_words import SIGNAL_OF, SIGNAL_WORDS
 from routing.predictor.compiled import ensure_kernel, install_kernel, library_path
+from scope_site.green import OsThreadLocal
 
 TEXT_KERNEL_VERSION = 1
 _SYMBOL = "scope_text_counts"
@@ -237,8 +237,8 @@ PROBE_TEXTS = (
 )
 
 
-class _Buffers(threading.local):
-    """Output arrays for the counts and n-grams, one set per thread."""
+class _Buffers(OsThreadLocal):
+    """Output arrays for the counts and n-grams, one set per OS thread (scope_site.green)."""
 
     def __init__(self, n_counts: int, max_words: int) -> None:
         self.out = np.empty(n_counts, dtype=np.int64)

@@ -31,6 +31,11 @@ multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_d
 # two SCOPE servers on one host, e.g. a benchmark beside a dev server, must not share it
 (_var_dir / "run").mkdir(parents=True, exist_ok=True)
 control_socket = str(_var_dir / "run" / "gunicorn.ctl")
+# gevent workers (scope_site/gevent_worker.py): a worker serves its other connections while one
+# waits for its decision's commit; SCOPE_WORKER_CLASS=sync goes back to one request per process
+worker_class = (
+    os.environ.get("SCOPE_WORKER_CLASS", "").strip() or "scope_site.gevent_worker.ScopeGeventWorker"
+)
 
 
 def on_starting(server: Any) -> None:

@@ -23,6 +23,7 @@ from scope_site.env import (
     env_url,
     env_weights,
 )
+from scope_site.green import gevent_patched
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SCOPE_VAR_DIR", str(BASE_DIR / "var")))
@@ -98,14 +99,26 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env_url("DATABASE_URL", schemes={"postgres", "postgresql", "pgsql", "sqlite"})
 CONN_MAX_AGE = env_int("SCOPE_CONN_MAX_AGE", 600, minimum=0)
+# Under gevent (`make serve`'s workers) every greenlet would hold a connection of its own, one per
+# client connection: there a process shares a pool instead (psycopg_pool, via Django's "pool" option)
+DB_POOL_SIZE = env_int("SCOPE_DB_POOL_SIZE", 8 if gevent_patched() else 0, minimum=0)
 if DATABASE_URL:
     DATABASES = {
-        "default": dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=0 if DB_POOL_SIZE else CONN_MAX_AGE, conn_health_checks=True
+        )
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
-            "SCOPE_DB_CONNECT_TIMEOUT", 5, minimum=1
-        )
+        options = DATABASES["default"].setdefault("OPTIONS", {})
+        options["connect_timeout"] = env_int("SCOPE_DB_CONNECT_TIMEOUT", 5, minimum=1)
+        if DB_POOL_SIZE:
+            # health-checked on checkout (CONN_HEALTH_CHECKS); a request that finds every connection
+            # busy for `timeout` seconds gets a 503, like one that finds PostgreSQL down
+            options["pool"] = {
+                "min_size": 1,
+                "max_size": DB_POOL_SIZE,
+                "timeout": env_float("SCOPE_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
+            }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

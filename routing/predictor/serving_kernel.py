@@ -25,7 +25,6 @@ import glob
 import logging
 import math
 import struct
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from routing.predictor.serving_source import (
     char_table,
     vocab_table,
 )
+from scope_site.green import OsThreadLocal
 
 if TYPE_CHECKING:
     from routing.predictor.model import ScopePredictor
@@ -349,7 +349,7 @@ class BoundPlan:
             float(first.base_margin),
         )
         self._sizes = (dim, plan.n_known, max(n_coarse, n_fine), self.width, len(p.roles), first.n_trees)
-        self._local = threading.local()  # .buffers: a plain object, whose attributes are cheaper to read
+        self._local = OsThreadLocal()  # .buffers: a plain object, whose attributes are cheaper to read
 
     def _buffers(self, rows: int) -> _Buffers:
         b: _Buffers | None = getattr(self._local, "buffers", None)

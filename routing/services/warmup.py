@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import close_old_connections
+from django.urls import get_resolver
 
 from routing.predictor.registry import active_scope_predictor
 from routing.selectors import catalog_snapshot
@@ -30,11 +31,14 @@ class Warmed:
 
 
 def warm_process() -> Warmed:
-    """Catalog snapshot, active predictor and the compiled kernels (the features' ones even when no
-    predictor is active; each at once if its library is cached, else compiled in the background)
-    loaded in this process; never raises."""
+    """The URLconf, catalog snapshot, active predictor and the compiled kernels (the features' ones
+    even when no predictor is active; each at once if its library is cached, else compiled in the
+    background) loaded in this process; never raises."""
     started = time.perf_counter()
     try:
+        # Django imports the URLconf, and with it every view module, on a process's first request:
+        # about half a second, which a gevent worker would spend with all its connections waiting
+        get_resolver().url_patterns  # noqa: B018 - the property's side effect is the point
         models = len(catalog_snapshot().models)
         predictor = active_scope_predictor()
         fast = predictor.plan.fast() if predictor is not None else None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError
+from django.urls import clear_url_caches, get_resolver
 
 from feedback.services.registry import predictor_version_activate, predictor_version_save
 from feedback.services.training import predictor_train
@@ -70,6 +71,14 @@ def test_without_a_trained_predictor_warm_up_says_the_prior_routes() -> None:
     make_catalog()
     warmed = warmup.warm_process()
     assert (warmed.predictor_version, warmed.error) == ("", "")
+
+
+@pytest.mark.django_db
+def test_warm_up_loads_the_urlconf_so_no_first_request_imports_the_views() -> None:
+    clear_url_caches()  # as in a new process: the next resolver has not read its URLconf yet
+    assert "url_patterns" not in get_resolver().__dict__
+    warmup.warm_process()
+    assert "url_patterns" in get_resolver().__dict__
 
 
 @pytest.mark.django_db

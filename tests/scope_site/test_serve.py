@@ -62,9 +62,9 @@ class Served:
 
 
 @contextmanager
-def _served(tmp_path: Path) -> Iterator[Served]:
-    """gunicorn with scope_site/gunicorn_conf.py and 2 workers on PostgreSQL, once it answered a
-    first route request."""
+def _served(tmp_path: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> Iterator[Served]:
+    """gunicorn with scope_site/gunicorn_conf.py (gevent workers unless `extra_env` says otherwise)
+    on PostgreSQL, once it answered a first route request."""
     make_catalog()
     make_policy("default")
     _, key = make_api_key("served")
@@ -75,6 +75,7 @@ def _served(tmp_path: Path) -> Iterator[Served]:
         "SCOPE_VAR_DIR": str(tmp_path),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "DJANGO_SETTINGS_MODULE": "scope_site.settings",
+        **(extra_env or {}),
     }
     env.pop("SCOPE_TESTING", None)
     env.pop("SCOPE_DECISION_WRITER_SOCKET", None)
@@ -89,7 +90,7 @@ def _served(tmp_path: Path) -> Iterator[Served]:
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
-                "2",
+                str(workers),
             ],
             cwd=ROOT,
             env=env,
