@@ -1,7 +1,7 @@
 """Shared parts of the HTTP benchmarks: a SCOPE server started with `make serve`, wrk runs, counts.
 
-Everything stays on 127.0.0.1. The server runs the real production stack (gunicorn sync workers
-on PostgreSQL + Redis); the load generator is wrk (Debian package `wrk`) in its own process.
+Everything stays on 127.0.0.1. The server runs the real production stack (`make serve`'s gunicorn
+workers on PostgreSQL + Redis); the load generator is wrk (Debian package `wrk`) in its own process.
 """
 
 from __future__ import annotations
@@ -117,6 +117,13 @@ def http_get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
             return exc.code, json.loads(body or b"null")
         except ValueError:
             return exc.code, None
+
+
+def serve_workers(env: Mapping[str, str], workers: int | None) -> str:
+    """How `make serve` runs its workers under `env`, for the benchmarks' headers."""
+    kind = env.get("SCOPE_WORKER_CLASS") or "gevent"
+    count = str(workers) if workers else "WORKERS (the Makefile's)"
+    return f"{count} {kind} workers"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`make bench-overhead`: what routing costs next to a no-op endpoint of the same stack.
 
-Starts SCOPE with `make serve` (gunicorn sync workers) on PostgreSQL + Redis with the no-op
+Starts SCOPE with `make serve` (gunicorn's gevent workers) on PostgreSQL + Redis with the no-op
 endpoint enabled, then drives POST /api/v1/route and POST /api/v1/noop (same middleware, API-key
 auth and JSON parsing; no routing, no write) with wrk at 16 and 64 concurrent clients, several
 alternating rounds, and prints medians: throughput, p50/p99, the route/noop throughput ratio,
@@ -45,6 +45,7 @@ from bench.harness import (  # noqa: E402
     run_wrk,
     say,
     scope_server,
+    serve_workers,
     tmpdir,
     wrk_script,
 )
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             if status != 200:
                 raise SystemExit(f"/api/v1/{endpoint} answered {status}")
         say(
-            f"SCOPE on {server.base_url} (make serve, gunicorn sync workers); body {len(body)} bytes; "
+            f"SCOPE on {server.base_url} (make serve, {serve_workers(env, args.workers)}); body {len(body)} bytes; "
             f"wrk {args.duration:.0f} s per run, {args.rounds} rounds"
         )
         # warm-up: imports, connections, catalog snapshot in every worker

@@ -64,6 +64,7 @@ from routing.services.limits import (
     rpm_admit,
 )
 from scope_site import metrics
+from scope_site.db_pool import db_connection_release
 from scope_site.errors import ApplicationError, InvalidRequest, RateLimited, ServiceUnavailable
 
 T = TypeVar("T")
@@ -360,6 +361,7 @@ def _model_attempts(
             if left <= 0:
                 target_release(target, ok=False, tokens=0, latency_s=0.0)
                 raise _give_up(plan, "the execution time budget (SCOPE_EXECUTION_BUDGET_S) ran out")
+            db_connection_release()  # the call may take seconds; other requests may need the connection
             begun = time.monotonic()
             try:
                 # no attempt may outlive the budget: its timeouts shrink to what is left of it

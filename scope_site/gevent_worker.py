@@ -28,12 +28,15 @@ Two additions to gunicorn's `GeventWorker`:
 from __future__ import annotations
 
 import mmap
+import os
 import time
 from typing import Any
 
 import gevent
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
+
+from scope_site.green import GEVENT_WORKER_ENV
 
 SLOTS = 64  # workers whose spawn numbers (gunicorn's `age`) differ by a multiple of this share a slot
 STALE_SECONDS = 3.0  # a slot untouched for this long is not a live worker's (heartbeats: 1 s)
@@ -149,6 +152,7 @@ class ScopeGeventWorker(ggevent.GeventWorker):
 
     def init_process(self) -> None:
         global _balance
+        os.environ[GEVENT_WORKER_ENV] = str(os.getpid())  # before gevent patches: see scope_site.green
         _balance = ConnectionBalance(self.age % SLOTS)
         # gunicorn builds its servers from this module's name in run(): in this process only
         ggevent.StreamServer = BalancedStreamServer  # type: ignore[misc]

@@ -3,13 +3,21 @@ library before Django loads), read by the settings and by code whose per-thread 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import TYPE_CHECKING
 
+# Set by scope_site.gevent_worker to its process id before gevent patches anything: Django's settings
+# can load while gevent patches (its look for existing locks touches every object, Django's lazy
+# settings included), before sockets count as patched. The id keeps child processes out.
+GEVENT_WORKER_ENV = "SCOPE_GEVENT_WORKER_PID"
+
 
 def gevent_patched() -> bool:
-    """True once gevent has monkey-patched sockets in this process (a gevent gunicorn worker)."""
+    """True in a gevent worker of `make serve`, or once gevent has monkey-patched sockets here."""
+    if os.environ.get(GEVENT_WORKER_ENV) == str(os.getpid()):
+        return True
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from providers.models import LLMModel
 from scope_site import gevent_worker
 from scope_site.gevent_worker import STALE_SECONDS, ConnectionBalance
-from tests.conftest import requires_postgres
-from tests.scope_site.test_serve import _served
+from tests.conftest import USER_MESSAGE, requires_postgres
+from tests.scope_site.test_serve import _post, _served
 
 
 def _connect(base: str) -> socket.socket:
@@ -159,7 +160,7 @@ def test_a_burst_of_keep_alive_connections_under_load_is_shared_by_the_workers(t
         splits = []
         try:
             time.sleep(0.5)
-            for _ in range(3):
+            for _ in range(5):
                 clients = [_connect(served.base) for _ in range(16)]
                 with contextlib.ExitStack() as stack:
                     for client in clients:
@@ -173,9 +174,11 @@ def test_a_burst_of_keep_alive_connections_under_load_is_shared_by_the_workers(t
             stop.set()
             for loader in loaders:
                 loader.join()
-    # the 22 open connections: 11 and 11 when balanced, 10 and 12 when a race at accept moves one;
-    # without the balance, the burst alone split 1 and 15 or 0 and 16 here
-    assert all(fewer >= 9 for fewer, _ in splits), splits
+    # the 22 open connections: 11 and 11 when balanced, 10 and 12 when a race at accept moves one.
+    # A worker leaves a connection to the other for at most DEFER_SECONDS, so a busy moment can
+    # still tip a burst (9 and 13 seen). Without the balance the fewer side averaged 6.6 to 8.2 over
+    # five bursts here, with it 10.0 to 11
+    assert sum(fewer for fewer, _ in splits) / len(splits) >= 9.5, splits
 
 
 @requires_postgres
@@ -186,9 +189,9 @@ def test_a_gevent_worker_shares_a_pool_of_database_connections_among_its_clients
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
             return int(cursor.fetchone()[0])
 
-    with _served(tmp_path, workers=1, extra_env={"SCOPE_DB_POOL_SIZE": "2"}) as served:
+    with _served(tmp_path, workers=1) as served:  # the default pool: SCOPE_DB_POOL_SIZE unset
         before = backends()
-        clients = [_connect(served.base) for _ in range(12)]
+        clients = [_connect(served.base) for _ in range(16)]
         try:
             for _ in range(3):  # every client's request checks the database (/healthz runs SELECT 1)
                 for client in clients:
@@ -199,5 +202,40 @@ def test_a_gevent_worker_shares_a_pool_of_database_connections_among_its_clients
         finally:
             for client in clients:
                 client.close()
-    # a connection per client would be 12 more; the pool holds at most 2 (one may be open already)
-    assert during - before <= 2
+    # a connection per client would be 16 more; the pool holds at most 8 (one may be open already)
+    assert during - before <= 8
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_chat_call_waiting_on_its_model_leaves_the_pool_to_the_workers_other_requests(
+    tmp_path: Path,
+) -> None:
+    env = {"SCOPE_DB_POOL_SIZE": "1", "SCOPE_CATALOG_TTL_SECONDS": "0"}
+    with _served(tmp_path, workers=1, extra_env=env) as served:
+        # each chat call holds the database (its budget hold) before the simulated model answers
+        # after 2 s
+        LLMModel.objects.update(sim_profile={"latency_ms": 2000})
+        finished: list[tuple[str, int]] = []
+
+        def chat() -> None:
+            status, _ = _post(
+                f"{served.base}/v1/chat/completions",
+                served.key,
+                {"model": "scope/auto", "messages": USER_MESSAGE("hello there")},
+            )
+            finished.append(("chat", status))
+
+        chats = [threading.Thread(target=chat) for _ in range(3)]
+        for thread in chats:
+            thread.start()
+        time.sleep(0.5)  # the calls are waiting on the model now
+        with _connect(served.base) as sock:
+            sock.sendall(_get("/healthz"))
+            head = _read_response(sock)
+        finished.append(("healthz", int(head.split()[1])))
+        for thread in chats:
+            thread.join()
+    # with the one connection kept by a waiting call, /healthz would wait for that call to end
+    assert finished[0] == ("healthz", 200), finished
+    assert sorted(finished[1:]) == [("chat", 200)] * 3
