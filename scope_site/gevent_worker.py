@@ -151,19 +151,20 @@ class ScopeGeventWorker(ggevent.GeventWorker):
     """gunicorn's gevent worker, with turns between keep-alive connections and balanced accepts."""
 
     def init_process(self) -> None:
-        global _balance
         os.environ[GEVENT_WORKER_ENV] = str(os.getpid())  # before gevent patches: see scope_site.green
-        _balance = ConnectionBalance(self.age % SLOTS)
         # gunicorn builds its servers from this module's name in run(): in this process only
         ggevent.StreamServer = BalancedStreamServer  # type: ignore[misc]
         super().init_process()
 
     def run(self) -> None:
+        # the slot goes live only now, after the warm-up (post_worker_init): the other workers must
+        # not leave connections to a worker that cannot accept them yet
+        global _balance
+        _balance = ConnectionBalance(self.age % SLOTS)
         try:
             super().run()
         finally:
-            if _balance is not None:
-                _balance.clear()
+            _balance.clear()
 
     def notify(self) -> None:
         super().notify()
