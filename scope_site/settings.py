@@ -112,12 +112,16 @@ if DATABASE_URL:
         options = DATABASES["default"].setdefault("OPTIONS", {})
         options["connect_timeout"] = env_int("SCOPE_DB_CONNECT_TIMEOUT", 5, minimum=1)
         if DB_POOL_SIZE:
-            # health-checked on checkout (CONN_HEALTH_CHECKS); a request that finds every connection
-            # busy for `timeout` seconds gets a 503, like one that finds PostgreSQL down
+            # Health-checked on checkout (CONN_HEALTH_CHECKS). A request that gets no connection
+            # within `timeout` gets a 503, like one that finds PostgreSQL down: while it is down the
+            # pool has none to give, and waits are what a client would otherwise see. The pool
+            # retries a failed connect after 1 s, then 2, 4, …; giving up after 2 s ends that series,
+            # and the next request starts a new one at once: back within ~1 s of PostgreSQL
             options["pool"] = {
                 "min_size": 1,
                 "max_size": DB_POOL_SIZE,
-                "timeout": env_float("SCOPE_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
+                "timeout": env_float("SCOPE_DB_POOL_TIMEOUT", 1.0, minimum=0.1),
+                "reconnect_timeout": 2.0,
             }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

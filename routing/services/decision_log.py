@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, router, transaction
 from django.db.models import Field
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -22,7 +22,7 @@ from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.services.decision_copy import decision_copy_values_line
-from routing.services.decision_writer import WriterClient
+from routing.services.decision_writer import DatabaseUnavailable, WriterClient
 from routing.storable import UNSTORABLE_TEXT, storable_utf8, unstorable_path
 from scope_site.errors import InvalidRequest
 
@@ -154,7 +154,13 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
         return
     client = _writer_client()
     if client is not None and not db.in_atomic_block:
-        if client.commit(copy_line()):
+        try:
+            committed = client.commit(copy_line())
+        except DatabaseUnavailable as exc:
+            # the writer could not reach PostgreSQL on a new connection: neither would this process,
+            # and trying would hold the request (in a gevent worker, until the pool's timeout)
+            raise OperationalError(str(exc)) from None
+        if committed:
             return
         # the writer may have committed it before its answer was lost: never a second row
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")

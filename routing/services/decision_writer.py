@@ -9,9 +9,11 @@ answers each sender only after that: no answer leaves before its row is durable,
 and one round trip serve the whole batch.
 
 Frames: worker → writer `!I` length + the COPY line; writer → worker one byte, 0 = committed,
-1 = not committed (followed by `!H` length + a reason). Anything but a 0 makes the worker write
-the row itself (`INSERT … ON CONFLICT (id) DO NOTHING`, so a row the writer did commit before
-its answer was lost is not written twice).
+1 = not committed (followed by `!H` length + a reason). A reason starting with `DATABASE_UNAVAILABLE`
+means the writer could not reach PostgreSQL on a new connection either: the worker answers 503 at
+once (`DatabaseUnavailable`). Any other refusal, or no answer, makes the worker write the row
+itself (`INSERT … ON CONFLICT (id) DO NOTHING`, so a row the writer did commit before its answer
+was lost is not written twice).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ FAILED = b"\x01"
 _LEN = struct.Struct("!I")
 _REASON = struct.Struct("!H")
 MAX_FRAME = 8 * 1024 * 1024
+DATABASE_UNAVAILABLE = "database unavailable"  # the start of a refusal that says PostgreSQL is away
 WARN_EVERY_S = 60.0  # a worker repeats "writer unreachable" at most this often during one outage
 
 
@@ -70,6 +73,10 @@ def copy_line_values(line: bytes) -> list[bytes | None]:
 
 
 # --- the worker side ---------------------------------------------------------------------------
+
+
+class DatabaseUnavailable(Exception):
+    """The writer refused a row because PostgreSQL cannot be reached, on a new connection too."""
 
 
 class WriterClient:
@@ -135,7 +142,9 @@ class WriterClient:
             sock.close()
 
     def commit(self, line: bytes) -> bool:
-        """True when the writer answered that the row is committed; False means write it yourself."""
+        """True when the writer answered that the row is committed; False means write it yourself.
+
+        Raises DatabaseUnavailable when the writer could not reach PostgreSQL (nor would this process)."""
         sock = self._socket()
         if sock is None:
             return False
@@ -145,13 +154,16 @@ class WriterClient:
             if status == OK:
                 return True
             (size,) = _REASON.unpack(_recv_exactly(sock, _REASON.size))
-            self._refused(_recv_exactly(sock, size).decode(errors="replace"))
-            return False
+            reason = _recv_exactly(sock, size).decode(errors="replace")
         except (OSError, EOFError) as exc:
             # the answer is lost, not necessarily the row: the direct write skips an existing id
             self._drop()
             logger.warning("decision writer connection failed (%s); writing the row directly", exc)
             return False
+        if reason.startswith(DATABASE_UNAVAILABLE):
+            raise DatabaseUnavailable(reason)
+        self._refused(reason)
+        return False
 
 
 def writer_socket_path(var_dir: Path, pid: int) -> Path:
@@ -383,13 +395,13 @@ class DecisionWriter:
         if not good:
             return malformed
         try:
-            self._write(good)
+            self._write_or_retry(good)
             self._database_back()
             return malformed
         except psycopg.OperationalError as exc:  # the database is away: nothing of this batch is in
             self._reset()
             self._database_away(exc)
-            return [bad or f"database unavailable: {exc}" for bad in malformed]
+            return [bad or f"{DATABASE_UNAVAILABLE}: {exc}" for bad in malformed]
         except psycopg.Error:
             pass
         # one bad row must not sink its neighbours: find it by committing one row at a time
@@ -407,17 +419,29 @@ class DecisionWriter:
             except psycopg.OperationalError as exc:
                 self._reset()
                 self._database_away(exc)
-                answers.append(f"database unavailable: {exc}")
+                answers.append(f"{DATABASE_UNAVAILABLE}: {exc}")
             except psycopg.Error as exc:
                 answers.append(f"{type(exc).__name__}: {exc}")
         return answers
+
+    def _write_or_retry(self, lines: Sequence[bytes]) -> None:
+        """`_write`, and once more on a new connection if the connection failed. A restarted server
+        ends every open connection, and its first batch after must not be refused for that: a
+        refusal for the database tells the workers to answer 503. If the first try did commit
+        before its answer was lost, the second fails on the ids, and the caller's row-by-row path
+        counts those rows as committed."""
+        try:
+            self._write(lines)
+        except psycopg.OperationalError:
+            self._reset()
+            self._write(lines)
 
     def _database_away(self, exc: Exception) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
             self.stats.outages += 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("decision writer: database unavailable (%s); workers write their own rows", first)
+            logger.warning("decision writer: database unavailable (%s); workers answer 503 meanwhile", first)
 
     def _database_back(self) -> None:
         if self._down_since is not None:

@@ -33,6 +33,7 @@ from routing.models import DecisionLog
 from routing.services.decision_copy import decision_copy_line
 from routing.services.decision_writer import (
     FAILED,
+    DatabaseUnavailable,
     DecisionWriter,
     ForkedChild,
     WriterClient,
@@ -428,7 +429,7 @@ def test_a_writer_that_commits_then_dies_before_answering_leaves_exactly_one_row
     assert DecisionLog.objects.filter(api_key_name="dying-writer").count() == 1
 
 
-def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
+def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_answers_503_at_once(
     settings: Any, tmp_path: Path
 ) -> None:
     w = decision_writer_for_default_database(path=str(tmp_path / "down.sock"))
@@ -440,9 +441,11 @@ def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_writes(
         make_catalog()
         make_policy("default")
         _, key = make_api_key("db-away-writer")
-        response = _route(key, "the worker writes this one")
-    assert response.status_code == 200
-    assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
+        response = _route(key, "nobody can write this one")
+    # the worker does not try the database itself (in a gevent worker it would wait for its pool)
+    assert response.status_code == 503 and response["Retry-After"] == "2"
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert not DecisionLog.objects.filter(api_key_name="db-away-writer").exists()
     assert w.stats.failed_rows == 1
 
 
@@ -450,21 +453,33 @@ def test_a_worker_warns_of_refused_rows_once_a_minute_with_a_count(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     w = decision_writer_for_default_database(path=str(tmp_path / "refuse.sock"))
-    _database_down(w)  # every row is refused
     client = WriterClient(w.path)
+    malformed = b"not a COPY line of a decision\n"  # every such row is refused
     with _serving(w), caplog.at_level("WARNING", logger="scope.decision_writer"):
         try:
-            assert not any(client.commit(decision_copy_line(_row())) for _ in range(5))
+            assert not any(client.commit(malformed) for _ in range(5))
             assert client._refusals_warned_at is not None
             client._refusals_warned_at -= 61  # a minute later
-            assert not client.commit(decision_copy_line(_row()))
+            assert not client.commit(malformed)
         finally:
             client.close()
     refused = [r.getMessage() for r in caplog.records if "did not commit a row" in r.getMessage()]
     assert len(refused) == 2
-    assert "database unavailable" in refused[0] and "more rows" not in refused[0]
+    assert "malformed frame" in refused[0] and "more rows" not in refused[0]
     assert "(4 more rows since the last warning)" in refused[1]
     assert w.stats.failed_rows == 6
+
+
+def test_a_client_whose_writer_cannot_reach_the_database_raises_database_unavailable(tmp_path: Path) -> None:
+    w = decision_writer_for_default_database(path=str(tmp_path / "away.sock"))
+    _database_down(w)
+    client = WriterClient(w.path)
+    with _serving(w):
+        try:
+            with pytest.raises(DatabaseUnavailable, match="database unavailable"):
+                client.commit(decision_copy_line(_row()))
+        finally:
+            client.close()
 
 
 def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
@@ -490,26 +505,23 @@ def test_the_writer_says_when_the_database_goes_away_and_reconnects_by_itself(
         w._reset()
 
 
-def test_a_writer_whose_connection_is_killed_answers_not_committed_then_reconnects(
+def test_a_writer_whose_connection_is_killed_commits_the_next_batch_on_a_new_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # as after a PostgreSQL restart, which ends every open connection: the batch must not be refused
+    # (a refusal for the database makes its workers answer 503)
     w = decision_writer_for_default_database(path=str(tmp_path / "killed.sock"))
-    first, lost, kept = _row(), _row(), _row()
+    first, after = _row(), _row()
     try:
         assert w._commit([decision_copy_line(first)]) == [None]
         backend = w._connection().info.backend_pid
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
         with caplog.at_level("WARNING", logger="scope.decision_writer"):
-            answer = w._commit([decision_copy_line(lost)])[0]
-            assert answer is not None and "database unavailable" in answer
-            assert w._commit([decision_copy_line(kept)]) == [None]  # a new connection, by itself
+            assert w._commit([decision_copy_line(after)]) == [None]
         assert w._connection().info.backend_pid != backend
-        assert w.stats.outages == 1
-        ids = set(
-            DecisionLog.objects.filter(id__in=[first.id, lost.id, kept.id]).values_list("id", flat=True)
-        )
-        assert ids == {first.id, kept.id}  # the lost row was answered "not committed": its worker writes it
+        assert w.stats.outages == 0 and not caplog.records
+        assert DecisionLog.objects.filter(id__in=[first.id, after.id]).count() == 2
     finally:
         w._reset()
 
