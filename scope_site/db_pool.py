@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 
@@ -15,8 +14,7 @@ def db_connection_release() -> None:
     from the pool again. Without a pool (persistent connections, one per thread) and inside a
     transaction this does nothing.
     """
-    if not settings.DB_POOL_SIZE:
-        return
     db = connections[DEFAULT_DB_ALIAS]
-    if db.connection is not None and not db.in_atomic_block:
+    # the pool itself, not SCOPE_DB_POOL_SIZE: only PostgreSQL's backend has one
+    if getattr(db, "pool", None) is not None and db.connection is not None and not db.in_atomic_block:
         db.close()

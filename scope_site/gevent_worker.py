@@ -175,6 +175,4 @@ class ScopeGeventWorker(ggevent.GeventWorker):
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
-            if _balance is not None:
-                _balance.touch()
             gevent.sleep(TURN_SECONDS)  # the turn: see the module docstring

@@ -466,9 +466,9 @@ class DecisionWriter:
         before it answers the Sync, so when this returns the rows are committed (WAL flushed under
         synchronous_commit); when it raises, none of them are. One round trip per batch: COPY,
         which this replaced, took two (its statement, then its data), and PostgreSQL spent 16-27%
-        more CPU per row on it at one or two rows per commit (docs/performance.md). It speaks libpq directly, in
-        blocking mode (this process does nothing else while a commit runs). Errors are psycopg's
-        exception classes.
+        more CPU per row on it at one or two rows per commit (docs/performance.md). It speaks
+        libpq directly, in blocking mode (this process does nothing else while a commit runs).
+        Errors are psycopg's exception classes.
         """
         conn = self._connection()
         pgconn = conn.pgconn
