@@ -14,6 +14,7 @@ a supervisor whose master is gone stops, and so does a writer whose supervisor i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +29,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 _lock = threading.Lock()
 _process: subprocess.Popen[bytes] | None = None
 _stopping = threading.Event()
+# the master was sent a signal that stops it. A stop of the whole process group (killpg, systemd's
+# default KillMode, Ctrl-C) reaches the supervisor too, which exits before the master's on_exit runs:
+# that exit is the stop, not a crash to log and repair
+_master_told_to_stop = threading.Event()
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def wanted() -> bool:
@@ -45,6 +51,7 @@ def start(server: Any) -> None:
     global _process
     if not wanted():
         return
+    _hear_stop_signals(server)
     from routing.services.decision_writer import writer_socket_path
 
     var_dir = Path(os.environ.get("SCOPE_VAR_DIR", "").strip() or BASE_DIR / "var")  # empty = unset
@@ -77,6 +84,20 @@ def stop() -> None:
             process.kill()
 
 
+def _hear_stop_signals(server: Any) -> None:
+    """Note the master's stop signals as they arrive. gunicorn installs `server.signal` as its
+    handler after on_starting (which calls start()) and only queues the signal there; its main loop
+    acts on it later."""
+    queue_signal = server.signal
+
+    def signal_(sig: int, frame: Any) -> None:
+        if sig in STOP_SIGNALS:
+            _master_told_to_stop.set()
+        queue_signal(sig, frame)
+
+    server.signal = signal_
+
+
 def _spawn(path: Path) -> subprocess.Popen[bytes]:
     command = ["decision_writer", "--supervise", "--exit-with-parent", "--socket", str(path)]
     return subprocess.Popen([sys.executable, str(BASE_DIR / "manage.py"), *command], cwd=BASE_DIR)
@@ -95,12 +116,16 @@ def _await_socket(path: Path, process: subprocess.Popen[bytes], seconds: float =
     return True
 
 
-def _watch(server: Any, path: Path, *, poll: float = 1.0, max_delay: float = 30.0) -> None:
+def _watch(
+    server: Any, path: Path, *, poll: float = 1.0, max_delay: float = 30.0, grace: float = 0.5
+) -> None:
     """Start another supervisor on the same socket whenever the running one dies.
 
     The workers keep the socket path they were given, so a new supervisor there is found by their
     next row; until then they write their own. The delay doubles up to `max_delay` while new ones
-    die young (a database that refuses the writer) and resets once one has lived a minute.
+    die young (a database that refuses the writer) and resets once one has lived a minute. A
+    supervisor that exits as the master is told to stop went with it (a stop of the process group):
+    nothing to say or restart.
     """
     global _process
     delay, started = poll, time.monotonic()
@@ -109,6 +134,9 @@ def _watch(server: Any, path: Path, *, poll: float = 1.0, max_delay: float = 30.
             process = _process
         if process is None or process.poll() is None:
             continue
+        # the same signal reaches the master's handler within moments: `grace` for it to arrive
+        if _master_told_to_stop.wait(grace):
+            return
         # gunicorn's own child reaping may have collected it first: then the code is unknown (0)
         server.log.error(
             "decision writer supervisor pid %s exited (code %s); starting another in %.0f s",

@@ -22,7 +22,7 @@ from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.services.decision_copy import decision_copy_values_line
-from routing.services.decision_writer import DatabaseUnavailable, WriterClient
+from routing.services.decision_writer import DATABASE_UNAVAILABLE, DatabaseUnavailable, WriterClient
 from routing.storable import UNSTORABLE_TEXT, storable_utf8, unstorable_path
 from scope_site.errors import InvalidRequest
 
@@ -159,7 +159,9 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
         except DatabaseUnavailable as exc:
             # the writer could not reach PostgreSQL on a new connection: neither would this process,
             # and trying would hold the request (in a gevent worker, until the pool's timeout)
-            raise OperationalError(str(exc)) from None
+            # logged as "database unavailable: OperationalError: <this>" (scope_site.errors)
+            detail = str(exc).removeprefix(DATABASE_UNAVAILABLE).lstrip(": ")
+            raise OperationalError(f"the decision writer could not reach it: {detail}") from None
         if committed:
             return
         # the writer may have committed it before its answer was lost: never a second row

@@ -430,7 +430,7 @@ def test_a_writer_that_commits_then_dies_before_answering_leaves_exactly_one_row
 
 
 def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_answers_503_at_once(
-    settings: Any, tmp_path: Path
+    settings: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     w = decision_writer_for_default_database(path=str(tmp_path / "down.sock"))
     _database_down(w)
@@ -441,12 +441,16 @@ def test_a_writer_that_cannot_reach_the_database_says_so_and_the_worker_answers_
         make_catalog()
         make_policy("default")
         _, key = make_api_key("db-away-writer")
-        response = _route(key, "nobody can write this one")
+        with caplog.at_level("WARNING", logger="scope.errors"):
+            response = _route(key, "nobody can write this one")
     # the worker does not try the database itself (in a gevent worker it would wait for its pool)
     assert response.status_code == 503 and response["Retry-After"] == "2"
     assert response.json()["error"]["code"] == "service_unavailable"
     assert not DecisionLog.objects.filter(api_key_name="db-away-writer").exists()
     assert w.stats.failed_rows == 1
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "scope.errors"]
+    assert said.startswith("database unavailable: OperationalError: the decision writer could not reach it: ")
+    assert said.count("unavailable") == 1, said
 
 
 def test_a_worker_warns_of_refused_rows_once_a_minute_with_a_count(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -96,6 +97,7 @@ def _served(tmp_path: Path, *, workers: int = 2, extra_env: dict[str, str] | Non
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, as under systemd
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -227,3 +229,24 @@ def test_a_master_killed_with_sigkill_leaves_no_writer_running(tmp_path: Path) -
     text = served.log_path.read_text(errors="replace")
     assert f"its parent {served.master.pid} is gone; stopping" in text
     assert "decision writer stopped: 1 rows" in text  # it committed, then left cleanly
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_of_the_whole_process_group_is_not_logged_as_a_writer_crash(tmp_path: Path) -> None:
+    """killpg(SIGTERM), as systemd's default KillMode and Ctrl-C do: the supervisor exits at once,
+    the master only after its workers (here held by an idle keep-alive connection for the graceful
+    timeout, longer than the watch's poll). Its supervisor's exit is the stop, not a crash to repair."""
+    extra = {"GUNICORN_CMD_ARGS": "--graceful-timeout 3"}
+    with _served(tmp_path, extra_env=extra) as served:
+        held = http.client.HTTPConnection(served.base.removeprefix("http://"), timeout=10)
+        held.request("GET", "/healthz")
+        held.getresponse().read()  # the connection stays open: its worker waits for it to close
+        mark = len(served.log_path.read_text(errors="replace"))
+        os.killpg(served.master.pid, signal.SIGTERM)
+        served.master.wait(timeout=30)
+        held.close()
+    assert _gone(served.supervisor) and _gone(served.writer)
+    after = served.log_path.read_text(errors="replace")[mark:]
+    assert "decision writer supervisor stopped" in after
+    assert "exited (code" not in after and "starting another" not in after, after
