@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -234,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{part} {median([p[part] for p in parts]):.2f}" for part in parts[0])
                 + " ms (medians over rounds)"
             )
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        if "decision writer stopped:" in line:  # the group commit's own account, printed on shutdown
-            say("group commit: " + line.split("decision writer stopped:", 1)[1].strip())
+    say(group_commit_account(server.log_path.read_text(errors="replace")))
     plot_path = plot_overhead(results, cpu_parts, connections)
     say(f"plot: {plot_path}")
     lost = answered - logged
@@ -249,6 +248,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_breakdown:
         in_process_figures(env, body=body, key=key)
     return 0 if lost <= 0 else 1
+
+
+_ACCOUNT = re.compile(
+    r"(?:decision writer stopped|decision commits): (\d+) rows in (\d+) commits \(largest (\d+)\), "
+    r"(\d+) not committed, (\d+) database outages"
+)
+
+
+def group_commit_account(log: str) -> str:
+    """The group commits' own accounts, printed as they stop (the writer process, or each gevent
+    worker), summed."""
+    found = [[int(x) for x in m.groups()] for m in _ACCOUNT.finditer(log)]
+    if not found:
+        return "group commit: no account in the server log"
+    rows, commits, largest, failed, outages = (
+        sum(f[0] for f in found),
+        sum(f[1] for f in found),
+        max(f[2] for f in found),
+        sum(f[3] for f in found),
+        sum(f[4] for f in found),
+    )
+    return (
+        f"group commit ({len(found)} {'committer' if len(found) == 1 else 'committers'}): {rows} rows "
+        f"in {commits} commits (largest {largest}), {failed} not committed, {outages} database outages"
+    )
 
 
 def plot_overhead(

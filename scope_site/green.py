@@ -14,6 +14,20 @@ from typing import TYPE_CHECKING
 GEVENT_WORKER_ENV = "SCOPE_GEVENT_WORKER_PID"
 
 
+GEVENT_WORKER_CLASS = "scope_site.gevent_worker.ScopeGeventWorker"
+
+
+def serve_worker_class() -> str:
+    """The gunicorn worker class `make serve` runs: SCOPE_WORKER_CLASS, else SCOPE's gevent worker."""
+    return os.environ.get("SCOPE_WORKER_CLASS", "").strip() or GEVENT_WORKER_CLASS
+
+
+def serves_gevent() -> bool:
+    """Whether `make serve`'s workers are gevent's (ours or gunicorn's own): each then commits its
+    own decision rows (routing.services.decision_writer.ProcessGroupCommit)."""
+    return "gevent" in serve_worker_class().lower()
+
+
 def gevent_patched() -> bool:
     """True in a gevent worker of `make serve`, or once gevent has monkey-patched sockets here."""
     if os.environ.get(GEVENT_WORKER_ENV) == str(os.getpid()):

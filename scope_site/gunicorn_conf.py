@@ -3,7 +3,9 @@
 PROMETHEUS_MULTIPROC_DIR is set here, in the master, before any worker imports prometheus_client,
 and emptied at start so counters from an earlier run do not leak into this one.
 
-On PostgreSQL the master also starts one group-commit writer for decision rows
+Gevent workers (the default) each commit their own requests' decision rows in shared transactions
+(routing.services.decision_writer.ProcessGroupCommit). With sync workers (SCOPE_WORKER_CLASS=sync),
+on PostgreSQL the master starts one group-commit writer for decision rows
 (`manage.py decision_writer`) and hands its socket to the workers through
 SCOPE_DECISION_WRITER_SOCKET; SCOPE_GROUP_COMMIT=false turns that off. The command runs the writer
 under a small supervisor (`--supervise`) that starts a new one if it dies (kill -9, crash). While
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_site import writer_process  # a module of its own: its state outlives a config reload
+from scope_site.green import serve_worker_class
 
 _var_dir = Path(os.environ.get("SCOPE_VAR_DIR", "").strip() or Path(__file__).resolve().parent.parent / "var")
 _default_dir = _var_dir / "prometheus"
@@ -33,9 +36,7 @@ multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_d
 control_socket = str(_var_dir / "run" / "gunicorn.ctl")
 # gevent workers (scope_site/gevent_worker.py): a worker serves its other connections while one
 # waits for its decision's commit; SCOPE_WORKER_CLASS=sync goes back to one request per process
-worker_class = (
-    os.environ.get("SCOPE_WORKER_CLASS", "").strip() or "scope_site.gevent_worker.ScopeGeventWorker"
-)
+worker_class = serve_worker_class()
 
 
 def on_starting(server: Any) -> None:
@@ -62,6 +63,15 @@ def post_worker_init(worker: Any) -> None:
             warmed.models,
             warmed.predictor_version or "none (tier prior)",
         )
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it stops: what its own group commit did (gevent workers)."""
+    from routing.services.decision_log import process_group_commit_account
+
+    account = process_group_commit_account()
+    if account is not None:
+        worker.log.info("worker %s decision commits: %s", worker.pid, account)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_site.env import env_bool  # the settings' own parser; needs no Django
+from scope_site.green import serves_gevent
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,11 +38,13 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def wanted() -> bool:
-    """On PostgreSQL, unless SCOPE_GROUP_COMMIT=false or a writer socket is configured already."""
+    """On PostgreSQL with workers other than gevent's (those commit their own rows, in batches of
+    their connections' rows), unless SCOPE_GROUP_COMMIT=false or a writer socket is configured."""
     url = os.environ.get("DATABASE_URL", "")
     return (
         env_bool("SCOPE_GROUP_COMMIT", True)
         and url.startswith(("postgres", "pgsql"))
+        and not serves_gevent()
         and not os.environ.get("SCOPE_DECISION_WRITER_SOCKET")
     )
 

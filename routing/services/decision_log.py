@@ -22,9 +22,16 @@ from routing.engine.types import Decision, PolicySpec
 from routing.features import RequestFeatures
 from routing.models import ApiKey, DecisionKind, DecisionLog
 from routing.services.decision_copy import decision_copy_values_line
-from routing.services.decision_writer import DATABASE_UNAVAILABLE, DatabaseUnavailable, WriterClient
+from routing.services.decision_writer import (
+    DATABASE_UNAVAILABLE,
+    DatabaseUnavailable,
+    ProcessGroupCommit,
+    WriterClient,
+    process_group_commit_for_default_database,
+)
 from routing.storable import UNSTORABLE_TEXT, storable_utf8, unstorable_path
 from scope_site.errors import InvalidRequest
+from scope_site.green import gevent_patched
 
 
 def decision_log_write(
@@ -136,10 +143,13 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
     `copy_line` builds the row's COPY line (for the writer) from the values the row was built from,
     with its JSON columns in the text that was hashed; only called when the writer takes the row.
 
-    On PostgreSQL, outside any transaction: when a group-commit writer runs beside this process
-    (`make serve` starts one), the row goes to it and this returns once the writer has committed
-    it together with the rows other workers sent meanwhile (routing/services/decision_writer.py).
-    Otherwise, or when the writer cannot commit it, it is one prepared INSERT in autocommit mode:
+    On PostgreSQL, outside any transaction: in a gevent worker (`make serve`'s default), the row
+    goes to the worker's own group commit and this returns once it is committed together with the
+    rows of the worker's other connections (ProcessGroupCommit). With sync workers, when a
+    group-commit writer runs beside this process (`make serve` starts one), the row goes to it and
+    this returns once the writer has committed it together with the rows other workers sent
+    meanwhile (routing/services/decision_writer.py). Otherwise, or when a row is refused for
+    anything but the database being away, it is one prepared INSERT in autocommit mode:
     a single round trip that PostgreSQL commits (WAL flushed, synchronous_commit) before it
     replies. Elsewhere (SQLite, or inside a test's transaction) the ORM does it.
     """
@@ -152,22 +162,59 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
         with transaction.atomic(durable=True):
             row.save(force_insert=True)
         return
+    if db.in_atomic_block:
+        _execute_prepared(row, _insert_sql())
+        return
+    group = _process_group_commit()
+    if group is not None:
+        refused = group.commit(copy_line())
+        if refused is None:
+            return
+        if refused.startswith(DATABASE_UNAVAILABLE):
+            raise _unavailable("this worker's decision commits", refused)
+        # a refused batch is retried row by row: this row failed on its own (logged by the writer)
+        _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")
+        return
     client = _writer_client()
-    if client is not None and not db.in_atomic_block:
+    if client is not None:
         try:
             committed = client.commit(copy_line())
         except DatabaseUnavailable as exc:
             # the writer could not reach PostgreSQL on a new connection: neither would this process,
             # and trying would hold the request (in a gevent worker, until the pool's timeout)
-            # logged as "database unavailable: OperationalError: <this>" (scope_site.errors)
-            detail = str(exc).removeprefix(DATABASE_UNAVAILABLE).lstrip(": ")
-            raise OperationalError(f"the decision writer could not reach it: {detail}") from None
+            raise _unavailable("the decision writer", str(exc)) from None
         if committed:
             return
         # the writer may have committed it before its answer was lost: never a second row
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")
         return
     _execute_prepared(row, _insert_sql())
+
+
+def _unavailable(who: str, reason: str) -> OperationalError:
+    """The 503's error; logged as "database unavailable: OperationalError: <its text>" (scope_site.errors)."""
+    detail = reason.removeprefix(DATABASE_UNAVAILABLE).lstrip(": ")
+    return OperationalError(f"{who} could not reach it: {detail}")
+
+
+def _process_group_commit() -> ProcessGroupCommit | None:
+    """A gevent worker's own group commit (`make serve`'s default), created once per process; None
+    elsewhere, or with SCOPE_GROUP_COMMIT=false."""
+    global _group
+    pid = os.getpid()
+    if _group is None or _group[0] != pid:
+        wanted = settings.SCOPE_GROUP_COMMIT and gevent_patched()
+        _group = (pid, process_group_commit_for_default_database() if wanted else None)
+    return _group[1]
+
+
+_group: tuple[int, ProcessGroupCommit | None] | None = None
+
+
+def process_group_commit_account() -> str | None:
+    """What this process's own group commit did ("N rows in M commits (largest K), …"), if it ran."""
+    group = _group[1] if _group is not None and _group[0] == os.getpid() else None
+    return group.writer.stats_text() if group is not None else None
 
 
 def _writer_client() -> WriterClient | None:

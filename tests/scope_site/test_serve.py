@@ -26,6 +26,7 @@ from tests.conftest import USER_MESSAGE, live_database_url, requires_postgres
 from tests.factories import make_api_key, make_catalog, make_policy
 
 ROOT = Path(__file__).resolve().parents[2]
+SYNC = {"SCOPE_WORKER_CLASS": "sync"}  # sync workers: a decision writer process commits their rows
 
 
 def _free_port() -> int:
@@ -55,7 +56,7 @@ class Served:
     log_path: Path
     master: subprocess.Popen[bytes]
     first: dict[str, Any]  # the answer of a first route request
-    supervisor: int
+    supervisor: int  # the decision writer's supervisor and writer (sync workers; 0 under gevent)
     writer: int
 
     def route(self) -> dict[str, Any]:
@@ -102,7 +103,12 @@ def _served(tmp_path: Path, *, workers: int = 2, extra_env: dict[str, str] | Non
         try:
             base = f"http://127.0.0.1:{port}"
             first = _route(base, key, log_path)
-            yield Served(base, key, log_path, server, first, _supervisor_pid(log_path), _writer_pid(log_path))
+            if env.get("SCOPE_WORKER_CLASS") == "sync":  # a writer process commits the workers' rows
+                yield Served(
+                    base, key, log_path, server, first, _supervisor_pid(log_path), _writer_pid(log_path)
+                )
+            else:
+                yield Served(base, key, log_path, server, first, 0, 0)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -164,8 +170,22 @@ def _gone(pid: int, seconds: float = 15) -> bool:
 
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
+def test_gevent_workers_commit_their_own_rows_without_a_writer_process(tmp_path: Path) -> None:
+    with _served(tmp_path, workers=2) as served:
+        ids = [served.first["decision_id"]] + [served.route()["decision_id"] for _ in range(5)]
+        assert DecisionLog.objects.filter(id__in=ids).count() == 6
+        assert not list((tmp_path / "run").glob("decision-writer-*.sock"))
+    text = served.log_path.read_text(errors="replace")
+    assert "decision writer" not in text  # no writer, no supervisor, nothing said about either
+    accounts = re.findall(r"worker \d+ decision commits: (\d+) rows in (\d+) commits", text)
+    # each worker that committed says how much, as it stops
+    assert accounts and sum(int(rows) for rows, _ in accounts) == 6, text[-3000:]
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
 def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp_path: Path) -> None:
-    with _served(tmp_path) as served:
+    with _served(tmp_path, extra_env=SYNC) as served:
         log_path = served.log_path
         assert DecisionLog.objects.filter(id=served.first["decision_id"]).count() == 1
         sockets = list((tmp_path / "run").glob("decision-writer-*.sock"))
@@ -180,7 +200,7 @@ def test_gunicorn_starts_a_decision_writer_and_its_workers_commit_through_it(tmp
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tmp_path: Path) -> None:
-    with _served(tmp_path) as served:
+    with _served(tmp_path, extra_env=SYNC) as served:
         log_path, supervisor, writer = served.log_path, served.supervisor, served.writer
         mark = len(log_path.read_text(errors="replace"))
         os.kill(supervisor, signal.SIGKILL)
@@ -207,7 +227,7 @@ def test_a_killed_writer_supervisor_is_replaced_and_its_orphaned_writer_stops(tm
 @pytest.mark.django_db(transaction=True)
 def test_after_a_reload_the_master_still_stops_its_writer_at_exit(tmp_path: Path) -> None:
     """gunicorn runs its config file afresh on SIGHUP; the writer's state must survive that."""
-    with _served(tmp_path) as served:
+    with _served(tmp_path, extra_env=SYNC) as served:
         mark = len(served.log_path.read_text(errors="replace"))
         served.master.send_signal(signal.SIGHUP)
         _wait_for_line(served.log_path, "Hang up", after=mark)
@@ -221,7 +241,7 @@ def test_after_a_reload_the_master_still_stops_its_writer_at_exit(tmp_path: Path
 @requires_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_master_killed_with_sigkill_leaves_no_writer_running(tmp_path: Path) -> None:
-    with _served(tmp_path) as served:
+    with _served(tmp_path, extra_env=SYNC) as served:
         served.master.send_signal(signal.SIGKILL)
         assert _gone(served.supervisor) and _gone(served.writer)  # --exit-with-parent, then the writer
         workers = re.findall(r"Booting worker with pid: (\d+)", served.log_path.read_text(errors="replace"))
@@ -237,7 +257,7 @@ def test_a_stop_of_the_whole_process_group_is_not_logged_as_a_writer_crash(tmp_p
     """killpg(SIGTERM), as systemd's default KillMode and Ctrl-C do: the supervisor exits at once,
     the master only after its workers (here held by an idle keep-alive connection for the graceful
     timeout, longer than the watch's poll). Its supervisor's exit is the stop, not a crash to repair."""
-    extra = {"GUNICORN_CMD_ARGS": "--graceful-timeout 3"}
+    extra = {**SYNC, "GUNICORN_CMD_ARGS": "--graceful-timeout 3"}
     with _served(tmp_path, extra_env=extra) as served:
         held = http.client.HTTPConnection(served.base.removeprefix("http://"), timeout=10)
         held.request("GET", "/healthz")

@@ -55,12 +55,7 @@ class Command(BaseCommand):
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         writer.serve_forever(stop)
-        s = writer.stats
-        self.stdout.write(
-            f"decision writer stopped: {s.rows} rows in {s.batches} commits "
-            f"(largest {s.largest_batch}), {s.failed_rows} not committed, "
-            f"{s.outages} database outages"
-        )
+        self.stdout.write(f"decision writer stopped: {writer.stats_text()}")
         self.stdout.flush()
         return 0
 
