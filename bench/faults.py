@@ -9,8 +9,9 @@
    shut down for --redis-outage seconds under load. Figures: 5xx (must be 0), /healthz states seen,
    degraded-mode log lines, decisions lost; a job submitted while Redis is down and whether it is
    executed once Redis is back (the stale-job sweep re-enqueues it, a Celery worker runs it).
-3. Decision writer (--writer-kill): the group-commit writer process that `make serve` starts is
-   killed with SIGKILL under load, rows in flight included. Figures: 5xx (must be 0), decisions
+3. Decision writer (--writer-kill): the group-commit writer process that `make serve` starts for
+   sync workers (SCOPE_WORKER_CLASS=sync; gevent workers commit their own rows) is killed with
+   SIGKILL under load, rows in flight included. Figures: 5xx (must be 0), decisions
    lost (must be 0), worker fallbacks logged, and seconds until a writer serves the socket again
    (its supervisor starts a new one; meanwhile workers commit their own rows).
 4. Writer supervisor (--supervisor-kill): the same with the supervisor killed instead. Its writer
@@ -375,6 +376,7 @@ def writer_kill_fault(
     victim = "supervisor" if supervisor else "writer"
     say(f"== decision {victim} killed (SIGKILL) under load ==")
     env, _, work, script = route_load_setup(victim, database_url, redis_url)
+    env["SCOPE_WORKER_CLASS"] = "sync"  # gevent workers commit their own rows: only sync ones use a writer
     marks: dict[str, float] = {}
     killed: tuple[int, str] | None = None
     with scope_server(env, log_dir=work) as server:
