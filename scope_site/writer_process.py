@@ -1,4 +1,5 @@
-"""The decision writer beside gunicorn (`make serve`): started, watched and stopped from the master.
+"""The decision writer beside gunicorn (`make serve` with sync workers): started, watched and stopped
+from the master. Gevent workers, the default, commit their own rows and need none.
 
 A regular module, not part of scope_site/gunicorn_conf.py, because gunicorn executes its config
 file afresh on every reload (SIGHUP): state kept there would be forgotten, and the supervisor

@@ -1,7 +1,8 @@
 """Group commit for decision rows across processes: one writer, many web workers.
 
-With sync gunicorn workers each process serves one request at a time, so a per-process batcher
-never has anything to batch. Instead every worker sends its row, already encoded as a COPY text
+A gevent worker serves many connections, so it groups its own rows (ProcessGroupCommit, below,
+with this module's commit and answers). With sync gunicorn workers each process serves one request
+at a time, so a per-process batcher never has anything to batch. Instead every such worker sends its row, already encoded as a COPY text
 line, over a Unix socket to one writer process and waits. The writer collects whatever rows arrived
 while its previous commit was running and writes them in one transaction: a prepared INSERT per
 row, pipelined, and one Sync, which PostgreSQL answers once the transaction is committed. It
