@@ -22,12 +22,6 @@ def serve_worker_class() -> str:
     return os.environ.get("SCOPE_WORKER_CLASS", "").strip() or GEVENT_WORKER_CLASS
 
 
-def serves_gevent() -> bool:
-    """Whether `make serve`'s workers are gevent's (ours or gunicorn's own): each then commits its
-    own decision rows (routing.services.decision_writer.ProcessGroupCommit)."""
-    return "gevent" in serve_worker_class().lower()
-
-
 def gevent_patched() -> bool:
     """True in a gevent worker of `make serve`, or once gevent has monkey-patched sockets here."""
     if os.environ.get(GEVENT_WORKER_ENV) == str(os.getpid()):

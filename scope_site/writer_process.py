@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from scope_site.env import env_bool  # the settings' own parser; needs no Django
-from scope_site.green import serves_gevent
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -38,14 +37,15 @@ _master_told_to_stop = threading.Event()
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-def wanted() -> bool:
+def wanted(worker_class: str) -> bool:
     """On PostgreSQL with workers other than gevent's (those commit their own rows, in batches of
-    their connections' rows), unless SCOPE_GROUP_COMMIT=false or a writer socket is configured."""
+    their connections' rows), unless SCOPE_GROUP_COMMIT=false or a writer socket is configured.
+    `worker_class` is gunicorn's, as its settings and command line resolved it."""
     url = os.environ.get("DATABASE_URL", "")
     return (
         env_bool("SCOPE_GROUP_COMMIT", True)
         and url.startswith(("postgres", "pgsql"))
-        and not serves_gevent()
+        and "gevent" not in worker_class.lower()
         and not os.environ.get("SCOPE_DECISION_WRITER_SOCKET")
     )
 
@@ -53,7 +53,7 @@ def wanted() -> bool:
 def start(server: Any) -> None:
     """In the master, before workers are forked: the writer, its socket path for them, the watch."""
     global _process
-    if not wanted():
+    if not wanted(server.cfg.worker_class_str):
         return
     _hear_stop_signals(server)
     from routing.services.decision_writer import writer_socket_path

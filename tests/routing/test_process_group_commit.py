@@ -41,6 +41,13 @@ def group(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessGroupCommit]:
     committer.writer._reset()
 
 
+def _routing_key(name: str) -> str:
+    """A key that can route: the demo catalog and a default policy exist."""
+    make_catalog()
+    make_policy("default")
+    return make_api_key(name)[1]
+
+
 def test_rows_that_arrive_during_a_commit_share_the_next_one() -> None:
     group = process_group_commit_for_default_database()
     first_commit_started = threading.Event()
@@ -78,9 +85,7 @@ def test_a_gevent_workers_route_answer_has_its_row_committed_by_its_own_group_co
     group: ProcessGroupCommit, settings: Any
 ) -> None:
     settings.SCOPE_DECISION_WRITER_SOCKET = "/nonexistent/writer.sock"  # never asked
-    make_catalog()
-    make_policy("default")
-    _, key = make_api_key("own-group")
+    key = _routing_key("own-group")
     response = _route(key, "committed by the worker")
     assert response.status_code == 200
     assert DecisionLog.objects.filter(id=response.json()["decision_id"]).count() == 1
@@ -92,9 +97,7 @@ def test_a_gevent_workers_route_answer_has_its_row_committed_by_its_own_group_co
 def test_without_the_database_a_gevent_worker_answers_503_at_once(
     group: ProcessGroupCommit, caplog: pytest.LogCaptureFixture
 ) -> None:
-    make_catalog()
-    make_policy("default")
-    _, key = make_api_key("own-group-away")
+    key = _routing_key("own-group-away")
     _database_down(group.writer)
     with caplog.at_level("WARNING", logger="scope.errors"):
         response = _route(key, "nobody can write this one")
@@ -107,9 +110,7 @@ def test_without_the_database_a_gevent_worker_answers_503_at_once(
 def test_a_committer_that_fails_answers_with_the_reason_and_the_row_is_written_directly(
     group: ProcessGroupCommit,
 ) -> None:
-    make_catalog()
-    make_policy("default")
-    _, key = make_api_key("own-group-bug")
+    key = _routing_key("own-group-bug")
     commit = group.writer._commit
     calls = []
 
