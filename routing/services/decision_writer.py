@@ -1,9 +1,9 @@
-"""Group commit for decision rows across processes: one writer, many web workers.
+"""Group commit for decision rows: one writer for many sync web workers, or each gevent worker's own.
 
 A gevent worker serves many connections, so it groups its own rows (ProcessGroupCommit, below,
 with this module's commit and answers). With sync gunicorn workers each process serves one request
-at a time, so a per-process batcher never has anything to batch. Instead every such worker sends its row, already encoded as a COPY text
-line, over a Unix socket to one writer process and waits. The writer collects whatever rows arrived
+at a time, so a per-process batcher never has anything to batch. Instead every such worker sends
+its row, already encoded as a COPY text line, over a Unix socket to one writer process and waits. The writer collects whatever rows arrived
 while its previous commit was running and writes them in one transaction: a prepared INSERT per
 row, pipelined, and one Sync, which PostgreSQL answers once the transaction is committed. It
 answers each sender only after that: no answer leaves before its row is durable, and one WAL flush
@@ -594,14 +594,13 @@ class ProcessGroupCommit:
     meanwhile), and the rows that arrive while one commit runs go in the next. Unlike the writer
     process, nothing crosses a process: no socket hop each way, and no other process is woken per
     commit. (Rows still travel as COPY lines, split again into the INSERT's parameters: the
-    writer's encoding, tested with it, at about 0.04 ms a row.) The threads are gevent's under its patching (select and
-    threading are cooperative there), real threads elsewhere.
+    writer's encoding, tested with it, at about 0.04 ms a row.) The threads are gevent's under its
+    patching (select and threading are cooperative there), real threads elsewhere.
     """
 
     def __init__(self, writer: DecisionWriter, *, wait_seconds: float = 60.0) -> None:
         self.writer = writer
         self.wait_seconds = wait_seconds  # a caller's last resort if the committing thread is stuck
-        self.pid = os.getpid()
         self._changed = threading.Condition()
         self._pending: list[_Waiting] = []
         self._thread: threading.Thread | None = None
