@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 # settings included), before sockets count as patched. The id keeps child processes out.
 GEVENT_WORKER_ENV = "SCOPE_GEVENT_WORKER_PID"
 
-
 GEVENT_WORKER_CLASS = "scope_site.gevent_worker.ScopeGeventWorker"
 
 

@@ -165,36 +165,22 @@ def _insert_durably(row: DecisionLog, copy_line: Callable[[], bytes]) -> None:
     if db.in_atomic_block:
         _execute_prepared(row, _insert_sql())
         return
-    group = _process_group_commit()
-    if group is not None:
-        refused = group.commit(copy_line())
-        if refused is None:
-            return
-        if refused.startswith(DATABASE_UNAVAILABLE):
-            raise _unavailable("this worker's decision commits", refused)
-        # a refused batch is retried row by row: this row failed on its own (logged by the writer)
-        _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")
-        return
-    client = _writer_client()
-    if client is not None:
+    committer = _process_group_commit() or _writer_client()
+    if committer is not None:
         try:
-            committed = client.commit(copy_line())
+            committed = committer.commit(copy_line())
         except DatabaseUnavailable as exc:
-            # the writer could not reach PostgreSQL on a new connection: neither would this process,
-            # and trying would hold the request (in a gevent worker, until the pool's timeout)
-            raise _unavailable("the decision writer", str(exc)) from None
+            # the commits could not reach PostgreSQL on a new connection: neither would this request,
+            # and trying would hold it (in a gevent worker, until the pool's timeout). Logged as
+            # "database unavailable: OperationalError: <this>" (scope_site.errors)
+            detail = str(exc).removeprefix(DATABASE_UNAVAILABLE).lstrip(": ")
+            raise OperationalError(f"{committer.committer} could not reach it: {detail}") from None
         if committed:
             return
-        # the writer may have committed it before its answer was lost: never a second row
+        # refused or unanswered; it may have been committed before its answer was lost: never twice
         _execute_prepared(row, _insert_sql() + " ON CONFLICT (id) DO NOTHING")
         return
     _execute_prepared(row, _insert_sql())
-
-
-def _unavailable(who: str, reason: str) -> OperationalError:
-    """The 503's error; logged as "database unavailable: OperationalError: <its text>" (scope_site.errors)."""
-    detail = reason.removeprefix(DATABASE_UNAVAILABLE).lstrip(": ")
-    return OperationalError(f"{who} could not reach it: {detail}")
 
 
 def _process_group_commit() -> ProcessGroupCommit | None:

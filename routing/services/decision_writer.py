@@ -3,9 +3,10 @@
 A gevent worker serves many connections, so it groups its own rows (ProcessGroupCommit, below,
 with this module's commit and answers). With sync gunicorn workers each process serves one request
 at a time, so a per-process batcher never has anything to batch. Instead every such worker sends
-its row, already encoded as a COPY text line, over a Unix socket to one writer process and waits. The writer collects whatever rows arrived
-while its previous commit was running and writes them in one transaction: a prepared INSERT per
-row, pipelined, and one Sync, which PostgreSQL answers once the transaction is committed. It
+its row, already encoded as a COPY text line, over a Unix socket to one writer process and waits.
+The writer collects whatever rows arrived while its previous commit was running and writes them in
+one transaction: a prepared INSERT per row, pipelined, and one Sync, which PostgreSQL answers once
+the transaction is committed. It
 answers each sender only after that: no answer leaves before its row is durable, and one WAL flush
 and one round trip serve the whole batch.
 
@@ -81,18 +82,38 @@ class DatabaseUnavailable(Exception):
     """The writer refused a row because PostgreSQL cannot be reached, on a new connection too."""
 
 
-class WriterClient:
+class _RefusalWarnings:
+    """A worker's side of a group commit: it warns of rows not committed for them (the caller then
+    writes each itself) the first time, then at most once a minute with how many more there were (a
+    bad deployment refuses every row of every worker)."""
+
+    committer = "the decision writer"  # who refused, in the warning
+
+    def __init__(self) -> None:
+        self._refusals_warned_at: float | None = None  # last "did not commit" warning
+        self._refusals_unsaid = 0  # refusals since that warning, not logged one by one
+
+    def _refused(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._refusals_warned_at is not None and now - self._refusals_warned_at < WARN_EVERY_S:
+            self._refusals_unsaid += 1
+            return
+        more = f" ({self._refusals_unsaid} more rows since the last warning)" if self._refusals_unsaid else ""
+        logger.warning("%s did not commit a row (%s); writing it directly%s", self.committer, reason, more)
+        self._refusals_warned_at, self._refusals_unsaid = now, 0
+
+
+class WriterClient(_RefusalWarnings):
     """One connection per process and thread; `commit(line)` is True once the writer committed it."""
 
     def __init__(self, path: str, *, timeout: float = 10.0, retry_seconds: float = 1.0) -> None:
+        super().__init__()
         self.path = path
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         self._local = threading.local()
         self._down_since: float | None = None  # this process could not reach the writer since then
         self._warned_at = 0.0
-        self._refusals_warned_at: float | None = None  # last "did not commit" warning
-        self._refusals_unsaid = 0  # refusals since that warning, not logged one by one
 
     def _socket(self) -> socket.socket | None:
         local = self._local
@@ -121,17 +142,6 @@ class WriterClient:
             self._down_since = None
         local.sock, local.pid = sock, os.getpid()
         return sock
-
-    def _refused(self, reason: str) -> None:
-        """Warn that the writer did not commit a row: the first time, then at most once a minute
-        with how many more there were (a database outage refuses every row of every worker)."""
-        now = time.monotonic()
-        if self._refusals_warned_at is not None and now - self._refusals_warned_at < WARN_EVERY_S:
-            self._refusals_unsaid += 1
-            return
-        more = f" ({self._refusals_unsaid} more rows since the last warning)" if self._refusals_unsaid else ""
-        logger.warning("decision writer did not commit a row (%s); writing it directly%s", reason, more)
-        self._refusals_warned_at, self._refusals_unsaid = now, 0
 
     def close(self) -> None:
         """Close this thread's connection (the next commit reconnects)."""
@@ -584,7 +594,7 @@ class _Waiting:
     answer: str | None = None
 
 
-class ProcessGroupCommit:
+class ProcessGroupCommit(_RefusalWarnings):
     """Group commit inside one process: the rows of its threads, in a gevent worker its greenlets
     (one per client connection), committed together by one committing thread on a PostgreSQL
     connection of its own, in the writer's transactions and with its answers (`DecisionWriter`,
@@ -598,16 +608,29 @@ class ProcessGroupCommit:
     patching (select and threading are cooperative there), real threads elsewhere.
     """
 
+    committer = "this worker's decision commits"
+
     def __init__(self, writer: DecisionWriter, *, wait_seconds: float = 60.0) -> None:
+        super().__init__()
         self.writer = writer
         self.wait_seconds = wait_seconds  # a caller's last resort if the committing thread is stuck
         self._changed = threading.Condition()
         self._pending: list[_Waiting] = []
         self._thread: threading.Thread | None = None
 
-    def commit(self, line: bytes) -> str | None:
-        """None once the row is committed, else why not (a reason that starts with
-        DATABASE_UNAVAILABLE means PostgreSQL could not be reached on a new connection either)."""
+    def commit(self, line: bytes) -> bool:
+        """True once the row is committed; False means write it yourself (as WriterClient.commit).
+
+        Raises DatabaseUnavailable when PostgreSQL could not be reached, on a new connection too."""
+        reason = self._answer(line)
+        if reason is None:
+            return True
+        if reason.startswith(DATABASE_UNAVAILABLE):
+            raise DatabaseUnavailable(reason)
+        self._refused(reason)
+        return False
+
+    def _answer(self, line: bytes) -> str | None:
         waiting = _Waiting(line)
         with self._changed:
             self._pending.append(waiting)
