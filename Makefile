@@ -6,9 +6,9 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 PORT ?= 8000
 HOST ?= 127.0.0.1
-# gevent workers (scope_site/gevent_worker.py): one per core serves as fast as two per core did in the
-# twelfth session's runs; the one more keeps a core's worth serving while one worker restarts or computes
-WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# gevent workers (scope_site/gevent_worker.py), one per core: on 2 cores, 2 workers routed 1,804-1,822 req/s
+# against 1,554-1,708 for 3 (fewer switches between processes, larger commits; docs/performance.md, 14th session)
+WORKERS ?= $(shell nproc)
 # a worker restarts after MAX_REQUESTS to 1.5 × MAX_REQUESTS requests (a guard against slow leaks);
 # a gevent worker serves ~1,000 routed requests a second on one core, so this is minutes, not seconds
 MAX_REQUESTS ?= 300000
